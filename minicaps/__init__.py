@@ -1,0 +1,9 @@
+"""minicaps: Capsule Networks with dynamic routing, written by hand on NumPy and CuPy."""
+from .backend import gpu_available, resolve_device, to_device, to_numpy
+from .model import CapsNet, CapsNetConfig, init_params
+from .optim import Adam
+from . import ops, gradcheck
+
+__version__ = "0.1.0"
+__all__ = ["CapsNet", "CapsNetConfig", "Adam", "init_params", "ops", "gradcheck",
+           "gpu_available", "resolve_device", "to_device", "to_numpy"]

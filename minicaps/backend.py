@@ -1,0 +1,115 @@
+"""Which array library runs: NumPy on the CPU, CuPy on the GPU.
+
+This is the only module that imports cupy. Every op asks ``get_xp(*arrays)``
+for the module its inputs live in and then uses only what NumPy and CuPy share,
+so the same code runs on both.
+"""
+import os
+
+import numpy as np
+
+DEVICES = ("cpu", "gpu")
+
+_cupy = None          # the cupy module once imported successfully
+_cupy_error = None    # why it could not be used, as a sentence
+
+
+def _load_cupy():
+    """Import cupy once and check that a GPU answers; remember why if not."""
+    global _cupy, _cupy_error
+    if _cupy is not None or _cupy_error is not None:
+        return _cupy
+    try:
+        import cupy
+    except Exception as e:  # ImportError, or a broken CUDA install
+        _cupy_error = (f"CuPy is not installed or cannot be imported ({type(e).__name__}: {e}). "
+                       "Install it with `pip install \"minicaps[gpu]\"` (a CuPy wheel for CUDA 12), "
+                       "or use device='cpu'.")
+        return None
+    try:
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            raise RuntimeError("no CUDA device found")
+    except Exception as e:
+        _cupy_error = (f"CuPy is installed but no GPU can be used ({type(e).__name__}: {e}). "
+                       "Use device='cpu'.")
+        return None
+    _cupy = cupy
+    return _cupy
+
+
+def gpu_available():
+    """True when CuPy imports and sees at least one GPU."""
+    return _load_cupy() is not None
+
+
+def resolve_device(device=None):
+    """'cpu' or 'gpu': the argument, else $MINICAPS_DEVICE, else 'cpu'.
+
+    Asking for the GPU when CuPy or a GPU is missing raises a RuntimeError
+    that says what to install, never an ImportError traceback.
+    """
+    if device is None:
+        device = os.environ.get("MINICAPS_DEVICE", "cpu") or "cpu"
+    device = str(device).lower()
+    if device in ("cuda", "cupy"):
+        device = "gpu"
+    if device in ("numpy",):
+        device = "cpu"
+    if device not in DEVICES:
+        raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r} "
+                         "(check the device argument or $MINICAPS_DEVICE)")
+    if device == "gpu" and _load_cupy() is None:
+        raise RuntimeError(_cupy_error)
+    return device
+
+
+def get_xp(*arrays):
+    """The array module (numpy or cupy) that holds these arrays."""
+    if _cupy is not None:
+        for a in arrays:
+            if isinstance(a, _cupy.ndarray):
+                return _cupy
+    return np
+
+
+def xp_for(device):
+    """The array module for a device name."""
+    return _load_cupy() if resolve_device(device) == "gpu" else np
+
+
+def is_gpu_array(a):
+    return _cupy is not None and isinstance(a, _cupy.ndarray)
+
+
+def to_numpy(a):
+    """A NumPy copy (or the same array, if already NumPy) of an array."""
+    if is_gpu_array(a):
+        return _cupy.asnumpy(a)
+    return np.asarray(a)
+
+
+def to_device(a, device):
+    """Move an array to 'cpu' or 'gpu' (no copy when it is already there)."""
+    if resolve_device(device) == "gpu":
+        return _cupy.asarray(a)
+    return to_numpy(a)
+
+
+def device_of(a):
+    return "gpu" if is_gpu_array(a) else "cpu"
+
+
+def params_to_device(params, device):
+    """A new dict with every array of ``params`` on ``device``."""
+    return {k: to_device(v, device) for k, v in params.items()}
+
+
+def params_to_numpy(params):
+    """A new dict with every array of ``params`` as a NumPy array."""
+    return {k: to_numpy(v) for k, v in params.items()}
+
+
+def synchronize(a=None):
+    """Wait for the GPU to finish (for timing); no-op on the CPU."""
+    if _cupy is not None:
+        _cupy.cuda.Stream.null.synchronize()

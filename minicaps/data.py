@@ -1,0 +1,327 @@
+"""MNIST and Fashion-MNIST: IDX parsing, download + verify, batches, shift augmentation.
+
+Files are looked up in ``root``, else ``$MINICAPS_DATA``, else a per-user cache
+(``pooch.os_cache("minicaps")``). Missing files are downloaded from a list of mirrors and
+checked against the SHA-256 of their *gunzipped* content, because the published .gz bytes
+differ between mirrors while the arrays inside do not.
+
+Errors: every problem with the data raises ``DataError`` (a ``ValueError``);
+``ChecksumError`` and ``DataNotFoundError`` are its subclasses.
+"""
+import gzip
+import hashlib
+import math
+import os
+import tempfile
+import zlib
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+# --- IDX files -------------------------------------------------------------------------------
+
+# IDX stores numbers big-endian: the third byte of the magic names the element type.
+IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
+              0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
+MAX_IDX_NDIM = 4
+MAX_IDX_BYTES = 1 << 30   # refuse to read more than this: MNIST's biggest file is 47 MB
+_CHUNK = 1 << 24          # read in 16 MiB pieces so memory follows the data, not the header
+
+
+class DataError(ValueError):
+    """A data file is malformed, has the wrong content, or the data cannot be found."""
+
+
+class ChecksumError(DataError):
+    """A file parses but its content's SHA-256 is not the published one."""
+
+
+class DataNotFoundError(DataError):
+    """The files are not on disk, and downloading is off or every mirror failed."""
+
+
+def read_idx(path, max_bytes=MAX_IDX_BYTES):
+    """Read an IDX file (gzip-compressed or not) into an array of its native dtype.
+
+    Raises DataError naming the file for anything malformed: bad magic, unknown dtype,
+    ndim outside 1..4, truncated or extra data, more than ``max_bytes`` promised, bad gzip.
+    """
+    return _read_idx(path, max_bytes)[0]
+
+
+def _read_idx(path, max_bytes=MAX_IDX_BYTES):
+    """read_idx, plus the SHA-256 of the (gunzipped) content, hashed while it is in memory."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        compressed = f.read(2) == b"\x1f\x8b"   # gzip magic, whatever the extension says
+    if not compressed:
+        with open(path, "rb") as f:
+            return _parse_idx(f, path, os.fstat(f.fileno()).st_size, max_bytes)
+    try:
+        with gzip.open(path, "rb") as f:
+            return _parse_idx(f, path, None, max_bytes)
+    except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError
+        raise DataError(f"{path}: corrupted gzip stream ({type(e).__name__}: {e})") from e
+
+
+def _parse_idx(f, path, file_size, max_bytes):
+    """Parse an open IDX stream; file_size is None for a gzip stream of unknown length."""
+    magic = f.read(4)
+    if len(magic) == 0:
+        raise DataError(f"{path}: file is empty, expected an IDX file")
+    if len(magic) < 4 or magic[:2] != b"\x00\x00":
+        raise DataError(f"{path}: not an IDX file (magic bytes {magic.hex()}, "
+                        "expected 00 00 <dtype> <ndim>)")
+    code, ndim = magic[2], magic[3]
+    if code not in IDX_DTYPES:
+        raise DataError(f"{path}: unknown IDX dtype code 0x{code:02X} "
+                        f"(known: {', '.join(f'0x{c:02X}' for c in IDX_DTYPES)})")
+    if not 1 <= ndim <= MAX_IDX_NDIM:
+        raise DataError(f"{path}: IDX header says ndim={ndim}, expected 1..{MAX_IDX_NDIM}")
+    dims_raw = f.read(4 * ndim)
+    if len(dims_raw) < 4 * ndim:
+        raise DataError(f"{path}: truncated IDX header ({ndim} dimensions promised)")
+    dims = tuple(int(d) for d in np.frombuffer(dims_raw, ">u4"))
+    dtype = IDX_DTYPES[code]
+    n_bytes = dtype.itemsize * math.prod(dims)   # Python ints: 2^31 x 2^31 cannot overflow
+    if n_bytes > max_bytes:
+        raise DataError(f"{path}: IDX header promises shape {dims} of {dtype.name}, "
+                        f"{n_bytes} bytes, more than the limit of {max_bytes} bytes")
+    header_bytes = 4 + 4 * ndim
+    if file_size is not None and file_size - header_bytes != n_bytes:   # fail before reading
+        have = file_size - header_bytes
+        what = "truncated" if have < n_bytes else f"{have - n_bytes} bytes of extra data"
+        raise DataError(f"{path}: {what}: shape {dims} needs {n_bytes} data bytes, "
+                        f"the file has {have}")
+    data = bytearray()
+    while len(data) < n_bytes:
+        chunk = f.read(min(_CHUNK, n_bytes - len(data)))
+        if not chunk:
+            raise DataError(f"{path}: truncated: shape {dims} needs {n_bytes} data bytes, "
+                            f"the stream ends after {len(data)}")
+        data += chunk
+    if f.read(1):
+        raise DataError(f"{path}: extra data after the {n_bytes} bytes that shape {dims} needs")
+    digest = hashlib.sha256(magic + dims_raw)
+    digest.update(data)
+    array = np.frombuffer(data, dtype).reshape(dims)
+    return array.astype(dtype.newbyteorder("=")), digest.hexdigest()
+
+
+# --- MNIST and Fashion-MNIST -----------------------------------------------------------------
+
+FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+         "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+
+MIRRORS = {
+    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
+              "https://storage.googleapis.com/cvdf-datasets/mnist/",
+              "http://yann.lecun.com/exdb/mnist/"],
+    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                      "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/"],
+}
+
+# SHA-256 of the gunzipped files. MNIST: /work/shared/data/mnist/README.md. Fashion-MNIST:
+# computed from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1; the same values are
+# published by other projects that derived them from the archives with zalando's MD5s.
+SHA256 = {
+    "mnist": {
+        "train-images-idx3-ubyte": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+        "train-labels-idx1-ubyte": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+        "t10k-images-idx3-ubyte": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+        "t10k-labels-idx1-ubyte": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte": "c59f468a2f672dc815687fe0f83887768d799fd8a3f3276145d20f83aa44d888",
+        "train-labels-idx1-ubyte": "bad3541b69d912435c50bb6ba87bec294ff4f6a2e1246121d8633921760443d9",
+        "t10k-images-idx3-ubyte": "5b4141f0afbad91edebe8549f8fcffe087ea10ca49f1dbef5c9a5cd8815ce37b",
+        "t10k-labels-idx1-ubyte": "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34",
+    },
+}
+
+# Folders that system packages install into (Debian: dataset-fashion-mnist).
+SYSTEM_DIRS = {"mnist": [], "fashion-mnist": ["/usr/share/datasets/fashion-mnist"]}
+
+DOWNLOAD_TIMEOUT = 30   # seconds without an answer before a mirror counts as failed
+
+
+class MNIST(NamedTuple):
+    """Images uint8 (N, 28, 28); labels int64 (N,) in 0..9. Unpacks like a 4-tuple."""
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def data_root(root=None):
+    """The folder to look in: ``root``, else $MINICAPS_DATA, else the per-user cache."""
+    if root is None:
+        root = os.environ.get("MINICAPS_DATA") or None
+    if root is None:
+        import pooch
+        root = pooch.os_cache("minicaps")
+    return Path(root).expanduser()
+
+
+def _find(folder, name):
+    """The path of ``name`` or ``name.gz`` in folder, or None."""
+    for candidate in (folder / (name + ".gz"), folder / name):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_mnist(root=None, download=True, dataset="mnist", verify=True, mirrors=None,
+               sha256=None, timeout=DOWNLOAD_TIMEOUT):
+    """Load (x_train, y_train, x_test, y_test): uint8 images (N, 28, 28), int64 labels.
+
+    Looks for the four files (.gz or not) in ``<root>/<dataset>/``, then ``<root>/``, then
+    system folders, using the first folder that has all four. Otherwise the missing ones are
+    downloaded into ``<root>/<dataset>/``, trying ``mirrors`` (default MIRRORS[dataset]) in
+    order. ``verify`` checks each file's gunzipped SHA-256 against ``sha256`` (default
+    SHA256[dataset]; a dict from file name to hex digest). Re-hashing costs ~0.04 s for the
+    train images next to ~0.25 s to gunzip them, so the result is not cached on disk.
+    """
+    if dataset not in MIRRORS:
+        raise ValueError(f"unknown dataset {dataset!r}, expected one of {sorted(MIRRORS)}")
+    base = data_root(root)
+    expected = (SHA256[dataset] if sha256 is None else sha256) if verify else {}
+    mirrors = MIRRORS[dataset] if mirrors is None else list(mirrors)
+    folders = [base / dataset, base] + [Path(d) for d in SYSTEM_DIRS[dataset]]
+    folder = next((d for d in folders if all(_find(d, n) for n in FILES)), None)
+    if folder is None and not download:
+        raise _not_found(f"{base / dataset} (or directly into {base})", dataset,
+                         "download=False")
+    target = folder or base / dataset
+    arrays = {}
+    for name in FILES:
+        path = _find(target, name)
+        if path is not None:
+            arrays[name] = _load_verified(path, expected.get(name), dataset)
+        else:
+            arrays[name] = _download(name, target, mirrors, expected.get(name), dataset, timeout)
+    x_train, y_train = _check_pair(arrays, "train", target)
+    x_test, y_test = _check_pair(arrays, "t10k", target)
+    return MNIST(x_train, y_train, x_test, y_test)
+
+
+def _load_verified(path, expected, dataset):
+    """read_idx, then compare the content hash; the message says what to do about it."""
+    array, actual = _read_idx(path)
+    if expected is not None and actual != expected:
+        known = [f"{d}'s {n}" for d, table in SHA256.items() for n, h in table.items()
+                 if h == actual]
+        advice = (f"It is {known[0]}: point root or MINICAPS_DATA at the {dataset} files."
+                  if known else "Delete the file so that it is downloaded again, "
+                  "or replace it with a good copy.")
+        raise ChecksumError(f"{path}: SHA-256 of the gunzipped content is {actual}, expected "
+                            f"{expected} for {dataset}. {advice}")
+    return array
+
+
+def _download(name, folder, mirrors, expected, dataset, timeout):
+    """Fetch name.gz from the first mirror that serves a valid file; keep it in folder."""
+    import pooch
+    folder.mkdir(parents=True, exist_ok=True)
+    fname = name + ".gz"
+    errors = []
+    for mirror in mirrors:
+        url = mirror.rstrip("/") + "/" + fname
+        fd, tmp = tempfile.mkstemp(prefix=fname + ".", suffix=".part", dir=folder)
+        os.close(fd)
+        try:
+            downloader = pooch.HTTPDownloader(progressbar=True, chunk_size=1 << 16,
+                                              timeout=timeout)
+            downloader(url, tmp, None)
+            array = _load_verified(tmp, expected, dataset)
+            os.replace(tmp, folder / fname)   # only a verified file gets the real name
+            return array
+        except Exception as e:   # any failure of one mirror means: try the next
+            errors.append(f"  {url}: {type(e).__name__}: {e}")
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+    raise _not_found(str(folder), dataset, f"every mirror failed for {fname}:\n" + "\n".join(errors))
+
+
+def _not_found(where, dataset, why):
+    files = "\n".join(f"  {n}.gz (or {n})" for n in FILES)
+    return DataNotFoundError(
+        f"{dataset} data not found ({why}). Put these four files\n{files}\n"
+        f"into {where}, or into a folder named by the MINICAPS_DATA environment variable, "
+        "or call load_mnist(download=True) with network access.")
+
+
+def _check_pair(arrays, split, folder):
+    """Images (N, 28, 28) uint8 and N labels in 0..9, as int64."""
+    images, labels = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+    where = f"{folder}/{split}-*"
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{where}: images are {images.dtype} {images.shape}, "
+                        "expected uint8 (N, 28, 28)")
+    if labels.dtype != np.uint8 or labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{where}: labels are {labels.dtype} {labels.shape}, "
+                        f"expected uint8 ({len(images)},) to match the images")
+    if labels.size and labels.max() > 9:
+        raise DataError(f"{where}: labels go up to {labels.max()}, expected 0..9")
+    return images, labels.astype(np.int64)
+
+
+# --- training helpers ------------------------------------------------------------------------
+
+def random_shift(images, max_shift=2, rng=None):
+    """Shift each image by integers dy, dx uniform in [-max_shift, max_shift], zero-padded.
+
+    images: (N, H, W) or (N, H, W, C); output[n, i, j] = images[n, i - dy, j - dx] (zero
+    where that is outside). rng: a numpy Generator or a seed. The paper's only augmentation.
+    """
+    rng = np.random.default_rng(rng)
+    images = np.asarray(images)
+    n, h, w = images.shape[:3]
+    m = int(max_shift)
+    if not 0 <= m < min(h, w):
+        raise ValueError(f"max_shift must be in 0..{min(h, w) - 1} for {h}x{w} images, got {m}")
+    dy, dx = rng.integers(-m, m + 1, size=(2, n))
+    out = np.zeros_like(images)
+    for sy in range(-m, m + 1):   # one strided copy per shift, (2m+1)^2 in all, not one per image
+        for sx in range(-m, m + 1):
+            idx = np.flatnonzero((dy == sy) & (dx == sx))
+            if idx.size:
+                out[idx, max(sy, 0):h + min(sy, 0), max(sx, 0):w + min(sx, 0)] = \
+                    images[idx, max(-sy, 0):h + min(-sy, 0), max(-sx, 0):w + min(-sx, 0)]
+    return out
+
+
+def to_model_input(images, dtype=np.float32):
+    """uint8 pixels (N, H, W) or (N, H, W, C) -> dtype in [0, 1], shape (N, H, W, C)."""
+    images = np.asarray(images)
+    if images.dtype != np.uint8:
+        raise TypeError(f"expected uint8 pixels 0..255, got {images.dtype}")
+    if images.ndim == 3:
+        images = images[..., None]
+    return images.astype(dtype) / np.asarray(255, dtype)
+
+
+def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=False):
+    """Yield (x_batch, y_batch) covering x once, in an order drawn from rng if shuffle."""
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    order = np.random.default_rng(rng).permutation(len(x)) if shuffle else np.arange(len(x))
+    stop = len(x) - len(x) % batch_size if drop_last else len(x)
+    for start in range(0, stop, batch_size):
+        idx = order[start:start + batch_size]
+        yield x[idx], y[idx]
+
+
+def train_val_split(x, y, n_val, seed=0):
+    """Split off n_val random rows for validation: (x_train, y_train, x_val, y_val)."""
+    if len(x) != len(y):
+        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
+    if not 0 <= n_val <= len(x):
+        raise ValueError(f"n_val must be in 0..{len(x)}, got {n_val}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    val, train = order[:n_val], order[n_val:]
+    return x[train], y[train], x[val], y[val]

@@ -1,0 +1,217 @@
+"""Finite-difference gradient checks: the proof that every backward pass is right.
+
+For a scalar L = <out, dout> with a random upstream gradient dout, the
+analytic gradient of an input x is compared with central differences
+
+    dL/dx_k ~ (L(x + h e_k) - L(x - h e_k)) / (2h)
+
+element by element for small tensors, and along random directions d for big
+ones: <dL/dx, d> ~ (L(x + h d) - L(x - h d)) / (2h). The error reported is
+
+    ||analytic - numeric|| / max(||analytic||, ||numeric||, tiny)
+
+Everything runs in float64, where h = 1e-6 leaves errors near 1e-10.
+"""
+import numpy as np
+
+from . import backend
+
+TINY = 1e-300
+
+
+def relative_error(analytic, numeric):
+    a, n = np.asarray(analytic, dtype=np.float64), np.asarray(numeric, dtype=np.float64)
+    scale = max(np.linalg.norm(a), np.linalg.norm(n), TINY)
+    return float(np.linalg.norm(a - n) / scale)
+
+
+def numerical_gradient(f, x, h=1e-6):
+    """Central differences of the scalar f() in every element of x (changed in place, restored)."""
+    grad = np.zeros(x.shape)
+    flat = x.reshape(-1)                       # a view: writing it moves x
+    for k in range(flat.size):
+        old = flat[k].item()
+        flat[k] = old + h
+        up = f()
+        flat[k] = old - h
+        down = f()
+        flat[k] = old
+        grad.reshape(-1)[k] = (up - down) / (2 * h)
+    return grad
+
+
+def directional_derivatives(f, x, directions, h=1e-6):
+    """(f(x + h d) - f(x - h d)) / 2h for each direction d (x changed in place, restored)."""
+    xp = backend.get_xp(x)
+    old = x.copy()
+    out = []
+    for d in directions:
+        x[...] = old + h * xp.asarray(d)
+        up = f()
+        x[...] = old - h * xp.asarray(d)
+        down = f()
+        out.append((up - down) / (2 * h))
+    x[...] = old
+    return np.array(out)
+
+
+def check_array(f, x, analytic, h=1e-6, max_elements=256, n_directions=12, rng=None):
+    """Relative error between ``analytic`` (dL/dx) and finite differences of f() in x.
+
+    Element by element when x has at most max_elements entries, otherwise along
+    n_directions random unit directions.
+    """
+    analytic = backend.to_numpy(analytic).astype(np.float64)
+    if x.size <= max_elements:
+        return relative_error(analytic, numerical_gradient(f, x, h))
+    rng = rng if rng is not None else np.random.default_rng(0)
+    directions = [d / np.linalg.norm(d) for d in rng.standard_normal((n_directions,) + x.shape)]
+    numeric = directional_derivatives(f, x, directions, h)
+    projected = np.array([(analytic * d).sum() for d in directions])
+    return relative_error(projected, numeric)
+
+
+def check_op(forward, backward, inputs, names=None, rng=None, h=1e-6, **kw):
+    """Check an op pair on float64 inputs: {name: relative error} for each input.
+
+    ``forward(*inputs) -> (out, cache)`` and ``backward(dout, cache) -> grads``
+    (one per input, in order; a single array when there is one input).
+    """
+    rng = rng if rng is not None else np.random.default_rng(0)
+    xp = backend.get_xp(*inputs)
+    inputs = [xp.asarray(a, dtype=xp.float64) for a in inputs]
+    names = names or [f"x{k}" for k in range(len(inputs))]
+    out, cache = forward(*inputs)
+    dout = xp.asarray(rng.standard_normal(np.shape(out)))
+    grads = backward(dout, cache)
+    if not isinstance(grads, (tuple, list)):
+        grads = (grads,)
+
+    def loss():
+        return float((forward(*inputs)[0] * dout).sum())
+
+    return {name: check_array(loss, x, g, h, rng=rng, **kw)
+            for name, x, g in zip(names, inputs, grads)}
+
+
+def check_model(model, x, y, h=1e-6, rng=None, **kw):
+    """{parameter name: relative error} of model.loss_and_grads against finite
+    differences of model.loss. With routing_grad="stop" the coupling
+    coefficients are frozen at their current values, which is the function
+    that mode differentiates."""
+    if model.dtype != np.float64:
+        raise ValueError("gradient checks need a float64 model (dtype='float64')")
+    coupling = None
+    if model.config.routing_grad == "stop":
+        coupling = model.forward(x, y)[0]["coupling"]
+    _, grads, _ = model.loss_and_grads(x, y, coupling)
+    rng = rng if rng is not None else np.random.default_rng(0)
+    return {name: check_array(lambda: model.loss(x, y, coupling), p, grads[name], h, rng=rng, **kw)
+            for name, p in model.params.items()}
+
+
+def format_table(rows, tol=None):
+    """Markdown table of (what, input, relative error[, tolerance]) rows."""
+    lines = ["| op / model | input | relative error | ok |", "| --- | --- | --- | --- |"]
+    for what, name, err, limit in rows:
+        lines.append(f"| {what} | {name} | {err:.2e} | {'yes' if err <= limit else 'NO'} (<= {limit:g}) |")
+    return "\n".join(lines)
+
+
+def _away_from_zero(rng, shape, margin=0.05):
+    """Normal values pushed at least ``margin`` away from 0 (the ReLU kink)."""
+    a = rng.standard_normal(shape)
+    return np.where(a >= 0, a + margin, a - margin)
+
+
+def routing_v(u_hat, *args, **kw):
+    """routing_forward with v alone as its output (the coupling carries no gradient)."""
+    from .ops import routing_forward
+    (v, _), cache = routing_forward(u_hat, *args, **kw)
+    return v, cache
+
+
+def op_cases(rng):
+    """(op name, forward, backward, inputs, input names) for every op, small shapes."""
+    from . import ops
+    x = rng.standard_normal((2, 7, 6, 3))
+    u_hat = 0.5 * rng.standard_normal((2, 6, 3, 4))
+    y = np.array([0, 2])
+    lengths = np.array([[0.95, 0.3, 0.05], [0.5, 0.02, 0.7]])   # every branch, no kink
+    coupling = ops.routing_forward(u_hat, 3)[0][1]
+    target = rng.uniform(0, 1, (3, 5))
+    mask = ops.one_hot(y, 3, np.float64)
+    return [
+        ("conv2d (stride 1)", ops.conv2d_forward, ops.conv2d_backward,
+         [x, rng.standard_normal((3, 2, 3, 4)), rng.standard_normal(4)], ["x", "W", "b"]),
+        ("conv2d (stride 2)", lambda x, W, b: ops.conv2d_forward(x, W, b, 2), ops.conv2d_backward,
+         [x, rng.standard_normal((3, 3, 3, 2)), rng.standard_normal(2)], ["x", "W", "b"]),
+        ("relu", ops.relu_forward, ops.relu_backward, [_away_from_zero(rng, (4, 5))], ["x"]),
+        ("dense", ops.dense_forward, ops.dense_backward,
+         [rng.standard_normal((4, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)],
+         ["x", "W", "b"]),
+        ("sigmoid", ops.sigmoid_forward, ops.sigmoid_backward, [3 * rng.standard_normal((4, 5))], ["x"]),
+        ("squash (eq. 1)", ops.squash_forward, ops.squash_backward,
+         [rng.standard_normal((4, 3, 5))], ["s"]),
+        ("squash with a zero s", ops.squash_forward, ops.squash_backward,
+         [np.vstack([np.zeros((1, 4)), rng.standard_normal((2, 4))])], ["s"]),
+        ("length", ops.length_forward, ops.length_backward, [rng.standard_normal((4, 3, 5))], ["v"]),
+        ("primary capsules", lambda h: ops.primary_capsules_forward(h, 4),
+         ops.primary_capsules_backward, [rng.standard_normal((2, 3, 3, 8))], ["conv_out"]),
+        ("predictions u_hat (eq. 2)", ops.predictions_forward, ops.predictions_backward,
+         [rng.standard_normal((3, 6, 5)), rng.standard_normal((6, 3, 4, 5))], ["u", "W"]),
+        ("routing, 1 iteration", lambda u: routing_v(u, 1),
+         ops.routing_backward, [u_hat], ["u_hat"]),
+        ("routing, 3 iterations (full)", lambda u: routing_v(u, 3), ops.routing_backward,
+         [u_hat], ["u_hat"]),
+        ("routing, 3 iterations (stop)", lambda u: routing_v(u, 3, "stop", coupling=coupling),
+         ops.routing_backward, [u_hat], ["u_hat"]),
+        ("margin loss (eq. 4)", lambda l: ops.margin_loss_forward(l, y), ops.margin_loss_backward,
+         [lengths], ["lengths"]),
+        ("mask", lambda v: ops.mask_forward(v, mask), ops.mask_backward,
+         [rng.standard_normal((2, 3, 4))], ["v"]),
+        ("reconstruction loss", lambda r: ops.reconstruction_loss_forward(r, target),
+         ops.reconstruction_loss_backward, [rng.uniform(0, 1, (3, 5))], ["reconstruction"]),
+    ]
+
+
+def tiny_config(**overrides):
+    """A CapsNet small enough to check element by element in seconds."""
+    from .model import CapsNetConfig
+    cfg = dict(input_shape=(10, 10, 1), conv1_channels=4, conv1_kernel=3, primary_maps=2,
+               primary_dims=4, primary_kernel=3, primary_stride=2, num_classes=3, digit_dims=4,
+               decoder_sizes=(6,), recon_weight=0.05)
+    cfg.update(overrides)
+    return CapsNetConfig(**cfg)
+
+
+def randomize_params(model, rng):
+    """Parameters of order one, biases included, for gradient checks.
+
+    A freshly initialised model has zero biases and tiny capsules, so many
+    ReLU inputs sit within h of the kink at 0 where finite differences are
+    meaningless; random biases move them away.
+    """
+    for name, p in model.params.items():
+        fan_in = p.shape[-1] if name == "digit.W" else (int(np.prod(p.shape[:-1])) if p.ndim > 1 else 1)
+        scale = 0.3 if name.endswith(".b") else 1.0 / np.sqrt(fan_in)
+        p[...] = model.xp.asarray(rng.normal(0.0, scale, p.shape))
+    return model
+
+
+def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("full", 3), ("stop", 3))):
+    """Rows (what, input, error, tolerance) for every op and every parameter of tiny models."""
+    from .model import CapsNet
+    rng = np.random.default_rng(seed)
+    rows = []
+    for what, fwd, bwd, inputs, names in op_cases(rng):
+        for name, err in check_op(fwd, bwd, inputs, names, rng=rng).items():
+            rows.append((what, name, err, op_tol))
+    for mode, iters in model_routing:
+        model = CapsNet(tiny_config(routing_grad=mode, routing_iters=iters), seed=seed, dtype="float64")
+        randomize_params(model, rng)
+        x = rng.uniform(0, 1, (3,) + model.config.input_shape)
+        y = rng.integers(0, model.config.num_classes, 3)
+        for name, err in check_model(model, x, y, rng=rng).items():
+            rows.append((f"CapsNet ({mode}, {iters} it.)", name, err, model_tol))
+    return rows

@@ -1,0 +1,314 @@
+"""The CapsNet of Sabour, Frosst & Hinton (2017): parameters, forward, backward.
+
+    x (N, 28, 28, 1)
+    -> conv1 9x9, 256, ReLU                      (N, 20, 20, 256)
+    -> primary conv 9x9 stride 2, 32 x 8D        (N, 6, 6, 256)
+    -> primary capsules, squash                  u (N, 1152, 8)
+    -> predictions u_hat = W u                   (N, 1152, 10, 16)
+    -> dynamic routing, 3 iterations             v (N, 10, 16)
+    -> lengths |v| -> margin loss
+    -> mask by label -> decoder 160-512-1024-784 -> reconstruction loss
+
+Parameters live in one dict keyed by name ("conv1.W", "digit.W", ...); the
+gradients come back in a dict with the same keys, and so does Adam's state.
+"""
+import math
+from dataclasses import dataclass, asdict, field
+
+import numpy as np
+
+from . import backend
+from .ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forward,
+                  relu_backward, dense_forward, dense_backward, sigmoid_forward,
+                  sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
+                  predictions_forward, predictions_backward, routing_forward,
+                  routing_backward, length_forward, length_backward, margin_loss_forward,
+                  margin_loss_backward, mask_forward, mask_backward, one_hot,
+                  reconstruction_loss_forward, reconstruction_loss_backward)
+
+DTYPES = ("float32", "float64")
+
+
+@dataclass
+class CapsNetConfig:
+    """Every size of the network. The defaults are the paper's MNIST model."""
+    input_shape: tuple = (28, 28, 1)     # H, W, C
+    conv1_channels: int = 256
+    conv1_kernel: int = 9
+    conv1_stride: int = 1
+    primary_maps: int = 32               # capsule types in the primary layer
+    primary_dims: int = 8
+    primary_kernel: int = 9
+    primary_stride: int = 2
+    primary_relu: bool = False           # ReLU before the squash (off, as in the paper's code)
+    num_classes: int = 10
+    digit_dims: int = 16
+    routing_iters: int = 3
+    routing_grad: str = "full"           # "full" or "stop"
+    squash_eps: float = 1e-7
+    m_plus: float = 0.9
+    m_minus: float = 0.1
+    lam: float = 0.5                     # down-weighting of absent classes (eq. 4)
+    use_decoder: bool = True
+    decoder_sizes: tuple = (512, 1024)
+    recon_weight: float = 0.0005
+
+    def __post_init__(self):
+        self.input_shape = tuple(int(s) for s in self.input_shape)
+        self.decoder_sizes = tuple(int(s) for s in self.decoder_sizes)
+        self.validate()
+
+    def validate(self):
+        if len(self.input_shape) != 3 or min(self.input_shape) < 1:
+            raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {self.input_shape}")
+        for name in ("conv1_channels", "conv1_kernel", "conv1_stride", "primary_maps",
+                     "primary_dims", "primary_kernel", "primary_stride", "num_classes",
+                     "digit_dims", "routing_iters"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"CapsNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_classes < 2:
+            raise ValueError("CapsNetConfig.num_classes must be >= 2")
+        if self.routing_grad not in ("full", "stop"):
+            raise ValueError(f"routing_grad must be 'full' or 'stop', got {self.routing_grad!r}")
+        if self.primary_grid[0] < 1 or self.primary_grid[1] < 1:
+            raise ValueError(f"input {self.input_shape} is too small for conv1 kernel "
+                             f"{self.conv1_kernel} and primary kernel {self.primary_kernel}")
+
+    @property
+    def conv1_out(self):
+        H, W, _ = self.input_shape
+        return (conv_output_size(H, self.conv1_kernel, self.conv1_stride),
+                conv_output_size(W, self.conv1_kernel, self.conv1_stride))
+
+    @property
+    def primary_grid(self):
+        h, w = self.conv1_out
+        return (conv_output_size(h, self.primary_kernel, self.primary_stride),
+                conv_output_size(w, self.primary_kernel, self.primary_stride))
+
+    @property
+    def num_primary_caps(self):
+        h, w = self.primary_grid
+        return h * w * self.primary_maps
+
+    def param_shapes(self):
+        """name -> shape, in the order of the network."""
+        C = self.input_shape[2]
+        k1, k2, ch = self.conv1_kernel, self.primary_kernel, self.conv1_channels
+        pc = self.primary_maps * self.primary_dims
+        shapes = {
+            "conv1.W": (k1, k1, C, ch), "conv1.b": (ch,),
+            "primary.W": (k2, k2, ch, pc), "primary.b": (pc,),
+            "digit.W": (self.num_primary_caps, self.num_classes, self.digit_dims, self.primary_dims),
+        }
+        if self.use_decoder:
+            sizes = (self.num_classes * self.digit_dims,) + self.decoder_sizes + (math.prod(self.input_shape),)
+            for k in range(len(sizes) - 1):
+                shapes[f"dec{k + 1}.W"] = (sizes[k], sizes[k + 1])
+                shapes[f"dec{k + 1}.b"] = (sizes[k + 1],)
+        return shapes
+
+    def to_dict(self):
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["decoder_sizes"] = list(self.decoder_sizes)
+        return d
+
+    @classmethod
+    def from_dict(cls, d):
+        known = set(cls.__dataclass_fields__)
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown CapsNetConfig fields: {sorted(unknown)}")
+        return cls(**d)
+
+
+def init_params(config, seed=0, dtype="float32"):
+    """Glorot-uniform weights for the convolutions and the decoder, zero biases,
+    and N(0, 0.01^2) capsule transforms digit.W (as the authors' code)."""
+    rng = np.random.default_rng(seed)
+    params = {}
+    for name, shape in config.param_shapes().items():
+        if name.endswith(".b"):
+            p = np.zeros(shape)
+        elif name == "digit.W":
+            p = rng.normal(0.0, 0.01, size=shape)
+        else:
+            fan_in = math.prod(shape[:-1])
+            fan_out = shape[-1] * (math.prod(shape[:-2]) if len(shape) == 4 else 1)
+            limit = math.sqrt(6.0 / (fan_in + fan_out))
+            p = rng.uniform(-limit, limit, size=shape)
+        params[name] = p.astype(dtype)
+    return params
+
+
+class CapsNet:
+    """The capsule network with hand-written forward and backward passes.
+
+    model = CapsNet(CapsNetConfig(), seed=0, dtype="float32", device="cpu")
+    loss, grads, out = model.loss_and_grads(x, y)   # x (N, H, W, C) in [0, 1], y (N,)
+    """
+
+    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None):
+        self.config = config if config is not None else CapsNetConfig()
+        if str(dtype) not in DTYPES:
+            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+        self.dtype = np.dtype(str(dtype))
+        self.device = backend.resolve_device(device)
+        self.xp = backend.xp_for(self.device)
+        if params is None:
+            params = init_params(self.config, seed, self.dtype)
+        self.params = {}
+        self.set_params(params)
+
+    # ------------------------------------------------------------ parameters
+    def set_params(self, params):
+        """Replace the parameters (any backend) after checking names and shapes."""
+        expected = self.config.param_shapes()
+        if set(params) != set(expected):
+            missing, extra = set(expected) - set(params), set(params) - set(expected)
+            raise ValueError(f"parameters do not match the config: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        for name, shape in expected.items():
+            if tuple(params[name].shape) != tuple(shape):
+                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, "
+                                 f"the config needs {shape}")
+        self.params = {name: backend.to_device(params[name], self.device).astype(self.dtype, copy=False)
+                       for name in expected}
+
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def to(self, device):
+        """Move the model to 'cpu' or 'gpu' (in place); returns self."""
+        self.device = backend.resolve_device(device)
+        self.xp = backend.xp_for(self.device)
+        self.params = backend.params_to_device(self.params, self.device)
+        return self
+
+    # ------------------------------------------------------------ input checks
+    def _check_x(self, x):
+        H, W, C = self.config.input_shape
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise ValueError(f"x must be an array of shape (N, {H}, {W}, {C}), got {type(x).__name__}")
+        if x.ndim == 3 and C == 1:
+            x = x[..., None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != (H, W, C) or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (N, {H}, {W}, {C}) with N >= 1, got {tuple(x.shape)}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"x must hold floats in [0, 1], got dtype {x.dtype}; "
+                             "convert images with x.astype('float32') / 255")
+        x = backend.to_device(x, self.device).astype(self.dtype, copy=False)
+        if not bool(self.xp.isfinite(x).all()):
+            raise ValueError("x contains NaN or infinite values")
+        return x
+
+    def _check_y(self, y, n):
+        if not hasattr(y, "shape"):
+            y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"y must have shape ({n},) to match x, got {tuple(y.shape)}")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+        y = backend.to_device(y, self.device)
+        lo, hi = int(y.min()), int(y.max())
+        if lo < 0 or hi >= self.config.num_classes:
+            raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
+        return y
+
+    # ------------------------------------------------------------ forward / backward
+    def forward(self, x, y=None, coupling=None, decode=True):
+        """Run the network. With labels y the decoder sees the label's capsule
+        (training); without, the longest capsule (inference).
+
+        Returns (out, caches); out holds "lengths", "v", "coupling" and, with a
+        decoder, "reconstruction"; with y also "margin_loss",
+        "reconstruction_loss" and "loss". ``coupling`` fixes the routing
+        coefficients (see routing_forward), for gradient checks of "stop";
+        decode=False skips the decoder (inference of the class only).
+        """
+        cfg, p, xp = self.config, self.params, self.xp
+        x = self._check_x(x)
+        N = x.shape[0]
+        caches, out = {}, {}
+        h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
+        h, caches["relu1"] = relu_forward(h)
+        h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride)
+        if cfg.primary_relu:
+            h, caches["relu2"] = relu_forward(h)
+        u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
+        u_hat, caches["digit"] = predictions_forward(u, p["digit.W"])
+        (v, c), caches["routing"] = routing_forward(u_hat, cfg.routing_iters, cfg.routing_grad,
+                                                    cfg.squash_eps, coupling)
+        lengths, caches["lengths"] = length_forward(v, cfg.squash_eps)
+        out.update(v=v, coupling=c, lengths=lengths)
+
+        if y is not None:
+            y = self._check_y(y, N)
+            margin, caches["margin"] = margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
+            out["margin_loss"] = float(margin)
+            out["loss"] = float(margin)
+            mask = one_hot(y, cfg.num_classes, self.dtype)
+        else:
+            mask = one_hot(lengths.argmax(axis=1), cfg.num_classes, self.dtype)
+        if cfg.use_decoder and decode:
+            r, caches["mask"] = mask_forward(v, mask)
+            n_dec = len(cfg.decoder_sizes) + 1
+            for k in range(1, n_dec + 1):
+                r, caches[f"dec{k}"] = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
+                if k < n_dec:
+                    r, caches[f"dec{k}.relu"] = relu_forward(r)
+            r, caches["sigmoid"] = sigmoid_forward(r)
+            out["reconstruction"] = r
+            if y is not None:
+                recon, caches["recon"] = reconstruction_loss_forward(r, x.reshape(N, -1))
+                out["reconstruction_loss"] = float(recon)
+                out["loss"] = float(margin) + cfg.recon_weight * float(recon)
+        return out, caches
+
+    def backward(self, caches):
+        """Gradients of the total loss for every parameter, from forward's caches."""
+        cfg, grads = self.config, {}
+        dlengths = margin_loss_backward(1.0, caches["margin"])
+        dv = length_backward(dlengths, caches["lengths"])
+        if cfg.use_decoder:
+            dr = reconstruction_loss_backward(cfg.recon_weight, caches["recon"])
+            dr = sigmoid_backward(dr, caches["sigmoid"])
+            n_dec = len(cfg.decoder_sizes) + 1
+            for k in range(n_dec, 0, -1):
+                if k < n_dec:
+                    dr = relu_backward(dr, caches[f"dec{k}.relu"])
+                dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, caches[f"dec{k}"])
+            dv = dv + mask_backward(dr, caches["mask"])
+        du_hat = routing_backward(dv, caches["routing"])
+        du, grads["digit.W"] = predictions_backward(du_hat, caches["digit"])
+        dh = primary_capsules_backward(du, caches["caps"])
+        if cfg.primary_relu:
+            dh = relu_backward(dh, caches["relu2"])
+        dh, grads["primary.W"], grads["primary.b"] = conv2d_backward(dh, caches["primary"])
+        dh = relu_backward(dh, caches["relu1"])
+        _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, caches["conv1"], need_dx=False)
+        return {name: grads[name] for name in self.params}
+
+    def loss_and_grads(self, x, y, coupling=None):
+        """(loss, grads, out): total loss as a float, a gradient per parameter, and
+        forward's outputs. Masks the decoder input by the label."""
+        if y is None:
+            raise ValueError("loss_and_grads needs labels y")
+        out, caches = self.forward(x, y, coupling)
+        return out["loss"], self.backward(caches), out
+
+    def loss(self, x, y, coupling=None):
+        """The total loss alone (what the gradient checker differentiates)."""
+        return self.forward(x, y, coupling)[0]["loss"]
+
+    def predict(self, x, batch_size=256):
+        """Predicted classes (N,) as a NumPy int array: the longest digit capsule."""
+        return self.predict_lengths(x, batch_size).argmax(axis=1)
+
+    def predict_lengths(self, x, batch_size=256):
+        """Capsule lengths (N, num_classes) as NumPy, computed in batches, no decoder."""
+        x = self._check_x(x)
+        parts = [backend.to_numpy(self.forward(x[k:k + batch_size], decode=False)[0]["lengths"])
+                 for k in range(0, x.shape[0], batch_size)]
+        return np.concatenate(parts)

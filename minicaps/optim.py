@@ -1,0 +1,59 @@
+"""Adam (Kingma & Ba), in the form TensorFlow implements it, as the paper used.
+
+    t += 1
+    m = beta1 m + (1 - beta1) g
+    v = beta2 v + (1 - beta2) g^2
+    lr_t = lr sqrt(1 - beta2^t) / (1 - beta1^t)
+    p -= lr_t m / (sqrt(v) + eps)
+
+State is keyed by parameter name like the parameters and the gradients.
+"""
+import math
+
+from .backend import get_xp
+
+
+class Adam:
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
+        if not lr > 0:
+            raise ValueError(f"Adam needs a positive learning rate, got {lr}")
+        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"Adam betas must lie in [0, 1), got {beta1}, {beta2}")
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.t = 0
+        self.m, self.v = {}, {}
+
+    def step(self, params, grads):
+        """Update every array of ``params`` in place from ``grads`` (same keys)."""
+        missing = set(params) - set(grads)
+        if missing:
+            raise ValueError(f"no gradient for parameters {sorted(missing)}")
+        self.t += 1
+        b1, b2 = self.beta1, self.beta2
+        lr_t = self.lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
+        for name, p in params.items():
+            g = grads[name]
+            xp = get_xp(p)
+            if name not in self.m:
+                self.m[name] = xp.zeros_like(p)
+                self.v[name] = xp.zeros_like(p)
+            m, v = self.m[name], self.v[name]
+            m *= b1
+            m += (1 - b1) * g
+            v *= b2
+            v += (1 - b2) * (g * g)
+            p -= (lr_t * m) / (xp.sqrt(v) + self.eps)
+
+    def state_dict(self):
+        """Hyper-parameters, step count and moments (arrays keyed "m/<name>", "v/<name>")."""
+        arrays = {f"m/{k}": a for k, a in self.m.items()}
+        arrays.update({f"v/{k}": a for k, a in self.v.items()})
+        return {"lr": self.lr, "beta1": self.beta1, "beta2": self.beta2, "eps": self.eps,
+                "t": self.t}, arrays
+
+    def load_state_dict(self, hyper, arrays):
+        self.lr, self.beta1, self.beta2, self.eps = (hyper["lr"], hyper["beta1"],
+                                                     hyper["beta2"], hyper["eps"])
+        self.t = int(hyper["t"])
+        self.m = {k[2:]: a for k, a in arrays.items() if k.startswith("m/")}
+        self.v = {k[2:]: a for k, a in arrays.items() if k.startswith("v/")}
