@@ -1,0 +1,82 @@
+"""Device selection, host/device moves, and NumPy vs CuPy parity (needs a GPU)."""
+import numpy as np
+import pytest
+
+import minicaps as mc
+from minicaps import backend, ops
+from minicaps.gradcheck import randomize_params, relative_error, tiny_config
+
+
+def test_cpu_is_the_default_and_the_environment_can_choose(monkeypatch):
+    monkeypatch.delenv("MINICAPS_DEVICE", raising=False)
+    assert backend.resolve_device() == "cpu"
+    monkeypatch.setenv("MINICAPS_DEVICE", "cpu")
+    assert backend.resolve_device() == "cpu"
+    monkeypatch.setenv("MINICAPS_DEVICE", "tpu")
+    with pytest.raises(ValueError, match="MINICAPS_DEVICE"):
+        backend.resolve_device()
+
+
+def test_asking_for_a_missing_gpu_is_a_clear_error():
+    if backend.gpu_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="device='cpu'"):
+        backend.resolve_device("gpu")
+    with pytest.raises(RuntimeError, match="cpu"):
+        mc.CapsNet(tiny_config(), device="gpu")
+
+
+def test_numpy_arrays_stay_numpy():
+    a = np.arange(3.0)
+    assert backend.get_xp(a) is np
+    assert backend.to_device(a, "cpu") is a
+    moved = backend.params_to_numpy({"w": a})
+    assert moved["w"] is a
+
+
+# ------------------------------------------------------------------ parity (skipped without a GPU)
+def both(*arrays):
+    return [backend.to_device(a, "gpu") for a in arrays]
+
+
+@pytest.mark.gpu
+def test_every_op_forward_and_backward_agree_on_numpy_and_cupy():
+    from minicaps.gradcheck import op_cases
+    for name, fwd, bwd, inputs, _ in op_cases(np.random.default_rng(0)):
+        out_cpu, cache_cpu = fwd(*inputs)
+        out_gpu, cache_gpu = fwd(*both(*inputs))
+        assert relative_error(out_cpu, backend.to_numpy(out_gpu)) < 1e-12, name
+        dout = np.random.default_rng(1).standard_normal(np.shape(out_cpu))
+        g_cpu = bwd(dout, cache_cpu)
+        g_gpu = bwd(backend.to_device(dout, "gpu"), cache_gpu)
+        g_cpu = g_cpu if isinstance(g_cpu, tuple) else (g_cpu,)
+        g_gpu = g_gpu if isinstance(g_gpu, tuple) else (g_gpu,)
+        for a, b in zip(g_cpu, g_gpu):
+            assert relative_error(a, backend.to_numpy(b)) < 1e-12, name
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype,tol", [("float64", 1e-11), ("float32", 1e-4)])
+def test_full_model_agrees_on_numpy_and_cupy(dtype, tol):
+    cpu = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype=dtype, device="cpu")
+    gpu = mc.CapsNet(mc.CapsNetConfig(), dtype=dtype, device="gpu", params=cpu.params)
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (4, 28, 28, 1)).astype(dtype)
+    y = rng.integers(0, 10, 4)
+    l_cpu, g_cpu, o_cpu = cpu.loss_and_grads(x, y)
+    l_gpu, g_gpu, o_gpu = gpu.loss_and_grads(x, y)
+    assert abs(l_cpu - l_gpu) <= tol * abs(l_cpu)
+    assert relative_error(o_cpu["lengths"], backend.to_numpy(o_gpu["lengths"])) <= tol
+    for name in g_cpu:
+        assert g_gpu[name].dtype == np.dtype(dtype)
+        assert relative_error(g_cpu[name], backend.to_numpy(g_gpu[name])) <= tol, name
+
+
+@pytest.mark.gpu
+def test_gradient_check_on_the_gpu():
+    from minicaps.gradcheck import check_model
+    model = mc.CapsNet(tiny_config(), dtype="float64", device="gpu")
+    randomize_params(model, np.random.default_rng(0))
+    rng = np.random.default_rng(0)
+    x, y = rng.uniform(0, 1, (2, 10, 10, 1)), rng.integers(0, 3, 2)
+    assert max(check_model(model, x, y).values()) <= 1e-5

@@ -1,0 +1,341 @@
+"""Every op's backward pass against central finite differences in float64,
+on shapes and values drawn by hypothesis, plus the properties the paper states."""
+import numpy as np
+import pytest
+from hypothesis import given, strategies as st
+
+from minicaps import ops
+from minicaps.gradcheck import check_op, relative_error
+
+TOL = 1e-7
+seeds = st.integers(0, 2**32 - 1)
+
+
+def away_from(a, points, margin):
+    """Move entries of a at least ``margin`` away from each kink in ``points``."""
+    for p in points:
+        close = np.abs(a - p) < margin
+        a = np.where(close, p + np.where(a >= p, margin, -margin), a)
+    return a
+
+
+def assert_grads(errors, tol=TOL):
+    assert errors and all(e <= tol for e in errors.values()), errors
+
+
+# ------------------------------------------------------------------ conv2d
+@given(seed=seeds, n=st.integers(1, 2), h=st.integers(3, 8), w=st.integers(3, 8),
+       c_in=st.integers(1, 3), c_out=st.integers(1, 3), k=st.integers(1, 3), stride=st.integers(1, 3))
+def test_conv2d_gradients(seed, n, h, w, c_in, c_out, k, stride):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c_in))
+    W = rng.standard_normal((k, k, c_in, c_out))
+    b = rng.standard_normal(c_out)
+    fwd = lambda x, W, b: ops.conv2d_forward(x, W, b, stride)
+    assert_grads(check_op(fwd, ops.conv2d_backward, [x, W, b], ["x", "W", "b"], rng=rng))
+
+
+def naive_conv2d(x, W, b, stride):
+    N, H, Wd, C = x.shape
+    kh, kw, _, O = W.shape
+    Ho, Wo = (H - kh) // stride + 1, (Wd - kw) // stride + 1
+    out = np.zeros((N, Ho, Wo, O))
+    for n in range(N):
+        for i in range(Ho):
+            for j in range(Wo):
+                for o in range(O):
+                    window = x[n, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
+                    out[n, i, j, o] = (window * W[:, :, :, o]).sum() + b[o]
+    return out
+
+
+@given(seed=seeds, h=st.integers(2, 9), w=st.integers(2, 9), kh=st.integers(1, 3),
+       kw=st.integers(1, 3), stride=st.integers(1, 3))
+def test_conv2d_equals_naive_loop(seed, h, w, kh, kw, stride):
+    rng = np.random.default_rng(seed)
+    kh, kw = min(kh, h), min(kw, w)
+    x = rng.standard_normal((2, h, w, 3))
+    W = rng.standard_normal((kh, kw, 3, 4))
+    b = rng.standard_normal(4)
+    out, _ = ops.conv2d_forward(x, W, b, stride)
+    np.testing.assert_allclose(out, naive_conv2d(x, W, b, stride), rtol=1e-12, atol=1e-12)
+
+
+@given(seed=seeds, h=st.integers(3, 9), w=st.integers(3, 9), k=st.integers(1, 3), stride=st.integers(1, 3))
+def test_col2im_is_the_adjoint_of_im2col(seed, h, w, k, stride):
+    # <im2col(x), y> == <x, col2im(y)> for every x and y
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, h, w, 3))
+    cols = ops.im2col(x, k, k, stride)
+    y = rng.standard_normal(cols.shape)
+    lhs = (cols * y).sum()
+    rhs = (x * ops.col2im(y, x.shape, stride)).sum()
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
+def test_conv2d_backward_without_input_gradient(rng):
+    x = rng.standard_normal((2, 5, 5, 2))
+    out, cache = ops.conv2d_forward(x, rng.standard_normal((3, 3, 2, 4)), np.zeros(4))
+    dx, dW, db = ops.conv2d_backward(np.ones_like(out), cache, need_dx=False)
+    assert dx is None and dW.shape == (3, 3, 2, 4) and db.shape == (4,)
+
+
+# ------------------------------------------------------------------ dense, relu, sigmoid
+@given(seed=seeds, n=st.integers(1, 5), d_in=st.integers(1, 6), d_out=st.integers(1, 6))
+def test_dense_gradients(seed, n, d_in, d_out):
+    rng = np.random.default_rng(seed)
+    inputs = [rng.standard_normal((n, d_in)), rng.standard_normal((d_in, d_out)), rng.standard_normal(d_out)]
+    assert_grads(check_op(ops.dense_forward, ops.dense_backward, inputs, ["x", "W", "b"], rng=rng))
+
+
+@given(seed=seeds, shape=st.lists(st.integers(1, 5), min_size=1, max_size=3))
+def test_relu_gradient_away_from_the_kink(seed, shape):
+    rng = np.random.default_rng(seed)
+    x = away_from(rng.standard_normal(shape), [0.0], 1e-3)
+    assert_grads(check_op(ops.relu_forward, ops.relu_backward, [x], rng=rng))
+
+
+@given(seed=seeds, scale=st.floats(0.1, 20))
+def test_sigmoid_gradient(seed, scale):
+    rng = np.random.default_rng(seed)
+    x = scale * rng.standard_normal((3, 4))
+    assert_grads(check_op(ops.sigmoid_forward, ops.sigmoid_backward, [x], rng=rng))
+
+
+def test_sigmoid_is_finite_and_exact_for_large_inputs():
+    x = np.array([-800.0, -30.0, 0.0, 30.0, 800.0])
+    with np.errstate(over="raise"):
+        y, _ = ops.sigmoid_forward(x)
+    np.testing.assert_allclose(y[1:4], 1 / (1 + np.exp(-x[1:4])), rtol=1e-15)
+    assert y[0] == 0.0 and y[-1] == 1.0
+
+
+# ------------------------------------------------------------------ squash and lengths (eq. 1)
+@given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), scale=st.floats(1e-2, 10))
+def test_squash_gradient(seed, shape, scale):
+    rng = np.random.default_rng(seed)
+    s = scale * rng.standard_normal(shape)
+    assert_grads(check_op(ops.squash_forward, ops.squash_backward, [s], rng=rng))
+
+
+@given(seed=seeds, scale=st.floats(1e-3, 1e3))
+def test_squash_shrinks_below_one_and_keeps_direction(seed, scale):
+    s = scale * np.random.default_rng(seed).standard_normal((6, 8))
+    v, _ = ops.squash_forward(s)
+    norm_s, norm_v = np.linalg.norm(s, axis=-1), np.linalg.norm(v, axis=-1)
+    assert np.all(norm_v >= 0) and np.all(norm_v < 1)
+    # closed form of eq. 1: |v| = |s|^2 / (1 + |s|^2) |s| / sqrt(|s|^2 + eps)
+    n = norm_s**2
+    np.testing.assert_allclose(norm_v, n / (1 + n) * norm_s / np.sqrt(n + ops.SQUASH_EPS), rtol=1e-12)
+    cosine = (s * v).sum(-1) / (norm_s * norm_v)
+    np.testing.assert_allclose(cosine, 1.0, rtol=1e-12)
+
+
+def test_squash_of_zero_has_finite_value_and_gradient():
+    s = np.zeros((3, 8))
+    v, cache = ops.squash_forward(s)
+    ds = ops.squash_backward(np.ones_like(v), cache)
+    assert np.all(v == 0) and np.all(np.isfinite(ds))
+    # at s = 0 the gradient is exactly 0: v ~ |s|^2 s / sqrt(eps) is cubic in s
+    assert np.all(ds == 0)
+    # a zero capsule beside non-zero ones keeps the check tight
+    s = np.vstack([np.zeros((1, 4)), np.random.default_rng(0).standard_normal((2, 4))])
+    assert_grads(check_op(ops.squash_forward, ops.squash_backward, [s]))
+
+
+def test_squash_float32_keeps_dtype_and_matches_float64(rng):
+    s = rng.standard_normal((5, 3, 8))
+    v64, _ = ops.squash_forward(s)
+    v32, cache = ops.squash_forward(s.astype(np.float32))
+    ds32 = ops.squash_backward(np.ones_like(v32), cache)
+    assert v32.dtype == np.float32 and ds32.dtype == np.float32
+    np.testing.assert_allclose(v32, v64, rtol=1e-5, atol=1e-6)
+
+
+@given(seed=seeds)
+def test_length_gradient(seed):
+    rng = np.random.default_rng(seed)
+    assert_grads(check_op(ops.length_forward, ops.length_backward, [rng.standard_normal((3, 4, 5))], rng=rng))
+
+
+# ------------------------------------------------------------------ primary capsules, predictions (eq. 2)
+@given(seed=seeds, h=st.integers(1, 3), maps=st.integers(1, 3), dims=st.integers(1, 4))
+def test_primary_capsules_gradient(seed, h, maps, dims):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((2, h, h + 1, maps * dims))
+    fwd = lambda x: ops.primary_capsules_forward(x, dims)
+    assert_grads(check_op(fwd, ops.primary_capsules_backward, [x], rng=rng))
+
+
+def test_primary_capsule_index_and_channel_layout(rng):
+    # capsule i = (row*W + col)*maps + map holds channels map*dims .. map*dims + dims - 1
+    N, H, W, maps, dims = 2, 3, 4, 5, 8
+    conv = rng.standard_normal((N, H, W, maps * dims))
+    u, _ = ops.primary_capsules_forward(conv, dims)
+    row, col, m = 2, 1, 3
+    i = (row * W + col) * maps + m
+    expected, _ = ops.squash_forward(conv[:, row, col, m * dims:(m + 1) * dims])
+    np.testing.assert_allclose(u[:, i], expected, rtol=1e-13)
+
+
+@given(seed=seeds, n=st.integers(1, 4), i=st.integers(1, 6), j=st.integers(1, 4),
+       d_in=st.integers(1, 4), d_out=st.integers(1, 4))
+def test_predictions_gradient(seed, n, i, j, d_in, d_out):
+    rng = np.random.default_rng(seed)
+    inputs = [rng.standard_normal((n, i, d_in)), rng.standard_normal((i, j, d_out, d_in))]
+    assert_grads(check_op(ops.predictions_forward, ops.predictions_backward, inputs, ["u", "W"], rng=rng))
+
+
+def test_predictions_equal_a_naive_loop(rng):
+    u, W = rng.standard_normal((3, 5, 4)), rng.standard_normal((5, 2, 6, 4))
+    u_hat, _ = ops.predictions_forward(u, W)
+    for n in range(3):
+        for i in range(5):
+            for j in range(2):
+                np.testing.assert_allclose(u_hat[n, i, j], W[i, j] @ u[n, i], rtol=1e-12)
+
+
+# ------------------------------------------------------------------ routing (Procedure 1)
+def routing_v(u_hat, *args, **kw):
+    (v, _), cache = ops.routing_forward(u_hat, *args, **kw)
+    return v, cache
+
+
+@given(seed=seeds, iters=st.integers(1, 4), n=st.integers(1, 3), i=st.integers(1, 6),
+       j=st.integers(2, 4), d=st.integers(1, 4), scale=st.floats(0.1, 2.0))
+def test_routing_gradient_through_every_iteration(seed, iters, n, i, j, d, scale):
+    rng = np.random.default_rng(seed)
+    u_hat = scale * rng.standard_normal((n, i, j, d))
+    assert_grads(check_op(lambda u: routing_v(u, iters), ops.routing_backward, [u_hat], rng=rng))
+
+
+@given(seed=seeds, iters=st.integers(1, 4))
+def test_routing_stop_gradient_is_the_gradient_with_frozen_coupling(seed, iters):
+    # "stop" differentiates s = sum_i c_ij u_hat_j|i with c held at its routed value
+    rng = np.random.default_rng(seed)
+    u_hat = rng.standard_normal((2, 5, 3, 4))
+    (v, c), cache = ops.routing_forward(u_hat, iters, "stop")
+    frozen = lambda u: routing_v(u, iters, "stop", coupling=c)
+    assert_grads(check_op(frozen, ops.routing_backward, [u_hat], rng=np.random.default_rng(seed)))
+    # same forward value as "full"; and with c frozen, v is the routed v
+    (v_full, _), _ = ops.routing_forward(u_hat, iters, "full")
+    np.testing.assert_allclose(v, v_full, rtol=1e-14)
+    np.testing.assert_allclose(frozen(u_hat)[0], v, rtol=1e-14)
+
+
+def test_stop_and_full_gradients_differ_after_several_iterations(rng):
+    # the check above would pass a "full" backward only if the agreement path were dead
+    u_hat = rng.standard_normal((2, 5, 3, 4))
+    dv = rng.standard_normal((2, 3, 4))
+    full = ops.routing_backward(dv, ops.routing_forward(u_hat, 3, "full")[1])
+    stop = ops.routing_backward(dv, ops.routing_forward(u_hat, 3, "stop")[1])
+    assert relative_error(full, stop) > 1e-3
+
+
+def naive_routing(u_hat, iters):
+    """Procedure 1 with explicit loops over n, i, j: an independent computation."""
+    N, I, J, D = u_hat.shape
+    b = np.zeros((N, I, J))
+    for it in range(iters):
+        c = np.exp(b) / np.exp(b).sum(axis=2, keepdims=True)
+        v = np.zeros((N, J, D))
+        for n in range(N):
+            for j in range(J):
+                s = sum(c[n, i, j] * u_hat[n, i, j] for i in range(I))
+                sq = s @ s
+                v[n, j] = sq / (1 + sq) * s / np.sqrt(sq + ops.SQUASH_EPS)
+        if it < iters - 1:
+            for n in range(N):
+                for i in range(I):
+                    for j in range(J):
+                        b[n, i, j] += u_hat[n, i, j] @ v[n, j]
+    return v, c
+
+
+@pytest.mark.parametrize("iters", [1, 2, 3, 5])
+def test_routing_equals_procedure_1_written_as_loops(rng, iters):
+    u_hat = rng.standard_normal((2, 6, 3, 4))
+    (v, c), _ = ops.routing_forward(u_hat, iters)
+    v_ref, c_ref = naive_routing(u_hat, iters)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-12)
+    np.testing.assert_allclose(c, c_ref, rtol=1e-12)
+
+
+@given(seed=seeds, iters=st.integers(1, 5), scale=st.floats(0.01, 50))
+def test_coupling_coefficients_sum_to_one_over_output_capsules(seed, iters, scale):
+    u_hat = scale * np.random.default_rng(seed).standard_normal((3, 7, 4, 5))
+    (_, c), _ = ops.routing_forward(u_hat, iters)
+    assert np.all(c >= 0)
+    np.testing.assert_allclose(c.sum(axis=2), 1.0, rtol=1e-12)
+
+
+def test_routing_sharpens_coupling_towards_agreeing_predictions():
+    # 4 predictions agree on output 0, so routing should send them there
+    rng = np.random.default_rng(0)
+    u_hat = 0.05 * rng.standard_normal((1, 8, 2, 4))
+    u_hat[0, :4, 0] = [1.0, 0.0, 0.0, 0.0]
+    c1 = ops.routing_forward(u_hat, 1)[0][1]
+    c3 = ops.routing_forward(u_hat, 3)[0][1]
+    np.testing.assert_allclose(c1, 0.5)
+    assert np.all(c3[0, :4, 0] > 0.6)
+
+
+def test_routing_rejects_bad_arguments(rng):
+    u_hat = rng.standard_normal((1, 2, 2, 2))
+    with pytest.raises(ValueError, match="routing_grad"):
+        ops.routing_forward(u_hat, 3, "sometimes")
+    with pytest.raises(ValueError, match="iteration"):
+        ops.routing_forward(u_hat, 0)
+
+
+# ------------------------------------------------------------------ losses (eq. 4), masking
+def margin_closed_form(lengths, y, m_plus=0.9, m_minus=0.1, lam=0.5):
+    total = 0.0
+    for n in range(lengths.shape[0]):
+        for k in range(lengths.shape[1]):
+            if k == y[n]:
+                total += max(0.0, m_plus - lengths[n, k]) ** 2
+            else:
+                total += lam * max(0.0, lengths[n, k] - m_minus) ** 2
+    return total / lengths.shape[0]
+
+
+@given(seed=seeds, n=st.integers(1, 5), k=st.integers(2, 6))
+def test_margin_loss_value_and_gradient(seed, n, k):
+    rng = np.random.default_rng(seed)
+    lengths = away_from(rng.uniform(0, 1, (n, k)), [0.1, 0.9], 1e-3)
+    y = rng.integers(0, k, n)
+    loss, _ = ops.margin_loss_forward(lengths, y)
+    assert loss >= 0
+    assert abs(loss - margin_closed_form(lengths, y)) <= 1e-12
+    assert_grads(check_op(lambda l: ops.margin_loss_forward(l, y), ops.margin_loss_backward,
+                          [lengths], rng=rng))
+
+
+def test_margin_loss_is_zero_for_confident_correct_capsules():
+    lengths = np.array([[0.95, 0.05, 0.0], [0.02, 0.08, 0.91]])
+    assert float(ops.margin_loss_forward(lengths, np.array([0, 2]))[0]) == 0.0
+
+
+@given(seed=seeds)
+def test_mask_gradient_and_value(seed):
+    rng = np.random.default_rng(seed)
+    v = rng.standard_normal((3, 4, 5))
+    y = rng.integers(0, 4, 3)
+    mask = ops.one_hot(y, 4, np.float64)
+    out, _ = ops.mask_forward(v, mask)
+    for n in range(3):
+        expected = np.zeros((4, 5))
+        expected[y[n]] = v[n, y[n]]
+        np.testing.assert_array_equal(out[n], expected.reshape(-1))
+    assert_grads(check_op(lambda v: ops.mask_forward(v, mask), ops.mask_backward, [v], rng=rng))
+
+
+@given(seed=seeds, n=st.integers(1, 4), p=st.integers(1, 9))
+def test_reconstruction_loss_value_and_gradient(seed, n, p):
+    rng = np.random.default_rng(seed)
+    r, t = rng.uniform(0, 1, (n, p)), rng.uniform(0, 1, (n, p))
+    loss, _ = ops.reconstruction_loss_forward(r, t)
+    assert abs(loss - sum(((r[k] - t[k]) ** 2).sum() for k in range(n)) / n) <= 1e-12
+    assert_grads(check_op(lambda r: ops.reconstruction_loss_forward(r, t),
+                          ops.reconstruction_loss_backward, [r], rng=rng))

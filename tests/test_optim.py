@@ -1,0 +1,75 @@
+"""Adam against a few steps computed by hand from the update rule."""
+import math
+
+import numpy as np
+import pytest
+
+import minicaps as mc
+
+
+def adam_by_hand(p, grads, lr=1e-3, b1=0.9, b2=0.999, eps=1e-8):
+    """The TensorFlow form of Adam, one scalar at a time, in plain Python floats."""
+    m = v = 0.0
+    for t, g in enumerate(grads, start=1):
+        m = b1 * m + (1 - b1) * g
+        v = b2 * v + (1 - b2) * g * g
+        lr_t = lr * math.sqrt(1 - b2**t) / (1 - b1**t)
+        p = p - lr_t * m / (math.sqrt(v) + eps)
+    return p
+
+
+def test_adam_matches_the_update_rule_by_hand():
+    rng = np.random.default_rng(0)
+    p0 = {"a.W": rng.standard_normal((3, 2)), "a.b": rng.standard_normal(2)}
+    steps = [{k: rng.standard_normal(v.shape) for k, v in p0.items()} for _ in range(4)]
+    params = {k: v.copy() for k, v in p0.items()}
+    opt = mc.Adam(lr=0.01)
+    for g in steps:
+        opt.step(params, g)
+    for name in p0:
+        for idx in np.ndindex(p0[name].shape):
+            expected = adam_by_hand(p0[name][idx], [g[name][idx] for g in steps], lr=0.01)
+            assert params[name][idx] == pytest.approx(expected, rel=1e-12, abs=1e-15)
+    assert opt.t == 4
+
+
+def test_first_adam_step_moves_each_parameter_by_about_lr():
+    # with bias correction, step 1 is lr * g / (|g| + eps) = lr * sign(g)
+    params = {"w": np.array([1.0, -2.0, 3.0])}
+    mc.Adam(lr=0.1).step(params, {"w": np.array([5.0, -0.01, 2.0])})
+    np.testing.assert_allclose(params["w"], [0.9, -1.9, 2.9], rtol=1e-5)
+
+
+def test_adam_updates_in_place_and_keeps_float32():
+    w = np.ones(4, dtype=np.float32)
+    params = {"w": w}
+    opt = mc.Adam()
+    opt.step(params, {"w": np.full(4, 0.5, dtype=np.float32)})
+    assert params["w"] is w and w.dtype == np.float32 and np.all(w < 1)
+    assert opt.m["w"].dtype == np.float32
+
+
+def test_adam_state_round_trip_continues_identically():
+    rng = np.random.default_rng(1)
+    grads = [{"w": rng.standard_normal(5)} for _ in range(4)]
+    a, pa = mc.Adam(lr=0.05), {"w": np.zeros(5)}
+    for g in grads:
+        a.step(pa, g)
+    b, pb = mc.Adam(lr=0.05), {"w": np.zeros(5)}
+    for g in grads[:2]:
+        b.step(pb, g)
+    hyper, arrays = b.state_dict()
+    c = mc.Adam()
+    c.load_state_dict(hyper, {k: v.copy() for k, v in arrays.items()})
+    for g in grads[2:]:
+        c.step(pb, g)
+    np.testing.assert_array_equal(pa["w"], pb["w"])
+
+
+def test_adam_rejects_missing_gradients_and_bad_hyperparameters():
+    with pytest.raises(ValueError, match="no gradient"):
+        mc.Adam().step({"w": np.zeros(2)}, {})
+    with pytest.raises(ValueError, match="learning rate"):
+        mc.Adam(lr=0)
+    with pytest.raises(ValueError, match="betas"):
+        mc.Adam(beta1=1.0)
