@@ -1,6 +1,10 @@
 """The `minicaps` command: argparse front end only; the work happens in the library."""
 import argparse
 import sys
+import time
+from pathlib import Path
+
+DATASETS = ("mnist", "fashion-mnist")
 
 
 def cmd_gradcheck(args):
@@ -15,11 +19,96 @@ def cmd_gradcheck(args):
     return 1 if bad else 0
 
 
+def cmd_train(args):
+    from .model import CapsNetConfig
+    from .train import train
+    out = args.out
+    if out is None:
+        out = (Path(args.resume).parent if args.resume
+               else Path("runs") / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config = CapsNetConfig(routing_iters=args.routing_iters, routing_grad=args.routing_grad)
+    print(f"training on {args.dataset}, writing to {out}")
+    try:
+        result = train(config, epochs=args.epochs, out_dir=out, batch_size=args.batch_size,
+                       lr=args.lr, lr_decay=args.lr_decay, decay_steps=args.decay_steps,
+                       seed=args.seed, dtype=args.dtype, device=args.device,
+                       dataset=args.dataset, data_root=args.data_root,
+                       limit_train=args.limit_train, limit_test=args.limit_test,
+                       val_size=args.val_size, shift=args.shift, resume=args.resume,
+                       progress=not args.no_progress)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; continue with --resume {Path(out) / 'last.npz'} "
+              "(and the same options)", file=sys.stderr)
+        return 130
+    if result.history:
+        print(f"done: test accuracy {result.history[-1]['test_accuracy']:.4f}; "
+              f"checkpoints {result.last_checkpoint}, {result.best_checkpoint}")
+    else:
+        print(f"nothing to do: the checkpoint has already done {result.epoch} epochs")
+    return 0
+
+
+def cmd_evaluate(args):
+    from .checkpoint import load_checkpoint
+    from .train import evaluate, prepare_data
+    ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
+    _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
+                              limit_test=args.limit_test)
+    scores = evaluate(ckpt.model, test.images, test.labels, batch_size=args.batch_size,
+                      progress=not args.no_progress, desc="test set")
+    print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}) on {scores['n']} "
+          f"{dataset} test images:")
+    print(f"  accuracy            {scores['accuracy']:.4f} "
+          f"({round(scores['accuracy'] * scores['n'])}/{scores['n']}, "
+          f"error {100 * (1 - scores['accuracy']):.2f}%)")
+    print(f"  margin loss         {scores['margin_loss']:.5f}")
+    if scores["reconstruction_loss"] is not None:
+        print(f"  reconstruction loss {scores['reconstruction_loss']:.4f} "
+              "(sum of squared pixel errors per image, decoder masked by the prediction)")
+    print(f"  total loss          {scores['loss']:.5f}")
+    return 0
+
+
+# --- argument types: a bad value is an argparse error (usage line, exit status 2) ----------
+
+def positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def nonnegative_int(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def add_data_options(p):
+    p.add_argument("--data-root", metavar="DIR", default=None,
+                   help="folder with the IDX files (.gz or not), directly or in "
+                        "DIR/<dataset>/; default $MINICAPS_DATA, else a per-user cache "
+                        "(downloaded there if missing)")
+    p.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
+                   help="evaluate on the first N test images only (default: all 10000)")
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minicaps",
         description="Capsule Networks (Sabour et al., 2017) written by hand on NumPy/CuPy.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
     p = sub.add_parser("gradcheck", help="prove every backward pass against finite differences",
                        description="Check every op and every parameter of small CapsNets "
                                    "(routing 'full' with 1 and 3 iterations, 'stop' with 3) "
@@ -27,6 +116,71 @@ def build_parser():
                                    "the relative errors. Exit status 1 if any is above tolerance.")
     p.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
     p.set_defaults(func=cmd_gradcheck)
+
+    p = sub.add_parser(
+        "train", formatter_class=defaults, help="train a CapsNet on MNIST or Fashion-MNIST",
+        description="Train the paper's CapsNet (3 routing iterations, decoder, margin loss) "
+                    "with Adam, learning rate lr * 0.96^(step/2000) and random shifts of up to "
+                    "2 pixels. Each epoch prints the test accuracy, appends a line to "
+                    "OUT/metrics.jsonl and saves OUT/last.npz and OUT/best.npz. The paper "
+                    "trains about 50 epochs (--epochs 50); on a CPU one epoch of 60000 images "
+                    "takes about half an hour, so start with e.g. "
+                    "--epochs 1 --limit-train 10000.")
+    p.add_argument("--epochs", type=nonnegative_int, default=1,
+                   help="train until this many epochs are done in all (with --resume: "
+                        "counting those in the checkpoint)")
+    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
+    p.add_argument("--lr", type=positive_float, default=1e-3, help="initial Adam learning rate")
+    p.add_argument("--lr-decay", type=positive_float, default=0.96,
+                   help="the learning rate is multiplied by this every --decay-steps steps "
+                        "(continuously)")
+    p.add_argument("--decay-steps", type=positive_int, default=2000, help="see --lr-decay")
+    p.add_argument("--shift", type=nonnegative_int, default=2,
+                   help="random shift of each training image by up to this many pixels "
+                        "(0: no augmentation)")
+    p.add_argument("--routing-iters", type=positive_int, default=3,
+                   help="iterations of dynamic routing")
+    p.add_argument("--routing-grad", choices=("full", "stop"), default="full",
+                   help="'full': backpropagate through all routing iterations; 'stop': "
+                        "treat the coupling coefficients as constants")
+    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="floating-point type of parameters and activations")
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed for the initial weights, the shuffling, the shifts and the "
+                        "validation split")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for metrics.jsonl and the checkpoints (default: "
+                        "runs/<dataset>-<date>-<time>, or the folder of --resume)")
+    p.add_argument("--resume", metavar="CKPT", default=None,
+                   help="continue exactly from this checkpoint (e.g. OUT/last.npz); "
+                        "give the same options as the original run")
+    p.add_argument("--limit-train", type=positive_int, metavar="N", default=None,
+                   help="train on the first N training images only (default: all)")
+    p.add_argument("--val-size", type=nonnegative_int, metavar="N", default=0,
+                   help="hold out N random training images for validation; best.npz then "
+                        "goes by validation accuracy instead of test accuracy")
+    p.add_argument("--dataset", choices=DATASETS, default="mnist", help="which data set")
+    add_data_options(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is also off when stderr is not a terminal)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser(
+        "evaluate", formatter_class=defaults, help="test accuracy and losses of a checkpoint",
+        description="Load a checkpoint and print its accuracy, margin loss and reconstruction "
+                    "loss on the test set (decoder masked by the predicted class).")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="which test set (default: the one the checkpoint was trained on)")
+    add_data_options(p)
+    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (it is also off when stderr is not a terminal)")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

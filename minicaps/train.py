@@ -1,0 +1,316 @@
+"""The training loop of the paper: Adam, exponential learning-rate decay, 2-pixel shifts.
+
+    for each epoch:
+        for each minibatch (shuffled):
+            x = random_shift(images, 2)                  # the paper's only augmentation
+            loss, grads = model.loss_and_grads(x, y)     # decoder masked by the label
+            Adam step with lr = lr0 * 0.96^(step / 2000)
+        evaluate on test (and validation): decoder masked by the prediction
+        append a line to metrics.jsonl; save last.npz and best.npz
+
+Every random draw after the network's initialisation (shuffling, shifts) comes from one
+numpy Generator seeded by ``seed``; its state is saved with each checkpoint, so
+``resume=`` continues a run exactly: on the CPU two epochs in one go and one epoch, save,
+resume, one more epoch give bit-for-bit the same parameters.
+"""
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .checkpoint import load_checkpoint, save_checkpoint
+from .data import iterate_minibatches, load_mnist, random_shift, to_model_input, train_val_split
+from .model import CapsNet
+from .ops import margin_loss_forward, reconstruction_loss_forward
+from .optim import Adam
+
+METRICS_FILE = "metrics.jsonl"
+LAST, BEST = "last.npz", "best.npz"
+# Settings that change what a resumed run computes: they must match the checkpoint's.
+RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
+                   "dataset", "val_size", "limit_train", "n_train")
+
+
+def learning_rate(step, lr0=1e-3, decay_rate=0.96, decay_steps=2000):
+    """lr0 * decay_rate^(step / decay_steps): continuous exponential decay, as the authors'
+    code (tf.train.exponential_decay), where ``step`` counts the updates already made."""
+    return lr0 * decay_rate ** (step / decay_steps)
+
+
+# --- data ------------------------------------------------------------------------------------
+
+@dataclass
+class Split:
+    """Labelled uint8 images (N, H, W) or (N, H, W, C) with int labels (N,)."""
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.labels)
+
+
+def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, limit_test=None,
+                 val_size=0, seed=0):
+    """(train, val or None, test) Splits from ``data`` = (x_train, y_train, x_test, y_test)
+    arrays, or from load_mnist. ``val_size`` images are held out of the training set at random
+    (seeded) before the first ``limit_train`` of the rest are kept; the test set is cut to
+    its first ``limit_test``."""
+    if data is None:
+        data = load_mnist(root=data_root, dataset=dataset)
+    if len(data) != 4:
+        raise ValueError("data must be (x_train, y_train, x_test, y_test)")
+    x_train, y_train, x_test, y_test = (np.asarray(a) for a in data)
+    for name, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
+        if images.dtype != np.uint8 or images.ndim not in (3, 4):
+            raise ValueError(f"{name} images must be uint8 (N, H, W) or (N, H, W, C), "
+                             f"got {images.dtype} {images.shape}")
+        if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
+            raise ValueError(f"{name} labels must be {len(images)} integers, "
+                             f"got {labels.dtype} {labels.shape}")
+    val = None
+    if val_size:
+        x_train, y_train, x_val, y_val = train_val_split(x_train, y_train, val_size, seed)
+        val = Split(x_val, y_val)
+    if limit_train is not None:
+        x_train, y_train = x_train[:limit_train], y_train[:limit_train]
+    if limit_test is not None:
+        x_test, y_test = x_test[:limit_test], y_test[:limit_test]
+    if len(y_train) == 0 or len(y_test) == 0:
+        raise ValueError(f"need at least one training and one test image, "
+                         f"got {len(y_train)} and {len(y_test)}")
+    return Split(x_train, y_train), val, Split(x_test, y_test)
+
+
+def _check_shape(split, config, name):
+    shape = split.images.shape[1:] + ((1,) if split.images.ndim == 3 else ())
+    if tuple(shape) != tuple(config.input_shape):
+        raise ValueError(f"{name} images are {tuple(shape)} (H, W, C) but the network expects "
+                         f"{tuple(config.input_shape)}")
+
+
+def _batch_to_device(images, labels, model):
+    x = backend.to_device(to_model_input(images, model.dtype), model.device)
+    return x, backend.to_device(labels, model.device)
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate"):
+    """Accuracy and mean losses of ``model`` on uint8 ``images`` with true ``labels``.
+
+    The decoder is masked by the predicted class, as at test time in the paper, and no
+    gradients are computed. Returns a dict: accuracy, margin_loss, reconstruction_loss
+    (None without a decoder), loss (margin + recon_weight * reconstruction), n.
+    """
+    from tqdm import tqdm
+    cfg, n = model.config, len(labels)
+    if n == 0:
+        raise ValueError("cannot evaluate on an empty set")
+    correct, margin, recon = 0, 0.0, 0.0
+    bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=None if progress else True)
+    for start in range(0, n, batch_size):
+        x, y = _batch_to_device(images[start:start + batch_size],
+                                labels[start:start + batch_size], model)
+        out, _ = model.forward(x)
+        lengths, m = out["lengths"], len(y)
+        correct += int((lengths.argmax(axis=1) == y).sum())
+        # The losses are batch means: weight them by the batch size for the mean over all n.
+        margin += m * float(margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)[0])
+        if "reconstruction" in out:
+            recon += m * float(reconstruction_loss_forward(out["reconstruction"],
+                                                           x.reshape(m, -1))[0])
+        bar.update(m)
+    bar.close()
+    result = {"accuracy": correct / n, "margin_loss": margin / n,
+              "reconstruction_loss": recon / n if cfg.use_decoder else None, "n": n}
+    result["loss"] = result["margin_loss"] + cfg.recon_weight * (recon / n)
+    return result
+
+
+# --- one epoch -------------------------------------------------------------------------------
+
+def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
+                shift, progress=True, desc="train"):
+    """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
+
+    stats: mean loss, margin loss, reconstruction loss and accuracy over the epoch's
+    images (each batch's value weighted by its size), seconds, images per second.
+    """
+    from tqdm import tqdm
+    totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0, "correct": 0}
+    seen, start = 0, time.perf_counter()
+    bar = tqdm(total=len(train), desc=desc, unit="img", leave=False,
+               disable=None if progress else True)
+    for images, labels in iterate_minibatches(train.images, train.labels, batch_size, rng=rng):
+        if shift:
+            images = random_shift(images, shift, rng)
+        x, y = _batch_to_device(images, labels, model)
+        loss, grads, out = model.loss_and_grads(x, y)
+        optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
+        optimizer.step(model.params, grads)
+        step += 1
+        n = len(labels)
+        seen += n
+        totals["loss"] += n * loss
+        totals["margin_loss"] += n * out["margin_loss"]
+        totals["reconstruction_loss"] += n * out.get("reconstruction_loss", 0.0)
+        totals["correct"] += int((out["lengths"].argmax(axis=1) == y).sum())
+        bar.update(n)
+        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
+                        acc=f"{totals['correct'] / seen:.4f}", refresh=False)
+    bar.close()
+    seconds = time.perf_counter() - start
+    stats = {k: totals[k] / seen for k in ("loss", "margin_loss", "reconstruction_loss")}
+    stats.update(accuracy=totals["correct"] / seen, seconds=seconds,
+                 images_per_second=seen / seconds if seconds > 0 else None)
+    return step, stats
+
+
+# --- the run ---------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    """Where a run stands: the model and optimizer, and what this call did."""
+    model: CapsNet
+    optimizer: Adam
+    rng: np.random.Generator
+    epoch: int
+    step: int
+    out_dir: Path
+    best_accuracy: float = None                    # validation (else test) accuracy of best.npz
+    history: list = field(default_factory=list)   # the metrics dicts of this call's epochs
+
+    @property
+    def last_checkpoint(self):
+        return self.out_dir / LAST
+
+    @property
+    def best_checkpoint(self):
+        return self.out_dir / BEST
+
+
+def train(config=None, *, epochs, out_dir, batch_size=128, lr=1e-3, lr_decay=0.96,
+          decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
+          data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, resume=None,
+          progress=True, log=print):
+    """Train a CapsNet until ``epochs`` epochs are done in all; returns a TrainResult.
+
+    config: a CapsNetConfig (None with ``resume``: the checkpoint's). data: (x_train,
+    y_train, x_test, y_test) with uint8 images, else ``dataset`` is loaded with load_mnist
+    from ``data_root``. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
+    ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
+    accuracy if val_size is 0) is the best so far. ``resume``: a checkpoint path to continue
+    from; the settings that change the computation must be the ones it was trained with.
+    """
+    if epochs < 0 or batch_size < 1 or not lr > 0 or shift < 0 or val_size < 0:
+        raise ValueError("need epochs >= 0, batch_size >= 1, lr > 0, shift >= 0, val_size >= 0")
+    train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
+                                                limit_test, val_size, seed)
+    settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,
+                "decay_steps": decay_steps, "seed": seed, "shift": shift, "dtype": str(dtype),
+                "dataset": dataset, "val_size": val_size, "limit_train": limit_train,
+                "n_train": len(train_set)}
+    run = _start(config, settings, device, Path(out_dir), resume, log)
+    for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
+        if split is not None:
+            _check_shape(split, run.model.config, name)
+
+    while run.epoch < epochs:
+        run.epoch += 1
+        run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
+                                      batch_size=batch_size, lr=lr, lr_decay=lr_decay,
+                                      decay_steps=decay_steps, shift=shift, progress=progress,
+                                      desc=f"epoch {run.epoch}/{epochs}")
+        seconds, images_per_second = stats.pop("seconds"), stats.pop("images_per_second")
+        metrics = {"epoch": run.epoch, "step": run.step,
+                   "lr": learning_rate(run.step - 1, lr, lr_decay, decay_steps),  # last update's
+                   **{f"train_{k}": v for k, v in stats.items()},
+                   "epoch_seconds": seconds, "images_per_second": images_per_second}
+        start = time.perf_counter()
+        for prefix, split in (("val", val_set), ("test", test_set)):
+            if split is not None:
+                scores = evaluate(run.model, split.images, split.labels, progress=progress,
+                                  desc=f"{prefix} set")
+                metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
+        metrics["eval_seconds"] = time.perf_counter() - start
+        score = metrics["val_accuracy"] if val_set is not None else metrics["test_accuracy"]
+        is_best = _save(run, metrics, settings, score)
+        log(_epoch_line(metrics, epochs, is_best))
+        run.history.append(metrics)
+    return run
+
+
+def _start(config, settings, device, out_dir, resume, log):
+    """A fresh run (initial weights and generator from the seed), or one resumed."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if resume is None:
+        if config is None:
+            raise ValueError("train needs a CapsNetConfig (or resume=CHECKPOINT)")
+        model = CapsNet(config, seed=settings["seed"], dtype=settings["dtype"], device=device)
+        return TrainResult(model, Adam(lr=settings["lr"]),
+                           np.random.default_rng(settings["seed"]), 0, 0, out_dir)
+    ckpt = load_checkpoint(resume, device=device)
+    _check_resume(ckpt, config, settings)
+    _truncate_metrics(out_dir / METRICS_FILE, ckpt.epoch)
+    log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
+    return TrainResult(ckpt.model, ckpt.optimizer, ckpt.rng(), ckpt.epoch, ckpt.step, out_dir,
+                       best_accuracy=ckpt.extra.get("best_accuracy"))
+
+
+def _save(run, metrics, settings, score):
+    """The metrics line, last.npz, and best.npz when ``score`` beats the best so far.
+    Returns whether it did. (A crash before last.npz is written leaves a metrics line that
+    a resume from the previous checkpoint drops, so no epoch is lost or logged twice.)"""
+    with open(run.out_dir / METRICS_FILE, "a") as f:
+        f.write(json.dumps(metrics) + "\n")
+    is_best = run.best_accuracy is None or score > run.best_accuracy
+    if is_best:
+        run.best_accuracy = score
+    state = dict(epoch=run.epoch, step=run.step, rng_state=run.rng.bit_generator.state,
+                 metrics=metrics, extra={"settings": settings, "best_accuracy": run.best_accuracy})
+    save_checkpoint(run.last_checkpoint, run.model, run.optimizer, **state)
+    if is_best:
+        save_checkpoint(run.best_checkpoint, run.model, run.optimizer, **state)
+    return is_best
+
+
+def _epoch_line(m, epochs, is_best):
+    line = (f"epoch {m['epoch']}/{epochs}: train loss {m['train_loss']:.4f} "
+            f"acc {m['train_accuracy']:.4f} | ")
+    if "val_accuracy" in m:
+        line += f"val acc {m['val_accuracy']:.4f} | "
+    line += (f"test acc {m['test_accuracy']:.4f} margin {m['test_margin_loss']:.4f} "
+             f"recon {m['test_reconstruction_loss'] or 0:.2f} | lr {m['lr']:.2e} | "
+             f"{m['epoch_seconds']:.1f} s, {m['images_per_second'] or 0:.0f} img/s")
+    return line + (" (best)" if is_best else "")
+
+
+def _check_resume(ckpt, config, settings):
+    """A resumed run must compute what the original would have: same network, same settings."""
+    problems = []
+    if config is not None:
+        a, b = config.to_dict(), ckpt.model.config.to_dict()
+        problems += [f"{k}={a[k]!r} (checkpoint {b[k]!r})" for k in a if a[k] != b[k]]
+    saved = ckpt.extra.get("settings", {})
+    problems += [f"{k}={settings[k]!r} (checkpoint {saved[k]!r})"
+                 for k in RESUME_SETTINGS if k in saved and saved[k] != settings[k]]
+    if problems:
+        raise ValueError(f"{ckpt.path} was trained with other settings; to resume, pass the "
+                         f"same ones: " + ", ".join(problems))
+
+
+def _truncate_metrics(path, epoch):
+    """Drop metrics lines of epochs after ``epoch`` (written before a crash, not checkpointed)."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if json.loads(line)["epoch"] <= epoch:
+                kept.append(line)
+        except (ValueError, KeyError, TypeError):   # a line torn by the crash
+            pass
+    path.write_text("".join(line + "\n" for line in kept))

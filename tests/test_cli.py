@@ -1,0 +1,194 @@
+"""The `minicaps` command: help texts, argument errors, train / evaluate / gradcheck.
+
+Training through the CLI uses the paper's full-size network on 28x28 images. Without the
+real MNIST files the data loader is replaced by a few synthetic images; with $MINICAPS_DATA
+set, `python -m minicaps train` and examples/train_mnist.py also run on a little real MNIST.
+"""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minicaps.train
+from minicaps import cli
+from minicaps.checkpoint import load_checkpoint
+from minicaps.data import load_mnist, to_model_input
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_MNIST = bool(os.environ.get("MINICAPS_DATA"))
+needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="set MINICAPS_DATA to the MNIST files")
+
+
+def minicaps_command(*args, timeout=120):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    return subprocess.run([sys.executable, "-m", "minicaps", *map(str, args)], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def synthetic_mnist(n_train=16, n_test=8, seed=0):
+    """Four arrays shaped like load_mnist's: a bright square whose corner says the class."""
+    rng = np.random.default_rng(seed)
+    def split(n):
+        labels = rng.integers(0, 10, n)
+        images = rng.integers(0, 30, (n, 28, 28)).astype(np.uint8)
+        for image, label in zip(images, labels):
+            image[2 + 2 * label:8 + 2 * label, 4:12] = 255
+        return images, labels
+    return split(n_train) + split(n_test)
+
+
+@pytest.fixture
+def fake_mnist(monkeypatch):
+    data = synthetic_mnist()
+    calls = []
+
+    def fake_load(root=None, download=True, dataset="mnist", **kw):
+        calls.append((root, dataset))
+        return data
+
+    monkeypatch.setattr(minicaps.train, "load_mnist", fake_load)
+    return data, calls
+
+
+# --- help and argument errors ------------------------------------------------------------------
+
+@pytest.mark.parametrize("command, words", [
+    ([], ["train", "evaluate", "gradcheck"]),
+    (["train"], ["--epochs", "--batch-size", "(default: 128)", "(default: 0.001)",
+                 "--routing-iters", "--routing-grad", "--resume", "--limit-train",
+                 "--val-size", "fashion-mnist", "--data-root", "--no-progress", "--out"]),
+    (["evaluate"], ["CHECKPOINT", "--limit-test", "--dataset", "--device", "(default: 256)"]),
+    (["gradcheck"], ["finite differences", "--seed"]),
+])
+def test_help_texts(capsys, command, words):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(command + ["--help"])
+    assert exit.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())   # undo argparse's line wrapping
+    for word in words:
+        assert word in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--batch-size", "0"], "--batch-size: must be a positive integer"),
+    (["train", "--epochs", "two"], "--epochs: invalid"),
+    (["train", "--lr", "-1"], "--lr: must be positive"),
+    (["train", "--device", "tpu"], "--device: invalid choice"),
+    (["train", "--dataset", "cifar"], "--dataset: invalid choice"),
+    (["train", "--routing-grad", "half"], "--routing-grad: invalid choice"),
+    (["evaluate"], "the following arguments are required: CHECKPOINT"),
+    (["fly"], "invalid choice"),
+])
+def test_bad_arguments_exit_2_with_a_message(capsys, argv, message):
+    with pytest.raises(SystemExit) as exit:
+        cli.main(argv)
+    assert exit.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_no_command_prints_help_and_exits_2(capsys):
+    assert cli.main([]) == 2
+    assert "train" in capsys.readouterr().out
+
+
+def test_bad_checkpoint_path_is_one_line_without_traceback(tmp_path):
+    result = minicaps_command("evaluate", tmp_path / "missing.npz")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0
+    assert "missing.npz" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_damaged_checkpoint_exits_2(tmp_path, capsys):
+    bad = tmp_path / "bad.npz"
+    bad.write_bytes(b"PK\x03\x04 not really a zip")
+    assert cli.main(["evaluate", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minicaps evaluate: error:") and "bad.npz" in err
+
+
+def test_bad_data_files_exit_2(tmp_path, capsys):
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+                 "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (tmp_path / name).write_bytes(b"\x00\x00\x08\x01 garbage")
+    code = cli.main(["train", "--data-root", str(tmp_path), "--out", str(tmp_path / "run"),
+                     "--no-progress"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minicaps train: error:") and str(tmp_path) in err
+
+
+# --- train and evaluate (full-size network, synthetic 28x28 data) ---------------------------
+
+def test_train_evaluate_resume(tmp_path, capsys, fake_mnist):
+    data, calls = fake_mnist
+    out = tmp_path / "run"
+    common = ["--batch-size", "8", "--out", str(out), "--no-progress", "--dataset",
+              "fashion-mnist", "--data-root", str(tmp_path), "--routing-iters", "2"]
+    assert cli.main(["train", "--epochs", "1", *common]) == 0
+    printed = capsys.readouterr().out
+    assert "epoch 1/1" in printed and "test acc" in printed
+    assert calls == [(str(tmp_path), "fashion-mnist")]
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").open()]
+    assert [m["epoch"] for m in metrics] == [1] and metrics[0]["step"] == 2
+    ckpt = load_checkpoint(out / "last.npz")
+    assert ckpt.model.config.routing_iters == 2 and ckpt.model.config.input_shape == (28, 28, 1)
+
+    # evaluate: the dataset defaults to the checkpoint's; accuracy is an independent count
+    assert cli.main(["evaluate", str(out / "best.npz"), "--batch-size", "3"]) == 0
+    printed = capsys.readouterr().out
+    x_test, y_test = data[2], data[3]
+    correct = np.count_nonzero(ckpt.model.predict(to_model_input(x_test)) == y_test)
+    assert f"({correct}/8, " in printed and "fashion-mnist" in printed
+    assert "margin loss" in printed and "reconstruction loss" in printed
+
+    # resume to two epochs in all: only epoch 2 runs
+    assert cli.main(["train", "--epochs", "2", "--resume", str(out / "last.npz"), *common]) == 0
+    assert "epoch 2/2" in capsys.readouterr().out
+    assert [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").open()] == [1, 2]
+    # a resume with another batch size is refused with one clear line
+    assert cli.main(["train", "--epochs", "3", "--resume", str(out / "last.npz"),
+                     *common, "--batch-size", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "batch_size=4 (checkpoint 8)" in err and err.count("\n") == 1
+
+
+def test_gradcheck_command_prints_a_table():
+    result = minicaps_command("gradcheck")
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| CapsNet")]
+    assert len(rows) > 10 and all("| yes" in row for row in rows)
+    assert any("digit.W" in row for row in rows)
+    assert "checks within tolerance" in result.stdout
+
+
+# --- real MNIST ------------------------------------------------------------------------------
+
+@needs_mnist
+def test_train_command_on_real_mnist(tmp_path):
+    out = tmp_path / "run"
+    result = minicaps_command("train", "--epochs", 1, "--limit-train", 64, "--limit-test", 64,
+                              "--batch-size", 32, "--out", out)
+    assert result.returncode == 0, result.stderr
+    assert "test acc" in result.stdout
+    metrics = json.loads((out / "metrics.jsonl").read_text())
+    assert metrics["step"] == 2 and metrics["test_n"] == 64
+    result = minicaps_command("evaluate", out / "last.npz", "--limit-test", 64)
+    assert result.returncode == 0, result.stderr
+    x_test, y_test = load_mnist(download=False)[2:]
+    model = load_checkpoint(out / "last.npz").model
+    correct = np.count_nonzero(model.predict(to_model_input(x_test[:64])) == y_test[:64])
+    assert f"({correct}/64, " in result.stdout
+
+
+@needs_mnist
+def test_example_script_runs(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, str(ROOT / "examples" / "train_mnist.py"),
+                             "--limit-train", "32", "--limit-test", "32", "--batch-size", "16"],
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "epoch 1: test accuracy" in result.stdout

@@ -1,0 +1,287 @@
+"""The training loop: schedule, augmentation, evaluation, metrics, checkpoints, exact resume.
+
+Everything runs on gradcheck's tiny 10x10 network with a synthetic 3-class task (a
+horizontal bar, a vertical bar or a diagonal on faint noise), which it learns in a second.
+"""
+import json
+import math
+
+import numpy as np
+import pytest
+
+import minicaps as mc
+from minicaps.checkpoint import load_checkpoint
+from minicaps.data import to_model_input
+from minicaps.gradcheck import randomize_params, tiny_config
+from minicaps.train import evaluate, learning_rate, train
+
+CONFIG = tiny_config(recon_weight=0.0005)
+QUIET = dict(progress=False, log=lambda line: None)
+
+
+def bars(n, seed):
+    """uint8 images (n, 10, 10) of three classes, and their labels."""
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n)
+    images = rng.integers(0, 40, (n, 10, 10)).astype(np.uint8)
+    for image, label in zip(images, labels):
+        if label == 0:
+            image[4:6, 2:8] = 255
+        elif label == 1:
+            image[2:8, 4:6] = 255
+        else:
+            image[np.arange(2, 8), np.arange(2, 8)] = 255
+    return images, labels
+
+
+def bars_data(n_train=120, n_test=60):
+    return bars(n_train, 0) + bars(n_test, 1)
+
+
+def run(tmp_path, name="run", **kw):
+    kw = {"epochs": 1, "batch_size": 20, "lr": 0.01, "shift": 1,   # 1 pixel of 10 ~ 2 of 28
+          "data": bars_data(), **QUIET, **kw}
+    return train(CONFIG, out_dir=tmp_path / name, **kw)
+
+
+# --- learning-rate schedule ------------------------------------------------------------------
+
+def test_learning_rate_closed_form():
+    for step in (0, 1, 999, 2000, 4000, 12345):
+        assert learning_rate(step, 1e-3, 0.96, 2000) == pytest.approx(
+            1e-3 * math.exp(step / 2000 * math.log(0.96)), rel=1e-12)
+    assert learning_rate(2000) == pytest.approx(0.96e-3, rel=1e-12)
+
+
+def test_every_step_uses_the_decayed_rate(tmp_path, monkeypatch):
+    used = []
+    real_step = mc.Adam.step
+
+    def recording_step(self, params, grads):
+        used.append(self.lr)
+        real_step(self, params, grads)
+
+    monkeypatch.setattr(mc.Adam, "step", recording_step)
+    run(tmp_path, epochs=2, lr=0.02, lr_decay=0.5, decay_steps=3)   # 6 steps an epoch
+    assert len(used) == 12
+    np.testing.assert_allclose(used, [0.02 * 0.5 ** (t / 3) for t in range(12)], rtol=1e-12)
+
+
+# --- the batches the model sees ----------------------------------------------------------------
+
+def shifted(image, dy, dx):
+    """image moved down dy and right dx, zero-filled: an independent np.roll-based shift."""
+    out = np.roll(image, (dy, dx), axis=(0, 1))
+    if dy > 0:
+        out[:dy] = 0
+    elif dy < 0:
+        out[dy:] = 0
+    if dx > 0:
+        out[:, :dx] = 0
+    elif dx < 0:
+        out[:, dx:] = 0
+    return out
+
+
+def recorded_batches(tmp_path, monkeypatch, **kw):
+    seen = []
+    real = mc.CapsNet.loss_and_grads
+
+    def recording(self, x, y, coupling=None):
+        seen.append((mc.to_numpy(x).copy(), mc.to_numpy(y).copy()))
+        return real(self, x, y, coupling)
+
+    monkeypatch.setattr(mc.CapsNet, "loss_and_grads", recording)
+    run(tmp_path, **kw)
+    return seen
+
+
+def test_without_shift_each_epoch_shows_every_image_once_shuffled(tmp_path, monkeypatch):
+    images, labels, _, _ = bars_data()
+    seen = recorded_batches(tmp_path, monkeypatch, shift=0, epochs=2)
+    x = to_model_input(images, np.float32)
+    per_epoch = len(seen) // 2
+    for epoch in (seen[:per_epoch], seen[per_epoch:]):
+        xs = np.concatenate([b[0] for b in epoch])
+        ys = np.concatenate([b[1] for b in epoch])
+        order = [int(np.flatnonzero((x == row).all(axis=(1, 2, 3)))[0]) for row in xs]
+        assert sorted(order) == list(range(len(images)))     # a permutation
+        assert order != sorted(order)                         # shuffled
+        np.testing.assert_array_equal(ys, labels[order])
+    first = np.concatenate([b[0] for b in seen[:per_epoch]])
+    second = np.concatenate([b[0] for b in seen[per_epoch:]])
+    assert not np.array_equal(first, second)                  # a new order every epoch
+
+
+def test_shift_moves_images_by_at_most_two_pixels(tmp_path, monkeypatch):
+    images, labels, _, _ = bars_data()
+    plain = recorded_batches(tmp_path, monkeypatch, shift=0, name="plain")
+    monkeypatch.undo()
+    moved = recorded_batches(tmp_path, monkeypatch, shift=2, name="moved")
+    assert len(plain) == len(moved)
+    same_order_labels = [np.array_equal(a[1], b[1]) for a, b in zip(plain, moved)]
+    assert all(same_order_labels)       # the shuffle is drawn first, from the same seed
+    offsets = set()
+    for (x0, _), (x2, _) in zip(plain, moved):
+        for original, augmented in zip(x0[..., 0], x2[..., 0]):
+            candidates = [(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)
+                          if np.array_equal(shifted(original, dy, dx), augmented)]
+            assert candidates, "an augmented image is no shift of its original"
+            offsets.add(candidates[0])
+    assert len(offsets) > 10            # many different shifts were drawn, not just (0, 0)
+
+
+# --- evaluation ----------------------------------------------------------------------------
+
+def test_evaluate_matches_independent_computation():
+    model = mc.CapsNet(CONFIG, seed=3, dtype="float64")
+    images, labels = bars(23, 5)
+    scores = evaluate(model, images, labels, batch_size=7)    # uneven batches: 7, 7, 7, 2
+    x = to_model_input(images, np.float64)
+    lengths = model.predict_lengths(x)
+    assert scores["n"] == 23
+    assert scores["accuracy"] == np.count_nonzero(model.predict(x) == labels) / 23
+    T = np.eye(3)[labels]
+    margin = (T * np.maximum(0, 0.9 - lengths) ** 2
+              + 0.5 * (1 - T) * np.maximum(0, lengths - 0.1) ** 2).sum(axis=1).mean()
+    assert scores["margin_loss"] == pytest.approx(margin, rel=1e-10)
+    # reconstruction from the capsule of the predicted class, all images in one pass
+    out, _ = model.forward(x)
+    recon = ((out["reconstruction"] - x.reshape(23, -1)) ** 2).sum(axis=1).mean()
+    assert scores["reconstruction_loss"] == pytest.approx(recon, rel=1e-10)
+    assert scores["loss"] == pytest.approx(margin + CONFIG.recon_weight * recon, rel=1e-10)
+
+
+def test_evaluate_masks_the_decoder_by_the_prediction_not_the_label():
+    model = randomize_params(mc.CapsNet(CONFIG, seed=3, dtype="float64"),
+                             np.random.default_rng(0))    # capsules long enough to matter
+    images, labels = bars(12, 5)
+    x = to_model_input(images, np.float64)
+    wrong = (model.predict(x) + 1) % 3                  # every label disagrees with the prediction
+    with_label, _ = model.forward(x, wrong)
+    by_prediction, _ = model.forward(x)
+    recon = ((by_prediction["reconstruction"] - x.reshape(12, -1)) ** 2).sum(axis=1).mean()
+    scores = evaluate(model, images, wrong)
+    assert scores["accuracy"] == 0
+    assert scores["reconstruction_loss"] == pytest.approx(recon, rel=1e-10)
+    assert abs(recon - with_label["reconstruction_loss"]) > 1e-3 * recon
+
+
+# --- a whole run ---------------------------------------------------------------------------
+
+def test_training_learns_and_logs_metrics(tmp_path):
+    result = run(tmp_path, epochs=8, val_size=20)
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    metrics = [json.loads(line) for line in lines]
+    assert [m["epoch"] for m in metrics] == list(range(1, 9))
+    assert [m["step"] for m in metrics] == [5 * e for e in range(1, 9)]   # 100 images / 20
+    expected = {"epoch", "step", "lr", "train_loss", "train_accuracy", "train_margin_loss",
+                "train_reconstruction_loss", "test_accuracy", "test_margin_loss",
+                "test_reconstruction_loss", "test_loss", "val_accuracy", "val_margin_loss",
+                "val_reconstruction_loss", "val_loss", "epoch_seconds", "images_per_second"}
+    assert expected <= set(metrics[0])
+    assert metrics[-1]["lr"] == pytest.approx(learning_rate(39, 0.01))
+    assert metrics[-1]["test_accuracy"] >= 0.9 > metrics[0]["test_accuracy"]
+    assert metrics[-1]["train_loss"] < metrics[0]["train_loss"]
+    # the last metrics agree with an independent count on the last checkpoint's model
+    _, _, test_images, test_labels = bars_data()
+    ckpt = load_checkpoint(tmp_path / "run" / "last.npz")
+    predictions = ckpt.model.predict(to_model_input(test_images, np.float32))
+    assert metrics[-1]["test_accuracy"] == np.count_nonzero(predictions == test_labels) / 60
+    assert ckpt.epoch == 8 and ckpt.step == 40 and result.history == metrics
+    # best.npz is the epoch with the highest validation accuracy (the first, on ties)
+    val = [m["val_accuracy"] for m in metrics]
+    assert load_checkpoint(tmp_path / "run" / "best.npz").epoch == 1 + int(np.argmax(val))
+
+
+def test_best_follows_test_accuracy_without_validation(tmp_path):
+    run(tmp_path, epochs=4)
+    metrics = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    test = [m["test_accuracy"] for m in metrics]
+    assert "val_accuracy" not in metrics[0]
+    assert load_checkpoint(tmp_path / "run" / "best.npz").epoch == 1 + int(np.argmax(test))
+
+
+def test_same_seed_same_run_other_seed_other_run(tmp_path):
+    a = run(tmp_path, name="a", epochs=2)
+    b = run(tmp_path, name="b", epochs=2)
+    c = run(tmp_path, name="c", epochs=2, seed=1)
+    np.testing.assert_array_equal(a.model.params["digit.W"], b.model.params["digit.W"])
+    assert not np.array_equal(a.model.params["digit.W"], c.model.params["digit.W"])
+
+
+def test_resume_continues_bit_for_bit(tmp_path):
+    kw = dict(val_size=20, shift=2, seed=5)
+    straight = run(tmp_path, name="straight", epochs=2, **kw)
+    first = run(tmp_path, name="split", epochs=1, **kw)
+    after_one = {k: p.copy() for k, p in first.model.params.items()}
+    resumed = run(tmp_path, name="split", epochs=2, resume=tmp_path / "split" / "last.npz", **kw)
+
+    assert resumed.epoch == straight.epoch == 2 and resumed.step == straight.step == 10
+    for name, p in straight.model.params.items():
+        np.testing.assert_array_equal(resumed.model.params[name], p)
+        assert not np.array_equal(p, after_one[name])          # epoch 2 did change it
+    hyper_a, moments_a = straight.optimizer.state_dict()
+    hyper_b, moments_b = resumed.optimizer.state_dict()
+    assert hyper_a == hyper_b
+    for key, a in moments_a.items():
+        np.testing.assert_array_equal(moments_b[key], a)
+    last_a = load_checkpoint(tmp_path / "straight" / "last.npz")
+    last_b = load_checkpoint(tmp_path / "split" / "last.npz")
+    assert last_a.rng_state == last_b.rng_state
+    # the metrics files agree line for line, apart from the timings
+    def losses(name):
+        return [{k: v for k, v in json.loads(line).items() if "seconds" not in k
+                 and k != "images_per_second"}
+                for line in (tmp_path / name / "metrics.jsonl").open()]
+    assert losses("straight") == losses("split")
+
+
+def test_resume_drops_metrics_written_after_the_checkpoint(tmp_path):
+    run(tmp_path, epochs=1)
+    metrics = tmp_path / "run" / "metrics.jsonl"
+    with metrics.open("a") as f:   # as if epoch 2 was logged and the run died before saving
+        f.write(json.dumps({"epoch": 2, "test_accuracy": 0.0}) + "\n" + '{"epoch": 3, "te')
+    run(tmp_path, epochs=2, resume=tmp_path / "run" / "last.npz")
+    epochs = [json.loads(line)["epoch"] for line in metrics.open()]
+    assert epochs == [1, 2]
+    assert json.loads(metrics.read_text().splitlines()[1])["test_accuracy"] > 0
+
+
+def test_resume_with_other_settings_is_refused(tmp_path):
+    run(tmp_path, epochs=1)
+    ckpt = tmp_path / "run" / "last.npz"
+    with pytest.raises(ValueError, match="batch_size=10"):
+        run(tmp_path, epochs=2, resume=ckpt, batch_size=10)
+    with pytest.raises(ValueError, match="routing_iters"):
+        train(tiny_config(recon_weight=0.0005, routing_iters=1), epochs=2,
+              out_dir=tmp_path / "run", data=bars_data(), batch_size=20, lr=0.01,
+              resume=ckpt, **QUIET)
+
+
+def test_resume_of_a_finished_run_does_nothing(tmp_path):
+    first = run(tmp_path, epochs=1)
+    again = run(tmp_path, epochs=1, resume=tmp_path / "run" / "last.npz")
+    assert again.history == [] and again.epoch == 1
+    np.testing.assert_array_equal(again.model.params["digit.W"], first.model.params["digit.W"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda d: (d[0][:, :9], d[1], d[2], d[3]), "expects"),               # 9x10 images
+    (lambda d: (d[0].astype(np.float32), d[1], d[2], d[3]), "uint8"),
+    (lambda d: (d[0], d[1][:5], d[2], d[3]), "labels"),
+    (lambda d: (d[0], d[1]), "x_train, y_train"),
+])
+def test_bad_data_raises_value_error(tmp_path, change, message):
+    with pytest.raises(ValueError, match=message):
+        run(tmp_path, data=change(bars_data()))
+
+
+@pytest.mark.gpu
+def test_training_on_gpu_matches_cpu_closely(tmp_path):
+    cpu = run(tmp_path, name="cpu", epochs=1, dtype="float64", device="cpu")
+    gpu = run(tmp_path, name="gpu", epochs=1, dtype="float64", device="gpu")
+    assert mc.backend.device_of(gpu.model.params["digit.W"]) == "gpu"
+    for name, p in cpu.model.params.items():
+        np.testing.assert_allclose(mc.to_numpy(gpu.model.params[name]), p, rtol=1e-6, atol=1e-9)
+    assert load_checkpoint(tmp_path / "gpu" / "last.npz", device="cpu").epoch == 1
