@@ -123,8 +123,8 @@ def build_parser():
                     "with Adam, learning rate lr * 0.96^(step/2000) and random shifts of up to "
                     "2 pixels. Each epoch prints the test accuracy, appends a line to "
                     "OUT/metrics.jsonl and saves OUT/last.npz and OUT/best.npz. The paper "
-                    "trains about 50 epochs (--epochs 50); on a CPU one epoch of 60000 images "
-                    "takes about half an hour, so start with e.g. "
+                    "trains about 50 epochs (--epochs 50); on a 2-core CPU one epoch of 60000 images "
+                    "takes 30-60 minutes today, so start with e.g. "
                     "--epochs 1 --limit-train 10000.")
     p.add_argument("--epochs", type=nonnegative_int, default=1,
                    help="train until this many epochs are done in all (with --resume: "
