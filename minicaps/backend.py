@@ -113,3 +113,11 @@ def synchronize(a=None):
     """Wait for the GPU to finish (for timing); no-op on the CPU."""
     if _cupy is not None:
         _cupy.cuda.Stream.null.synchronize()
+
+
+def as_strided(a, shape, strides):
+    """A view of ``a`` with the given shape and byte strides (numpy's or cupy's
+    stride_tricks.as_strided); only read from it, its elements may overlap."""
+    if is_gpu_array(a):
+        return _cupy.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
+    return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)

@@ -3,67 +3,125 @@
 Shapes: x (N, H, W, C_in), weights (kh, kw, C_in, C_out), valid padding, any
 stride; output (N, Ho, Wo, C_out) with Ho = (H - kh) // stride + 1.
 
-im2col copies every kernel offset (a, b) as one strided slice, so the
-windows end up contiguous as (N, Ho, Wo, kh, kw, C_in) and the convolution is
-a single matrix product. col2im walks the same offsets and adds the slices
-back: no scatter-add, no fancy indexing, the same code on NumPy and CuPy.
+im2col is a strided view of x (window (y, x) of image n starts at
+x[n, y*s, x*s]) copied once, so the windows end up contiguous as
+(N, Ho, Wo, kh, kw, C_in) and the convolution is a single matrix product.
+col2im is its adjoint: it adds every window back where it came from, one
+strided slice per window position (or per kernel offset, whichever loop is
+shorter). No scatter-add, no fancy indexing: the same code on NumPy and CuPy.
+
+Memory: the windows of the primary capsule convolution take 3 MB per image
+(36 windows of 9*9*256 floats), 380 MB for a batch of 128. So the batch runs
+through the GEMMs in chunks whose windows fit in ``WINDOW_BYTES``; the cache
+keeps only x, and the backward pass copies the windows of each chunk again
+(a copy costs far less than the GEMMs that use it).
 """
+from .. import backend
 from ..backend import get_xp
+
+WINDOW_BYTES = 24 * 2 ** 20     # im2col buffer per chunk: in cache-friendly reach, reused
 
 
 def conv_output_size(size, kernel, stride):
     return (size - kernel) // stride + 1
 
 
-def im2col(x, kh, kw, stride=1):
-    """(N, H, W, C) -> windows (N, Ho, Wo, kh, kw, C), a contiguous copy."""
-    xp = get_xp(x)
+def windows(x, kh, kw, stride=1):
+    """A read-only strided view (N, Ho, Wo, kh, kw, C) of the windows of x; no copy."""
     N, H, W, C = x.shape
     Ho, Wo = conv_output_size(H, kh, stride), conv_output_size(W, kw, stride)
-    cols = xp.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            cols[:, :, :, a, b, :] = x[:, a:a + stride * (Ho - 1) + 1:stride,
-                                        b:b + stride * (Wo - 1) + 1:stride, :]
-    return cols
+    sN, sH, sW, sC = x.strides
+    return backend.as_strided(x, (N, Ho, Wo, kh, kw, C),
+                              (sN, stride * sH, stride * sW, sH, sW, sC))
 
 
-def col2im(cols, x_shape, stride=1):
-    """Adjoint of im2col: (N, Ho, Wo, kh, kw, C) -> (N, H, W, C), overlaps summed."""
+def im2col(x, kh, kw, stride=1, out=None):
+    """(N, H, W, C) -> windows (N, Ho, Wo, kh, kw, C), a contiguous copy (into ``out`` if given)."""
+    xp = get_xp(x)
+    view = windows(x, kh, kw, stride)
+    if out is None:
+        return xp.ascontiguousarray(view)
+    out[...] = view
+    return out
+
+
+def col2im(cols, x_shape, stride=1, out=None):
+    """Adjoint of im2col: (N, Ho, Wo, kh, kw, C) -> (N, H, W, C), overlaps summed.
+
+    Adds into ``out`` when given (it must hold zeros for a plain col2im).
+    """
     xp = get_xp(cols)
     N, Ho, Wo, kh, kw, C = cols.shape
-    x = xp.zeros(x_shape, dtype=cols.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            x[:, a:a + stride * (Ho - 1) + 1:stride,
-              b:b + stride * (Wo - 1) + 1:stride, :] += cols[:, :, :, a, b, :]
+    x = xp.zeros(x_shape, dtype=cols.dtype) if out is None else out
+    if Ho * Wo <= kh * kw:       # one slice per window position
+        for i in range(Ho):
+            for j in range(Wo):
+                x[:, i * stride:i * stride + kh, j * stride:j * stride + kw, :] += cols[:, i, j]
+    else:                        # one slice per kernel offset
+        for a in range(kh):
+            for b in range(kw):
+                x[:, a:a + stride * (Ho - 1) + 1:stride,
+                  b:b + stride * (Wo - 1) + 1:stride, :] += cols[:, :, :, a, b, :]
     return x
 
 
-def conv2d_forward(x, W, b, stride=1):
+def _chunk_size(x_shape, kh, kw, stride, itemsize, chunk=None):
+    """Images per GEMM: all of them, or as many as keep the windows under WINDOW_BYTES."""
+    N, H, W, C = x_shape
+    if chunk is None:
+        per_image = (conv_output_size(H, kh, stride) * conv_output_size(W, kw, stride)
+                     * kh * kw * C * itemsize)
+        chunk = WINDOW_BYTES // per_image
+    return max(1, min(N, int(chunk)))
+
+
+def conv2d_forward(x, W, b, stride=1, chunk=None):
     """out[n, y, x, o] = sum_{a, b, c} x[n, y*s + a, x*s + b, c] W[a, b, c, o] + b[o].
 
     x: (N, H, W, C_in), W: (kh, kw, C_in, C_out), b: (C_out,) -> (N, Ho, Wo, C_out).
+    ``chunk``: images per GEMM (default: as many as fit in WINDOW_BYTES).
     """
+    xp = get_xp(x, W)
     kh, kw, C_in, C_out = W.shape
-    cols = im2col(x, kh, kw, stride)
-    N, Ho, Wo = cols.shape[:3]
-    out = cols.reshape(N * Ho * Wo, kh * kw * C_in) @ W.reshape(kh * kw * C_in, C_out)
+    N, H, Wd, _ = x.shape
+    Ho, Wo = conv_output_size(H, kh, stride), conv_output_size(Wd, kw, stride)
+    K = kh * kw * C_in
+    W2 = W.reshape(K, C_out)
+    chunk = _chunk_size(x.shape, kh, kw, stride, x.itemsize, chunk)
+    out = xp.empty((N, Ho, Wo, C_out), dtype=x.dtype)
+    buf = xp.empty((chunk, Ho, Wo, kh, kw, C_in), dtype=x.dtype)
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        cols = im2col(x[n0:n1], kh, kw, stride, out=buf[:n1 - n0])
+        xp.matmul(cols.reshape(-1, K), W2, out=out[n0:n1].reshape(-1, C_out))
     out += b
-    return out.reshape(N, Ho, Wo, C_out), (x.shape, cols, W, stride)
+    return out, (x, W, stride, chunk)
 
 
 def conv2d_backward(dout, cache, need_dx=True):
     """Gradients (dx, dW, db) of conv2d_forward; dx is None when need_dx is False
-    (the first layer never needs the gradient of the image)."""
-    x_shape, cols, W, stride = cache
+    (the first layer never needs the gradient of the image).
+
+        dW = windows^T @ dout      dwindows = dout @ W^T,  dx = col2im(dwindows)
+    """
+    x, W, stride, chunk = cache
+    xp = get_xp(dout, W)
     kh, kw, C_in, C_out = W.shape
-    dout2 = dout.reshape(-1, C_out)
-    cols2 = cols.reshape(dout2.shape[0], kh * kw * C_in)
-    dW = (cols2.T @ dout2).reshape(W.shape)
-    db = dout2.sum(axis=0)
-    dx = None
-    if need_dx:
-        dcols = dout2 @ W.reshape(kh * kw * C_in, C_out).T
-        dx = col2im(dcols.reshape(cols.shape), x_shape, stride)
-    return dx, dW, db
+    K = kh * kw * C_in
+    W2 = W.reshape(K, C_out)
+    N, Ho, Wo, _ = dout.shape
+    dW = xp.zeros((K, C_out), dtype=W.dtype)
+    dx = xp.zeros(x.shape, dtype=x.dtype) if need_dx else None
+    buf = xp.empty((chunk, Ho, Wo, kh, kw, C_in), dtype=x.dtype)
+    dbuf = xp.empty((chunk * Ho * Wo, K), dtype=x.dtype) if need_dx else None
+    for n0 in range(0, N, chunk):
+        n1 = min(N, n0 + chunk)
+        cols = im2col(x[n0:n1], kh, kw, stride, out=buf[:n1 - n0]).reshape(-1, K)
+        d = dout[n0:n1].reshape(-1, C_out)
+        # The longer side of dW as the GEMM's rows: BLAS crawls on a few rows with a long K.
+        dW += cols.T @ d if K >= C_out else (d.T @ cols).T
+        if need_dx:
+            dcols = xp.matmul(d, W2.T, out=dbuf[:d.shape[0]])
+            col2im(dcols.reshape(n1 - n0, Ho, Wo, kh, kw, C_in), x[n0:n1].shape, stride,
+                   out=dx[n0:n1])
+    return dx, dW.reshape(W.shape), dout.reshape(-1, C_out).sum(axis=0)
