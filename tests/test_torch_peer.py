@@ -36,11 +36,27 @@ TINY = dict(input_shape=(12, 12, 1), conv1_channels=4, conv1_kernel=3, primary_m
             routing_iters=3, decoder_sizes=(8, 6))
 
 
+# smaller still for the full (element by element) gradcheck: 8 primary capsules, ~750 parameters
+MICRO = dict(input_shape=(8, 8, 1), conv1_channels=2, conv1_kernel=3, primary_maps=2,
+             primary_dims=3, primary_kernel=3, primary_stride=2, num_classes=3, digit_dims=3,
+             routing_iters=3, decoder_sizes=(5, 4))
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny float64 graphs: threads only add overhead, worse on a shared, loaded machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def tiny_model(seed=0, **over):
     torch.manual_seed(seed)
     m = tc.TorchCapsNet(**dict(TINY, **over)).double()
-    with torch.no_grad():   # larger digit weights than the default init: routing far from uniform
-        m.digit.W.normal_(0.0, 0.5)
+    with torch.no_grad():   # larger weights than the default init: long capsules, routing far from uniform
+        for p in (m.conv1.weight, m.primary.weight, m.digit.W):
+            p.normal_(0.0, 0.5)
     return m
 
 
@@ -113,11 +129,10 @@ class _LossWrap(torch.nn.Module):
         self.m = m
 
     def forward(self, x, y):
-        total, margin, recon = self.m.loss(x, y)[:3]
-        return total, margin, recon
+        return self.m.loss(x, y)[0]
 
 
-def _gradcheck_model(m, x, y):
+def _gradcheck_model(m, x, y, fast_mode=False):
     w = _LossWrap(m)
     names = [n for n, _ in w.named_parameters()]
     params = [p.detach().clone().requires_grad_(True) for p in w.parameters()]
@@ -126,18 +141,26 @@ def _gradcheck_model(m, x, y):
     def f(*ps):
         return torch.func.functional_call(w, dict(zip(names, ps)), (xt, yt))
 
-    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-7, rtol=1e-5)
+    assert torch.autograd.gradcheck(f, params, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=fast_mode)
 
 
 @pytest.mark.parametrize("iters", [1, 3])
 @pytest.mark.parametrize("primary_relu", [False, True])
-def test_gradcheck_full_routing_float64(iters, primary_relu):
-    m = tiny_model(routing_iters=iters, primary_relu=primary_relu)
-    x, y = tiny_data()
+def test_gradcheck_full_routing_float64(iters, primary_relu, one_thread):
+    """Every parameter element, by central differences, on the micro config."""
+    m = tiny_model(**dict(MICRO, routing_iters=iters, primary_relu=primary_relu))
+    x, y = tiny_data(n=2, shape=MICRO["input_shape"])
     _gradcheck_model(m, x, y)
 
 
-def test_gradcheck_input_gradient():
+def test_gradcheck_tiny_config_fast_mode(one_thread):
+    """The larger tiny config (32 capsules), by random projections (gradcheck fast_mode)."""
+    m = tiny_model()
+    x, y = tiny_data()
+    _gradcheck_model(m, x, y, fast_mode=True)
+
+
+def test_gradcheck_input_gradient(one_thread):
     m = tiny_model()
     x, y = tiny_data()
     xt = torch.from_numpy(x).requires_grad_(True)
