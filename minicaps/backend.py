@@ -121,3 +121,13 @@ def as_strided(a, shape, strides):
     if is_gpu_array(a):
         return _cupy.lib.stride_tricks.as_strided(a, shape=shape, strides=strides)
     return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
+
+
+def matmul_into(a, b, out):
+    """out[...] = a @ b, written in place. NumPy hands ``out`` (any strides with a
+    unit last stride) straight to BLAS; on CuPy the product is computed and copied
+    in, the safe path for a strided ``out``."""
+    if is_gpu_array(out):
+        out[...] = _cupy.matmul(a, b)
+        return out
+    return np.matmul(a, b, out=out)

@@ -21,9 +21,9 @@ from . import backend
 from .ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forward,
                   relu_backward, dense_forward, dense_backward, sigmoid_forward,
                   sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
-                  predictions_forward, predictions_backward, routing_forward,
-                  routing_backward, length_forward, length_backward, margin_loss_forward,
-                  margin_loss_backward, mask_forward, mask_backward, one_hot,
+                  digit_capsules_forward, digit_capsules_backward, length_forward,
+                  length_backward, margin_loss_forward, margin_loss_backward, mask_forward,
+                  mask_backward, one_hot,
                   reconstruction_loss_forward, reconstruction_loss_backward)
 
 DTYPES = ("float32", "float64")
@@ -237,9 +237,9 @@ class CapsNet:
         if cfg.primary_relu:
             h, caches["relu2"] = relu_forward(h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
-        u_hat, caches["digit"] = predictions_forward(u, p["digit.W"])
-        (v, c), caches["routing"] = routing_forward(u_hat, cfg.routing_iters, cfg.routing_grad,
-                                                    cfg.squash_eps, coupling)
+        # predictions u_hat (eq. 2) and routing (Procedure 1), in chunks of the batch
+        (v, c), caches["digit"] = digit_capsules_forward(u, p["digit.W"], cfg.routing_iters,
+                                                         cfg.routing_grad, cfg.squash_eps, coupling)
         lengths, caches["lengths"] = length_forward(v, cfg.squash_eps)
         out.update(v=v, coupling=c, lengths=lengths)
 
@@ -280,8 +280,7 @@ class CapsNet:
                     dr = relu_backward(dr, caches[f"dec{k}.relu"])
                 dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, caches[f"dec{k}"])
             dv = dv + mask_backward(dr, caches["mask"])
-        du_hat = routing_backward(dv, caches["routing"])
-        du, grads["digit.W"] = predictions_backward(du_hat, caches["digit"])
+        du, grads["digit.W"] = digit_capsules_backward(dv, caches["digit"])
         dh = primary_capsules_backward(du, caches["caps"])
         if cfg.primary_relu:
             dh = relu_backward(dh, caches["relu2"])

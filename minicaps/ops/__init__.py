@@ -7,6 +7,6 @@ from .capsules import (SQUASH_EPS, squash_forward, squash_backward, length_forwa
                        length_backward, primary_capsules_forward, primary_capsules_backward,
                        predictions_forward, predictions_backward, softmax_forward,
                        softmax_backward, weighted_sum, agreement, routing_forward,
-                       routing_backward)
+                       routing_backward, digit_capsules_forward, digit_capsules_backward)
 from .losses import (one_hot, margin_loss_forward, margin_loss_backward, mask_forward,
                      mask_backward, reconstruction_loss_forward, reconstruction_loss_backward)

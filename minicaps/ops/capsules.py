@@ -5,7 +5,7 @@ Shape letters: N batch, I input capsules, J output capsules, D_in and D_out
 capsule dimensions. u (N, I, D_in), u_hat (N, I, J, D_out), v (N, J, D_out),
 logits b and coupling c (N, I, J).
 """
-from ..backend import get_xp
+from ..backend import get_xp, matmul_into
 
 SQUASH_EPS = 1e-7
 
@@ -76,14 +76,17 @@ def predictions_forward(u, W):
 
     u: (N, I, D_in), W: (I, J, D_out, D_in) -> u_hat (N, I, J, D_out).
     One batched matmul over i, (N, D_in) @ (D_in, J*D_out): W is never tiled
-    over the batch.
+    over the batch. Each product is written straight into its (N, J*D_out)
+    slice of a contiguous u_hat.
     """
     xp = get_xp(u, W)
     N, I, D_in = u.shape
     _, J, D_out, _ = W.shape
     W2 = W.reshape(I, J * D_out, D_in)
-    u_hat = xp.matmul(u.transpose(1, 0, 2), W2.transpose(0, 2, 1))    # (I, N, J*D_out)
-    return u_hat.transpose(1, 0, 2).reshape(N, I, J, D_out), (u, W)
+    u_hat = xp.empty((N, I, J, D_out), dtype=u.dtype)
+    matmul_into(u.transpose(1, 0, 2), W2.transpose(0, 2, 1),
+                out=u_hat.reshape(N, I, J * D_out).transpose(1, 0, 2))    # (I, N, J*D_out)
+    return u_hat, (u, W)
 
 
 def predictions_backward(du_hat, cache):
@@ -100,11 +103,16 @@ def predictions_backward(du_hat, cache):
 
 
 # ---------------------------------------------------------------- routing (Procedure 1)
+# Logits b and couplings c are (N, I, J) arrays laid out (N, J, I) in memory:
+# the softmax over j then runs across rows of length I, and the two sums over
+# u_hat below are one small matmul per (n, j) with u_hat[n, :, j, :] as an
+# (I, D) matrix, the layout BLAS reads directly.
 def softmax_forward(b, axis=-1):
     """c = exp(b) / sum exp(b) along axis (shifted by the max for stability)."""
     xp = get_xp(b)
     e = xp.exp(b - b.max(axis=axis, keepdims=True))
-    return e / e.sum(axis=axis, keepdims=True)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
 
 
 def softmax_backward(dc, c, axis=-1):
@@ -113,15 +121,35 @@ def softmax_backward(dc, c, axis=-1):
 
 
 def weighted_sum(c, u_hat):
-    """s[n, j] = sum_i c[n, i, j] u_hat[n, i, j]  (eq. 2, right half)."""
+    """s[n, j] = sum_i c[n, i, j] u_hat[n, i, j]  (eq. 2, right half): (1, I) @ (I, D) per (n, j)."""
     xp = get_xp(u_hat)
-    return xp.einsum("nij,nijd->njd", c, u_hat)
+    s = xp.matmul(c.transpose(0, 2, 1)[:, :, None, :], u_hat.transpose(0, 2, 1, 3))
+    return s[:, :, 0, :]
 
 
 def agreement(u_hat, v):
-    """a[n, i, j] = u_hat[n, i, j] . v[n, j]: how well prediction i agrees with output j."""
+    """a[n, i, j] = u_hat[n, i, j] . v[n, j]: how well prediction i agrees with output j.
+
+    (I, D) @ (D, 1) per (n, j); the result is laid out (N, J, I) like the logits.
+    """
     xp = get_xp(u_hat)
-    return xp.einsum("nijd,njd->nij", u_hat, v)
+    a = xp.matmul(u_hat.transpose(0, 2, 1, 3), v[..., None])        # (N, J, I, 1)
+    return a[..., 0].transpose(0, 2, 1)
+
+
+def outer_sums(alphas, betas, like):
+    """du_hat[n, i, j] = sum_k alphas[k][n, i, j] betas[k][n, j], laid out like ``like``.
+
+    Every gradient that routing sends to u_hat has this form, a coefficient per
+    (n, i, j) times a vector per (n, j); the sum over k is one matmul per (n, j),
+    (I, K) @ (K, D), writing du_hat once.
+    """
+    xp = get_xp(like)
+    A = xp.stack([a.transpose(0, 2, 1) for a in alphas], axis=-1)      # (N, J, I, K)
+    B = xp.stack(betas, axis=2)                                         # (N, J, K, D)
+    du_hat = xp.empty_like(like)
+    matmul_into(A, B, out=du_hat.transpose(0, 2, 1, 3))
+    return du_hat
 
 
 def routing_forward(u_hat, iters=3, routing_grad="full", eps=SQUASH_EPS, coupling=None):
@@ -152,7 +180,7 @@ def routing_forward(u_hat, iters=3, routing_grad="full", eps=SQUASH_EPS, couplin
     if iters < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iters}")
     N, I, J, D = u_hat.shape
-    b = xp.zeros((N, I, J), dtype=u_hat.dtype)
+    b = xp.zeros((N, J, I), dtype=u_hat.dtype).transpose(0, 2, 1)
     steps = []
     for t in range(iters):
         c = softmax_forward(b, axis=2)
@@ -166,22 +194,62 @@ def routing_forward(u_hat, iters=3, routing_grad="full", eps=SQUASH_EPS, couplin
 def routing_backward(dv, cache):
     """du_hat of routing_forward, walking the iterations backwards.
 
-    Each iteration t uses u_hat twice (in s_t and in the agreement a_t), so
-    du_hat accumulates with +=. db carries the gradient of the logits
-    b_{t+1} = b_t + a_t back to earlier iterations.
+    Each iteration t uses u_hat twice, in s_t (gradient c_t ds_t) and in the
+    agreement a_t (gradient db_{t+1} v_t), so du_hat is the sum of those
+    outer products over t, gathered in lists and added by outer_sums. db
+    carries the gradient of the logits b_{t+1} = b_t + a_t back to earlier
+    iterations.
     """
     u_hat, steps, routing_grad = cache
     c, sq, v = steps[-1]
     ds = squash_backward(dv, sq)
-    du_hat = c[..., None] * ds[:, None, :, :]
-    if routing_grad == "stop":
-        return du_hat
-    db = softmax_backward(agreement(u_hat, ds), c, axis=2)          # dL/db_{r-1}
-    for c, sq, v in reversed(steps[:-1]):
-        # b_{t+1} = b_t + u_hat . v_t: db flows to u_hat, to v_t and on to b_t
-        du_hat += db[..., None] * v[:, None, :, :]
-        dv_t = weighted_sum(db, u_hat)
-        ds = squash_backward(dv_t, sq)
-        du_hat += c[..., None] * ds[:, None, :, :]
-        db = db + softmax_backward(agreement(u_hat, ds), c, axis=2)
-    return du_hat
+    alphas, betas = [c], [ds]                                          # s = sum_i c u_hat
+    if routing_grad == "full":
+        db = softmax_backward(agreement(u_hat, ds), c, axis=2)          # dL/db_{r-1}
+        for c, sq, v in reversed(steps[:-1]):
+            # b_{t+1} = b_t + u_hat . v_t: db flows to u_hat, to v_t and on to b_t
+            alphas.append(db)
+            betas.append(v)
+            ds = squash_backward(weighted_sum(db, u_hat), sq)
+            alphas.append(c)
+            betas.append(ds)
+            db = db + softmax_backward(agreement(u_hat, ds), c, axis=2)
+    return outer_sums(alphas, betas, like=u_hat)
+
+
+# ---------------------------------------------------------------- predictions + routing, in chunks
+CAPSULE_CHUNK = 32    # images per chunk: u_hat of 32 MNIST images is 24 MB, it stays in cache
+
+
+def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, coupling=None,
+                           chunk=CAPSULE_CHUNK):
+    """routing_forward(predictions_forward(u, W)), ``chunk`` images at a time.
+
+    Routing passes over u_hat five times forward and six times backward; a
+    chunk's u_hat stays in the cache between the passes, a whole batch's
+    would not. u: (N, I, D_in), W: (I, J, D_out, D_in) -> (v (N, J, D_out),
+    c (N, I, J)), cache.
+    """
+    xp = get_xp(u, W)
+    vs, cs, caches = [], [], []
+    for n0 in range(0, u.shape[0], chunk):
+        rows = slice(n0, n0 + chunk)
+        u_hat, pred_cache = predictions_forward(u[rows], W)
+        (v, c), route_cache = routing_forward(u_hat, iters, routing_grad, eps,
+                                              None if coupling is None else coupling[rows])
+        vs.append(v)
+        cs.append(c)
+        caches.append((rows, pred_cache, route_cache))
+    return (xp.concatenate(vs), xp.concatenate(cs)), (u.shape, caches)
+
+
+def digit_capsules_backward(dv, cache):
+    """(du, dW) of digit_capsules_forward: routing_backward then predictions_backward
+    per chunk; dW sums over the chunks."""
+    xp = get_xp(dv)
+    u_shape, caches = cache
+    du, dW = xp.empty(u_shape, dtype=dv.dtype), None
+    for rows, pred_cache, route_cache in caches:
+        du[rows], dW_chunk = predictions_backward(routing_backward(dv[rows], route_cache), pred_cache)
+        dW = dW_chunk if dW is None else dW + dW_chunk
+    return du, dW
