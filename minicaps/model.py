@@ -232,10 +232,10 @@ class CapsNet:
         N = x.shape[0]
         caches, out = {}, {}
         h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
-        h, caches["relu1"] = relu_forward(h)
+        h, caches["relu1"] = relu_forward(h, out=h)
         h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride)
         if cfg.primary_relu:
-            h, caches["relu2"] = relu_forward(h)
+            h, caches["relu2"] = relu_forward(h, out=h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
         # predictions u_hat (eq. 2) and routing (Procedure 1), in chunks of the batch
         (v, c), caches["digit"] = digit_capsules_forward(u, p["digit.W"], cfg.routing_iters,
@@ -257,7 +257,7 @@ class CapsNet:
             for k in range(1, n_dec + 1):
                 r, caches[f"dec{k}"] = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
                 if k < n_dec:
-                    r, caches[f"dec{k}.relu"] = relu_forward(r)
+                    r, caches[f"dec{k}.relu"] = relu_forward(r, out=r)
             r, caches["sigmoid"] = sigmoid_forward(r)
             out["reconstruction"] = r
             if y is not None:
@@ -277,15 +277,15 @@ class CapsNet:
             n_dec = len(cfg.decoder_sizes) + 1
             for k in range(n_dec, 0, -1):
                 if k < n_dec:
-                    dr = relu_backward(dr, caches[f"dec{k}.relu"])
+                    dr = relu_backward(dr, caches[f"dec{k}.relu"], out=dr)
                 dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, caches[f"dec{k}"])
             dv = dv + mask_backward(dr, caches["mask"])
         du, grads["digit.W"] = digit_capsules_backward(dv, caches["digit"])
         dh = primary_capsules_backward(du, caches["caps"])
         if cfg.primary_relu:
-            dh = relu_backward(dh, caches["relu2"])
+            dh = relu_backward(dh, caches["relu2"], out=dh)
         dh, grads["primary.W"], grads["primary.b"] = conv2d_backward(dh, caches["primary"])
-        dh = relu_backward(dh, caches["relu1"])
+        dh = relu_backward(dh, caches["relu1"], out=dh)
         _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, caches["conv1"], need_dx=False)
         return {name: grads[name] for name in self.params}
 

@@ -22,9 +22,22 @@ class Adam:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t = 0
         self.m, self.v = {}, {}
+        self._work = None     # scratch shared by the updates, never part of the state
+
+    def _scratch(self, p):
+        """A work array shaped like p, reused from one parameter to the next."""
+        xp = get_xp(p)
+        w = self._work
+        if w is None or w.size < p.size or w.dtype != p.dtype or get_xp(w) is not xp:
+            w = self._work = xp.empty(p.size, dtype=p.dtype)
+        return w[:p.size].reshape(p.shape)
 
     def step(self, params, grads):
-        """Update every array of ``params`` in place from ``grads`` (same keys)."""
+        """Update every array of ``params`` in place from ``grads`` (same keys).
+
+        Every operation writes into m, v, p or one scratch array: no temporaries
+        the size of the parameters.
+        """
         missing = set(params) - set(grads)
         if missing:
             raise ValueError(f"no gradient for parameters {sorted(missing)}")
@@ -37,12 +50,18 @@ class Adam:
             if name not in self.m:
                 self.m[name] = xp.zeros_like(p)
                 self.v[name] = xp.zeros_like(p)
-            m, v = self.m[name], self.v[name]
-            m *= b1
-            m += (1 - b1) * g
-            v *= b2
-            v += (1 - b2) * (g * g)
-            p -= (lr_t * m) / (xp.sqrt(v) + self.eps)
+            m, v, w = self.m[name], self.v[name], self._scratch(p)
+            m *= b1                                   # m = beta1 m + (1 - beta1) g
+            m += xp.multiply(g, 1 - b1, out=w)
+            v *= b2                                   # v = beta2 v + (1 - beta2) g^2
+            w = xp.multiply(g, g, out=w)
+            w *= 1 - b2
+            v += w
+            w = xp.sqrt(v, out=w)                     # p -= lr_t m / (sqrt(v) + eps)
+            w += self.eps
+            w = xp.divide(m, w, out=w)
+            w *= lr_t
+            p -= w
 
     def state_dict(self):
         """Hyper-parameters, step count and moments (arrays keyed "m/<name>", "v/<name>")."""

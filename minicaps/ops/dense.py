@@ -13,15 +13,21 @@ def dense_backward(dout, cache):
     return dout @ W.T, x.T @ dout, dout.sum(axis=0)
 
 
-def relu_forward(x):
-    """max(0, x), any shape."""
-    mask = x > 0
-    return x * mask, mask
+def relu_forward(x, out=None):
+    """max(0, x), any shape. ``out=x`` overwrites x (for a fresh array nobody else holds).
+
+    The cache is the output y itself: y > 0 exactly where x > 0, and the next
+    layer keeps y anyway.
+    """
+    xp = get_xp(x)
+    y = xp.maximum(x, 0, out=out)
+    return y, y
 
 
-def relu_backward(dout, cache):
-    """d max(0, x)/dx = 1 where x > 0, else 0 (0 at the kink)."""
-    return dout * cache
+def relu_backward(dout, cache, out=None):
+    """d max(0, x)/dx = 1 where x > 0, else 0 (0 at the kink). ``out=dout`` works in place."""
+    xp = get_xp(dout)
+    return xp.multiply(dout, cache > 0, out=out)
 
 
 def sigmoid_forward(x):
