@@ -5,6 +5,7 @@ import time
 from pathlib import Path
 
 DATASETS = ("mnist", "fashion-mnist")
+PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion")
 
 
 def cmd_gradcheck(args):
@@ -67,6 +68,65 @@ def cmd_evaluate(args):
         print(f"  reconstruction loss {scores['reconstruction_loss']:.4f} "
               "(sum of squared pixel errors per image, decoder masked by the prediction)")
     print(f"  total loss          {scores['loss']:.5f}")
+    return 0
+
+
+def cmd_plot(args):
+    from . import viz
+    from .data import to_model_input
+    from .train import METRICS_FILE, prepare_data
+    kinds = args.kind or [k for k in PLOT_KINDS if k != "curves" or
+                          (Path(args.checkpoint).parent / METRICS_FILE).exists()]
+    model = x = labels = None
+    if any(k != "curves" for k in kinds):
+        from .checkpoint import load_checkpoint
+        ckpt = load_checkpoint(args.checkpoint, device=args.device)
+        model = ckpt.model
+        dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
+        _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
+                                  limit_test=args.limit_test)
+        x, labels = to_model_input(test.images, model.dtype), test.labels
+    elif not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
+    try:
+        paths = viz.render(kinds, out, model, x, labels,
+                           metrics=Path(args.checkpoint).parent / METRICS_FILE,
+                           indices=args.index, dpi=args.dpi)
+    except ImportError as e:
+        print(f"minicaps plot: error: {e}", file=sys.stderr)
+        return 2
+    for path in paths:
+        print(path)
+    return 0
+
+
+def cmd_predict(args):
+    from .backend import to_numpy
+    from .checkpoint import load_checkpoint
+    from .images import load_digit, save_gray
+    ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    model = ckpt.model
+    if args.save_reconstruction is not None and not model.config.use_decoder:
+        raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
+    try:
+        x = load_digit(args.image, model.config.input_shape)[None].astype(model.dtype)
+    except ImportError as e:
+        print(f"minicaps predict: error: {e}", file=sys.stderr)
+        return 2
+    out, _ = model.forward(x, decode=args.save_reconstruction is not None)
+    lengths = to_numpy(out["lengths"])[0]
+    pred = int(lengths.argmax())
+    print(f"{args.image}: predicted {pred}")
+    print("class  length")
+    for j, length in enumerate(lengths):
+        bar = "#" * round(40 * min(float(length), 1.0))
+        print(f"{j:5d}  {length:.4f}  {bar}{'  <- predicted' if j == pred else ''}")
+    if args.save_reconstruction is not None:
+        H, W, C = model.config.input_shape
+        recon = to_numpy(out["reconstruction"])[0].reshape(H, W, C)
+        path = save_gray([x[0], recon], args.save_reconstruction)
+        print(f"wrote {path} (what the network saw, then its reconstruction)")
     return 0
 
 
@@ -181,6 +241,48 @@ def build_parser():
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "plot", formatter_class=defaults, help="draw what a checkpoint learned (PNG files)",
+        description="Draw pictures of a checkpoint into PNG files and print their paths: "
+                    "reconstructions (inputs over their reconstructions), perturbation (the "
+                    "paper's fig. 4: each pose dimension nudged over -0.25..0.25), routing "
+                    "(coupling coefficients per routing iteration), lengths (capsule lengths "
+                    "per class), curves (loss and accuracy per epoch from metrics.jsonl beside "
+                    "the checkpoint), confusion (confusion matrix on the test set). Needs "
+                    "matplotlib: pip install \"minicaps[viz]\".")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("--kind", choices=PLOT_KINDS, action="append", default=None,
+                   help="what to draw; repeat for several (default: all, curves only if "
+                        "metrics.jsonl is there)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for the PNG files (default: plots/ beside the checkpoint)")
+    p.add_argument("--index", type=nonnegative_int, nargs="+", metavar="I", default=None,
+                   help="test images to draw (default: the first 8 for reconstructions, 4 for "
+                        "lengths, 2 for perturbation, 1 for routing)")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="which test set (default: the one the checkpoint was trained on)")
+    add_data_options(p)
+    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNGs")
+    p.set_defaults(func=cmd_plot)
+
+    p = sub.add_parser(
+        "predict", formatter_class=defaults, help="classify your own picture of a digit",
+        description="Read a picture (PNG or anything Pillow reads; any size, gray, RGB or "
+                    "RGBA), prepare it like MNIST (gray, white ink on black, cropped to the ink, "
+                    "fitted into 20x20 keeping the aspect ratio, centred by centre of mass in "
+                    "28x28) and print the length of every class capsule and the predicted "
+                    "class. Needs Pillow: pip install \"minicaps[viz]\".")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("image", metavar="IMAGE", help="the picture, e.g. digit.png")
+    p.add_argument("--save-reconstruction", metavar="PNG", default=None,
+                   help="also write what the network saw beside the decoder's reconstruction "
+                        "(masked by the predicted class) to this PNG, 4x enlarged")
+    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    p.set_defaults(func=cmd_predict)
     return parser
 
 

@@ -1,0 +1,50 @@
+"""examples/walkthrough.py runs top to bottom on a tiny network, without MNIST."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+import minicaps as mc
+from minicaps.checkpoint import save_checkpoint
+from minicaps.gradcheck import tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+WALKTHROUGH = ROOT / "examples" / "walkthrough.py"
+
+
+def run(*args, **env):
+    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+           "MINICAPS_DATA": "", **env}
+    return subprocess.run([sys.executable, str(WALKTHROUGH), *map(str, args)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_walkthrough_tiny():
+    result = run("--tiny")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    for text in ("primary capsules u: (1, 18, 4)", "u_hat: (1, 18, 3, 4)", "iteration 1: coupling",
+                 "iteration 3: coupling", "sum over j is 1: True", "the model's own forward pass agrees: True",
+                 "reconstruction: sum of squared errors", "squash: relative error", "walkthrough done"):
+        assert text in out, text
+    assert "iteration 4" not in out
+    # routing starts from the uniform coupling 1/J (J = 3)
+    assert "iteration 1: coupling to class" in out and "mean 0.3333, max 0.3333" in out
+
+
+def test_walkthrough_checkpoint_from_the_environment(tmp_path):
+    model = mc.CapsNet(tiny_config(routing_iters=2), seed=1, device="cpu")
+    path = save_checkpoint(tmp_path / "tiny.npz", model, mc.Adam(), epoch=1, step=1,
+                           rng_state=np.random.default_rng(0))
+    result = run(MINICAPS_CHECKPOINT=str(path))
+    assert result.returncode == 0, result.stderr
+    assert f"loaded {path}" in result.stdout and "iteration 2: coupling" in result.stdout
+    assert "iteration 3" not in result.stdout and "walkthrough done" in result.stdout
+
+
+def test_walkthrough_is_jupytext_percent_format():
+    text = WALKTHROUGH.read_text()
+    assert text.count("# %%") >= 8 and "# %% [markdown]" in text
+    assert "formats: py:percent" in text
