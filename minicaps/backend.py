@@ -131,3 +131,11 @@ def matmul_into(a, b, out):
         out[...] = _cupy.matmul(a, b)
         return out
     return np.matmul(a, b, out=out)
+
+
+def gpu_pool_bytes():
+    """Bytes CuPy's default memory pool holds on the GPU (it keeps what it once
+    allocated, so after a step this is that step's high-water mark); 0 without CuPy."""
+    if _cupy is None:
+        return 0
+    return int(_cupy.get_default_memory_pool().total_bytes())

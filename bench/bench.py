@@ -1,0 +1,526 @@
+"""Benchmark minicaps against an independent PyTorch CapsNet on the same machine.
+
+    python bench/bench.py                 # batches 32 and 128, numpy (+ cupy, + torch if present)
+    python bench/bench.py --quick         # tiny network, a few seconds (the smoke test)
+    python bench/bench.py --scaling       # time and memory against batch size and routing iterations
+    bench_main(["--quick"])               # the same from Python (``minicaps bench`` calls this)
+
+What is measured (medians of --repeats runs after --warmup runs):
+
+* train step: ``loss_and_grads`` + ``Adam.step`` for minicaps, forward + backward + Adam for
+  torch; both start from the same parameters (copied into torch with load_minicaps_params), the
+  same images and labels, float32.
+* inference: ``CapsNet.predict`` (no decoder) for minicaps, ``torch_infer`` for torch (no autograd;
+  its forward also runs the decoder, under 1% of the FLOPs).
+* per layer: minicaps' forward and backward ops timed one by one, in the order the model calls them
+  (the capsule part in the model's chunks).
+* GFLOP/s from the analytic FLOP counts of ``flop_counts`` (a multiply-add is 2 FLOPs; only the
+  products and sums of the network's equations, not softmax/squash/elementwise work, which is
+  under 1%); fraction of GEMM peak = GFLOP/s of the train step / GFLOP/s of one large float32
+  matmul measured in the same run (the best of two measurements, at the start and at the end).
+* peak memory: every (library, batch) runs in a fresh child process; after building the model,
+  optimizer and data it reads its resident-set high-water mark (``ru_maxrss``), runs the steps
+  and reads it again. ``peak MB`` is the difference: what the steps added (activations,
+  gradients, optimizer state, allocator caches). Train and inference run in separate children so
+  that one's mark does not hide the other's (in --quick mode one child runs inference, then
+  training). On the GPU, the bytes held by CuPy's memory pool instead.
+* ratios minicaps / torch come from numbers taken in the same run, batch by batch.
+
+The machine may be shared: compare numbers from one run, not across runs.
+"""
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import numpy as np  # noqa: E402
+
+from minicaps import backend  # noqa: E402
+from minicaps.model import CapsNet, CapsNetConfig  # noqa: E402
+
+QUICK_CONFIG = dict(input_shape=(12, 12, 1), conv1_channels=16, conv1_kernel=3, primary_maps=4,
+                    primary_dims=4, primary_kernel=3, primary_stride=2, num_classes=4,
+                    digit_dims=8, decoder_sizes=(16, 32))
+LAYERS = ("conv1", "primary conv", "primary caps", "u_hat", "routing", "lengths+margin",
+          "decoder")
+
+
+# ------------------------------------------------------------------ FLOPs
+def flop_counts(cfg):
+    """Analytic FLOPs per image, {layer: (forward, backward)}; a multiply-add counts 2.
+
+    conv: 2 Ho Wo kh kw C_in C_out forward; backward dW the same and dx the same again
+    (conv1 needs no dx). u_hat: 2 I J D_out D_in forward, twice that backward (du and dW).
+    routing with r iterations: r weighted sums and r - 1 agreements forward, each 2 I J D;
+    backward ("full") r agreements, r - 1 weighted sums and the 2r - 1 outer products that
+    build du_hat; ("stop") one outer product. decoder: 2 (in*out) per dense layer forward,
+    twice that backward (dx and dW). Lengths, margin, squash, softmax: O(J D) or O(I J),
+    not counted.
+    """
+    H, W, C = cfg.input_shape
+    h1, w1 = cfg.conv1_out
+    gh, gw = cfg.primary_grid
+    k1, k2 = cfg.conv1_kernel, cfg.primary_kernel
+    ch, pc = cfg.conv1_channels, cfg.primary_maps * cfg.primary_dims
+    I, J, D, d = cfg.num_primary_caps, cfg.num_classes, cfg.digit_dims, cfg.primary_dims
+    r = cfg.routing_iters
+    conv1 = 2 * h1 * w1 * k1 * k1 * C * ch
+    primary = 2 * gh * gw * k2 * k2 * ch * pc
+    u_hat = 2 * I * J * D * d
+    pass_ = 2 * I * J * D
+    routing_b = (4 * r - 2) * pass_ if cfg.routing_grad == "full" else pass_
+    dec = 0
+    if cfg.use_decoder:
+        sizes = (J * D,) + tuple(cfg.decoder_sizes) + (H * W * C,)
+        dec = sum(2 * a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    return {"conv1": (conv1, conv1), "primary conv": (primary, 2 * primary),
+            "primary caps": (0, 0), "u_hat": (u_hat, 2 * u_hat),
+            "routing": ((2 * r - 1) * pass_, routing_b), "lengths+margin": (0, 0),
+            "decoder": (dec, 2 * dec)}
+
+
+def flops_per_image(cfg):
+    f = flop_counts(cfg)
+    fwd = sum(a for a, _ in f.values())
+    return {"forward": fwd, "backward": sum(b for _, b in f.values()), "train": fwd + sum(b for _, b in f.values()),
+            "inference": fwd - f["decoder"][0]}
+
+
+# ------------------------------------------------------------------ timing helpers
+def _median_time(fn, repeats, warmup, sync=lambda: None):
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _maxrss_mb():
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / 2 ** 20 if sys.platform == "darwin" else r / 1024.0
+
+
+def gemm_peak(device="cpu", n=4096, repeats=3):
+    """GFLOP/s of an n x n float32 matmul (NumPy/OpenBLAS, or CuPy/cuBLAS on the GPU)."""
+    xp = backend.xp_for(device)
+    rng = np.random.default_rng(0)
+    a = xp.asarray(rng.random((n, n), dtype=np.float32))
+    b = xp.asarray(rng.random((n, n), dtype=np.float32))
+    sync = lambda: backend.synchronize()
+    t = _median_time(lambda: a @ b, repeats, 1, sync)
+    return 2 * n ** 3 / t / 1e9
+
+
+def _data(cfg, batch, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((batch,) + tuple(cfg.input_shape), dtype=np.float32)
+    y = rng.integers(0, cfg.num_classes, batch)
+    return x, y
+
+
+# ------------------------------------------------------------------ minicaps per layer
+def layer_times(model, x, y, repeats=3, warmup=1):
+    """{layer: (forward s, backward s)}: the model's ops timed one by one (medians)."""
+    from minicaps import ops
+    from minicaps.ops.capsules import CAPSULE_CHUNK
+    cfg, p, xp = model.config, model.params, model.xp
+    sync = lambda: backend.synchronize()
+    x = model._check_x(x)
+    y = backend.to_device(y, model.device)
+    N = x.shape[0]
+    samples = {name: ([], []) for name in LAYERS}
+
+    def timed(name, k, fn, *args, **kw):
+        sync()
+        t0 = time.perf_counter()
+        out = fn(*args, **kw)
+        sync()
+        samples[name][k].append(time.perf_counter() - t0)
+        return out
+
+    def conv1_f():
+        h, c1 = ops.conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
+        h, r1 = ops.relu_forward(h, out=h)
+        return h, (c1, r1)
+
+    def primary_f(h):
+        h2, c2 = ops.conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride)
+        r2 = None
+        if cfg.primary_relu:
+            h2, r2 = ops.relu_forward(h2, out=h2)
+        return h2, (c2, r2)
+
+    def u_hat_f(u):            # in the model's chunks, as digit_capsules_forward runs them
+        return [ops.predictions_forward(u[n0:n0 + CAPSULE_CHUNK], p["digit.W"])
+                for n0 in range(0, N, CAPSULE_CHUNK)]
+
+    def routing_f(preds):
+        outs = [ops.routing_forward(u_hat, cfg.routing_iters, cfg.routing_grad, cfg.squash_eps)
+                for u_hat, _ in preds]
+        return xp.concatenate([v for (v, _), _ in outs]), [rc for _, rc in outs]
+
+    def margin_f(v):
+        lengths, lc = ops.length_forward(v, cfg.squash_eps)
+        _, mc = ops.margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
+        return lc, mc
+
+    def decoder_f(v):
+        caches = []
+        r, mc = ops.mask_forward(v, ops.one_hot(y, cfg.num_classes, model.dtype))
+        n_dec = len(cfg.decoder_sizes) + 1
+        for k in range(1, n_dec + 1):
+            r, dc = ops.dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
+            rc = None
+            if k < n_dec:
+                r, rc = ops.relu_forward(r, out=r)
+            caches.append((dc, rc))
+        r, sc = ops.sigmoid_forward(r)
+        _, lc = ops.reconstruction_loss_forward(r, x.reshape(N, -1))
+        return mc, caches, sc, lc
+
+    def decoder_b(cache):
+        mc, caches, sc, lc = cache
+        dr = ops.sigmoid_backward(ops.reconstruction_loss_backward(cfg.recon_weight, lc), sc)
+        for dc, rc in reversed(caches):
+            if rc is not None:
+                dr = ops.relu_backward(dr, rc, out=dr)
+            dr, _, _ = ops.dense_backward(dr, dc)
+        return ops.mask_backward(dr, mc)
+
+    for it in range(warmup + repeats):
+        h, c1 = timed("conv1", 0, conv1_f)
+        h2, c2 = timed("primary conv", 0, primary_f, h)
+        u, cc = timed("primary caps", 0, ops.primary_capsules_forward, h2, cfg.primary_dims,
+                      cfg.squash_eps)
+        preds = timed("u_hat", 0, u_hat_f, u)
+        v, rcs = timed("routing", 0, routing_f, preds)
+        lc, mc = timed("lengths+margin", 0, margin_f, v)
+        dec = timed("decoder", 0, decoder_f, v) if cfg.use_decoder else None
+        dv = timed("lengths+margin", 1, lambda: ops.length_backward(
+            ops.margin_loss_backward(1.0, mc), lc))
+        if dec is not None:
+            dv = dv + timed("decoder", 1, decoder_b, dec)
+        du_hats = timed("routing", 1, lambda: [
+            ops.routing_backward(dv[k * CAPSULE_CHUNK:(k + 1) * CAPSULE_CHUNK], rc)
+            for k, rc in enumerate(rcs)])
+        du = timed("u_hat", 1, lambda: xp.concatenate([
+            ops.predictions_backward(g, pc)[0] for g, (_, pc) in zip(du_hats, preds)]))
+        dh2 = timed("primary caps", 1, ops.primary_capsules_backward, du, cc)
+
+        def primary_b():
+            d = dh2
+            if c2[1] is not None:
+                d = ops.relu_backward(d, c2[1], out=d)
+            return ops.conv2d_backward(d, c2[0])[0]
+
+        dh = timed("primary conv", 1, primary_b)
+        timed("conv1", 1, lambda: ops.conv2d_backward(ops.relu_backward(dh, c1[1], out=dh), c1[0],
+                                                       need_dx=False))
+        if it < warmup:
+            for f, b in samples.values():
+                f.clear()
+                b.clear()
+    return {name: (statistics.median(f) if f else 0.0, statistics.median(b) if b else 0.0)
+            for name, (f, b) in samples.items()}
+
+
+# ------------------------------------------------------------------ workers (one per child)
+def _run_minicaps(spec):
+    from minicaps.optim import Adam
+    cfg = CapsNetConfig(**spec["config"])
+    device = spec["device"]
+    model = CapsNet(cfg, seed=0, dtype="float32", device=device)
+    opt = Adam()
+    x, y = _data(cfg, spec["batch"])
+    sync = lambda: backend.synchronize()
+    gpu = device == "gpu"
+    mem = lambda: backend.gpu_pool_bytes() / 2 ** 20 if gpu else _maxrss_mb()
+    out = {}
+    for phase in spec["phases"]:
+        base = mem()
+        if phase == "infer":
+            xd = backend.to_device(x, device)
+            sec = _median_time(lambda: model.predict(xd, batch_size=spec["batch"]),
+                               spec["repeats"], spec["warmup"], sync)
+        elif phase == "train":
+            xd, yd = backend.to_device(x, device), backend.to_device(y, device)
+
+            def step():
+                _, grads, _ = model.loss_and_grads(xd, yd)
+                opt.step(model.params, grads)
+
+            sec = _median_time(step, spec["repeats"], spec["warmup"], sync)
+        else:
+            out["layers"] = {k: list(v) for k, v in layer_times(model, x, y, spec["repeats"],
+                                                                 spec["warmup"]).items()}
+            continue
+        peak = mem()
+        out[phase] = dict(sec=sec, peak_mb=peak, peak_delta_mb=peak - base)
+    return out
+
+
+def _run_torch(spec):
+    import torch
+    sys.path.insert(0, HERE)
+    import torch_capsnet as tc
+    torch.set_num_threads(spec["threads"])
+    cfg = CapsNetConfig(**spec["config"])
+    params = CapsNet(cfg, seed=0, dtype="float32").params
+    tcfg = {k: v for k, v in spec["config"].items() if k in tc.DEFAULTS}
+    if "lam" in spec["config"]:
+        tcfg["lambda_"] = spec["config"]["lam"]
+    model = tc.load_minicaps_params(tc.TorchCapsNet(**tcfg), params)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = _data(cfg, spec["batch"])
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    out = {}
+    for phase in spec["phases"]:
+        base = _maxrss_mb()
+        if phase == "train":
+            fn = lambda: tc.torch_train_step(model, opt, xt, yt)
+        else:
+            fn = lambda: tc.torch_infer(model, xt)
+        sec = _median_time(fn, spec["repeats"], spec["warmup"])
+        peak = _maxrss_mb()
+        out[phase] = dict(sec=sec, peak_mb=peak, peak_delta_mb=peak - base)
+    out["threads"] = torch.get_num_threads()
+    out["torch_version"] = torch.__version__
+    return out
+
+
+def _worker(spec):
+    return _run_torch(spec) if spec["library"] == "torch" else _run_minicaps(spec)
+
+
+def run_child(spec, timeout=1800):
+    """Run one worker spec in a fresh Python process; its JSON result."""
+    cmd = [sys.executable, os.path.abspath(__file__), "--_worker", json.dumps(spec)]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if res.returncode != 0:
+        raise RuntimeError(f"benchmark child failed ({spec['library']}, batch {spec['batch']}):\n"
+                           + res.stderr[-3000:])
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def torch_available():
+    try:
+        import importlib.util
+        return importlib.util.find_spec("torch") is not None
+    except Exception:
+        return False
+
+
+# ------------------------------------------------------------------ the benchmark
+def _config_dict(cfg):
+    d = cfg.to_dict()
+    d["input_shape"] = list(d["input_shape"])
+    return d
+
+
+def measure(library, device, batch, cfg, args):
+    """Train, inference (and per-layer, minicaps only) numbers for one library and batch."""
+    common = dict(library=library, device=device, batch=batch, config=_config_dict(cfg),
+                  repeats=args.repeats, warmup=args.warmup, threads=args.threads)
+    if args.quick:                    # one child: inference, then training
+        phases = ["infer", "train"] + (["layers"] if library == "minicaps" else [])
+        r = run_child(dict(common, phases=phases))
+    else:
+        r = run_child(dict(common, phases=["train"] + (["layers"] if library == "minicaps" else [])))
+        r.update({k: v for k, v in run_child(dict(common, phases=["infer"])).items()
+                  if k == "infer"})
+    f = flops_per_image(cfg)
+    train, infer = r["train"], r["infer"]
+    row = dict(library=library, device=device, batch=batch,
+               train_sec=train["sec"], train_img_s=batch / train["sec"],
+               infer_sec=infer["sec"], infer_img_s=batch / infer["sec"],
+               train_gflops=f["train"] * batch / train["sec"] / 1e9,
+               infer_gflops=f["inference"] * batch / infer["sec"] / 1e9,
+               train_peak_mb=train["peak_mb"], train_peak_delta_mb=train["peak_delta_mb"],
+               infer_peak_mb=infer["peak_mb"], infer_peak_delta_mb=infer["peak_delta_mb"])
+    if library == "torch":
+        row.update(threads=r["threads"], torch_version=r["torch_version"])
+    if "layers" in r:
+        fl = flop_counts(cfg)
+        row["layers"] = {name: dict(forward_ms=t[0] * 1e3, backward_ms=t[1] * 1e3,
+                                    forward_mflop_per_img=fl[name][0] / 1e6,
+                                    backward_mflop_per_img=fl[name][1] / 1e6)
+                         for name, t in r["layers"].items()}
+        row["layers"]["total"] = dict(
+            forward_ms=sum(v["forward_ms"] for v in row["layers"].values()),
+            backward_ms=sum(v["backward_ms"] for v in row["layers"].values()),
+            forward_mflop_per_img=f["forward"] / 1e6, backward_mflop_per_img=f["backward"] / 1e6)
+    return row
+
+
+def scaling(cfg, args, device="cpu"):
+    """Train-step time and memory against batch size, then against routing iterations."""
+    batches = (2, 4, 8) if args.quick else (8, 16, 32, 64, 128, 256)
+    iters = (1, 2, 3) if args.quick else (1, 2, 3, 4, 5)
+    reps = dict(repeats=max(1, min(args.repeats, 3)), warmup=1, threads=args.threads)
+    rows = []
+    for b in batches:
+        r = run_child(dict(reps, library="minicaps", device=device, batch=b,
+                           config=_config_dict(cfg), phases=["train"]))["train"]
+        rows.append(dict(kind="batch", batch=b, routing_iters=cfg.routing_iters, train_sec=r["sec"],
+                         train_img_s=b / r["sec"], train_peak_delta_mb=r["peak_delta_mb"]))
+    b = 8 if args.quick else 32
+    for it in iters:
+        c = CapsNetConfig(**dict(cfg.to_dict(), routing_iters=it))
+        r = run_child(dict(reps, library="minicaps", device=device, batch=b,
+                           config=_config_dict(c), phases=["train"]))["train"]
+        rows.append(dict(kind="routing", batch=b, routing_iters=it, train_sec=r["sec"],
+                         train_img_s=b / r["sec"], train_peak_delta_mb=r["peak_delta_mb"]))
+    return rows
+
+
+def machine_info():
+    info = dict(platform=platform.platform(), python=platform.python_version(),
+                numpy=np.__version__, cpu_count=os.cpu_count(), processor=platform.processor())
+    if hasattr(os, "getloadavg"):
+        info["load_average"] = list(os.getloadavg())    # other work on a shared machine
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [l.split(":", 1)[1].strip() for l in f if l.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+    except OSError:
+        pass
+    return info
+
+
+# ------------------------------------------------------------------ report
+def _fmt(v, nd=1):
+    return "n/a" if v is None else f"{v:,.{nd}f}"
+
+
+def format_report(result):
+    lines = []
+    peak = result["gemm_peak_gflops"]
+    lines.append(f"GEMM peak (float32 matmul): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
+    fl = result["flops_per_image"]
+    lines.append(f"FLOPs per image: forward {fl['forward'] / 1e6:.1f} M, training step "
+                 f"{fl['train'] / 1e6:.1f} M, inference {fl['inference'] / 1e6:.1f} M\n")
+    lines.append("| library | device | batch | train img/s | infer img/s | train GFLOP/s | "
+                 "of GEMM peak | train peak MB | infer peak MB |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in result["results"]:
+        frac = r["train_gflops"] / peak[r["device"]] if r["device"] in peak else None
+        lines.append(f"| {r['library']} | {r['device']} | {r['batch']} | {_fmt(r['train_img_s'])} | "
+                     f"{_fmt(r['infer_img_s'])} | {_fmt(r['train_gflops'])} | "
+                     f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | "
+                     f"{_fmt(r['train_peak_delta_mb'], 0)} | {_fmt(r['infer_peak_delta_mb'], 0)} |")
+    if result["ratios"]:
+        lines.append("\nminicaps / torch, same run (above 1: minicaps faster; memory: below 1 is less)\n")
+        lines.append("| device | batch | train speed | inference speed | train peak memory |")
+        lines.append("| --- | --- | --- | --- | --- |")
+        for q in result["ratios"]:
+            lines.append(f"| {q['device']} | {q['batch']} | {q['train_speed']:.2f}x | "
+                         f"{q['infer_speed']:.2f}x | {q['train_memory']:.2f}x |")
+    for r in result["results"]:
+        if "layers" not in r:
+            continue
+        lines.append(f"\nminicaps per layer, {r['device']}, batch {r['batch']} (ms per batch)\n")
+        lines.append("| layer | forward ms | backward ms | MFLOP/img fwd+bwd | GFLOP/s |")
+        lines.append("| --- | --- | --- | --- | --- |")
+        for name, v in r["layers"].items():
+            ms = v["forward_ms"] + v["backward_ms"]
+            mf = v["forward_mflop_per_img"] + v["backward_mflop_per_img"]
+            gf = mf * r["batch"] / ms if ms > 0 and mf > 0 else None
+            lines.append(f"| {name} | {v['forward_ms']:.1f} | {v['backward_ms']:.1f} | {mf:.1f} | "
+                         f"{_fmt(gf)} |")
+    if result.get("scaling"):
+        lines.append("\nscaling (minicaps training step)\n")
+        lines.append("| batch | routing iterations | ms per step | img/s | peak MB |")
+        lines.append("| --- | --- | --- | --- | --- |")
+        for s in result["scaling"]:
+            lines.append(f"| {s['batch']} | {s['routing_iters']} | {1e3 * s['train_sec']:.1f} | "
+                         f"{s['train_img_s']:.1f} | {s['train_peak_delta_mb']:.0f} |")
+    return "\n".join(lines)
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(prog="bench", description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="tiny network, few repetitions (smoke test)")
+    ap.add_argument("--scaling", action="store_true",
+                    help="also time batch sizes 8..256 and routing iterations 1..5")
+    ap.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 32 128; quick: 8)")
+    ap.add_argument("--repeats", type=int, help="timed runs per measurement (default 5; quick: 2)")
+    ap.add_argument("--warmup", type=int, help="untimed runs first (default 1)")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
+    ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
+    ap.add_argument("--no-gpu", action="store_true", help="skip CuPy even when a GPU is present")
+    ap.add_argument("--json", metavar="PATH", help="where to write the results "
+                                                     "(default bench/results/bench-<device>.json)")
+    ap.add_argument("--_worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    args.batches = args.batches or ([8] if args.quick else [32, 128])
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.warmup = 1 if args.warmup is None else args.warmup
+    return args
+
+
+def run(args):
+    cfg = CapsNetConfig(**QUICK_CONFIG) if args.quick else CapsNetConfig()
+    devices = ["cpu"] + (["gpu"] if not args.no_gpu and backend.gpu_available() else [])
+    with_torch = not args.no_torch and torch_available()
+    n = 512 if args.quick else 4096
+    peaks = {d: gemm_peak(d, n) for d in devices}
+    results, ratios = [], []
+    for batch in args.batches:
+        for device in devices:
+            mc = measure("minicaps", device, batch, cfg, args)
+            results.append(mc)
+            if with_torch and device == "cpu":
+                tr = measure("torch", "cpu", batch, cfg, args)
+                results.append(tr)
+                ratios.append(dict(device="cpu", batch=batch,
+                                   train_speed=mc["train_img_s"] / tr["train_img_s"],
+                                   infer_speed=mc["infer_img_s"] / tr["infer_img_s"],
+                                   train_memory=mc["train_peak_delta_mb"] / max(tr["train_peak_delta_mb"], 1e-9)))
+    peaks = {d: max(peaks[d], gemm_peak(d, n)) for d in devices}
+    for r in results:
+        r["train_peak_fraction"] = r["train_gflops"] / peaks[r["device"]]
+    result = dict(device="gpu" if "gpu" in devices else "cpu", quick=bool(args.quick),
+                  machine=machine_info(), config=_config_dict(cfg), gemm_peak_gflops=peaks,
+                  flops_per_image=flops_per_image(cfg), repeats=args.repeats, warmup=args.warmup,
+                  memory_method="ru_maxrss high-water mark in a fresh child process, minus the mark "
+                                "taken after setup (GPU: CuPy pool bytes)",
+                  results=results, ratios=ratios, scaling=None)
+    if args.scaling:
+        result["scaling"] = scaling(cfg, args)
+    return result
+
+
+def bench_main(argv=None):
+    """Command-line entry point: run, print the markdown report, write the JSON. Returns 0."""
+    args = parse_args(argv)
+    if args._worker:
+        print(json.dumps(_worker(json.loads(args._worker))))
+        return 0
+    result = run(args)
+    print(format_report(result))
+    path = args.json or os.path.join(HERE, "results", f"bench-{result['device']}.json")
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=1)
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(bench_main())

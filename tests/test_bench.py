@@ -1,0 +1,73 @@
+"""Smoke test of bench/bench.py: the --quick run finishes and writes the JSON it promises.
+
+Only the shape of the report is checked (keys, positive timings, consistent FLOP counts);
+the numbers themselves depend on the machine. The torch rows are expected only when torch
+imports.
+"""
+import importlib.util
+import json
+import os
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _load_bench():
+    spec = importlib.util.spec_from_file_location("minicaps_bench", os.path.join(ROOT, "bench", "bench.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+bench = _load_bench()
+
+
+def test_flop_counts_of_the_paper_network_match_a_hand_count():
+    from minicaps.model import CapsNetConfig
+    f = bench.flops_per_image(CapsNetConfig())
+    conv1 = 2 * 20 * 20 * 81 * 256                  # 16.6 M
+    primary = 2 * 6 * 6 * 81 * 256 * 256            # 382.2 M
+    u_hat = 2 * 1152 * 10 * 16 * 8
+    routing = 5 * 2 * 1152 * 10 * 16                # 3 weighted sums + 2 agreements
+    decoder = 2 * (160 * 512 + 512 * 1024 + 1024 * 784)
+    assert f["forward"] == conv1 + primary + u_hat + routing + decoder
+    assert f["train"] == f["forward"] + f["backward"]
+    assert 1.19e9 < f["train"] < 1.22e9
+
+
+def test_quick_run_writes_the_expected_json(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert bench.bench_main(["--quick", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "| library |" in out and "per layer" in out
+    result = json.loads(path.read_text())
+    for key in ("device", "machine", "gemm_peak_gflops", "flops_per_image", "results", "ratios",
+                "memory_method"):
+        assert key in result
+    assert result["gemm_peak_gflops"]["cpu"] > 0
+    libraries = {r["library"] for r in result["results"]}
+    assert "minicaps" in libraries
+    if bench.torch_available():
+        assert "torch" in libraries and result["ratios"]
+        for q in result["ratios"]:
+            assert q["train_speed"] > 0 and q["infer_speed"] > 0
+    for r in result["results"]:
+        for key in ("train_img_s", "infer_img_s", "train_gflops", "train_peak_fraction"):
+            assert r[key] > 0, (r["library"], key)
+        assert r["train_peak_delta_mb"] >= 0 and r["infer_peak_delta_mb"] >= 0
+        if r["library"] == "minicaps":
+            layers = r["layers"]
+            assert set(bench.LAYERS) | {"total"} == set(layers)
+            assert layers["total"]["forward_ms"] > 0 and layers["total"]["backward_ms"] > 0
+
+
+def test_scaling_table(tmp_path):
+    args = bench.parse_args(["--quick", "--no-torch"])
+    rows = bench.scaling(bench.CapsNetConfig(**bench.QUICK_CONFIG), args)
+    assert [r["batch"] for r in rows if r["kind"] == "batch"] == [2, 4, 8]
+    assert [r["routing_iters"] for r in rows if r["kind"] == "routing"] == [1, 2, 3]
+    assert all(r["train_sec"] > 0 for r in rows)
+    assert "| batch | routing iterations |" in bench.format_report(
+        dict(gemm_peak_gflops={"cpu": 1.0}, flops_per_image=bench.flops_per_image(
+            bench.CapsNetConfig(**bench.QUICK_CONFIG)), results=[], ratios=[], scaling=rows))
