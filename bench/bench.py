@@ -137,7 +137,7 @@ def _data(cfg, batch, seed=0):
 def layer_times(model, x, y, repeats=3, warmup=1):
     """{layer: (forward s, backward s)}: the model's ops timed one by one (medians)."""
     from minicaps import ops
-    from minicaps.ops.capsules import CAPSULE_CHUNK
+    from minicaps.ops.capsules import capsule_chunks
     cfg, p, xp = model.config, model.params, model.xp
     sync = lambda: backend.synchronize()
     x = model._check_x(x)
@@ -165,9 +165,10 @@ def layer_times(model, x, y, repeats=3, warmup=1):
             h2, r2 = ops.relu_forward(h2, out=h2)
         return h2, (c2, r2)
 
-    def u_hat_f(u):            # in the model's chunks, as digit_capsules_forward runs them
-        return [ops.predictions_forward(u[n0:n0 + CAPSULE_CHUNK], p["digit.W"])
-                for n0 in range(0, N, CAPSULE_CHUNK)]
+    chunks = capsule_chunks(N)     # the model's chunks; here one after another, on one thread
+
+    def u_hat_f(u):
+        return [ops.predictions_forward(u[rows], p["digit.W"]) for rows in chunks]
 
     def routing_f(preds):
         outs = [ops.routing_forward(u_hat, cfg.routing_iters, cfg.routing_grad, cfg.squash_eps)
@@ -216,8 +217,7 @@ def layer_times(model, x, y, repeats=3, warmup=1):
         if dec is not None:
             dv = dv + timed("decoder", 1, decoder_b, dec)
         du_hats = timed("routing", 1, lambda: [
-            ops.routing_backward(dv[k * CAPSULE_CHUNK:(k + 1) * CAPSULE_CHUNK], rc)
-            for k, rc in enumerate(rcs)])
+            ops.routing_backward(dv[rows], rc) for rows, rc in zip(chunks, rcs)])
         du = timed("u_hat", 1, lambda: xp.concatenate([
             ops.predictions_backward(g, pc)[0] for g, (_, pc) in zip(du_hats, preds)]))
         dh2 = timed("primary caps", 1, ops.primary_capsules_backward, du, cc)

@@ -139,3 +139,37 @@ def gpu_pool_bytes():
     if _cupy is None:
         return 0
     return int(_cupy.get_default_memory_pool().total_bytes())
+
+
+_pool = None          # the worker threads of parallel_map, started on first use
+
+
+def cpu_threads():
+    """Threads for CPU work that BLAS does not spread itself: $MINICAPS_THREADS,
+    else the cores this process may run on."""
+    env = os.environ.get("MINICAPS_THREADS")
+    if env:
+        return max(1, int(env))
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def parallel_map(fn, items, on_gpu=False):
+    """[fn(item) for item in items], the items shared out over cpu_threads() threads.
+
+    NumPy and BLAS let go of the interpreter lock inside their loops, so chunks of
+    a batch run on every core at once; for work made of small BLAS calls (which
+    BLAS runs single-threaded) and memory-bound loops. On the GPU (``on_gpu``),
+    or with one thread, the items run in order on this thread.
+    """
+    global _pool
+    items = list(items)
+    n = cpu_threads()
+    if on_gpu or n == 1 or len(items) < 2:
+        return [fn(item) for item in items]
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+        _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minicaps")
+    return list(_pool.map(fn, items))

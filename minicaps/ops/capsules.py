@@ -5,6 +5,7 @@ Shape letters: N batch, I input capsules, J output capsules, D_in and D_out
 capsule dimensions. u (N, I, D_in), u_hat (N, I, J, D_out), v (N, J, D_out),
 logits b and coupling c (N, I, J).
 """
+from .. import backend
 from ..backend import get_xp, matmul_into
 
 SQUASH_EPS = 1e-7
@@ -218,29 +219,39 @@ def routing_backward(dv, cache):
 
 
 # ---------------------------------------------------------------- predictions + routing, in chunks
-CAPSULE_CHUNK = 32    # images per chunk: u_hat of 32 MNIST images is 24 MB, it stays in cache
+CAPSULE_CHUNK = 32    # most images per chunk: u_hat of 32 MNIST images is 24 MB, it stays in cache
+
+
+def capsule_chunks(N, chunk=CAPSULE_CHUNK):
+    """Row slices of the batch: at most ``chunk`` images each, at least one per CPU thread."""
+    parts = max(-(-N // chunk), min(N, backend.cpu_threads()))
+    size = -(-N // parts)
+    return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
 
 
 def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, coupling=None,
                            chunk=CAPSULE_CHUNK):
-    """routing_forward(predictions_forward(u, W)), ``chunk`` images at a time.
+    """routing_forward(predictions_forward(u, W)), a chunk of the batch at a time.
 
     Routing passes over u_hat five times forward and six times backward; a
     chunk's u_hat stays in the cache between the passes, a whole batch's
-    would not. u: (N, I, D_in), W: (I, J, D_out, D_in) -> (v (N, J, D_out),
-    c (N, I, J)), cache.
+    would not. The chunks are independent, so on the CPU they run on all
+    cores at once (backend.parallel_map). u: (N, I, D_in), W: (I, J, D_out,
+    D_in) -> (v (N, J, D_out), c (N, I, J)), cache.
     """
     xp = get_xp(u, W)
-    vs, cs, caches = [], [], []
-    for n0 in range(0, u.shape[0], chunk):
-        rows = slice(n0, n0 + chunk)
+
+    def one_chunk(rows):
         u_hat, pred_cache = predictions_forward(u[rows], W)
         (v, c), route_cache = routing_forward(u_hat, iters, routing_grad, eps,
                                               None if coupling is None else coupling[rows])
-        vs.append(v)
-        cs.append(c)
-        caches.append((rows, pred_cache, route_cache))
-    return (xp.concatenate(vs), xp.concatenate(cs)), (u.shape, caches)
+        return v, c, (rows, pred_cache, route_cache)
+
+    parts = backend.parallel_map(one_chunk, capsule_chunks(u.shape[0], chunk),
+                                 on_gpu=backend.is_gpu_array(u))
+    v = xp.concatenate([v for v, _, _ in parts])
+    c = xp.concatenate([c for _, c, _ in parts])
+    return (v, c), (u.shape, [cache for _, _, cache in parts])
 
 
 def digit_capsules_backward(dv, cache):
@@ -248,8 +259,15 @@ def digit_capsules_backward(dv, cache):
     per chunk; dW sums over the chunks."""
     xp = get_xp(dv)
     u_shape, caches = cache
-    du, dW = xp.empty(u_shape, dtype=dv.dtype), None
-    for rows, pred_cache, route_cache in caches:
-        du[rows], dW_chunk = predictions_backward(routing_backward(dv[rows], route_cache), pred_cache)
-        dW = dW_chunk if dW is None else dW + dW_chunk
+    du = xp.empty(u_shape, dtype=dv.dtype)
+
+    def one_chunk(chunk_cache):
+        rows, pred_cache, route_cache = chunk_cache
+        du[rows], dW = predictions_backward(routing_backward(dv[rows], route_cache), pred_cache)
+        return dW
+
+    dWs = backend.parallel_map(one_chunk, caches, on_gpu=backend.is_gpu_array(dv))
+    dW = dWs[0]
+    for d in dWs[1:]:
+        dW += d
     return du, dW
