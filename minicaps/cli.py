@@ -243,7 +243,7 @@ def build_parser():
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
-        "plot", formatter_class=defaults, help="draw what a checkpoint learned (PNG files)",
+        "plot", help="draw what a checkpoint learned (PNG files)",
         description="Draw pictures of a checkpoint into PNG files and print their paths: "
                     "reconstructions (inputs over their reconstructions), perturbation (the "
                     "paper's fig. 4: each pose dimension nudged over -0.25..0.25), routing "
@@ -265,11 +265,11 @@ def build_parser():
     add_data_options(p)
     p.add_argument("--device", choices=("cpu", "gpu"), default=None,
                    help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
-    p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNGs")
+    p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNGs (default 100)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
-        "predict", formatter_class=defaults, help="classify your own picture of a digit",
+        "predict", help="classify your own picture of a digit",
         description="Read a picture (PNG or anything Pillow reads; any size, gray, RGB or "
                     "RGBA), prepare it like MNIST (gray, white ink on black, cropped to the ink, "
                     "fitted into 20x20 keeping the aspect ratio, centred by centre of mass in "
