@@ -10,6 +10,7 @@ State is keyed by parameter name like the parameters and the gradients.
 """
 import math
 
+from . import backend
 from .backend import get_xp
 
 
@@ -24,13 +25,10 @@ class Adam:
         self.m, self.v = {}, {}
         self._work = None     # scratch shared by the updates, never part of the state
 
-    def _scratch(self, p):
-        """A work array shaped like p, reused from one parameter to the next."""
-        xp = get_xp(p)
-        w = self._work
-        if w is None or w.size < p.size or w.dtype != p.dtype or get_xp(w) is not xp:
-            w = self._work = xp.empty(p.size, dtype=p.dtype)
-        return w[:p.size].reshape(p.shape)
+    # Elements updated together on the CPU: the block of p, g, m, v and the scratch
+    # (5 x 256 KB) stays in the core's cache through the twelve passes of the update,
+    # so each array crosses the memory bus once instead of up to four times.
+    BLOCK = 2 ** 16
 
     def step(self, params, grads):
         """Update every array of ``params`` in place from ``grads`` (same keys).
@@ -45,23 +43,42 @@ class Adam:
         b1, b2 = self.beta1, self.beta2
         lr_t = self.lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
         for name, p in params.items():
-            g = grads[name]
             xp = get_xp(p)
             if name not in self.m:
                 self.m[name] = xp.zeros_like(p)
                 self.v[name] = xp.zeros_like(p)
-            m, v, w = self.m[name], self.v[name], self._scratch(p)
-            m *= b1                                   # m = beta1 m + (1 - beta1) g
-            m += xp.multiply(g, 1 - b1, out=w)
-            v *= b2                                   # v = beta2 v + (1 - beta2) g^2
-            w = xp.multiply(g, g, out=w)
-            w *= 1 - b2
-            v += w
-            w = xp.sqrt(v, out=w)                     # p -= lr_t m / (sqrt(v) + eps)
-            w += self.eps
-            w = xp.divide(m, w, out=w)
-            w *= lr_t
-            p -= w
+            arrays = (p, grads[name], self.m[name], self.v[name])
+            if backend.is_gpu_array(p) or not all(a.flags.c_contiguous for a in arrays[::2]):
+                self._update(*arrays, lr_t)       # whole arrays (the GPU is fast at those)
+                continue
+            flat = [a.reshape(-1) for a in arrays]   # views, p, m and v being contiguous
+            for k in range(0, p.size, self.BLOCK):
+                self._update(*(a[k:k + self.BLOCK] for a in flat), lr_t)
+
+    def _update(self, p, g, m, v, lr_t):
+        """The Adam update of one block of (flat) p, with its gradient g and moments m, v."""
+        xp = get_xp(p)
+        b1, b2 = self.beta1, self.beta2
+        w = self._scratch(p)
+        m *= b1                                   # m = beta1 m + (1 - beta1) g
+        m += xp.multiply(g, 1 - b1, out=w)
+        v *= b2                                   # v = beta2 v + (1 - beta2) g^2
+        w = xp.multiply(g, g, out=w)
+        w *= 1 - b2
+        v += w
+        w = xp.sqrt(v, out=w)                     # p -= lr_t m / (sqrt(v) + eps)
+        w += self.eps
+        w = xp.divide(m, w, out=w)
+        w *= lr_t
+        p -= w
+
+    def _scratch(self, p):
+        """A work array shaped like p, reused from one block to the next."""
+        xp = get_xp(p)
+        w = self._work
+        if w is None or w.size < p.size or w.dtype != p.dtype or get_xp(w) is not xp:
+            w = self._work = xp.empty(p.size, dtype=p.dtype)
+        return w[:p.size].reshape(p.shape)
 
     def state_dict(self):
         """Hyper-parameters, step count and moments (arrays keyed "m/<name>", "v/<name>")."""
