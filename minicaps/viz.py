@@ -260,39 +260,44 @@ def plot_perturbation(model, x, path, label=None, dpi=100):
 
 
 def plot_routing(model, x, path, iters=None, dpi=100):
-    """One row per routing iteration: c_i,pred on the primary grid (maps side by side),
-    summed per map, and summed per class. 12 x (2 T + 0.5) inches."""
+    """One row per routing iteration: c_i,pred on the primary grid (maps side by side,
+    red above the uniform 1/J, blue below), summed per map, and summed per class; dashed
+    lines mark the uniform coupling of iteration 1. 12 x (2 T + 0.5) inches."""
     r = routing_couplings(model, x, iters)
     T, rows, cols, maps = r["grid"].shape
+    J = r["per_class"].shape[1]
     per_row = min(maps, 8)
     tiles = np.full((math.ceil(maps / per_row) * per_row, rows, cols), np.nan)
     fig = _figure(12.0, 2.0 * T + 0.5, dpi)
-    axes = fig.subplots(T, 3, squeeze=False, width_ratios=[3, 2, 1.2])
-    vmax = float(np.nanmax(r["grid"]))
+    axes = fig.subplots(T, 3, squeeze=False, width_ratios=[2.4, 2, 1.2])
+    spread = max(float(np.abs(r["grid"] - 1 / J).max()), 1e-3)   # one colour scale for all t
     for t in range(T):
         tiles[:maps] = r["grid"][t].transpose(2, 0, 1)
         image = mosaic(tiles.reshape(-1, per_row, rows, cols), value=np.nan)
         ax = axes[t, 0]
-        im = ax.imshow(image, cmap="viridis", vmin=0, vmax=vmax, interpolation="nearest")
+        im = ax.imshow(image, cmap="RdBu_r", vmin=1 / J - spread, vmax=1 / J + spread,
+                       interpolation="nearest")
         ax.set_xticks([])
         ax.set_yticks([])
         ax.set_ylabel(f"iteration {t + 1}", fontsize=8)
-        ax.set_title(f"c(i -> {r['label']}) on the {rows}x{cols}x{maps} primary grid", fontsize=8)
+        ax.set_title(f"c(i -> {r['label']}) on the {rows}x{cols}x{maps} primary grid, "
+                     f"{per_row} maps a row", fontsize=8)
         ax = axes[t, 1]
         ax.bar(np.arange(maps), r["per_map"][t], color="tab:blue")
+        ax.axhline(rows * cols / J, color="black", linestyle="--", linewidth=0.8)
         ax.set_xticks(np.arange(0, maps, max(1, maps // 8)))
         ax.set_ylim(0, 1.05 * r["per_map"].max())
         ax.set_title(f"summed per map ({rows * cols} positions)", fontsize=8)
         ax.tick_params(labelsize=6)
         ax = axes[t, 2]
-        J = r["per_class"].shape[1]
         ax.bar(np.arange(J), r["per_class"][t],
                color=["tab:red" if j == r["label"] else "tab:gray" for j in range(J)])
+        ax.axhline(rows * cols * maps / J, color="black", linestyle="--", linewidth=0.8)
         ax.set_xticks(np.arange(J))
         ax.set_ylim(0, 1.05 * r["per_class"].max())
         ax.set_title("sum_i c_ij per class", fontsize=8)
         ax.tick_params(labelsize=6)
-    fig.colorbar(im, ax=axes[:, 0], shrink=0.8)
+    fig.colorbar(im, ax=axes[:, 0], shrink=0.8, label=f"c_ij (uniform 1/{J} = white)")
     return _save(fig, path)
 
 
@@ -341,6 +346,7 @@ def plot_curves(metrics, path, dpi=100):
             if points:
                 ax.plot(*zip(*points), marker="o", label=split)
         ax.set_xlabel("epoch")
+        ax.set_xticks(epochs if len(epochs) <= 12 else epochs[::math.ceil(len(epochs) / 12)])
         ax.set_title(what + (" (margin + weighted reconstruction)" if what == "loss" else ""),
                      fontsize=9)
         ax.grid(alpha=0.3)
