@@ -165,7 +165,7 @@ def layer_times(model, x, y, repeats=3, warmup=1):
             h2, r2 = ops.relu_forward(h2, out=h2)
         return h2, (c2, r2)
 
-    chunks = capsule_chunks(N)     # the model's chunks; here one after another, on one thread
+    chunks = capsule_chunks(N, gpu=model.device == "gpu")  # the model's, here one after another
 
     def u_hat_f(u):
         return [ops.predictions_forward(u[rows], p["digit.W"]) for rows in chunks]

@@ -222,8 +222,11 @@ def routing_backward(dv, cache):
 CAPSULE_CHUNK = 32    # most images per chunk: u_hat of 32 MNIST images is 24 MB, it stays in cache
 
 
-def capsule_chunks(N, chunk=CAPSULE_CHUNK):
-    """Row slices of the batch: at most ``chunk`` images each, at least one per CPU thread."""
+def capsule_chunks(N, chunk=CAPSULE_CHUNK, gpu=False):
+    """Row slices of the batch: at most ``chunk`` images each, at least one per CPU
+    thread; on the GPU the whole batch at once (its kernels want big arrays)."""
+    if gpu:
+        return [slice(0, N)]
     parts = max(-(-N // chunk), min(N, backend.cpu_threads()))
     size = -(-N // parts)
     return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
@@ -240,6 +243,7 @@ def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, c
     D_in) -> (v (N, J, D_out), c (N, I, J)), cache.
     """
     xp = get_xp(u, W)
+    gpu = backend.is_gpu_array(u)
 
     def one_chunk(rows):
         u_hat, pred_cache = predictions_forward(u[rows], W)
@@ -247,8 +251,7 @@ def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, c
                                               None if coupling is None else coupling[rows])
         return v, c, (rows, pred_cache, route_cache)
 
-    parts = backend.parallel_map(one_chunk, capsule_chunks(u.shape[0], chunk),
-                                 on_gpu=backend.is_gpu_array(u))
+    parts = backend.parallel_map(one_chunk, capsule_chunks(u.shape[0], chunk, gpu), on_gpu=gpu)
     v = xp.concatenate([v for v, _, _ in parts])
     c = xp.concatenate([c for _, c, _ in parts])
     return (v, c), (u.shape, [cache for _, _, cache in parts])
