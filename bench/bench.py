@@ -19,10 +19,11 @@ What is measured (medians of --repeats runs after --warmup runs):
   under 1%); fraction of GEMM peak = GFLOP/s of the train step / GFLOP/s of one large float32
   matmul measured in the same run (the best of two measurements, at the start and at the end).
 * peak memory: every (library, batch) runs in a fresh child process; after building the model,
-  optimizer and data it reads its resident-set high-water mark (``ru_maxrss``), runs the steps
-  and reads it again. ``peak MB`` is the difference: what the steps added (activations,
-  gradients, optimizer state, allocator caches). Train and inference run in separate children so
-  that one's mark does not hide the other's (in --quick mode one child runs inference, then
+  optimizer and data it resets the kernel's peak-RSS mark (Linux ``/proc/self/clear_refs``) and
+  notes the resident MB, runs the steps and reads the peak (``VmHWM``). ``peak MB`` is the
+  difference: what the steps added at their worst (activations, gradients, optimizer state,
+  allocator caches). Without /proc, the ``ru_maxrss`` high-water mark before and after. Train
+  and inference run in separate children (in --quick mode one child runs inference, then
   training). On the GPU, the bytes held by CuPy's memory pool instead.
 * ratios minicaps / torch come from numbers taken in the same run, batch by batch.
 
@@ -113,6 +114,40 @@ def _median_time(fn, repeats, warmup, sync=lambda: None):
 def _maxrss_mb():
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return r / 2 ** 20 if sys.platform == "darwin" else r / 1024.0
+
+
+def _proc_status_mb(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def memory_mark():
+    """Start a memory measurement; returns the resident MB it counts from.
+
+    On Linux the kernel's peak-RSS mark is reset (/proc/self/clear_refs), so the
+    setup's temporaries do not hide the steps' peak, and the count starts from what
+    is resident now. Elsewhere: the ru_maxrss high-water mark so far.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        now = _proc_status_mb("VmRSS")
+        if now is not None:
+            return now
+    except OSError:
+        pass
+    return _maxrss_mb()
+
+
+def memory_peak():
+    """Peak resident MB since memory_mark (VmHWM), or ru_maxrss."""
+    return _proc_status_mb("VmHWM") or _maxrss_mb()
 
 
 def gemm_peak(device="cpu", n=4096, repeats=3):
@@ -249,10 +284,9 @@ def _run_minicaps(spec):
     x, y = _data(cfg, spec["batch"])
     sync = lambda: backend.synchronize()
     gpu = device == "gpu"
-    mem = lambda: backend.gpu_pool_bytes() / 2 ** 20 if gpu else _maxrss_mb()
     out = {}
     for phase in spec["phases"]:
-        base = mem()
+        base = backend.gpu_pool_bytes() / 2 ** 20 if gpu else memory_mark()
         if phase == "infer":
             xd = backend.to_device(x, device)
             sec = _median_time(lambda: model.predict(xd, batch_size=spec["batch"]),
@@ -269,7 +303,7 @@ def _run_minicaps(spec):
             out["layers"] = {k: list(v) for k, v in layer_times(model, x, y, spec["repeats"],
                                                                  spec["warmup"]).items()}
             continue
-        peak = mem()
+        peak = backend.gpu_pool_bytes() / 2 ** 20 if gpu else memory_peak()
         out[phase] = dict(sec=sec, peak_mb=peak, peak_delta_mb=peak - base)
     return out
 
@@ -290,13 +324,13 @@ def _run_torch(spec):
     xt, yt = torch.from_numpy(x), torch.from_numpy(y)
     out = {}
     for phase in spec["phases"]:
-        base = _maxrss_mb()
+        base = memory_mark()
         if phase == "train":
             fn = lambda: tc.torch_train_step(model, opt, xt, yt)
         else:
             fn = lambda: tc.torch_infer(model, xt)
         sec = _median_time(fn, spec["repeats"], spec["warmup"])
-        peak = _maxrss_mb()
+        peak = memory_peak()
         out[phase] = dict(sec=sec, peak_mb=peak, peak_delta_mb=peak - base)
     out["threads"] = torch.get_num_threads()
     out["torch_version"] = torch.__version__
@@ -498,8 +532,9 @@ def run(args):
     result = dict(device="gpu" if "gpu" in devices else "cpu", quick=bool(args.quick),
                   machine=machine_info(), config=_config_dict(cfg), gemm_peak_gflops=peaks,
                   flops_per_image=flops_per_image(cfg), repeats=args.repeats, warmup=args.warmup,
-                  memory_method="ru_maxrss high-water mark in a fresh child process, minus the mark "
-                                "taken after setup (GPU: CuPy pool bytes)",
+                  memory_method="peak resident set (VmHWM, reset through /proc/self/clear_refs after "
+                                "setup) minus the resident set after setup, in a fresh child process "
+                                "per library and batch (ru_maxrss without /proc; GPU: CuPy pool bytes)",
                   results=results, ratios=ratios, scaling=None)
     if args.scaling:
         result["scaling"] = scaling(cfg, args)
