@@ -66,13 +66,15 @@ def col2im(cols, x_shape, stride=1, out=None):
 
 
 def _chunk_size(x_shape, kh, kw, stride, itemsize, chunk=None):
-    """Images per GEMM: all of them, or as many as keep the windows under WINDOW_BYTES."""
+    """Images per GEMM: all of them, or as many as keep the windows under WINDOW_BYTES,
+    evened out over the chunks (a last chunk of a few images makes a slow GEMM)."""
     N, H, W, C = x_shape
     if chunk is None:
         per_image = (conv_output_size(H, kh, stride) * conv_output_size(W, kw, stride)
                      * kh * kw * C * itemsize)
         chunk = WINDOW_BYTES // per_image
-    return max(1, min(N, int(chunk)))
+    parts = -(-N // max(1, min(N, int(chunk))))
+    return -(-N // parts)
 
 
 def conv2d_forward(x, W, b, stride=1, chunk=None):
@@ -112,8 +114,7 @@ def conv2d_backward(dout, cache, need_dx=True):
     N, Ho, Wo, _ = dout.shape
     dW = xp.zeros((K, C_out), dtype=W.dtype)
     dx = xp.zeros(x.shape, dtype=x.dtype) if need_dx else None
-    buf = xp.empty((chunk, Ho, Wo, kh, kw, C_in), dtype=x.dtype)
-    dbuf = xp.empty((chunk * Ho * Wo, K), dtype=x.dtype) if need_dx else None
+    buf = xp.empty((chunk, Ho, Wo, kh, kw, C_in), dtype=x.dtype)   # windows, then their gradient
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         cols = im2col(x[n0:n1], kh, kw, stride, out=buf[:n1 - n0]).reshape(-1, K)
@@ -121,7 +122,7 @@ def conv2d_backward(dout, cache, need_dx=True):
         # The longer side of dW as the GEMM's rows: BLAS crawls on a few rows with a long K.
         dW += cols.T @ d if K >= C_out else (d.T @ cols).T
         if need_dx:
-            dcols = xp.matmul(d, W2.T, out=dbuf[:d.shape[0]])
+            dcols = xp.matmul(d, W2.T, out=buf[:n1 - n0].reshape(-1, K))   # windows used up
             col2im(dcols.reshape(n1 - n0, Ho, Wo, kh, kw, C_in), x[n0:n1].shape, stride,
                    out=dx[n0:n1])
     return dx, dW.reshape(W.shape), dout.reshape(-1, C_out).sum(axis=0)
