@@ -401,6 +401,16 @@ def measure(library, device, batch, cfg, args):
     return row
 
 
+def _median_row(rows):
+    """One row from the rounds: the median of every number (per-layer times from the first)."""
+    out = dict(rows[0])
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and key != "batch":
+            out[key] = statistics.median(r[key] for r in rows)
+    out["rounds"] = len(rows)
+    return out
+
+
 def scaling(cfg, args, device="cpu"):
     """Train-step time and memory against batch size, then against routing iterations."""
     batches = (2, 4, 8) if args.quick else (8, 16, 32, 64, 128, 256)
@@ -495,6 +505,8 @@ def parse_args(argv=None):
     ap.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 32 128; quick: 8)")
     ap.add_argument("--repeats", type=int, help="timed runs per measurement (default 5; quick: 2)")
     ap.add_argument("--warmup", type=int, help="untimed runs first (default 1)")
+    ap.add_argument("--rounds", type=int, help="alternating minicaps/torch rounds per batch, "
+                                                "medians reported (default 3; quick: 1)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--no-gpu", action="store_true", help="skip CuPy even when a GPU is present")
@@ -505,6 +517,7 @@ def parse_args(argv=None):
     args.batches = args.batches or ([8] if args.quick else [32, 128])
     args.repeats = args.repeats or (2 if args.quick else 5)
     args.warmup = 1 if args.warmup is None else args.warmup
+    args.rounds = args.rounds or (1 if args.quick else 3)
     return args
 
 
@@ -517,11 +530,15 @@ def run(args):
     results, ratios = [], []
     for batch in args.batches:
         for device in devices:
-            mc = measure("minicaps", device, batch, cfg, args)
-            results.append(mc)
-            if with_torch and device == "cpu":
-                tr = measure("torch", "cpu", batch, cfg, args)
-                results.append(tr)
+            libs = ["minicaps"] + (["torch"] if with_torch and device == "cpu" else [])
+            rounds = {lib: [] for lib in libs}
+            for k in range(args.rounds):       # alternate the order: load that comes and goes
+                for lib in (libs if k % 2 == 0 else libs[::-1]):
+                    rounds[lib].append(measure(lib, device, batch, cfg, args))
+            rows = {lib: _median_row(rs) for lib, rs in rounds.items()}
+            results.extend(rows.values())
+            if "torch" in rows:
+                mc, tr = rows["minicaps"], rows["torch"]
                 ratios.append(dict(device="cpu", batch=batch,
                                    train_speed=mc["train_img_s"] / tr["train_img_s"],
                                    infer_speed=mc["infer_img_s"] / tr["infer_img_s"],
