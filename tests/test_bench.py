@@ -71,3 +71,11 @@ def test_scaling_table(tmp_path):
     assert "| batch | routing iterations |" in bench.format_report(
         dict(gemm_peak_gflops={"cpu": 1.0}, flops_per_image=bench.flops_per_image(
             bench.CapsNetConfig(**bench.QUICK_CONFIG)), results=[], ratios=[], scaling=rows))
+
+
+def test_minicaps_bench_command_runs_the_benchmark(tmp_path, capsys):
+    from minicaps.cli import main
+    path = tmp_path / "cli.json"
+    assert main(["bench", "--quick", "--no-torch", "--json", str(path)]) == 0
+    report = json.loads(path.read_text())
+    assert report["config"] and "minicaps" in capsys.readouterr().out

@@ -111,8 +111,10 @@ def test_sigmoid_is_finite_and_exact_for_large_inputs():
 
 
 # ------------------------------------------------------------------ squash and lengths (eq. 1)
-@given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), scale=st.floats(1e-2, 10))
+@given(seed=seeds, shape=st.lists(st.integers(1, 4), min_size=1, max_size=3), scale=st.floats(1e-2, 4))
 def test_squash_gradient(seed, shape, scale):
+    # far out (|s| >> 1) squash saturates at |v| = 1 and its gradient ~ 2/|s|^3
+    # drowns in the rounding noise of the differences, so scales stay moderate
     rng = np.random.default_rng(seed)
     s = scale * rng.standard_normal(shape)
     assert_grads(check_op(ops.squash_forward, ops.squash_backward, [s], rng=rng))
