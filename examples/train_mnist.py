@@ -17,7 +17,7 @@ parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=1)
 parser.add_argument("--limit-train", type=int, default=2000, help="training images used")
 parser.add_argument("--limit-test", type=int, default=1000, help="test images used")
-parser.add_argument("--batch-size", type=int, default=128)
+parser.add_argument("--batch-size", type=int, default=100)
 args = parser.parse_args()
 
 # Data: uint8 images (N, 28, 28) and labels 0..9.

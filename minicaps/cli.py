@@ -15,8 +15,8 @@ def cmd_gradcheck(args):
     print(format_table(rows))
     bad = [r for r in rows if not r[2] <= r[3]]
     worst = max(rows, key=lambda r: r[2] / r[3])
-    print(f"\n{len(rows) - len(bad)}/{len(rows)} checks within tolerance; "
-          f"worst relative error {worst[2]:.2e} ({worst[0]}, {worst[1]})")
+    print(f"\n{len(rows) - len(bad)}/{len(rows)} checks within tolerance; closest to its "
+          f"tolerance: {worst[0]}, {worst[1]}: {worst[2]:.2e} (<= {worst[3]:g})")
     return 1 if bad else 0
 
 
@@ -197,12 +197,12 @@ def build_parser():
                     "2 pixels. Each epoch prints the test accuracy, appends a line to "
                     "OUT/metrics.jsonl and saves OUT/last.npz and OUT/best.npz. The paper "
                     "trains about 50 epochs (--epochs 50); on a 2-core CPU one epoch of 60000 images "
-                    "takes 30-60 minutes today, so start with e.g. "
+                    "takes about 15 minutes (measured: 903 s at 66 img/s), so start with e.g. "
                     "--epochs 1 --limit-train 10000.")
     p.add_argument("--epochs", type=nonnegative_int, default=1,
                    help="train until this many epochs are done in all (with --resume: "
                         "counting those in the checkpoint)")
-    p.add_argument("--batch-size", type=positive_int, default=128, help="images per step")
+    p.add_argument("--batch-size", type=positive_int, default=100, help="images per step")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="initial Adam learning rate")
     p.add_argument("--lr-decay", type=positive_float, default=0.96,
                    help="the learning rate is multiplied by this every --decay-steps steps "

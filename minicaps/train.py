@@ -192,7 +192,7 @@ class TrainResult:
         return self.out_dir / BEST
 
 
-def train(config=None, *, epochs, out_dir, batch_size=128, lr=1e-3, lr_decay=0.96,
+def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
           data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, resume=None,
           progress=True, log=print):

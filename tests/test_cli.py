@@ -57,8 +57,8 @@ def fake_mnist(monkeypatch):
 # --- help and argument errors ------------------------------------------------------------------
 
 @pytest.mark.parametrize("command, words", [
-    ([], ["train", "evaluate", "gradcheck"]),
-    (["train"], ["--epochs", "--batch-size", "(default: 128)", "(default: 0.001)",
+    ([], ["train", "evaluate", "gradcheck", "plot", "predict", "bench"]),
+    (["train"], ["--epochs", "--batch-size", "(default: 100)", "(default: 0.001)",
                  "--routing-iters", "--routing-grad", "--resume", "--limit-train",
                  "--val-size", "fashion-mnist", "--data-root", "--no-progress", "--out"]),
     (["evaluate"], ["CHECKPOINT", "--limit-test", "--dataset", "--device", "(default: 256)"]),
