@@ -13,7 +13,7 @@ Parameters live in one dict keyed by name ("conv1.W", "digit.W", ...); the
 gradients come back in a dict with the same keys, and so does Adam's state.
 """
 import math
-from dataclasses import dataclass, asdict, field
+from dataclasses import dataclass, asdict
 
 import numpy as np
 
@@ -217,6 +217,33 @@ class CapsNet:
         return y
 
     # ------------------------------------------------------------ forward / backward
+    def primary_capsules(self, x):
+        """conv1 -> ReLU -> primary conv -> squash: u (N, I, D_in) and the caches
+        (x already checked, on the model's device)."""
+        cfg, p, caches = self.config, self.params, {}
+        h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
+        h, caches["relu1"] = relu_forward(h, out=h)
+        h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride)
+        if cfg.primary_relu:
+            h, caches["relu2"] = relu_forward(h, out=h)
+        u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
+        return u, caches
+
+    def decode(self, v, mask):
+        """The decoder on digit capsules v (N, J, D) masked by mask (N, J): the
+        reconstruction (N, H*W*C) and the caches. Any pose v can be decoded."""
+        cfg, p, caches = self.config, self.params, {}
+        if not cfg.use_decoder:
+            raise ValueError("this network has no decoder (use_decoder=False)")
+        r, caches["mask"] = mask_forward(v, mask)
+        n_dec = len(cfg.decoder_sizes) + 1
+        for k in range(1, n_dec + 1):
+            r, caches[f"dec{k}"] = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
+            if k < n_dec:
+                r, caches[f"dec{k}.relu"] = relu_forward(r, out=r)
+        r, caches["sigmoid"] = sigmoid_forward(r)
+        return r, caches
+
     def forward(self, x, y=None, coupling=None, decode=True):
         """Run the network. With labels y the decoder sees the label's capsule
         (training); without, the longest capsule (inference).
@@ -227,16 +254,11 @@ class CapsNet:
         coefficients (see routing_forward), for gradient checks of "stop";
         decode=False skips the decoder (inference of the class only).
         """
-        cfg, p, xp = self.config, self.params, self.xp
+        cfg, p = self.config, self.params
         x = self._check_x(x)
         N = x.shape[0]
-        caches, out = {}, {}
-        h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
-        h, caches["relu1"] = relu_forward(h, out=h)
-        h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride)
-        if cfg.primary_relu:
-            h, caches["relu2"] = relu_forward(h, out=h)
-        u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
+        out = {}
+        u, caches = self.primary_capsules(x)
         # predictions u_hat (eq. 2) and routing (Procedure 1), in chunks of the batch
         (v, c), caches["digit"] = digit_capsules_forward(u, p["digit.W"], cfg.routing_iters,
                                                          cfg.routing_grad, cfg.squash_eps, coupling)
@@ -252,13 +274,8 @@ class CapsNet:
         else:
             mask = one_hot(lengths.argmax(axis=1), cfg.num_classes, self.dtype)
         if cfg.use_decoder and decode:
-            r, caches["mask"] = mask_forward(v, mask)
-            n_dec = len(cfg.decoder_sizes) + 1
-            for k in range(1, n_dec + 1):
-                r, caches[f"dec{k}"] = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
-                if k < n_dec:
-                    r, caches[f"dec{k}.relu"] = relu_forward(r, out=r)
-            r, caches["sigmoid"] = sigmoid_forward(r)
+            r, decoder_caches = self.decode(v, mask)
+            caches.update(decoder_caches)
             out["reconstruction"] = r
             if y is not None:
                 recon, caches["recon"] = reconstruction_loss_forward(r, x.reshape(N, -1))

@@ -23,9 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .ops import (conv2d_forward, relu_forward, primary_capsules_forward, predictions_forward,
-                  routing_forward, length_forward, mask_forward, one_hot, dense_forward,
-                  sigmoid_forward)
+from .ops import predictions_forward, routing_forward, length_forward, one_hot
 
 VIZ_EXTRA = 'pip install "minicaps[viz]"'
 NUDGES = np.round(np.arange(-0.25, 0.2501, 0.05), 2) + 0.0   # the paper's fig. 4: 11 steps
@@ -56,21 +54,9 @@ def _images(flat, model):
 
 
 def decode(model, v, mask):
-    """The decoder on capsules v (N, J, D) masked by mask (N, J): sigmoid(... relu(r W1 + b1) ...).
-
-    The same layers as CapsNet.forward, written out so that any pose can be decoded.
-    Returns the reconstruction (N, H*W*C) on the model's device.
-    """
-    cfg, p = model.config, model.params
-    if not cfg.use_decoder:
-        raise ValueError("this network has no decoder (use_decoder=False)")
-    r, _ = mask_forward(v, mask)
-    n_dec = len(cfg.decoder_sizes) + 1
-    for k in range(1, n_dec + 1):
-        r, _ = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
-        if k < n_dec:
-            r, _ = relu_forward(r)
-    return sigmoid_forward(r)[0]
+    """The decoder on capsules v (N, J, D) masked by mask (N, J): the reconstruction
+    (N, H*W*C) on the model's device (CapsNet.decode without its caches)."""
+    return model.decode(v, mask)[0]
 
 
 def reconstructions(model, x, batch_size=256):
@@ -112,14 +98,8 @@ def perturbation_grid(model, x, label=None, nudges=NUDGES):
 
 
 def primary_capsules(model, x):
-    """conv1 -> ReLU -> primary conv -> squash, with the ops: u (N, I, D_in) on the device."""
-    cfg, p = model.config, model.params
-    h, _ = conv2d_forward(_batch(model, x), p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
-    h, _ = relu_forward(h)
-    h, _ = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride)
-    if cfg.primary_relu:
-        h, _ = relu_forward(h)
-    return primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)[0]
+    """conv1 -> ReLU -> primary conv -> squash: u (N, I, D_in) on the device."""
+    return model.primary_capsules(_batch(model, x))[0]
 
 
 def routing_couplings(model, x, iters=None, label=None):
