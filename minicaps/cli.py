@@ -166,6 +166,11 @@ def positive_float(text):
     return value
 
 
+def add_device_option(p):
+    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
+                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+
+
 def add_data_options(p):
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder with the IDX files (.gz or not), directly or in "
@@ -216,8 +221,7 @@ def build_parser():
     p.add_argument("--routing-grad", choices=("full", "stop"), default="full",
                    help="'full': backpropagate through all routing iterations; 'stop': "
                         "treat the coupling coefficients as constants")
-    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
-                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    add_device_option(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="floating-point type of parameters and activations")
     p.add_argument("--seed", type=int, default=0,
@@ -248,8 +252,7 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
-    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
-                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    add_device_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
@@ -276,8 +279,7 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
-    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
-                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    add_device_option(p)
     p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNGs (default 100)")
     p.set_defaults(func=cmd_plot)
 
@@ -293,8 +295,7 @@ def build_parser():
     p.add_argument("--save-reconstruction", metavar="PNG", default=None,
                    help="also write what the network saw beside the decoder's reconstruction "
                         "(masked by the predicted class) to this PNG, 4x enlarged")
-    p.add_argument("--device", choices=("cpu", "gpu"), default=None,
-                   help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    add_device_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

@@ -1,3 +1,4 @@
+import importlib.util
 import os
 
 import numpy as np
@@ -23,3 +24,14 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_bench_module(filename, name):
+    """A module of bench/ (not a package: it sits beside the library) loaded by its path."""
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "bench", filename))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

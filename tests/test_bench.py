@@ -4,23 +4,12 @@ Only the shape of the report is checked (keys, positive timings, consistent FLOP
 the numbers themselves depend on the machine. The torch rows are expected only when torch
 imports.
 """
-import importlib.util
 import json
-import os
-
-import pytest
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _load_bench():
-    spec = importlib.util.spec_from_file_location("minicaps_bench", os.path.join(ROOT, "bench", "bench.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from conftest import load_bench_module
 
-
-bench = _load_bench()
+bench = load_bench_module("bench.py", "minicaps_bench")
 
 
 def test_flop_counts_of_the_paper_network_match_a_hand_count():

@@ -8,26 +8,16 @@ against a plain NumPy loop written from the spec.  The last tests compare
 ``minicaps.CapsNet.loss_and_grads`` with the peer in float64 and skip while minicaps has no
 ``CapsNet`` yet.
 """
-import importlib.util
 import inspect
-import os
 
 import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from conftest import load_bench_module
 
-
-def _load_peer():
-    spec = importlib.util.spec_from_file_location("torch_capsnet", os.path.join(ROOT, "bench", "torch_capsnet.py"))
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-tc = _load_peer()
+tc = load_bench_module("torch_capsnet.py", "torch_capsnet")
 
 # 12x12x1 -> conv1 3x3 (4 ch) -> 10x10 -> primary 3x3 stride 2 -> 4x4 grid, 2 maps x 4 dims
 # -> 32 primary capsules -> 3 classes x 4 dims -> decoder 12 -> 8 -> 6 -> 144
