@@ -180,12 +180,22 @@ def add_data_options(p):
                    help="evaluate on the first N test images only (default: all 10000)")
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends "(default: ...)" to each option's help unless the help already says it
+    or there is no default to tell."""
+
+    def _get_help_string(self, action):
+        if "(default:" in (action.help or "") or action.default is None:
+            return action.help
+        return super()._get_help_string(action)
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minicaps",
         description="Capsule Networks (Sabour et al., 2017) written by hand on NumPy/CuPy.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    defaults = argparse.ArgumentDefaultsHelpFormatter
+    defaults = DefaultsHelpFormatter
 
     p = sub.add_parser("gradcheck", help="prove every backward pass against finite differences",
                        description="Check every op and every parameter of small CapsNets "

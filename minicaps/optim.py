@@ -23,11 +23,13 @@ class Adam:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t = 0
         self.m, self.v = {}, {}
-        self._work = None     # scratch shared by the updates, never part of the state
+        self._work = {}       # scratch of the updates per thread, never part of the state
 
     # Elements updated together on the CPU: the block of p, g, m, v and the scratch
-    # (5 x 256 KB) stays in the core's cache through the twelve passes of the update,
-    # so each array crosses the memory bus once instead of up to four times.
+    # (5 x 256 KB) stays in the core's cache through the eleven passes of the update,
+    # so each array crosses the memory bus once instead of up to four times. The blocks
+    # are shared out over the cores (backend.parallel_map), each core with its own
+    # scratch; every element is computed the same way whichever core takes it.
     BLOCK = 2 ** 16
 
     def step(self, params, grads):
@@ -42,6 +44,7 @@ class Adam:
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         lr_t = self.lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
+        blocks = []
         for name, p in params.items():
             xp = get_xp(p)
             if name not in self.m:
@@ -49,17 +52,24 @@ class Adam:
                 self.v[name] = xp.zeros_like(p)
             arrays = (p, grads[name], self.m[name], self.v[name])
             if backend.is_gpu_array(p) or not all(a.flags.c_contiguous for a in arrays[::2]):
-                self._update(*arrays, lr_t)       # whole arrays (the GPU is fast at those)
+                self._update(*arrays, lr_t, self._scratch(0, p))   # whole arrays (GPU)
                 continue
             flat = [a.reshape(-1) for a in arrays]   # views, p, m and v being contiguous
-            for k in range(0, p.size, self.BLOCK):
-                self._update(*(a[k:k + self.BLOCK] for a in flat), lr_t)
+            blocks += [[a[k:k + self.BLOCK] for a in flat] for k in range(0, p.size, self.BLOCK)]
+        if blocks:
+            parts = min(len(blocks), backend.cpu_threads())
 
-    def _update(self, p, g, m, v, lr_t):
-        """The Adam update of one block of (flat) p, with its gradient g and moments m, v."""
+            def update_part(i):
+                for block in blocks[i::parts]:
+                    self._update(*block, lr_t, self._scratch(i, block[0]))
+
+            backend.parallel_map(update_part, range(parts))
+
+    def _update(self, p, g, m, v, lr_t, w):
+        """The Adam update of one block of (flat) p, with its gradient g and moments m, v;
+        ``w`` is scratch shaped like p."""
         xp = get_xp(p)
         b1, b2 = self.beta1, self.beta2
-        w = self._scratch(p)
         m *= b1                                   # m = beta1 m + (1 - beta1) g
         m += xp.multiply(g, 1 - b1, out=w)
         v *= b2                                   # v = beta2 v + (1 - beta2) g^2
@@ -72,12 +82,12 @@ class Adam:
         w *= lr_t
         p -= w
 
-    def _scratch(self, p):
-        """A work array shaped like p, reused from one block to the next."""
+    def _scratch(self, i, p):
+        """Work array number ``i`` shaped like p, reused from one block to the next."""
         xp = get_xp(p)
-        w = self._work
+        w = self._work.get(i)
         if w is None or w.size < p.size or w.dtype != p.dtype or get_xp(w) is not xp:
-            w = self._work = xp.empty(p.size, dtype=p.dtype)
+            w = self._work[i] = xp.empty(p.size, dtype=p.dtype)
         return w[:p.size].reshape(p.shape)
 
     def state_dict(self):

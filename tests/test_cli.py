@@ -73,6 +73,16 @@ def test_help_texts(capsys, command, words):
         assert word in text
 
 
+@pytest.mark.parametrize("command", ["train", "evaluate", "plot", "predict"])
+def test_help_says_each_default_once(capsys, command):
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    for option in capsys.readouterr().out.split("\n  -")[1:]:   # one chunk per option
+        option = " ".join(option.split())
+        assert option.count("(default:") <= 1, option
+        assert "(default: None)" not in option, option
+
+
 @pytest.mark.parametrize("argv, message", [
     (["train", "--batch-size", "0"], "--batch-size: must be a positive integer"),
     (["train", "--epochs", "two"], "--epochs: invalid"),
