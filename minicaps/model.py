@@ -147,10 +147,20 @@ class CapsNet:
 
     model = CapsNet(CapsNetConfig(), seed=0, dtype="float32", device="cpu")
     loss, grads, out = model.loss_and_grads(x, y)   # x (N, H, W, C) in [0, 1], y (N,)
+
+    ``conv_method``: "auto" lets each convolution pick im2col + GEMM or the DFT route
+    (ops.conv2d_forward; the primary capsules take the DFT from a few dozen images
+    per batch on), "gemm" keeps im2col + GEMM everywhere. It changes the speed and
+    the rounding, never the function, so it is not part of the config or of
+    checkpoints.
     """
 
-    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None):
+    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
+                 conv_method="auto"):
         self.config = config if config is not None else CapsNetConfig()
+        if conv_method not in ("auto", "gemm"):
+            raise ValueError(f"conv_method must be 'auto' or 'gemm', got {conv_method!r}")
+        self.conv_method = conv_method
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(str(dtype))
@@ -221,9 +231,11 @@ class CapsNet:
         """conv1 -> ReLU -> primary conv -> squash: u (N, I, D_in) and the caches
         (x already checked, on the model's device)."""
         cfg, p, caches = self.config, self.params, {}
-        h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
+        h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
+                                            method=self.conv_method)
         h, caches["relu1"] = relu_forward(h, out=h)
-        h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride)
+        h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
+                                              method=self.conv_method)
         if cfg.primary_relu:
             h, caches["relu2"] = relu_forward(h, out=h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)

@@ -73,11 +73,69 @@ def test_col2im_is_the_adjoint_of_im2col(seed, h, w, k, stride):
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
 
 
+# ------------------------------------------------------------------ conv2d through the DFT
+@given(seed=seeds, n=st.integers(1, 2), h=st.integers(3, 9), w=st.integers(3, 9),
+       c_in=st.integers(1, 3), c_out=st.integers(1, 3), kh=st.integers(1, 4), kw=st.integers(1, 4),
+       stride=st.integers(1, 3))
+def test_conv2d_fft_gradients(seed, n, h, w, c_in, c_out, kh, kw, stride):
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, h, w, c_in))
+    W = rng.standard_normal((min(kh, h), min(kw, w), c_in, c_out))
+    b = rng.standard_normal(c_out)
+    fwd = lambda x, W, b: ops.conv2d_forward(x, W, b, stride, method="fft")
+    assert_grads(check_op(fwd, ops.conv2d_backward, [x, W, b], ["x", "W", "b"], rng=rng))
+
+
+@given(seed=seeds, h=st.integers(1, 10), w=st.integers(1, 10), kh=st.integers(1, 4),
+       kw=st.integers(1, 4), stride=st.integers(1, 3))
+def test_conv2d_fft_equals_naive_loop(seed, h, w, kh, kw, stride):
+    # Odd and even grids, grids cropped (stride > 1 leaves rows unread), 1 x 1 kernels.
+    rng = np.random.default_rng(seed)
+    kh, kw = min(kh, h), min(kw, w)
+    x = rng.standard_normal((2, h, w, 3))
+    W = rng.standard_normal((kh, kw, 3, 4))
+    b = rng.standard_normal(4)
+    out, _ = ops.conv2d_forward(x, W, b, stride, method="fft")
+    np.testing.assert_allclose(out, naive_conv2d(x, W, b, stride), rtol=1e-11, atol=1e-11)
+
+
+def test_conv2d_fft_in_float32_stays_float32_and_agrees_with_the_gemm_route(rng):
+    # The primary-capsule shape (9 x 9, stride 2, on 20 x 20), fewer channels.
+    x = rng.standard_normal((3, 20, 20, 16)).astype(np.float32)
+    W = (0.1 * rng.standard_normal((9, 9, 16, 8))).astype(np.float32)
+    b = rng.standard_normal(8).astype(np.float32)
+    out, cache = ops.conv2d_forward(x, W, b, 2, method="fft")
+    dout = rng.standard_normal(out.shape).astype(np.float32)
+    fft = (out,) + ops.conv2d_backward(dout, cache)
+    ref_out, ref_cache = ops.conv2d_forward(*(a.astype(np.float64) for a in (x, W, b)), 2,
+                                            method="gemm")
+    ref = (ref_out,) + ops.conv2d_backward(dout.astype(np.float64), ref_cache)
+    for name, a, r in zip(["out", "dx", "dW", "db"], fft, ref):
+        assert a.dtype == np.float32, name
+        assert relative_error(a, r) < 1e-5, name
+
+
+def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
+    from minicaps.ops.conv_fft import fft_pays
+    primary, conv1 = (9, 9, 256, 256), (9, 9, 1, 256)
+    assert fft_pays((32, 20, 20, 256), primary, 2) and fft_pays((128, 20, 20, 256), primary, 2)
+    assert not fft_pays((2, 20, 20, 256), primary, 2)      # the weights' spectrum dominates
+    assert not fft_pays((128, 28, 28, 1), conv1, 1)        # one input channel
+    x = np.zeros((2, 6, 6, 1))
+    for method, expected in [("auto", "gemm"), ("gemm", "gemm"), ("fft", "fft")]:
+        _, cache = ops.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method=method)
+        assert cache[0] == expected
+    with pytest.raises(ValueError, match="method must be one of"):
+        ops.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method="winograd")
+
+
 def test_conv2d_backward_without_input_gradient(rng):
     x = rng.standard_normal((2, 5, 5, 2))
-    out, cache = ops.conv2d_forward(x, rng.standard_normal((3, 3, 2, 4)), np.zeros(4))
-    dx, dW, db = ops.conv2d_backward(np.ones_like(out), cache, need_dx=False)
-    assert dx is None and dW.shape == (3, 3, 2, 4) and db.shape == (4,)
+    for method in ("gemm", "fft"):
+        out, cache = ops.conv2d_forward(x, rng.standard_normal((3, 3, 2, 4)), np.zeros(4),
+                                        method=method)
+        dx, dW, db = ops.conv2d_backward(np.ones_like(out), cache, need_dx=False)
+        assert dx is None and dW.shape == (3, 3, 2, 4) and db.shape == (4,)
 
 
 # ------------------------------------------------------------------ dense, relu, sigmoid

@@ -15,9 +15,16 @@ Memory: the windows of the primary capsule convolution take 3 MB per image
 through the GEMMs in chunks whose windows fit in ``WINDOW_BYTES``; the cache
 keeps only x, and the backward pass copies the windows of each chunk again
 (a copy costs far less than the GEMMs that use it).
+
+For big kernels on many channels (the primary capsules) conv_fft.py computes
+the same function through the discrete Fourier transform with about a quarter
+of the multiplications; ``method="auto"`` picks that route where it pays.
 """
 from .. import backend
 from ..backend import get_xp
+from .conv_fft import conv2d_fft_forward, conv2d_fft_backward, fft_pays
+
+METHODS = ("auto", "gemm", "fft")
 
 WINDOW_BYTES = 48 * 2 ** 20     # im2col buffer per chunk (16 images of the primary conv), reused
 
@@ -77,12 +84,20 @@ def _chunk_size(x_shape, kh, kw, stride, itemsize, chunk=None):
     return -(-N // parts)
 
 
-def conv2d_forward(x, W, b, stride=1, chunk=None):
+def conv2d_forward(x, W, b, stride=1, chunk=None, method="auto"):
     """out[n, y, x, o] = sum_{a, b, c} x[n, y*s + a, x*s + b, c] W[a, b, c, o] + b[o].
 
     x: (N, H, W, C_in), W: (kh, kw, C_in, C_out), b: (C_out,) -> (N, Ho, Wo, C_out).
-    ``chunk``: images per GEMM (default: as many as fit in WINDOW_BYTES).
+    ``method``: "gemm" (im2col windows times the weights), "fft" (conv_fft.py: the
+    same function through the DFT, far fewer multiplications for big kernels) or
+    "auto" (fft where conv_fft.fft_pays says it is faster). ``chunk``: images per
+    GEMM (default: as many as fit in WINDOW_BYTES).
     """
+    if method not in METHODS:
+        raise ValueError(f"conv2d method must be one of {METHODS}, got {method!r}")
+    if method == "fft" or (method == "auto" and fft_pays(x.shape, W.shape, stride)):
+        out, cache = conv2d_fft_forward(x, W, b, stride)
+        return out, ("fft", cache)
     xp = get_xp(x, W)
     kh, kw, C_in, C_out = W.shape
     N, H, Wd, _ = x.shape
@@ -97,7 +112,7 @@ def conv2d_forward(x, W, b, stride=1, chunk=None):
         cols = im2col(x[n0:n1], kh, kw, stride, out=buf[:n1 - n0])
         xp.matmul(cols.reshape(-1, K), W2, out=out[n0:n1].reshape(-1, C_out))
     out += b
-    return out, (x, W, stride, chunk)
+    return out, ("gemm", (x, W, stride, chunk))
 
 
 def conv2d_backward(dout, cache, need_dx=True):
@@ -106,6 +121,9 @@ def conv2d_backward(dout, cache, need_dx=True):
 
         dW = windows^T @ dout      dwindows = dout @ W^T,  dx = col2im(dwindows)
     """
+    method, cache = cache
+    if method == "fft":
+        return conv2d_fft_backward(dout, cache, need_dx)
     x, W, stride, chunk = cache
     xp = get_xp(dout, W)
     kh, kw, C_in, C_out = W.shape

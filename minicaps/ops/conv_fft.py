@@ -1,0 +1,202 @@
+"""2-D convolution through the discrete Fourier transform: the function of
+conv.conv2d_forward with far fewer multiplications when the kernel is big.
+
+Why it is the same function. A valid convolution (a correlation, as in conv.py)
+of an H x W image with a kh x kw kernel at stride s reads only the first
+U = (Ho - 1) s + kh rows and V = (Wo - 1) s + kw columns. On that U x V grid
+the *circular* correlation
+
+    y[p, q] = sum_{a, b} x[(p + a) mod U, (q + b) mod V] w[a, b]
+
+equals the valid one at the output positions (p, q) = (i s, j s), since no
+window there reaches past the grid. Circular correlation is a product in the
+frequency domain, one bin (u, v) at a time, summed over the input channels:
+
+    Y[u, v][n, o] = sum_c X[u, v][n, c] conj(Wf[u, v][c, o])       X = DFT(x), Wf = DFT(w)
+
+so the convolution becomes one small complex matrix product per bin, and
+out = IDFT(Y) read at the output positions. x and w are real, so only the
+V // 2 + 1 first columns of their spectra are needed (Hermitian symmetry).
+
+Cost. For the primary capsules (20 x 20 input read as 19 x 19, 9 x 9 kernel,
+stride 2, 256 -> 256 channels) that is 19 * 10 = 190 bins, each a complex
+(N, 256) @ (256, 256) product: 190 * 256 * 256 * 8 = 100 MFLOP per image,
+against 36 * 20736 * 256 * 2 = 382 MFLOP for the im2col GEMM. The price is
+the weights' spectrum (2 * 190 * 256 * 256 floats, 100 MB in float32), made
+once per forward pass, and its adjoint once per backward pass, so the DFT
+route pays from a few dozen images per batch on (see ``fft_pays``).
+
+How it is computed. Every transform is a product with a small real DFT matrix
+(no FFT library: NumPy and CuPy run the same code, and float32 stays float32),
+one image or one input channel at a time, so each is a GEMM of a shape BLAS
+runs well. Real and imaginary parts sit side by side on an axis of size 2.
+Between the transforms the spectra are laid out (bins, 2N, C), real rows over
+imaginary rows, and each bin's complex product is two real GEMMs with 2N rows.
+The backward pass applies the transposes of the same real matrices: it is the
+exact adjoint of the forward computation.
+"""
+import functools
+
+import numpy as np
+
+from .. import backend
+from ..backend import get_xp
+
+
+def fft_grid(x_shape, w_shape, stride):
+    """(U, V, Ho, Wo): the rows and columns of the input that the valid convolution
+    reads, and the output size."""
+    _, H, W, _ = x_shape
+    kh, kw = w_shape[:2]
+    Ho, Wo = (H - kh) // stride + 1, (W - kw) // stride + 1
+    return (Ho - 1) * stride + kh, (Wo - 1) * stride + kw, Ho, Wo
+
+
+# ---------------------------------------------------------------- the DFT matrices
+def real_dft(U, V, P, Q):
+    """The 2-D DFT on a U x V grid of a P x Q array zero-padded (or cropped) to it,
+    first V // 2 + 1 columns of the spectrum only, as a real matrix: rows (r, u, v)
+    with r = 0 the real and r = 1 the imaginary part, columns (p, q). Entries cos and
+    -sin of 2 pi (u p / U + v q / V); zero where p >= U or q >= V (cropped away)."""
+    Vf = V // 2 + 1
+    ang = 2 * np.pi * (np.arange(U)[:, None, None, None] * np.arange(P)[None, None, :, None] / U
+                       + np.arange(Vf)[None, :, None, None] * np.arange(Q)[None, None, None, :] / V)
+    inside = (np.arange(P)[:, None] < U) & (np.arange(Q)[None, :] < V)
+    return (np.stack([np.cos(ang), -np.sin(ang)]) * inside).reshape(2 * U * Vf, P * Q)
+
+
+def inverse_real_dft(U, V, rows, cols):
+    """The inverse of real_dft, read at the grid points (p, q), p in ``rows``, q in ``cols``:
+
+        y[p, q] = Re sum_{u, v} m_v Y[u, v] e^{2 pi i (u p / U + v q / V)} / (U V)
+
+    with m_v = 2 for the columns whose mirror image V - v is not stored, else 1.
+    Rows (p, q), columns (r, u, v)."""
+    Vf = V // 2 + 1
+    m = np.full(Vf, 2.0)
+    m[0] = 1.0
+    if V % 2 == 0:
+        m[-1] = 1.0
+    ang = 2 * np.pi * (np.asarray(rows)[:, None, None, None] * np.arange(U)[None, None, :, None] / U
+                       + np.asarray(cols)[None, :, None, None] * np.arange(Vf)[None, None, None, :] / V)
+    inv = np.stack([m * np.cos(ang), -m * np.sin(ang)], axis=2) / (U * V)   # (p, q, r, u, v)
+    return inv.reshape(len(rows) * len(cols), 2 * U * Vf)
+
+
+@functools.lru_cache(maxsize=32)
+def _plan_numpy(H, W, kh, kw, stride, dtype):
+    U, V, Ho, Wo = fft_grid((1, H, W, 1), (kh, kw), stride)
+    mats = dict(image=real_dft(U, V, H, W), weights=real_dft(U, V, kh, kw),
+                inverse=inverse_real_dft(U, V, np.arange(Ho) * stride, np.arange(Wo) * stride))
+    return {k: np.ascontiguousarray(a, dtype=dtype) for k, a in mats.items()}
+
+
+@functools.lru_cache(maxsize=32)
+def _plan_gpu(*key):
+    return backend.params_to_device(_plan_numpy(*key), "gpu")
+
+
+def dft_plan(x_shape, w_shape, stride, like):
+    """The three DFT matrices of one convolution shape, in the dtype and on the device
+    of ``like``: "image" (2 bins, H W), "weights" (2 bins, kh kw) and "inverse"
+    (Ho Wo, 2 bins). Made once per shape and kept."""
+    key = (x_shape[1], x_shape[2], w_shape[0], w_shape[1], stride, np.dtype(like.dtype).str)
+    return _plan_gpu(*key) if backend.is_gpu_array(like) else _plan_numpy(*key)
+
+
+# ---------------------------------------------------------------- layouts
+def to_bins(spectra):
+    """(N, 2 bins, C) spectra of the images -> (bins, 2N, C), real rows over imaginary."""
+    xp = get_xp(spectra)
+    N, two_bins, C = spectra.shape
+    t = spectra.reshape(N, 2, two_bins // 2, C).transpose(2, 1, 0, 3)
+    return xp.ascontiguousarray(t).reshape(two_bins // 2, 2 * N, C)
+
+
+def weight_spectrum(W, plan):
+    """Wf = DFT(W zero-padded to the grid) as (Wr, Wi), each (bins, C, O).
+
+    One (2 bins, kh kw) @ (kh kw, O) product per input channel c into an array laid
+    out (c, r, bin, o); BLAS reads each bin's (C, O) matrix from it in place, with a
+    row stride. (One (2 bins, kh kw) @ (kh kw, C O) product runs slower.)
+    """
+    xp = get_xp(W)
+    kh, kw, C, O = W.shape
+    Wf = xp.matmul(plan["weights"], W.reshape(kh * kw, C, O).transpose(1, 0, 2))
+    Wf = Wf.reshape(C, 2, -1, O)
+    return Wf[:, 0].transpose(1, 0, 2), Wf[:, 1].transpose(1, 0, 2)
+
+
+# ---------------------------------------------------------------- the convolution
+def conv2d_fft_forward(x, W, b, stride=1):
+    """conv.conv2d_forward through the DFT: x (N, H, W, C_in), W (kh, kw, C_in, C_out),
+    b (C_out,) -> (N, Ho, Wo, C_out), cache."""
+    xp = get_xp(x, W)
+    kh, kw, C, O = W.shape
+    N, H, Wd, _ = x.shape
+    _, _, Ho, Wo = fft_grid(x.shape, W.shape, stride)
+    plan = dft_plan(x.shape, W.shape, stride, x)
+    X = to_bins(xp.matmul(plan["image"], x.reshape(N, H * Wd, C)))     # (bins, 2N, C)
+    Wr, Wi = weight_spectrum(W, plan)                                  # (bins, C, O) each
+    bins = X.shape[0]
+    # Y = X conj(Wf): Yr = Xr Wr + Xi Wi, Yi = Xi Wr - Xr Wi, stored per image.
+    XWr = xp.matmul(X, Wr)                                             # [Xr Wr; Xi Wr]
+    XWi = xp.matmul(X, Wi)                                             # [Xr Wi; Xi Wi]
+    Y = xp.empty((N, 2, bins, O), dtype=x.dtype)
+    xp.add(XWr[:, :N], XWi[:, N:], out=Y[:, 0].transpose(1, 0, 2))
+    xp.subtract(XWr[:, N:], XWi[:, :N], out=Y[:, 1].transpose(1, 0, 2))
+    del XWr, XWi
+    out = xp.matmul(plan["inverse"], Y.reshape(N, 2 * bins, O))       # (N, Ho Wo, O)
+    out += b
+    return out.reshape(N, Ho, Wo, O), (X, (Wr, Wi), x.shape, W.shape, stride)
+
+
+def conv2d_fft_backward(dout, cache, need_dx=True):
+    """(dx, dW, db) of conv2d_fft_forward: the transposed steps in reverse order."""
+    X, (Wr, Wi), x_shape, w_shape, stride = cache
+    xp = get_xp(dout)
+    kh, kw, C, O = w_shape
+    N, Ho, Wo, _ = dout.shape
+    bins = X.shape[0]
+    plan = dft_plan(x_shape, w_shape, stride, dout)
+    dY = to_bins(xp.matmul(plan["inverse"].T, dout.reshape(N, Ho * Wo, O)))   # [dYr; dYi]
+    # dWr = Xr^T dYr + Xi^T dYi = X^T [dYr; dYi],  dWi = Xi^T dYr - Xr^T dYi = X^T [-dYi; dYr],
+    # written straight into the (c, r, bin, o) layout that the weights' adjoint reads.
+    dWf = xp.empty((C, 2, bins, O), dtype=dout.dtype)
+    XT = X.transpose(0, 2, 1)
+    backend.matmul_into(XT, dY, out=dWf[:, 0].transpose(1, 0, 2))
+    swapped = xp.empty_like(dY)
+    xp.negative(dY[:, N:], out=swapped[:, :N])
+    swapped[:, N:] = dY[:, :N]
+    backend.matmul_into(XT, swapped, out=dWf[:, 1].transpose(1, 0, 2))
+    del swapped
+    dW = xp.empty(w_shape, dtype=dout.dtype)
+    backend.matmul_into(plan["weights"].T, dWf.reshape(C, 2 * bins, O),
+                        out=dW.reshape(kh * kw, C, O).transpose(1, 0, 2))
+    del dWf
+    dx = None
+    if need_dx:
+        # dXr = dYr Wr^T - dYi Wi^T,  dXi = dYr Wi^T + dYi Wr^T, stored per image.
+        P = xp.matmul(dY, Wr.transpose(0, 2, 1))                       # [dYr Wr^T; dYi Wr^T]
+        Q = xp.matmul(dY, Wi.transpose(0, 2, 1))                       # [dYr Wi^T; dYi Wi^T]
+        dX = xp.empty((N, 2, bins, C), dtype=dout.dtype)
+        xp.subtract(P[:, :N], Q[:, N:], out=dX[:, 0].transpose(1, 0, 2))
+        xp.add(Q[:, :N], P[:, N:], out=dX[:, 1].transpose(1, 0, 2))
+        del P, Q
+        dx = xp.matmul(plan["image"].T, dX.reshape(N, 2 * bins, C)).reshape(x_shape)
+    return dx, dW, dout.reshape(-1, O).sum(axis=0)
+
+
+def fft_pays(x_shape, w_shape, stride):
+    """Whether the DFT route should beat im2col + GEMM for this batch: it must save more
+    multiplications on the per-image products than the weights' spectrum and its adjoint
+    cost (counted twice: their GEMMs are thin and run at about half speed), and the layer
+    must be wide enough (C_in >= 16) for the transforms of the images not to dominate."""
+    N, _, _, C = x_shape
+    kh, kw, _, O = w_shape
+    U, V, Ho, Wo = fft_grid(x_shape, w_shape, stride)
+    bins = U * (V // 2 + 1)
+    direct = 3 * Ho * Wo * kh * kw * C * O * 2 * N       # forward, dW, dx
+    products = 3 * bins * C * O * 8 * N
+    weights = 2 * 2 * bins * kh * kw * C * O * 2         # spectrum and its adjoint
+    return C >= 16 and direct > products + 2 * weights
