@@ -227,15 +227,16 @@ class CapsNet:
         return y
 
     # ------------------------------------------------------------ forward / backward
-    def primary_capsules(self, x):
+    def primary_capsules(self, x, training=False):
         """conv1 -> ReLU -> primary conv -> squash: u (N, I, D_in) and the caches
-        (x already checked, on the model's device)."""
+        (x already checked, on the model's device). ``training``: a backward pass
+        follows (the convolutions may then take the DFT route)."""
         cfg, p, caches = self.config, self.params, {}
         h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
-                                            method=self.conv_method)
+                                            method=self.conv_method, training=training)
         h, caches["relu1"] = relu_forward(h, out=h)
         h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
-                                              method=self.conv_method)
+                                              method=self.conv_method, training=training)
         if cfg.primary_relu:
             h, caches["relu2"] = relu_forward(h, out=h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
@@ -256,7 +257,7 @@ class CapsNet:
         r, caches["sigmoid"] = sigmoid_forward(r)
         return r, caches
 
-    def forward(self, x, y=None, coupling=None, decode=True):
+    def forward(self, x, y=None, coupling=None, decode=True, training=None):
         """Run the network. With labels y the decoder sees the label's capsule
         (training); without, the longest capsule (inference).
 
@@ -265,12 +266,15 @@ class CapsNet:
         "reconstruction_loss" and "loss". ``coupling`` fixes the routing
         coefficients (see routing_forward), for gradient checks of "stop";
         decode=False skips the decoder (inference of the class only).
+        ``training``: whether backward() will follow (default: when y is given);
+        only the speed depends on it (the convolutions' route, see conv_method).
         """
         cfg, p = self.config, self.params
         x = self._check_x(x)
         N = x.shape[0]
         out = {}
-        u, caches = self.primary_capsules(x)
+        u, caches = self.primary_capsules(x, training=y is not None if training is None
+                                          else training)
         # predictions u_hat (eq. 2) and routing (Procedure 1), in chunks of the batch
         (v, c), caches["digit"] = digit_capsules_forward(u, p["digit.W"], cfg.routing_iters,
                                                          cfg.routing_grad, cfg.squash_eps, coupling)
@@ -295,27 +299,31 @@ class CapsNet:
                 out["loss"] = float(margin) + cfg.recon_weight * float(recon)
         return out, caches
 
-    def backward(self, caches):
-        """Gradients of the total loss for every parameter, from forward's caches."""
+    def backward(self, caches, free=False):
+        """Gradients of the total loss for every parameter, from forward's caches.
+        free=True drops each cache from the dict once it is used, so its memory comes
+        back during the backward pass (loss_and_grads does this)."""
         cfg, grads = self.config, {}
-        dlengths = margin_loss_backward(1.0, caches["margin"])
-        dv = length_backward(dlengths, caches["lengths"])
+        take = caches.pop if free else caches.__getitem__
+        dlengths = margin_loss_backward(1.0, take("margin"))
+        dv = length_backward(dlengths, take("lengths"))
         if cfg.use_decoder:
-            dr = reconstruction_loss_backward(cfg.recon_weight, caches["recon"])
-            dr = sigmoid_backward(dr, caches["sigmoid"])
+            dr = reconstruction_loss_backward(cfg.recon_weight, take("recon"))
+            dr = sigmoid_backward(dr, take("sigmoid"))
             n_dec = len(cfg.decoder_sizes) + 1
             for k in range(n_dec, 0, -1):
                 if k < n_dec:
-                    dr = relu_backward(dr, caches[f"dec{k}.relu"], out=dr)
-                dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, caches[f"dec{k}"])
-            dv = dv + mask_backward(dr, caches["mask"])
-        du, grads["digit.W"] = digit_capsules_backward(dv, caches["digit"])
-        dh = primary_capsules_backward(du, caches["caps"])
+                    dr = relu_backward(dr, take(f"dec{k}.relu"), out=dr)
+                dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, take(f"dec{k}"))
+            dv = dv + mask_backward(dr, take("mask"))
+        du, grads["digit.W"] = digit_capsules_backward(dv, take("digit"))
+        dh = primary_capsules_backward(du, take("caps"))
+        del du
         if cfg.primary_relu:
-            dh = relu_backward(dh, caches["relu2"], out=dh)
-        dh, grads["primary.W"], grads["primary.b"] = conv2d_backward(dh, caches["primary"])
-        dh = relu_backward(dh, caches["relu1"], out=dh)
-        _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, caches["conv1"], need_dx=False)
+            dh = relu_backward(dh, take("relu2"), out=dh)
+        dh, grads["primary.W"], grads["primary.b"] = conv2d_backward(dh, take("primary"))
+        dh = relu_backward(dh, take("relu1"), out=dh)
+        _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, take("conv1"), need_dx=False)
         return {name: grads[name] for name in self.params}
 
     def loss_and_grads(self, x, y, coupling=None):
@@ -324,7 +332,7 @@ class CapsNet:
         if y is None:
             raise ValueError("loss_and_grads needs labels y")
         out, caches = self.forward(x, y, coupling)
-        return out["loss"], self.backward(caches), out
+        return out["loss"], self.backward(caches, free=True), out
 
     def loss(self, x, y, coupling=None):
         """The total loss alone (what the gradient checker differentiates)."""

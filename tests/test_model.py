@@ -114,16 +114,20 @@ def test_float32_matches_float64():
         assert relative_error(g32[k], g64[k]) <= 1e-4, k
 
 
-def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng):
-    # Wide enough (32 primary channels on a 20 x 20 map) and a batch big enough that
-    # "auto" sends the primary convolution through the DFT; "gemm" never does.
-    cfg = mc.CapsNetConfig(conv1_channels=32, primary_maps=4, primary_dims=8, digit_dims=4,
+def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng, monkeypatch):
+    # "auto" takes the DFT route only for wide layers and big batches (tested in
+    # test_ops); here it is told that the route always pays, so both convolutions of a
+    # small model take it in training, and neither does in inference.
+    monkeypatch.setattr("minicaps.ops.conv.fft_pays", lambda *shapes: True)
+    cfg = mc.CapsNetConfig(conv1_channels=16, primary_maps=2, primary_dims=8, digit_dims=4,
                            decoder_sizes=(16, 32))
     auto = mc.CapsNet(cfg, seed=1, dtype="float64")
     gemm = mc.CapsNet(cfg, dtype="float64", params=auto.params, conv_method="gemm")
-    x, y = rng.random((24, 28, 28, 1)), rng.integers(0, 10, 24)
+    x, y = rng.random((5, 28, 28, 1)), rng.integers(0, 10, 5)
     out, caches = auto.forward(x, y)
-    assert caches["primary"][0] == "fft" and caches["conv1"][0] == "gemm"
+    assert caches["primary"][0] == "fft" and caches["conv1"][0] == "fft"
+    assert auto.forward(x)[1]["primary"][0] == "gemm"      # inference: no backward to share
+    assert auto.forward(x, y, training=False)[1]["primary"][0] == "gemm"
     loss_a, grads_a, _ = auto.loss_and_grads(x, y)
     loss_g, grads_g, _ = gemm.loss_and_grads(x, y)
     assert abs(loss_a - loss_g) <= 1e-12 * abs(loss_g)

@@ -118,13 +118,17 @@ def test_conv2d_fft_in_float32_stays_float32_and_agrees_with_the_gemm_route(rng)
 def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
     from minicaps.ops.conv_fft import fft_pays
     primary, conv1 = (9, 9, 256, 256), (9, 9, 1, 256)
-    assert fft_pays((32, 20, 20, 256), primary, 2) and fft_pays((128, 20, 20, 256), primary, 2)
-    assert not fft_pays((2, 20, 20, 256), primary, 2)      # the weights' spectrum dominates
+    assert fft_pays((64, 20, 20, 256), primary, 2) and fft_pays((128, 20, 20, 256), primary, 2)
+    assert not fft_pays((8, 20, 20, 256), primary, 2)      # the weights' spectrum dominates
     assert not fft_pays((128, 28, 28, 1), conv1, 1)        # one input channel
     x = np.zeros((2, 6, 6, 1))
     for method, expected in [("auto", "gemm"), ("gemm", "gemm"), ("fft", "fft")]:
         _, cache = ops.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method=method)
         assert cache[0] == expected
+    wide, W = np.zeros((128, 20, 20, 128), np.float32), np.zeros((9, 9, 128, 128), np.float32)
+    assert ops.conv2d_forward(wide, W, np.zeros(128, np.float32), 2)[1][0] == "fft"
+    assert ops.conv2d_forward(wide, W, np.zeros(128, np.float32), 2,
+                              training=False)[1][0] == "gemm"
     with pytest.raises(ValueError, match="method must be one of"):
         ops.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method="winograd")
 

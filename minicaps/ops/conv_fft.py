@@ -23,8 +23,9 @@ stride 2, 256 -> 256 channels) that is 19 * 10 = 190 bins, each a complex
 (N, 256) @ (256, 256) product: 190 * 256 * 256 * 8 = 100 MFLOP per image,
 against 36 * 20736 * 256 * 2 = 382 MFLOP for the im2col GEMM. The price is
 the weights' spectrum (2 * 190 * 256 * 256 floats, 100 MB in float32), made
-once per forward pass, and its adjoint once per backward pass, so the DFT
-route pays from a few dozen images per batch on (see ``fft_pays``).
+in the forward pass and again for dx in the backward pass (not kept in
+between, to save memory), and its adjoint for dW, so the DFT route pays from
+a few dozen images per batch on (see ``fft_pays``).
 
 How it is computed. Every transform is a product with a small real DFT matrix
 (no FFT library: NumPy and CuPy run the same code, and float32 stays float32),
@@ -127,6 +128,15 @@ def weight_spectrum(W, plan):
     return Wf[:, 0].transpose(1, 0, 2), Wf[:, 1].transpose(1, 0, 2)
 
 
+def bin_chunks(bins, N, C, like, limit=8 * 2 ** 20):
+    """Slices of the bins whose (bins, 2N, C) products take at most about ``limit`` bytes
+    (all bins at once on the GPU, whose batched GEMMs want big batches)."""
+    if backend.is_gpu_array(like):
+        return [slice(0, bins)]
+    step = max(1, min(bins, limit // (2 * N * C * like.itemsize)))
+    return [slice(k, min(bins, k + step)) for k in range(0, bins, step)]
+
+
 # ---------------------------------------------------------------- the convolution
 def conv2d_fft_forward(x, W, b, stride=1):
     """conv.conv2d_forward through the DFT: x (N, H, W, C_in), W (kh, kw, C_in, C_out),
@@ -139,64 +149,70 @@ def conv2d_fft_forward(x, W, b, stride=1):
     X = to_bins(xp.matmul(plan["image"], x.reshape(N, H * Wd, C)))     # (bins, 2N, C)
     Wr, Wi = weight_spectrum(W, plan)                                  # (bins, C, O) each
     bins = X.shape[0]
-    # Y = X conj(Wf): Yr = Xr Wr + Xi Wi, Yi = Xi Wr - Xr Wi, stored per image.
-    XWr = xp.matmul(X, Wr)                                             # [Xr Wr; Xi Wr]
-    XWi = xp.matmul(X, Wi)                                             # [Xr Wi; Xi Wi]
+    # Y = X conj(Wf): Yr = Xr Wr + Xi Wi, Yi = Xi Wr - Xr Wi, stored per image. A few
+    # bins at a time, so the products' temporaries stay small.
     Y = xp.empty((N, 2, bins, O), dtype=x.dtype)
-    xp.add(XWr[:, :N], XWi[:, N:], out=Y[:, 0].transpose(1, 0, 2))
-    xp.subtract(XWr[:, N:], XWi[:, :N], out=Y[:, 1].transpose(1, 0, 2))
-    del XWr, XWi
+    for k in bin_chunks(bins, N, O, x):
+        XWr = xp.matmul(X[k], Wr[k])                                   # [Xr Wr; Xi Wr]
+        XWi = xp.matmul(X[k], Wi[k])                                   # [Xr Wi; Xi Wi]
+        xp.add(XWr[:, :N], XWi[:, N:], out=Y[:, 0, k].transpose(1, 0, 2))
+        xp.subtract(XWr[:, N:], XWi[:, :N], out=Y[:, 1, k].transpose(1, 0, 2))
     out = xp.matmul(plan["inverse"], Y.reshape(N, 2 * bins, O))       # (N, Ho Wo, O)
     out += b
-    return out.reshape(N, Ho, Wo, O), (X, (Wr, Wi), x.shape, W.shape, stride)
+    # The cache keeps X (as big as x) but not the weights' spectrum (100 MB for the primary
+    # capsules, alive through the whole forward pass): the backward pass makes it again.
+    return out.reshape(N, Ho, Wo, O), (X, W, x.shape, stride)
 
 
 def conv2d_fft_backward(dout, cache, need_dx=True):
     """(dx, dW, db) of conv2d_fft_forward: the transposed steps in reverse order."""
-    X, (Wr, Wi), x_shape, w_shape, stride = cache
+    X, W, x_shape, stride = cache
     xp = get_xp(dout)
-    kh, kw, C, O = w_shape
+    w_shape = kh, kw, C, O = W.shape
     N, Ho, Wo, _ = dout.shape
     bins = X.shape[0]
     plan = dft_plan(x_shape, w_shape, stride, dout)
     dY = to_bins(xp.matmul(plan["inverse"].T, dout.reshape(N, Ho * Wo, O)))   # [dYr; dYi]
+    dx = None
+    if need_dx:
+        Wr, Wi = weight_spectrum(W, plan)
+        # dXr = dYr Wr^T - dYi Wi^T,  dXi = dYr Wi^T + dYi Wr^T, stored per image.
+        dX = xp.empty((N, 2, bins, C), dtype=dout.dtype)
+        for k in bin_chunks(bins, N, C, dout):
+            P = xp.matmul(dY[k], Wr[k].transpose(0, 2, 1))             # [dYr Wr^T; dYi Wr^T]
+            Q = xp.matmul(dY[k], Wi[k].transpose(0, 2, 1))             # [dYr Wi^T; dYi Wi^T]
+            xp.subtract(P[:, :N], Q[:, N:], out=dX[:, 0, k].transpose(1, 0, 2))
+            xp.add(Q[:, :N], P[:, N:], out=dX[:, 1, k].transpose(1, 0, 2))
+        del Wr, Wi, P, Q
+        dx = xp.matmul(plan["image"].T, dX.reshape(N, 2 * bins, C)).reshape(x_shape)
+        del dX
     # dWr = Xr^T dYr + Xi^T dYi = X^T [dYr; dYi],  dWi = Xi^T dYr - Xr^T dYi = X^T [-dYi; dYr],
     # written straight into the (c, r, bin, o) layout that the weights' adjoint reads.
     dWf = xp.empty((C, 2, bins, O), dtype=dout.dtype)
-    XT = X.transpose(0, 2, 1)
-    backend.matmul_into(XT, dY, out=dWf[:, 0].transpose(1, 0, 2))
-    swapped = xp.empty_like(dY)
-    xp.negative(dY[:, N:], out=swapped[:, :N])
-    swapped[:, N:] = dY[:, :N]
-    backend.matmul_into(XT, swapped, out=dWf[:, 1].transpose(1, 0, 2))
-    del swapped
+    for k in bin_chunks(bins, N, O, dout):
+        XT = X[k].transpose(0, 2, 1)
+        backend.matmul_into(XT, dY[k], out=dWf[:, 0, k].transpose(1, 0, 2))
+        swapped = xp.concatenate([-dY[k, N:], dY[k, :N]], axis=1)
+        backend.matmul_into(XT, swapped, out=dWf[:, 1, k].transpose(1, 0, 2))
     dW = xp.empty(w_shape, dtype=dout.dtype)
     backend.matmul_into(plan["weights"].T, dWf.reshape(C, 2 * bins, O),
                         out=dW.reshape(kh * kw, C, O).transpose(1, 0, 2))
-    del dWf
-    dx = None
-    if need_dx:
-        # dXr = dYr Wr^T - dYi Wi^T,  dXi = dYr Wi^T + dYi Wr^T, stored per image.
-        P = xp.matmul(dY, Wr.transpose(0, 2, 1))                       # [dYr Wr^T; dYi Wr^T]
-        Q = xp.matmul(dY, Wi.transpose(0, 2, 1))                       # [dYr Wi^T; dYi Wi^T]
-        dX = xp.empty((N, 2, bins, C), dtype=dout.dtype)
-        xp.subtract(P[:, :N], Q[:, N:], out=dX[:, 0].transpose(1, 0, 2))
-        xp.add(Q[:, :N], P[:, N:], out=dX[:, 1].transpose(1, 0, 2))
-        del P, Q
-        dx = xp.matmul(plan["image"].T, dX.reshape(N, 2 * bins, C)).reshape(x_shape)
     return dx, dW, dout.reshape(-1, O).sum(axis=0)
 
 
 def fft_pays(x_shape, w_shape, stride):
-    """Whether the DFT route should beat im2col + GEMM for this batch: it must save more
-    multiplications on the per-image products than the weights' spectrum and its adjoint
-    cost (counted twice: their GEMMs are thin and run at about half speed), and the layer
-    must be wide enough (C_in >= 16) for the transforms of the images not to dominate."""
-    N, _, _, C = x_shape
+    """Whether a training step of this convolution (forward, dW and dx) should be faster
+    through the DFT than through im2col + GEMM. Counts multiplications: the direct GEMMs
+    against the per-bin products, the images' transforms (forward and dx) and the
+    weights' spectrum with its adjoint, the latter weighted 3x (thin GEMMs into fresh
+    100 MB arrays run slowly; weight measured on the CPU). Needs C_in >= 16: with few
+    input channels the images' transforms dominate. For the primary capsules the DFT
+    wins from about 50 images per batch on."""
+    N, H, W, C = x_shape
     kh, kw, _, O = w_shape
     U, V, Ho, Wo = fft_grid(x_shape, w_shape, stride)
     bins = U * (V // 2 + 1)
-    direct = 3 * Ho * Wo * kh * kw * C * O * 2 * N       # forward, dW, dx
-    products = 3 * bins * C * O * 8 * N
-    weights = 2 * 2 * bins * kh * kw * C * O * 2         # spectrum and its adjoint
-    return C >= 16 and direct > products + 2 * weights
+    direct = 3 * Ho * Wo * kh * kw * C * O * 2 * N
+    per_image = 3 * bins * C * O * 8 + 2 * (2 * bins) * H * W * C * 2
+    weights = 3 * (2 * bins) * kh * kw * C * O * 2       # spectrum twice, adjoint once
+    return C >= 16 and direct > per_image * N + 3 * weights
