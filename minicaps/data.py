@@ -221,8 +221,15 @@ def _load_verified(path, expected, dataset):
 def _download(name, folder, mirrors, expected, dataset, timeout):
     """Fetch name.gz from the first mirror that serves a valid file; keep it in folder."""
     import pooch
-    folder.mkdir(parents=True, exist_ok=True)
     fname = name + ".gz"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=fname + ".", suffix=".part", dir=folder)
+        os.close(fd)
+        os.remove(probe)
+    except OSError as e:
+        raise _not_found(str(folder), dataset, f"cannot write there to download {fname}: "
+                         f"{type(e).__name__}: {e}") from None
     errors = []
     for mirror in mirrors:
         url = mirror.rstrip("/") + "/" + fname
@@ -296,7 +303,10 @@ def to_model_input(images, dtype=np.float32):
     """uint8 pixels (N, H, W) or (N, H, W, C) -> dtype in [0, 1], shape (N, H, W, C)."""
     images = np.asarray(images)
     if images.dtype != np.uint8:
-        raise TypeError(f"expected uint8 pixels 0..255, got {images.dtype}")
+        raise ValueError(f"expected uint8 pixels 0..255, got {images.dtype}: images already "
+                         f"scaled to [0, 1] go to the model as they are")
+    if images.ndim not in (3, 4):
+        raise ValueError(f"expected images (N, H, W) or (N, H, W, C), got shape {images.shape}")
     if images.ndim == 3:
         images = images[..., None]
     return images.astype(dtype) / np.asarray(255, dtype)

@@ -253,6 +253,16 @@ def test_offline_without_download_lists_files(tmp_path):
     assert list(tmp_path.iterdir()) == []   # nothing created
 
 
+def test_a_data_root_that_cannot_be_written_is_a_clear_error(tmp_path):
+    # A plain file where the data folder should be: mkdir fails (for root, too, unlike a
+    # read-only folder), and the error says where the four files should go, no download tried.
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    with pytest.raises(DataNotFoundError, match="cannot write there") as info:
+        load_mnist(root=blocker, mirrors=["http://127.0.0.1:9/never-contacted"])
+    assert_lists_four_files(info.value, blocker / "mnist")
+
+
 # --- download from a local HTTP server -------------------------------------------------------
 
 class QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -406,8 +416,10 @@ def test_to_model_input():
     np.testing.assert_allclose(x[..., 0], images.astype(np.float64) / 255, rtol=1e-7)
     x64 = to_model_input(images[..., None], np.float64)
     assert x64.shape == (4, 28, 28, 1) and x64.dtype == np.float64
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match="uint8"):
         to_model_input(images.astype(np.float32))
+    with pytest.raises(ValueError, match="shape"):
+        to_model_input(images[0])
 
 
 @pytest.mark.parametrize("shuffle, drop_last", [(True, False), (True, True), (False, False)])
