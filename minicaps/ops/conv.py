@@ -17,8 +17,9 @@ keeps only x, and the backward pass copies the windows of each chunk again
 (a copy costs far less than the GEMMs that use it).
 
 For big kernels on many channels (the primary capsules) conv_fft.py computes
-the same function through the discrete Fourier transform with about a quarter
-of the multiplications; ``method="auto"`` picks that route where it pays.
+the same function through the discrete Fourier transform, whose per-frequency
+products need about a quarter of the multiplications of the GEMM here;
+``method="auto"`` picks that route where a training step gains from it.
 """
 from .. import backend
 from ..backend import get_xp
