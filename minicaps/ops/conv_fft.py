@@ -21,8 +21,8 @@ V // 2 + 1 first columns of their spectra are needed (Hermitian symmetry).
 Cost. For the primary capsules (20 x 20 input read as 19 x 19, 9 x 9 kernel,
 stride 2, 256 -> 256 channels) that is 19 * 10 = 190 bins, each a complex
 (N, 256) @ (256, 256) product: 190 * 256 * 256 * 8 = 100 MFLOP per image,
-against 36 * 20736 * 256 * 2 = 382 MFLOP for the im2col GEMM, plus 78 MFLOP
-per image to transform the image (and as much again for dx). The price is
+against 36 * 20736 * 256 * 2 = 382 MFLOP for the im2col GEMM; transforming
+each image adds 78 MFLOP (and as much again for dx). The price is
 the weights' spectrum (2 * 190 * 256 * 256 floats, 100 MB in float32), made
 in the forward pass and again for dx in the backward pass (not kept in
 between, to save memory), and its adjoint for dW, so the DFT route pays from
