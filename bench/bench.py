@@ -1,6 +1,6 @@
 """Benchmark minicaps against an independent PyTorch CapsNet on the same machine.
 
-    python bench/bench.py                 # batches 32 and 128, numpy (+ cupy, + torch if present)
+    python bench/bench.py                 # batches 32 and 128, numpy (+ cupy, + torch CPU/CUDA if present)
     python bench/bench.py --quick         # tiny network, a few seconds (the smoke test)
     python bench/bench.py --scaling       # time and memory against batch size and routing iterations
     bench_main(["--quick"])               # the same from Python (``minicaps bench`` calls this)
@@ -24,7 +24,10 @@ What is measured (medians of --repeats runs after --warmup runs):
   difference: what the steps added at their worst (activations, gradients, optimizer state,
   allocator caches). Without /proc, the ``ru_maxrss`` high-water mark before and after. Train
   and inference run in separate children (in --quick mode one child runs inference, then
-  training). On the GPU, the bytes held by CuPy's memory pool instead.
+  training). On the GPU, the bytes held by CuPy's memory pool instead, and for torch
+  ``torch.cuda.max_memory_allocated`` over the steps minus what was allocated before them.
+* on a GPU, torch runs on CUDA too (eager mode, TF32 switched off in cuDNN and in products,
+  as minicaps computes strict float32), and the GPU ratios compare the two there.
 * ratios minicaps / torch come from numbers taken in the same run, batch by batch.
 
 The machine may be shared: compare numbers from one run, not across runs.
@@ -316,24 +319,35 @@ def _run_torch(spec):
     sys.path.insert(0, HERE)
     import torch_capsnet as tc
     torch.set_num_threads(spec["threads"])
+    gpu = spec["device"] == "gpu"
+    if gpu:            # strict float32 like minicaps: no TF32 in convolutions or products
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    dev = torch.device("cuda" if gpu else "cpu")
     cfg = CapsNetConfig(**spec["config"])
     params = CapsNet(cfg, seed=0, dtype="float32").params
     tcfg = {k: v for k, v in spec["config"].items() if k in tc.DEFAULTS}
     if "lam" in spec["config"]:
         tcfg["lambda_"] = spec["config"]["lam"]
-    model = tc.load_minicaps_params(tc.TorchCapsNet(**tcfg), params)
+    model = tc.load_minicaps_params(tc.TorchCapsNet(**tcfg), params).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = _data(cfg, spec["batch"])
-    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     out = {}
     for phase in spec["phases"]:
-        base = memory_mark()
+        if gpu:
+            sync()
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated() / 2 ** 20
+        else:
+            base = memory_mark()
         if phase == "train":
             fn = lambda: tc.torch_train_step(model, opt, xt, yt)
         else:
             fn = lambda: tc.torch_infer(model, xt)
-        sec = _median_time(fn, spec["repeats"], spec["warmup"])
-        peak = memory_peak()
+        sec = _median_time(fn, spec["repeats"], spec["warmup"], sync)
+        peak = torch.cuda.max_memory_allocated() / 2 ** 20 if gpu else memory_peak()
         out[phase] = dict(sec=sec, peak_mb=peak, peak_delta_mb=peak - base)
     out["threads"] = torch.get_num_threads()
     out["torch_version"] = torch.__version__
@@ -354,10 +368,16 @@ def run_child(spec, timeout=1800):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def torch_available():
+def torch_available(device="cpu"):
+    """Whether the PyTorch peer can run on ``device`` ("gpu": torch built with CUDA and a GPU)."""
     try:
         import importlib.util
-        return importlib.util.find_spec("torch") is not None
+        if importlib.util.find_spec("torch") is None:
+            return False
+        if device == "gpu":
+            import torch
+            return bool(torch.cuda.is_available())
+        return True
     except Exception:
         return False
 
@@ -540,7 +560,7 @@ def run(args):
     results, ratios = [], []
     for batch in args.batches:
         for device in devices:
-            libs = ["minicaps"] + (["torch"] if with_torch and device == "cpu" else [])
+            libs = ["minicaps"] + (["torch"] if with_torch and torch_available(device) else [])
             rounds = {lib: [] for lib in libs}
             for k in range(args.rounds):       # alternate the order: load that comes and goes
                 for lib in (libs if k % 2 == 0 else libs[::-1]):
@@ -549,7 +569,7 @@ def run(args):
             results.extend(rows.values())
             if "torch" in rows:
                 mc, tr = rows["minicaps"], rows["torch"]
-                ratios.append(dict(device="cpu", batch=batch,
+                ratios.append(dict(device=device, batch=batch,
                                    train_speed=mc["train_img_s"] / tr["train_img_s"],
                                    infer_speed=mc["infer_img_s"] / tr["infer_img_s"],
                                    train_memory=mc["train_peak_delta_mb"] / max(tr["train_peak_delta_mb"], 1e-9)))

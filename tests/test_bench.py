@@ -68,3 +68,11 @@ def test_minicaps_bench_command_runs_the_benchmark(tmp_path, capsys):
     assert main(["bench", "--quick", "--no-torch", "--json", str(path)]) == 0
     report = json.loads(path.read_text())
     assert report["config"] and "minicaps" in capsys.readouterr().out
+
+
+def test_torch_peer_runs_on_cuda_only_where_torch_sees_a_gpu():
+    if not bench.torch_available():
+        assert bench.torch_available("gpu") is False
+    else:
+        import torch
+        assert bench.torch_available("gpu") == torch.cuda.is_available()
