@@ -19,6 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .backend import get_xp, is_gpu_array
+
 # --- IDX files -------------------------------------------------------------------------------
 
 # IDX stores numbers big-endian: the third byte of the magic names the element type.
@@ -284,24 +286,41 @@ def random_shift(images, max_shift=2, rng=None):
     """
     rng = np.random.default_rng(rng)
     images = np.asarray(images)
+    dy, dx = draw_shifts(len(images), max_shift, rng, images.shape[1:3])
+    return shift_images(images, dy, dx, max_shift)
+
+
+def draw_shifts(n, max_shift, rng, size=None):
+    """(dy, dx): two arrays of n integers uniform in [-max_shift, max_shift] from ``rng``
+    (the draw random_shift makes), checked against the images' ``size`` (H, W)."""
+    m = int(max_shift)
+    if size is not None and not 0 <= m < min(size):
+        raise ValueError(f"max_shift must be in 0..{min(size) - 1} for {size[0]}x{size[1]} "
+                         f"images, got {max_shift}")
+    dy, dx = rng.integers(-m, m + 1, size=(2, n))
+    return dy, dx
+
+
+def shift_images(images, dy, dx, max_shift):
+    """images[n] shifted by (dy[n], dx[n]) with zeros shifted in, |dy|, |dx| <= max_shift:
+    out[n, i, j] = images[n, i - dy[n], j - dx[n]], read from the images zero-padded by
+    max_shift on every side. NumPy or CuPy arrays (all on one device)."""
+    xp = get_xp(images)
     n, h, w = images.shape[:3]
     m = int(max_shift)
-    if not 0 <= m < min(h, w):
-        raise ValueError(f"max_shift must be in 0..{min(h, w) - 1} for {h}x{w} images, got {m}")
-    dy, dx = rng.integers(-m, m + 1, size=(2, n))
-    out = np.zeros_like(images)
-    for sy in range(-m, m + 1):   # one strided copy per shift, (2m+1)^2 in all, not one per image
-        for sx in range(-m, m + 1):
-            idx = np.flatnonzero((dy == sy) & (dx == sx))
-            if idx.size:
-                out[idx, max(sy, 0):h + min(sy, 0), max(sx, 0):w + min(sx, 0)] = \
-                    images[idx, max(-sy, 0):h + min(-sy, 0), max(-sx, 0):w + min(-sx, 0)]
-    return out
+    padded = xp.zeros((n, h + 2 * m, w + 2 * m) + images.shape[3:], dtype=images.dtype)
+    padded[:, m:m + h, m:m + w] = images
+    rows = (m - dy)[:, None] + xp.arange(h)                  # (n, h): i - dy + m
+    cols = (m - dx)[:, None] + xp.arange(w)
+    return padded[xp.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
 
 
 def to_model_input(images, dtype=np.float32):
-    """uint8 pixels (N, H, W) or (N, H, W, C) -> dtype in [0, 1], shape (N, H, W, C)."""
-    images = np.asarray(images)
+    """uint8 pixels (N, H, W) or (N, H, W, C) -> dtype in [0, 1], shape (N, H, W, C),
+    on the device the images are on (NumPy or CuPy)."""
+    if not is_gpu_array(images):
+        images = np.asarray(images)
+    xp = get_xp(images)
     if images.dtype != np.uint8:
         raise ValueError(f"expected uint8 pixels 0..255, got {images.dtype}: images already "
                          f"scaled to [0, 1] go to the model as they are")
@@ -309,7 +328,7 @@ def to_model_input(images, dtype=np.float32):
         raise ValueError(f"expected images (N, H, W) or (N, H, W, C), got shape {images.shape}")
     if images.ndim == 3:
         images = images[..., None]
-    return images.astype(dtype) / np.asarray(255, dtype)
+    return images.astype(dtype) / xp.asarray(255, dtype)
 
 
 def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=False):

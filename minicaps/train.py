@@ -22,7 +22,7 @@ import numpy as np
 
 from . import backend
 from .checkpoint import load_checkpoint, save_checkpoint
-from .data import iterate_minibatches, load_mnist, random_shift, to_model_input, train_val_split
+from .data import draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
 from .model import CapsNet
 from .ops import margin_loss_forward, reconstruction_loss_forward
 from .optim import Adam
@@ -132,40 +132,63 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
 
 # --- one epoch -------------------------------------------------------------------------------
 
+def epoch_draws(n, batch_size, rng, shift=0, size=None):
+    """The random draws of one epoch, in the order the loop of examples/train_mnist.py
+    makes them: a permutation of the n images, then each batch's shifts (dy, dx), here
+    as arrays over the permuted positions (None without shifts)."""
+    order = rng.permutation(n)
+    if not shift:
+        return order, None, None
+    draws = [draw_shifts(len(order[k:k + batch_size]), shift, rng, size)
+             for k in range(0, n, batch_size)]
+    return order, np.concatenate([d[0] for d in draws]), np.concatenate([d[1] for d in draws])
+
+
 def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
                 shift, progress=True, desc="train"):
     """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
+
+    The epoch's random draws are made first (epoch_draws); the images, the order and the
+    shifts then go to the model's device once, and every batch is gathered, shifted and
+    scaled there: no transfer from the host per batch on a GPU.
 
     stats: mean loss, margin loss, reconstruction loss and accuracy over the epoch's
     images (each batch's value weighted by its size), seconds, images per second.
     """
     from tqdm import tqdm
-    totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0, "correct": 0}
-    seen, start = 0, time.perf_counter()
-    bar = tqdm(total=len(train), desc=desc, unit="img", leave=False,
-               disable=None if progress else True)
-    for images, labels in iterate_minibatches(train.images, train.labels, batch_size, rng=rng):
+    device, n = model.device, len(train)
+    order, dy, dx = (backend.to_device(a, device) if a is not None else None
+                     for a in epoch_draws(n, batch_size, rng, shift, train.images.shape[1:3]))
+    images, labels = backend.to_device(train.images, device), backend.to_device(train.labels, device)
+    totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0}
+    correct = 0                          # on the device: read once at the end (and for the bar)
+    start = time.perf_counter()
+    bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=None if progress else True)
+    for k in range(0, n, batch_size):
+        idx = order[k:k + batch_size]
+        batch = images[idx]
         if shift:
-            images = random_shift(images, shift, rng)
-        x, y = _batch_to_device(images, labels, model)
+            batch = shift_images(batch, dy[k:k + batch_size], dx[k:k + batch_size], shift)
+        x, y = to_model_input(batch, model.dtype), labels[idx]
         loss, grads, out = model.loss_and_grads(x, y)
         optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
         optimizer.step(model.params, grads)
         step += 1
-        n = len(labels)
-        seen += n
-        totals["loss"] += n * loss
-        totals["margin_loss"] += n * out["margin_loss"]
-        totals["reconstruction_loss"] += n * out.get("reconstruction_loss", 0.0)
-        totals["correct"] += int((out["lengths"].argmax(axis=1) == y).sum())
-        bar.update(n)
-        bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
-                        acc=f"{totals['correct'] / seen:.4f}", refresh=False)
+        m = len(idx)
+        totals["loss"] += m * loss
+        totals["margin_loss"] += m * out["margin_loss"]
+        totals["reconstruction_loss"] += m * out.get("reconstruction_loss", 0.0)
+        correct = correct + (out["lengths"].argmax(axis=1) == y).sum()
+        bar.update(m)
+        if not bar.disable and (step % 10 == 0 or k + m >= n):
+            seen = k + m
+            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
+                            acc=f"{int(correct) / seen:.4f}", refresh=False)
     bar.close()
     seconds = time.perf_counter() - start
-    stats = {k: totals[k] / seen for k in ("loss", "margin_loss", "reconstruction_loss")}
-    stats.update(accuracy=totals["correct"] / seen, seconds=seconds,
-                 images_per_second=seen / seconds if seconds > 0 else None)
+    stats = {key: value / n for key, value in totals.items()}
+    stats.update(accuracy=int(correct) / n, seconds=seconds,
+                 images_per_second=n / seconds if seconds > 0 else None)
     return step, stats
 
 

@@ -81,3 +81,35 @@ def test_gradient_check_on_the_gpu():
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 1, (2, 10, 10, 1)), rng.integers(0, 3, 2)
     assert max(check_model(model, x, y).values()) <= 1e-5
+
+
+@pytest.mark.gpu
+def test_shifted_batches_are_the_same_on_the_gpu():
+    from minicaps.data import shift_images, to_model_input
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (50, 28, 28), np.uint8)
+    dy, dx = rng.integers(-2, 3, (2, 50))
+    cpu = to_model_input(shift_images(images, dy, dx, 2), np.float32)
+    gpu = to_model_input(shift_images(*both(images, dy, dx), 2), np.float32)
+    assert backend.is_gpu_array(gpu)
+    np.testing.assert_array_equal(cpu, backend.to_numpy(gpu))
+
+
+@pytest.mark.gpu
+def test_an_epoch_on_the_gpu_follows_the_cpu_epoch():
+    from minicaps.train import Split, train_epoch
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (60, 10, 10), np.uint8), rng.integers(0, 3, 60))
+    runs = []
+    for device in ("cpu", "gpu"):
+        model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device=device)
+        opt = mc.Adam(lr=0.01)
+        step, stats = train_epoch(model, opt, split, np.random.default_rng(1), 0, batch_size=20,
+                                  lr=0.01, lr_decay=0.96, decay_steps=2000, shift=1,
+                                  progress=False)
+        runs.append((step, stats, backend.params_to_numpy(model.params)))
+    (s_cpu, st_cpu, p_cpu), (s_gpu, st_gpu, p_gpu) = runs
+    assert s_cpu == s_gpu == 3 and st_cpu["accuracy"] == st_gpu["accuracy"]
+    assert st_cpu["loss"] == pytest.approx(st_gpu["loss"], rel=1e-9)
+    for name in p_cpu:
+        assert relative_error(p_cpu[name], p_gpu[name]) < 1e-8, name

@@ -131,6 +131,33 @@ def test_shift_moves_images_by_at_most_two_pixels(tmp_path, monkeypatch):
     assert len(offsets) > 10            # many different shifts were drawn, not just (0, 0)
 
 
+def test_an_epoch_equals_the_host_loop_of_the_example_bit_for_bit():
+    """train_epoch gathers, shifts and scales the batches on the model's device from draws
+    made up front; the loop of examples/train_mnist.py draws and shifts batch by batch on
+    the host. Same generator, same draws: the same parameters, to the last bit (CPU)."""
+    from minicaps.data import iterate_minibatches, random_shift
+    from minicaps.train import Split, train_epoch
+    images, labels = bars(90, 0)                      # 90 = 4 batches of 25 less 10
+    models = [mc.CapsNet(CONFIG, seed=1, dtype="float32") for _ in range(2)]
+    optimizers = [mc.Adam(lr=0.01), mc.Adam(lr=0.01)]
+    step, stats = train_epoch(models[0], optimizers[0], Split(images, labels),
+                              np.random.default_rng(7), 0, batch_size=25, lr=0.01,
+                              lr_decay=0.5, decay_steps=2, shift=2, progress=False)
+    rng, losses, correct = np.random.default_rng(7), [], 0
+    for k, (x, y) in enumerate(iterate_minibatches(images, labels, 25, rng=rng)):
+        x = to_model_input(random_shift(x, 2, rng), np.float32)
+        loss, grads, out = models[1].loss_and_grads(x, y)
+        optimizers[1].lr = 0.01 * 0.5 ** (k / 2)
+        optimizers[1].step(models[1].params, grads)
+        losses.append(loss * len(y))
+        correct += np.count_nonzero(out["lengths"].argmax(axis=1) == y)
+    assert step == 4
+    for name in models[0].params:
+        np.testing.assert_array_equal(models[0].params[name], models[1].params[name])
+    assert stats["loss"] == pytest.approx(sum(losses) / 90, rel=1e-12)
+    assert stats["accuracy"] == correct / 90
+
+
 # --- evaluation ----------------------------------------------------------------------------
 
 def test_evaluate_matches_independent_computation():
