@@ -5,6 +5,7 @@ One checkpoint is one .npz file, written without pickle:
     param/<name>      every parameter of the model ("param/conv1.W", ...)
     optim/m/<name>    Adam's first and second moments, keyed like the parameters
     optim/v/<name>
+    average/<name>    the parameters' moving average, when the run keeps one
     meta              UTF-8 JSON as a uint8 array: the network's config, dtype, epoch, step,
                       Adam's hyper-parameters, the RNG's bit_generator state, metrics, extra
 
@@ -26,7 +27,7 @@ import numpy as np
 
 from . import backend
 from .model import CapsNet, CapsNetConfig
-from .optim import Adam
+from .optim import Adam, ParameterAverage
 
 FORMAT = "minicaps-checkpoint"
 FORMAT_VERSION = 1
@@ -46,6 +47,7 @@ class Checkpoint:
     rng_state: dict
     metrics: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    average: ParameterAverage = None     # the parameters' moving average, if the run kept one
 
     def rng(self):
         return generator_from_state(self.rng_state)
@@ -63,11 +65,13 @@ def generator_from_state(state):
 
 # --- save ------------------------------------------------------------------------------------
 
-def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=None, extra=None):
+def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=None, extra=None,
+                    average=None):
     """Write model, optimizer and training position to ``path`` (.npz), atomically.
 
     rng_state: ``generator.bit_generator.state`` (or the Generator itself).
     metrics, extra: JSON-serialisable dicts kept alongside (e.g. the run's settings).
+    average: a ParameterAverage kept with the run, or None.
     """
     from . import __version__
     if isinstance(rng_state, np.random.Generator):
@@ -77,13 +81,16 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
             "config": model.config.to_dict(), "dtype": model.dtype.name,
             "epoch": int(epoch), "step": int(step),
             "optimizer": {"name": type(optimizer).__name__, **hyper},
-            "rng_state": rng_state, "metrics": metrics or {}, "extra": extra or {}}
+            "rng_state": rng_state, "metrics": metrics or {}, "extra": extra or {},
+            "average": None if average is None else {"decay": average.decay}}
     try:
         meta_bytes = json.dumps(meta).encode("utf-8")
     except TypeError as e:
         raise ValueError(f"checkpoint metadata for {path} is not JSON-serialisable: {e}") from e
     arrays = {f"param/{k}": backend.to_numpy(a) for k, a in model.params.items()}
     arrays.update({f"optim/{k}": backend.to_numpy(a) for k, a in moments.items()})
+    if average is not None:
+        arrays.update({f"average/{k}": backend.to_numpy(a) for k, a in average.params.items()})
     arrays["meta"] = np.frombuffer(meta_bytes, dtype=np.uint8)
     _write_atomically(Path(path), arrays)
     return Path(path)
@@ -130,7 +137,7 @@ def load_checkpoint(path, device=None, model=None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    meta, params, moments = _read(path)
+    meta, params, moments, averages = _read(path)
     config = _config_from(meta, path)
     if model is None:
         try:
@@ -147,17 +154,20 @@ def load_checkpoint(path, device=None, model=None):
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
     optimizer = _optimizer_from(meta, moments, model, path)
+    average = _average_from(meta, averages, model, path)
     try:
         generator_from_state(meta["rng_state"])
     except (ValueError, TypeError, KeyError) as e:
         raise ValueError(f"{path}: bad RNG state ({e})") from e
     return Checkpoint(path=path, model=model, optimizer=optimizer, epoch=int(meta["epoch"]),
                       step=int(meta["step"]), rng_state=meta["rng_state"],
-                      metrics=meta.get("metrics") or {}, extra=meta.get("extra") or {})
+                      metrics=meta.get("metrics") or {}, extra=meta.get("extra") or {},
+                      average=average)
 
 
 def _read(path):
-    """(meta dict, params, optimizer moments) as NumPy arrays; ValueError if unreadable."""
+    """(meta dict, params, optimizer moments, averages) as NumPy arrays; ValueError if
+    unreadable."""
     try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
@@ -183,7 +193,8 @@ def _read(path):
                          f"than this minicaps reads ({FORMAT_VERSION}); upgrade minicaps")
     params = {k[len("param/"):]: a for k, a in arrays.items() if k.startswith("param/")}
     moments = {k[len("optim/"):]: a for k, a in arrays.items() if k.startswith("optim/")}
-    return meta, params, moments
+    averages = {k[len("average/"):]: a for k, a in arrays.items() if k.startswith("average/")}
+    return meta, params, moments, averages
 
 
 def _config_from(meta, path):
@@ -222,3 +233,27 @@ def _optimizer_from(meta, moments, model, path):
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad optimizer state ({type(e).__name__}: {e})") from e
     return optimizer
+
+
+def _average_from(meta, averages, model, path):
+    """The ParameterAverage of the checkpoint (None if it has none), on the model's device."""
+    info = meta.get("average")
+    if info is None and not averages:
+        return None
+    if not isinstance(info, dict) or "decay" not in info:
+        raise ValueError(f"{path}: average/ entries without their decay in the metadata")
+    shapes = model.config.param_shapes()
+    if set(averages) != set(shapes):
+        raise ValueError(f"{path}: the parameters' average should cover {sorted(shapes)}, "
+                         f"it has {sorted(averages)}")
+    for name, a in averages.items():
+        if tuple(a.shape) != tuple(shapes[name]):
+            raise ValueError(f"{path}: average of {name} has shape {tuple(a.shape)}, "
+                             f"the parameter has {shapes[name]}")
+    try:
+        average = ParameterAverage({}, float(info["decay"]))
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: bad average decay ({e})") from e
+    average.params = {k: backend.to_device(a, model.device).astype(model.dtype, copy=False)
+                      for k, a in averages.items()}
+    return average

@@ -35,8 +35,8 @@ def cmd_train(args):
                        seed=args.seed, dtype=args.dtype, device=args.device,
                        dataset=args.dataset, data_root=args.data_root,
                        limit_train=args.limit_train, limit_test=args.limit_test,
-                       val_size=args.val_size, shift=args.shift, resume=args.resume,
-                       progress=not args.no_progress)
+                       val_size=args.val_size, shift=args.shift, average=args.average,
+                       resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with --resume {Path(out) / 'last.npz'} "
               "(and the same options)", file=sys.stderr)
@@ -53,12 +53,19 @@ def cmd_evaluate(args):
     from .checkpoint import load_checkpoint
     from .train import evaluate, prepare_data
     ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    if args.average:
+        if ckpt.average is None:
+            print(f"error: {args.checkpoint} keeps no average of the parameters (train it "
+                  "with --average DECAY); leave out --average", file=sys.stderr)
+            return 2
+        ckpt.model.params = ckpt.average.params
     dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
     _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
                               limit_test=args.limit_test)
     scores = evaluate(ckpt.model, test.images, test.labels, batch_size=args.batch_size,
                       progress=not args.no_progress, desc="test set")
-    print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}) on {scores['n']} "
+    which = ", average of the parameters" if args.average else ""
+    print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}{which}) on {scores['n']} "
           f"{dataset} test images:")
     print(f"  accuracy            {scores['accuracy']:.4f} "
           f"({round(scores['accuracy'] * scores['n'])}/{scores['n']}, "
@@ -166,6 +173,13 @@ def positive_float(text):
     return value
 
 
+def decay(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1 (such as 0.999), got {text}")
+    return value
+
+
 def add_device_option(p):
     p.add_argument("--device", choices=("cpu", "gpu"), default=None,
                    help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
@@ -248,6 +262,10 @@ def build_parser():
     p.add_argument("--val-size", type=nonnegative_int, metavar="N", default=0,
                    help="hold out N random training images for validation; best.npz then "
                         "goes by validation accuracy instead of test accuracy")
+    p.add_argument("--average", type=decay, metavar="DECAY", default=None,
+                   help="also keep a moving average of the parameters with this decay "
+                        "(e.g. 0.999) and report its test accuracy each epoch; training "
+                        "itself is unchanged (default: none)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="which data set")
     add_data_options(p)
     p.add_argument("--no-progress", action="store_true",
@@ -264,6 +282,9 @@ def build_parser():
     add_data_options(p)
     add_device_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
+    p.add_argument("--average", action="store_true",
+                   help="evaluate the moving average of the parameters that the checkpoint "
+                        "keeps (train --average) instead of the trained parameters")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
     p.set_defaults(func=cmd_evaluate)

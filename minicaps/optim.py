@@ -103,3 +103,37 @@ class Adam:
         self.t = int(hyper["t"])
         self.m = {k[2:]: a for k, a in arrays.items() if k.startswith("m/")}
         self.v = {k[2:]: a for k, a in arrays.items() if k.startswith("v/")}
+
+
+class ParameterAverage:
+    """An exponential moving average of the parameters (Polyak averaging), kept beside
+    training and used only to evaluate; as tf.train.ExponentialMovingAverage with
+    num_updates:
+
+        d_t = min(decay, (1 + t) / (10 + t))        t: the updates made so far
+        avg = d_t avg + (1 - d_t) p                 after every optimizer step
+
+    The averages are keyed by parameter name like the parameters.
+    """
+
+    def __init__(self, params, decay=0.999):
+        if not 0 < decay < 1:
+            raise ValueError(f"the average's decay must lie in (0, 1), got {decay}")
+        self.decay = decay
+        self.params = {k: p.copy() for k, p in params.items()}
+        self._work = {}
+
+    def rate(self, t):
+        """d_t: the weight of the old average after update number t (counting from 1)."""
+        return min(self.decay, (1 + t) / (10 + t))
+
+    def update(self, params, t):
+        """Move every average towards the current ``params`` with weight 1 - d_t."""
+        d = self.rate(t)
+        for name, avg in self.params.items():
+            xp = get_xp(avg)
+            w = self._work.get(name)
+            if w is None:
+                w = self._work[name] = xp.empty_like(avg)
+            avg *= d
+            avg += xp.multiply(params[name], 1 - d, out=w)

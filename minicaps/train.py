@@ -25,7 +25,7 @@ from .checkpoint import load_checkpoint, save_checkpoint
 from .data import draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
 from .model import CapsNet
 from .ops import margin_loss_forward, reconstruction_loss_forward
-from .optim import Adam
+from .optim import Adam, ParameterAverage
 
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.npz", "best.npz"
@@ -145,12 +145,13 @@ def epoch_draws(n, batch_size, rng, shift=0, size=None):
 
 
 def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
-                shift, progress=True, desc="train"):
+                shift, average=None, progress=True, desc="train"):
     """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
 
     The epoch's random draws are made first (epoch_draws); the images, the order and the
     shifts then go to the model's device once, and every batch is gathered, shifted and
-    scaled there: no transfer from the host per batch on a GPU.
+    scaled there: no transfer from the host per batch on a GPU. ``average``: a
+    ParameterAverage to update after every step.
 
     stats: mean loss, margin loss, reconstruction loss and accuracy over the epoch's
     images (each batch's value weighted by its size), seconds, images per second.
@@ -173,6 +174,8 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         loss, grads, out = model.loss_and_grads(x, y)
         optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
         optimizer.step(model.params, grads)
+        if average is not None:
+            average.update(model.params, optimizer.t)
         step += 1
         m = len(idx)
         totals["loss"] += m * loss
@@ -205,6 +208,7 @@ class TrainResult:
     out_dir: Path
     best_accuracy: float = None                    # validation (else test) accuracy of best.npz
     history: list = field(default_factory=list)   # the metrics dicts of this call's epochs
+    average: ParameterAverage = None               # the parameters' moving average, if kept
 
     @property
     def last_checkpoint(self):
@@ -217,8 +221,8 @@ class TrainResult:
 
 def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
-          data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, resume=None,
-          progress=True, log=print):
+          data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, average=None,
+          resume=None, progress=True, log=print):
     """Train a CapsNet until ``epochs`` epochs are done in all; returns a TrainResult.
 
     config: a CapsNetConfig (None with ``resume``: the checkpoint's). data: (x_train,
@@ -227,15 +231,21 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
     accuracy if val_size is 0) is the best so far. ``resume``: a checkpoint path to continue
     from; the settings that change the computation must be the ones it was trained with.
+    ``average``: a decay (e.g. 0.999) to keep a moving average of the parameters
+    (optim.ParameterAverage) beside training and evaluate it too, as "avg_test_accuracy"
+    and so on; training itself is the same with or without it. A run resumed from a
+    checkpoint without an average of this decay starts one there.
     """
     if epochs < 0 or batch_size < 1 or not lr > 0 or shift < 0 or val_size < 0:
         raise ValueError("need epochs >= 0, batch_size >= 1, lr > 0, shift >= 0, val_size >= 0")
+    if average is not None and not 0 < average < 1:
+        raise ValueError(f"average is a decay in (0, 1), such as 0.999, or None; got {average}")
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
                                                 limit_test, val_size, seed)
     settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,
                 "decay_steps": decay_steps, "seed": seed, "shift": shift, "dtype": str(dtype),
                 "dataset": dataset, "val_size": val_size, "limit_train": limit_train,
-                "n_train": len(train_set)}
+                "n_train": len(train_set), "average": average}
     run = _start(config, settings, device, Path(out_dir), resume, log)
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
         if split is not None:
@@ -245,8 +255,8 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
         run.epoch += 1
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
                                       batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-                                      decay_steps=decay_steps, shift=shift, progress=progress,
-                                      desc=f"epoch {run.epoch}/{epochs}")
+                                      decay_steps=decay_steps, shift=shift, average=run.average,
+                                      progress=progress, desc=f"epoch {run.epoch}/{epochs}")
         seconds, images_per_second = stats.pop("seconds"), stats.pop("images_per_second")
         metrics = {"epoch": run.epoch, "step": run.step,
                    "lr": learning_rate(run.step - 1, lr, lr_decay, decay_steps),  # last update's
@@ -258,6 +268,14 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
                 scores = evaluate(run.model, split.images, split.labels, progress=progress,
                                   desc=f"{prefix} set")
                 metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
+                if run.average is not None:
+                    trained, run.model.params = run.model.params, run.average.params
+                    try:
+                        scores = evaluate(run.model, split.images, split.labels,
+                                          progress=progress, desc=f"{prefix} set, average")
+                    finally:
+                        run.model.params = trained
+                    metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
         metrics["eval_seconds"] = time.perf_counter() - start
         score = metrics["val_accuracy"] if val_set is not None else metrics["test_accuracy"]
         is_best = _save(run, metrics, settings, score)
@@ -269,18 +287,27 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
 def _start(config, settings, device, out_dir, resume, log):
     """A fresh run (initial weights and generator from the seed), or one resumed."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    decay = settings["average"]
     if resume is None:
         if config is None:
             raise ValueError("train needs a CapsNetConfig (or resume=CHECKPOINT)")
         model = CapsNet(config, seed=settings["seed"], dtype=settings["dtype"], device=device)
         return TrainResult(model, Adam(lr=settings["lr"]),
-                           np.random.default_rng(settings["seed"]), 0, 0, out_dir)
+                           np.random.default_rng(settings["seed"]), 0, 0, out_dir,
+                           average=None if decay is None else ParameterAverage(model.params, decay))
     ckpt = load_checkpoint(resume, device=device)
     _check_resume(ckpt, config, settings)
     _truncate_metrics(out_dir / METRICS_FILE, ckpt.epoch)
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
+    average = ckpt.average
+    if decay is None:
+        average = None
+    elif average is None or average.decay != decay:
+        log(f"the checkpoint keeps no average of the parameters with decay {decay}: "
+            f"starting one here")
+        average = ParameterAverage(ckpt.model.params, decay)
     return TrainResult(ckpt.model, ckpt.optimizer, ckpt.rng(), ckpt.epoch, ckpt.step, out_dir,
-                       best_accuracy=ckpt.extra.get("best_accuracy"))
+                       best_accuracy=ckpt.extra.get("best_accuracy"), average=average)
 
 
 def _save(run, metrics, settings, score):
@@ -293,7 +320,8 @@ def _save(run, metrics, settings, score):
     if is_best:
         run.best_accuracy = score
     state = dict(epoch=run.epoch, step=run.step, rng_state=run.rng.bit_generator.state,
-                 metrics=metrics, extra={"settings": settings, "best_accuracy": run.best_accuracy})
+                 metrics=metrics, extra={"settings": settings, "best_accuracy": run.best_accuracy},
+                 average=run.average)
     save_checkpoint(run.last_checkpoint, run.model, run.optimizer, **state)
     if is_best:
         save_checkpoint(run.best_checkpoint, run.model, run.optimizer, **state)
@@ -306,7 +334,10 @@ def _epoch_line(m, epochs, is_best):
     if "val_accuracy" in m:
         line += f"val acc {m['val_accuracy']:.4f} | "
     line += (f"test acc {m['test_accuracy']:.4f} margin {m['test_margin_loss']:.4f} "
-             f"recon {m['test_reconstruction_loss'] or 0:.2f} | lr {m['lr']:.2e} | "
+             f"recon {m['test_reconstruction_loss'] or 0:.2f} | ")
+    if "avg_test_accuracy" in m:
+        line += f"average: test acc {m['avg_test_accuracy']:.4f} | "
+    line += (f"lr {m['lr']:.2e} | "
              f"{m['epoch_seconds']:.1f} s, {m['images_per_second'] or 0:.0f} img/s")
     return line + (" (best)" if is_best else "")
 

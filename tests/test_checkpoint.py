@@ -237,3 +237,41 @@ def test_gpu_checkpoint_loads_on_cpu_and_back(tmp_path):
         np.testing.assert_array_equal(on_cpu.model.params[name], backend.to_numpy(p))
         np.testing.assert_array_equal(backend.to_numpy(on_gpu.model.params[name]),
                                       backend.to_numpy(p))
+
+
+def averaged_checkpoint(path):
+    """A checkpoint that keeps a moving average of the parameters (not equal to them)."""
+    from minicaps.optim import ParameterAverage
+    model, opt = trained_pair()
+    average = ParameterAverage(model.params, decay=0.99)
+    for name, a in average.params.items():
+        a += 0.5
+    return save(path, model, opt, average=average), model, average
+
+
+def test_the_parameters_average_round_trips_exactly(tmp_path):
+    path, model, average = averaged_checkpoint(tmp_path / "a.npz")
+    ckpt = load_checkpoint(path)
+    assert ckpt.average.decay == 0.99
+    for name, a in average.params.items():
+        np.testing.assert_array_equal(ckpt.average.params[name], a)
+        np.testing.assert_array_equal(ckpt.model.params[name], model.params[name])
+        assert ckpt.average.params[name].dtype == np.float32
+    model, opt = trained_pair()
+    assert load_checkpoint(save(tmp_path / "b.npz", model, opt)).average is None
+
+
+AVERAGE_DAMAGE = {
+    "average without its decay": lambda a, m: m.update(average=None),
+    "average of a wrong shape": lambda a, m: a.__setitem__("average/conv1.b", np.zeros(5)),
+    "average lacking a parameter": lambda a, m: a.pop("average/digit.W"),
+    "decay that is no number": lambda a, m: m.update(average={"decay": "high"}),
+}
+
+
+@pytest.mark.parametrize("damage", sorted(AVERAGE_DAMAGE))
+def test_a_damaged_average_raises_value_error_naming_the_file(tmp_path, damage):
+    path, _, _ = averaged_checkpoint(tmp_path / "damaged.npz")
+    rewrite(path, AVERAGE_DAMAGE[damage])
+    with pytest.raises(ValueError, match="damaged.npz"):
+        load_checkpoint(path)

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import minicaps as mc
 import minicaps.train
 from minicaps import cli
 from minicaps.checkpoint import load_checkpoint
@@ -90,6 +91,7 @@ def test_help_says_each_default_once(capsys, command):
     (["train", "--device", "tpu"], "--device: invalid choice"),
     (["train", "--dataset", "cifar"], "--dataset: invalid choice"),
     (["train", "--routing-grad", "half"], "--routing-grad: invalid choice"),
+    (["train", "--average", "1.5"], "--average: must lie between 0 and 1"),
     (["evaluate"], "the following arguments are required: CHECKPOINT"),
     (["fly"], "invalid choice"),
 ])
@@ -202,3 +204,24 @@ def test_example_script_runs(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "epoch 1: test accuracy" in result.stdout
+
+
+def test_train_and_evaluate_the_parameters_average(tmp_path, capsys, fake_mnist):
+    data, _ = fake_mnist
+    out = tmp_path / "run"
+    common = ["--batch-size", "8", "--out", str(out), "--no-progress", "--dataset",
+              "fashion-mnist", "--data-root", str(tmp_path), "--routing-iters", "1"]
+    assert cli.main(["train", "--epochs", "1", "--average", "0.9", *common]) == 0
+    assert "average: test acc" in capsys.readouterr().out
+    ckpt = load_checkpoint(out / "last.npz")
+    averaged = mc.CapsNet(ckpt.model.config, params=ckpt.average.params)
+    correct = np.count_nonzero(averaged.predict(to_model_input(data[2])) == data[3])
+    assert cli.main(["evaluate", str(out / "last.npz"), "--average"]) == 0
+    printed = capsys.readouterr().out
+    assert "average of the parameters" in printed and f"({correct}/8, " in printed
+
+    plain = tmp_path / "plain"
+    assert cli.main(["train", "--epochs", "1", *common[:2], "--out", str(plain), *common[4:]]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(plain / "last.npz"), "--average"]) == 2
+    assert "keeps no average" in capsys.readouterr().err

@@ -99,3 +99,22 @@ def test_adam_on_arrays_of_many_blocks_matches_the_rule_on_every_core_count(monk
             v = 0.999 * v + 0.001 * g[name] ** 2
             expected -= 0.01 * math.sqrt(1 - 0.999**t) / (1 - 0.9**t) * m / (np.sqrt(v) + 1e-8)
         np.testing.assert_allclose(params[name], expected, rtol=1e-12, atol=1e-15)
+
+
+def test_parameter_average_is_the_weighted_sum_of_the_iterates():
+    """avg_T = prod_t d_t p_0 + sum_t (1 - d_t) prod_{s > t} d_s p_t, with the warm-up
+    rates d_t = min(decay, (1 + t) / (10 + t)): the recursion unrolled."""
+    from minicaps.optim import ParameterAverage
+    rng = np.random.default_rng(0)
+    iterates = [rng.standard_normal((3, 4)) for _ in range(40)]
+    average = ParameterAverage({"w": iterates[0]}, decay=0.9)
+    for t, p in enumerate(iterates[1:], start=1):
+        average.update({"w": p}, t)
+    d = [min(0.9, (1 + t) / (10 + t)) for t in range(1, 40)]
+    expected = np.prod(d) * iterates[0]
+    for t in range(1, 40):
+        expected = expected + (1 - d[t - 1]) * np.prod(d[t:]) * iterates[t]
+    np.testing.assert_allclose(average.params["w"], expected, rtol=1e-12)
+    assert average.params["w"] is not iterates[0]          # a copy: the start is untouched
+    with pytest.raises(ValueError, match="decay"):
+        ParameterAverage({"w": iterates[0]}, decay=1.0)

@@ -312,3 +312,44 @@ def test_training_on_gpu_matches_cpu_closely(tmp_path):
     for name, p in cpu.model.params.items():
         np.testing.assert_allclose(mc.to_numpy(gpu.model.params[name]), p, rtol=1e-6, atol=1e-9)
     assert load_checkpoint(tmp_path / "gpu" / "last.npz", device="cpu").epoch == 1
+
+
+def test_the_parameters_average_leaves_training_alone_and_is_evaluated(tmp_path):
+    plain = run(tmp_path, name="plain", epochs=2)
+    averaged = run(tmp_path, name="averaged", epochs=2, average=0.9)
+    for name, p in plain.model.params.items():
+        np.testing.assert_array_equal(averaged.model.params[name], p)
+        assert not np.array_equal(averaged.average.params[name], p)
+    metrics = [json.loads(line) for line in (tmp_path / "averaged" / "metrics.jsonl").open()]
+    assert "avg_test_accuracy" not in json.loads(
+        (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[-1])
+    # the logged numbers are those of the average, counted independently
+    ckpt = load_checkpoint(tmp_path / "averaged" / "last.npz")
+    _, _, test_images, test_labels = bars_data()
+    model = mc.CapsNet(CONFIG, dtype="float32", params=ckpt.average.params)
+    predictions = model.predict(to_model_input(test_images, np.float32))
+    assert metrics[-1]["avg_test_accuracy"] == np.count_nonzero(predictions == test_labels) / 60
+    assert metrics[-1]["test_accuracy"] == json.loads(
+        (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[-1])["test_accuracy"]
+
+
+def test_resume_continues_the_average_bit_for_bit(tmp_path):
+    straight = run(tmp_path, name="straight", epochs=2, average=0.95)
+    run(tmp_path, name="split", epochs=1, average=0.95)
+    resumed = run(tmp_path, name="split", epochs=2, average=0.95,
+                  resume=tmp_path / "split" / "last.npz")
+    for name, a in straight.average.params.items():
+        np.testing.assert_array_equal(resumed.average.params[name], a)
+
+
+def test_resuming_a_run_without_an_average_starts_one_there(tmp_path):
+    run(tmp_path, epochs=1)
+    lines = []
+    resumed = train(CONFIG, out_dir=tmp_path / "run", epochs=2, batch_size=20, lr=0.01, shift=1,
+                    data=bars_data(), average=0.999, resume=tmp_path / "run" / "last.npz",
+                    progress=False, log=lines.append)
+    assert any("starting one here" in line for line in lines)
+    assert "avg_test_accuracy" in resumed.history[-1]
+    assert load_checkpoint(tmp_path / "run" / "last.npz").average.decay == 0.999
+    with pytest.raises(ValueError, match="average"):
+        run(tmp_path, name="bad", average=1.5)
