@@ -250,10 +250,9 @@ def _average_from(meta, averages, model, path):
         if tuple(a.shape) != tuple(shapes[name]):
             raise ValueError(f"{path}: average of {name} has shape {tuple(a.shape)}, "
                              f"the parameter has {shapes[name]}")
+    on_device = {k: backend.to_device(a, model.device).astype(model.dtype, copy=False)
+                 for k, a in averages.items()}
     try:
-        average = ParameterAverage({}, float(info["decay"]))
+        return ParameterAverage(on_device, float(info["decay"]))
     except (TypeError, ValueError) as e:
         raise ValueError(f"{path}: bad average decay ({e})") from e
-    average.params = {k: backend.to_device(a, model.device).astype(model.dtype, copy=False)
-                      for k, a in averages.items()}
-    return average
