@@ -290,11 +290,11 @@ def random_shift(images, max_shift=2, rng=None):
     return shift_images(images, dy, dx, max_shift)
 
 
-def draw_shifts(n, max_shift, rng, size=None):
+def draw_shifts(n, max_shift, rng, size):
     """(dy, dx): two arrays of n integers uniform in [-max_shift, max_shift] from ``rng``
     (the draw random_shift makes), checked against the images' ``size`` (H, W)."""
     m = int(max_shift)
-    if size is not None and not 0 <= m < min(size):
+    if not 0 <= m < min(size):
         raise ValueError(f"max_shift must be in 0..{min(size) - 1} for {size[0]}x{size[1]} "
                          f"images, got {max_shift}")
     dy, dx = rng.integers(-m, m + 1, size=(2, n))

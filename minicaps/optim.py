@@ -121,7 +121,7 @@ class ParameterAverage:
             raise ValueError(f"the average's decay must lie in (0, 1), got {decay}")
         self.decay = decay
         self.params = {k: p.copy() for k, p in params.items()}
-        self._work = {}
+        self._work = None     # one scratch array, as big as the biggest parameter
 
     def rate(self, t):
         """d_t: the weight of the old average after update number t (counting from 1)."""
@@ -132,8 +132,9 @@ class ParameterAverage:
         d = self.rate(t)
         for name, avg in self.params.items():
             xp = get_xp(avg)
-            w = self._work.get(name)
-            if w is None:
-                w = self._work[name] = xp.empty_like(avg)
+            w = self._work
+            if w is None or w.size < avg.size or w.dtype != avg.dtype or get_xp(w) is not xp:
+                w = self._work = xp.empty(max(a.size for a in self.params.values()), avg.dtype)
+            w = w[:avg.size].reshape(avg.shape)
             avg *= d
             avg += xp.multiply(params[name], 1 - d, out=w)

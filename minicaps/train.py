@@ -132,7 +132,7 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
 
 # --- one epoch -------------------------------------------------------------------------------
 
-def epoch_draws(n, batch_size, rng, shift=0, size=None):
+def epoch_draws(n, batch_size, rng, shift, size):
     """The random draws of one epoch, in the order the loop of examples/train_mnist.py
     makes them: a permutation of the n images, then each batch's shifts (dy, dx), here
     as arrays over the permuted positions (None without shifts)."""
