@@ -80,8 +80,8 @@ CHECKPOINT, TINY = options()
 # %%
 if CHECKPOINT:
     from minicaps.checkpoint import load_checkpoint
-    model = load_checkpoint(CHECKPOINT, device="cpu").model
-    print(f"loaded {CHECKPOINT}")
+    model, weights = load_checkpoint(CHECKPOINT, device="cpu").model_with("auto")
+    print(f"loaded {CHECKPOINT} ({weights} parameters)")
 elif TINY:
     model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu")
     randomize_params(model, np.random.default_rng(0))   # weights of order one: something to see

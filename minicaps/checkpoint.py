@@ -52,6 +52,21 @@ class Checkpoint:
     def rng(self):
         return generator_from_state(self.rng_state)
 
+    def model_with(self, weights="auto"):
+        """(model, weights used) to evaluate or predict with: the parameters' moving average
+        ("average"), the trained parameters ("trained"), or "auto": the average when the run
+        kept one. ``self.model`` (the trained parameters, which resuming needs) is untouched."""
+        if weights not in ("auto", "average", "trained"):
+            raise ValueError(f"weights must be 'auto', 'average' or 'trained', got {weights!r}")
+        if weights == "average" and self.average is None:
+            raise ValueError(f"{self.path} keeps no moving average of the parameters (it was "
+                             f"trained without one); use the trained weights")
+        if weights == "trained" or self.average is None:
+            return self.model, "trained"
+        m = self.model
+        return CapsNet(m.config, dtype=m.dtype, device=m.device, params=self.average.params,
+                       conv_method=m.conv_method), "average"
+
 
 def generator_from_state(state):
     """A numpy Generator whose bit generator continues from ``state`` (bit_generator.state)."""

@@ -6,6 +6,7 @@ from pathlib import Path
 
 DATASETS = ("mnist", "fashion-mnist")
 PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion")
+WEIGHTS = {"average": "moving average of the parameters", "trained": "trained parameters"}
 
 
 def cmd_gradcheck(args):
@@ -35,14 +36,18 @@ def cmd_train(args):
                        seed=args.seed, dtype=args.dtype, device=args.device,
                        dataset=args.dataset, data_root=args.data_root,
                        limit_train=args.limit_train, limit_test=args.limit_test,
-                       val_size=args.val_size, shift=args.shift, average=args.average,
+                       val_size=args.val_size, shift=args.shift,
+                       average=None if args.no_average else args.average,
                        resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted; continue with --resume {Path(out) / 'last.npz'} "
               "(and the same options)", file=sys.stderr)
         return 130
     if result.history:
-        print(f"done: test accuracy {result.history[-1]['test_accuracy']:.4f}; "
+        last = result.history[-1]
+        average = (f", moving average of the parameters {last['avg_test_accuracy']:.4f}"
+                   if "avg_test_accuracy" in last else "")
+        print(f"done: test accuracy {last['test_accuracy']:.4f}{average}; "
               f"checkpoints {result.last_checkpoint}, {result.best_checkpoint}")
     else:
         print(f"nothing to do: the checkpoint has already done {result.epoch} epochs")
@@ -53,20 +58,14 @@ def cmd_evaluate(args):
     from .checkpoint import load_checkpoint
     from .train import evaluate, prepare_data
     ckpt = load_checkpoint(args.checkpoint, device=args.device)
-    if args.average:
-        if ckpt.average is None:
-            print(f"error: {args.checkpoint} keeps no average of the parameters (train it "
-                  "with --average DECAY); leave out --average", file=sys.stderr)
-            return 2
-        ckpt.model.params = ckpt.average.params
+    model, weights = ckpt.model_with(args.weights)
     dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
     _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
                               limit_test=args.limit_test)
-    scores = evaluate(ckpt.model, test.images, test.labels, batch_size=args.batch_size,
+    scores = evaluate(model, test.images, test.labels, batch_size=args.batch_size,
                       progress=not args.no_progress, desc="test set")
-    which = ", average of the parameters" if args.average else ""
-    print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}{which}) on {scores['n']} "
-          f"{dataset} test images:")
+    print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}, {WEIGHTS[weights]}) on "
+          f"{scores['n']} {dataset} test images:")
     print(f"  accuracy            {scores['accuracy']:.4f} "
           f"({round(scores['accuracy'] * scores['n'])}/{scores['n']}, "
           f"error {100 * (1 - scores['accuracy']):.2f}%)")
@@ -88,7 +87,7 @@ def cmd_plot(args):
     if any(k != "curves" for k in kinds):
         from .checkpoint import load_checkpoint
         ckpt = load_checkpoint(args.checkpoint, device=args.device)
-        model = ckpt.model
+        model, _ = ckpt.model_with(args.weights)
         dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
         _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
                                   limit_test=args.limit_test)
@@ -113,7 +112,7 @@ def cmd_predict(args):
     from .checkpoint import load_checkpoint
     from .images import load_digit, save_gray
     ckpt = load_checkpoint(args.checkpoint, device=args.device)
-    model = ckpt.model
+    model, _ = ckpt.model_with(args.weights)
     if args.save_reconstruction is not None and not model.config.use_decoder:
         raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
     try:
@@ -185,6 +184,13 @@ def add_device_option(p):
                    help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
 
 
+def add_weights_option(p):
+    p.add_argument("--weights", choices=("auto", "average", "trained"), default="auto",
+                   help="which parameters of the checkpoint: the moving average of the "
+                        "parameters that train keeps, the trained ones, or auto: the average "
+                        "if the checkpoint has one (default: auto)")
+
+
 def add_data_options(p):
     p.add_argument("--data-root", metavar="DIR", default=None,
                    help="folder with the IDX files (.gz or not), directly or in "
@@ -196,10 +202,10 @@ def add_data_options(p):
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends "(default: ...)" to each option's help unless the help already says it
-    or there is no default to tell."""
+    or there is no default to tell (None, or False for a flag)."""
 
     def _get_help_string(self, action):
-        if "(default:" in (action.help or "") or action.default is None:
+        if "(default:" in (action.help or "") or action.default is None or action.default is False:
             return action.help
         return super()._get_help_string(action)
 
@@ -262,10 +268,14 @@ def build_parser():
     p.add_argument("--val-size", type=nonnegative_int, metavar="N", default=0,
                    help="hold out N random training images for validation; best.npz then "
                         "goes by validation accuracy instead of test accuracy")
-    p.add_argument("--average", type=decay, metavar="DECAY", default=None,
-                   help="also keep a moving average of the parameters with this decay "
-                        "(e.g. 0.999) and report its test accuracy each epoch; training "
-                        "itself is unchanged (default: none)")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--average", type=decay, metavar="DECAY", default=0.999,
+                   help="keep a moving average of the parameters with this decay beside "
+                        "training and report its test accuracy each epoch too; it is the "
+                        "model that evaluate, plot and predict use, and best.npz goes by "
+                        "its accuracy. Training itself is unchanged")
+    keep.add_argument("--no-average", action="store_true",
+                   help="keep no moving average (evaluation then takes half the time)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="which data set")
     add_data_options(p)
     p.add_argument("--no-progress", action="store_true",
@@ -282,9 +292,7 @@ def build_parser():
     add_data_options(p)
     add_device_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
-    p.add_argument("--average", action="store_true",
-                   help="evaluate the moving average of the parameters that the checkpoint "
-                        "keeps (train --average) instead of the trained parameters")
+    add_weights_option(p)
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (it is also off when stderr is not a terminal)")
     p.set_defaults(func=cmd_evaluate)
@@ -312,6 +320,7 @@ def build_parser():
     add_data_options(p)
     add_device_option(p)
     p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNGs (default 100)")
+    add_weights_option(p)
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
@@ -327,6 +336,7 @@ def build_parser():
                    help="also write what the network saw beside the decoder's reconstruction "
                         "(masked by the predicted class) to this PNG, 4x enlarged")
     add_device_option(p)
+    add_weights_option(p)
     p.set_defaults(func=cmd_predict)
 
     p = sub.add_parser(

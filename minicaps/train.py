@@ -206,7 +206,7 @@ class TrainResult:
     epoch: int
     step: int
     out_dir: Path
-    best_accuracy: float = None                    # validation (else test) accuracy of best.npz
+    best_accuracy: float = None                    # val. (else test) accuracy of best.npz, the average's if kept
     history: list = field(default_factory=list)   # the metrics dicts of this call's epochs
     average: ParameterAverage = None               # the parameters' moving average, if kept
 
@@ -221,7 +221,7 @@ class TrainResult:
 
 def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
-          data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, average=None,
+          data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, average=0.999,
           resume=None, progress=True, log=print):
     """Train a CapsNet until ``epochs`` epochs are done in all; returns a TrainResult.
 
@@ -229,12 +229,13 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     y_train, x_test, y_test) with uint8 images, else ``dataset`` is loaded with load_mnist
     from ``data_root``. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
-    accuracy if val_size is 0) is the best so far. ``resume``: a checkpoint path to continue
+    accuracy if val_size is 0) is the best so far, the average's when there is one. ``resume``: a checkpoint path to continue
     from; the settings that change the computation must be the ones it was trained with.
-    ``average``: a decay (e.g. 0.999) to keep a moving average of the parameters
-    (optim.ParameterAverage) beside training and evaluate it too, as "avg_test_accuracy"
-    and so on; training itself is the same with or without it. A run resumed from a
-    checkpoint without an average of this decay starts one there.
+    ``average``: the decay of a moving average of the parameters (optim.ParameterAverage)
+    kept beside training and evaluated too, as "avg_test_accuracy" and so on; None keeps
+    none. Training itself is the same with or without it; the average is the model the run
+    delivers (Checkpoint.model_with). A run resumed from a checkpoint without an average of
+    this decay starts one there.
     """
     if epochs < 0 or batch_size < 1 or not lr > 0 or shift < 0 or val_size < 0:
         raise ValueError("need epochs >= 0, batch_size >= 1, lr > 0, shift >= 0, val_size >= 0")
@@ -277,7 +278,8 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
         metrics["eval_seconds"] = time.perf_counter() - start
-        score = metrics["val_accuracy"] if val_set is not None else metrics["test_accuracy"]
+        prefix = "avg_" if run.average is not None else ""
+        score = metrics[f"{prefix}val_accuracy" if val_set is not None else f"{prefix}test_accuracy"]
         is_best = _save(run, metrics, settings, score)
         log(_epoch_line(metrics, epochs, is_best))
         run.history.append(metrics)

@@ -261,6 +261,26 @@ def test_the_parameters_average_round_trips_exactly(tmp_path):
     assert load_checkpoint(save(tmp_path / "b.npz", model, opt)).average is None
 
 
+def test_model_with_picks_the_average_or_the_trained_parameters(tmp_path):
+    path, model, average = averaged_checkpoint(tmp_path / "a.npz")
+    ckpt = load_checkpoint(path)
+    for weights, expected, name in (("auto", average, "average"), ("average", average, "average"),
+                                    ("trained", model, "trained")):
+        chosen, used = ckpt.model_with(weights)
+        assert used == name
+        for k, p in expected.params.items():
+            np.testing.assert_array_equal(chosen.params[k], p)
+    for k, p in model.params.items():                 # the checkpoint's own model is untouched
+        np.testing.assert_array_equal(ckpt.model.params[k], p)
+    with pytest.raises(ValueError, match="'auto', 'average' or 'trained'"):
+        ckpt.model_with("best")
+    plain_model, opt = trained_pair()
+    plain = load_checkpoint(save(tmp_path / "b.npz", plain_model, opt))
+    assert plain.model_with()[1] == "trained"
+    with pytest.raises(ValueError, match="b.npz keeps no moving average"):
+        plain.model_with("average")
+
+
 AVERAGE_DAMAGE = {
     "average without its decay": lambda a, m: m.update(average=None),
     "average of a wrong shape": lambda a, m: a.__setitem__("average/conv1.b", np.zeros(5)),

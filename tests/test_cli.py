@@ -206,22 +206,35 @@ def test_example_script_runs(tmp_path):
     assert "epoch 1: test accuracy" in result.stdout
 
 
-def test_train_and_evaluate_the_parameters_average(tmp_path, capsys, fake_mnist):
+def test_train_keeps_an_average_that_evaluate_uses_by_default(tmp_path, capsys, fake_mnist):
     data, _ = fake_mnist
     out = tmp_path / "run"
-    common = ["--batch-size", "8", "--out", str(out), "--no-progress", "--dataset",
-              "fashion-mnist", "--data-root", str(tmp_path), "--routing-iters", "1"]
-    assert cli.main(["train", "--epochs", "1", "--average", "0.9", *common]) == 0
+    common = ["--batch-size", "8", "--no-progress", "--dataset", "fashion-mnist",
+              "--data-root", str(tmp_path), "--routing-iters", "1"]
+    assert cli.main(["train", "--epochs", "1", "--average", "0.9", "--out", str(out),
+                     *common]) == 0
     assert "average: test acc" in capsys.readouterr().out
     ckpt = load_checkpoint(out / "last.npz")
-    averaged = mc.CapsNet(ckpt.model.config, params=ckpt.average.params)
-    correct = np.count_nonzero(averaged.predict(to_model_input(data[2])) == data[3])
-    assert cli.main(["evaluate", str(out / "last.npz"), "--average"]) == 0
-    printed = capsys.readouterr().out
-    assert "average of the parameters" in printed and f"({correct}/8, " in printed
+    assert ckpt.average.decay == 0.9
+
+    def correct(params):      # counted independently of evaluate
+        model = mc.CapsNet(ckpt.model.config, params=params)
+        return np.count_nonzero(model.predict(to_model_input(data[2])) == data[3])
+
+    for flags, params, words in (([], ckpt.average.params, "moving average"),
+                                 (["--weights", "average"], ckpt.average.params, "moving average"),
+                                 (["--weights", "trained"], ckpt.model.params, "trained")):
+        assert cli.main(["evaluate", str(out / "last.npz"), *flags]) == 0
+        printed = capsys.readouterr().out
+        assert words in printed and f"({correct(params)}/8, " in printed
 
     plain = tmp_path / "plain"
-    assert cli.main(["train", "--epochs", "1", *common[:2], "--out", str(plain), *common[4:]]) == 0
-    capsys.readouterr()
-    assert cli.main(["evaluate", str(plain / "last.npz"), "--average"]) == 2
-    assert "keeps no average" in capsys.readouterr().err
+    assert cli.main(["train", "--epochs", "1", "--no-average", "--out", str(plain), *common]) == 0
+    assert "average:" not in capsys.readouterr().out
+    assert load_checkpoint(plain / "last.npz").average is None
+    assert cli.main(["evaluate", str(plain / "last.npz")]) == 0
+    assert "trained parameters" in capsys.readouterr().out
+    assert cli.main(["evaluate", str(plain / "last.npz"), "--weights", "average"]) == 2
+    assert "keeps no moving average" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--average", "0.9", "--no-average"])
