@@ -94,6 +94,39 @@ def test_conv2d_fft_in_float32_stays_float32_and_agrees_with_the_gemm_route(rng)
         assert relative_error(a, r) < 1e-5, name
 
 
+def rfft2_on_grid(a, U, V):
+    """NumPy's FFT of a (..., P, Q, C) crop/zero-pad to U x V: (..., 2, U, V//2+1, C), real over imaginary."""
+    P, Q = a.shape[-3:-1]
+    grid = np.zeros(a.shape[:-3] + (U, V, a.shape[-1]))
+    grid[..., :min(P, U), :min(Q, V), :] = a[..., :U, :V, :]
+    f = np.fft.rfft2(grid, axes=(-3, -2))
+    return np.stack([f.real, f.imag], axis=-4)
+
+
+@given(seed=seeds, h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4),
+       kw=st.integers(1, 4), stride=st.integers(1, 3))
+def test_the_separable_transforms_are_numpys_fft(seed, h, w, kh, kw, stride):
+    from minicaps.ops import conv_fft
+    rng = np.random.default_rng(seed)
+    kh, kw = min(kh, h), min(kw, w)
+    x, W = rng.standard_normal((2, h, w, 3)), rng.standard_normal((kh, kw, 3, 4))
+    U, V, _, _ = conv_fft.fft_grid(x.shape, W.shape, stride)
+    plan = conv_fft.dft_plan(x.shape, W.shape, stride, x)
+    X = conv_fft.image_spectrum(x, plan)                               # (N, 2 bins, C)
+    np.testing.assert_allclose(X.reshape(2, 2, U, V // 2 + 1, 3), rfft2_on_grid(x, U, V),
+                               atol=1e-12)
+    Wr, Wi = conv_fft.weight_spectrum(W, plan)                         # (bins, C, O) each
+    expected = rfft2_on_grid(W.transpose(2, 0, 1, 3), U, V)            # (C, 2, U, Vf, O)
+    for part, got in enumerate((Wr, Wi)):
+        np.testing.assert_allclose(got.reshape(U, V // 2 + 1, 3, 4),
+                                   expected[:, part].transpose(1, 2, 0, 3), atol=1e-12)
+    # <image_spectrum(x), y> == <x, image_spectrum_adjoint(y)>
+    y = rng.standard_normal(X.shape)
+    lhs = (X * y).sum()
+    rhs = (x * conv_fft.image_spectrum_adjoint(y, plan, x.shape)).sum()
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+
+
 def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
     from minicaps.ops.conv_fft import fft_pays
     primary, conv1 = (9, 9, 256, 256), (9, 9, 1, 256)
