@@ -206,7 +206,7 @@ class TrainResult:
     epoch: int
     step: int
     out_dir: Path
-    best_accuracy: float = None                    # val. (else test) accuracy of best.npz, the average's if kept
+    best_accuracy: float = None                    # best.npz: validation (else test) accuracy
     history: list = field(default_factory=list)   # the metrics dicts of this call's epochs
     average: ParameterAverage = None               # the parameters' moving average, if kept
 
@@ -229,8 +229,9 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     y_train, x_test, y_test) with uint8 images, else ``dataset`` is loaded with load_mnist
     from ``data_root``. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
-    accuracy if val_size is 0) is the best so far, the average's when there is one. ``resume``: a checkpoint path to continue
-    from; the settings that change the computation must be the ones it was trained with.
+    accuracy if val_size is 0) is the best so far, the average's when there is one.
+    ``resume``: a checkpoint path to continue from; the settings that change the
+    computation must be the ones it was trained with.
     ``average``: the decay of a moving average of the parameters (optim.ParameterAverage)
     kept beside training and evaluated too, as "avg_test_accuracy" and so on; None keeps
     none. Training itself is the same with or without it; the average is the model the run
