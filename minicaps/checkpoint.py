@@ -36,6 +36,9 @@ META_KEYS = ("format", "format_version", "config", "dtype", "epoch", "step", "op
              "rng_state")
 
 
+WEIGHT_CHOICES = ("auto", "average", "trained")   # Checkpoint.model_with
+
+
 @dataclass
 class Checkpoint:
     """What load_checkpoint returns; ``rng()`` rebuilds the random generator."""
@@ -56,7 +59,7 @@ class Checkpoint:
         """(model, weights used) to evaluate or predict with: the parameters' moving average
         ("average"), the trained parameters ("trained"), or "auto": the average when the run
         kept one. ``self.model`` (the trained parameters, which resuming needs) is untouched."""
-        if weights not in ("auto", "average", "trained"):
+        if weights not in WEIGHT_CHOICES:
             raise ValueError(f"weights must be 'auto', 'average' or 'trained', got {weights!r}")
         if weights == "average" and self.average is None:
             raise ValueError(f"{self.path} keeps no moving average of the parameters (it was "

@@ -185,7 +185,8 @@ def add_device_option(p):
 
 
 def add_weights_option(p):
-    p.add_argument("--weights", choices=("auto", "average", "trained"), default="auto",
+    from .checkpoint import WEIGHT_CHOICES
+    p.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                    help="which parameters of the checkpoint: the moving average of the "
                         "parameters that train keeps, the trained ones, or auto: the average "
                         "if the checkpoint has one (default: auto)")

@@ -95,7 +95,8 @@ def test_conv2d_fft_in_float32_stays_float32_and_agrees_with_the_gemm_route(rng)
 
 
 def rfft2_on_grid(a, U, V):
-    """NumPy's FFT of a (..., P, Q, C) crop/zero-pad to U x V: (..., 2, U, V//2+1, C), real over imaginary."""
+    """NumPy's FFT of (..., P, Q, C) cropped or zero-padded to U x V:
+    (..., 2, U, V//2+1, C), real part over imaginary."""
     P, Q = a.shape[-3:-1]
     grid = np.zeros(a.shape[:-3] + (U, V, a.shape[-1]))
     grid[..., :min(P, U), :min(Q, V), :] = a[..., :U, :V, :]
