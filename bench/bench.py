@@ -29,9 +29,6 @@ What is measured (medians of --repeats runs after --warmup runs):
 * on a GPU, torch runs on CUDA too (eager mode, TF32 switched off in cuDNN and in products,
   as minicaps computes strict float32), and the GPU ratios compare the two there.
 * ratios minicaps / torch come from numbers taken in the same run, batch by batch.
-* allocator: every child, minicaps' and torch's alike, keeps freed memory for reuse
-  (backend.keep_freed_memory, as ``minicaps train`` does); ``--malloc default`` leaves the C
-  library's policy, under which each step faults the pages of its big arrays in again.
 
 The machine may be shared: compare numbers from one run, not across runs.
 """
@@ -358,8 +355,6 @@ def _run_torch(spec):
 
 
 def _worker(spec):
-    if spec.get("malloc", "keep") == "keep":   # the same allocator policy for both libraries
-        backend.keep_freed_memory()
     return _run_torch(spec) if spec["library"] == "torch" else _run_minicaps(spec)
 
 
@@ -398,7 +393,7 @@ def measure(library, device, batch, cfg, args):
     """Train, inference (and per-layer, minicaps only) numbers for one library and batch."""
     common = dict(library=library, device=device, batch=batch, config=_config_dict(cfg),
                   repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                  conv=args.conv, malloc=args.malloc)
+                  conv=args.conv)
     if args.quick:                    # one child: inference, then training
         phases = ["infer", "train"] + (["layers"] if library == "minicaps" else [])
         r = run_child(dict(common, phases=phases))
@@ -445,7 +440,7 @@ def scaling(cfg, args, device="cpu"):
     batches = (2, 4, 8) if args.quick else (8, 16, 32, 64, 128, 256)
     iters = (1, 2, 3) if args.quick else (1, 2, 3, 4, 5)
     reps = dict(repeats=max(1, min(args.repeats, 3)), warmup=1, threads=args.threads,
-                conv=args.conv, malloc=args.malloc)
+                conv=args.conv)
     rows = []
     for b in batches:
         r = run_child(dict(reps, library="minicaps", device=device, batch=b,
@@ -490,8 +485,7 @@ def format_report(result):
     lines.append(f"FLOPs per image: forward {fl['forward'] / 1e6:.1f} M, training step "
                  f"{fl['train'] / 1e6:.1f} M, inference {fl['inference'] / 1e6:.1f} M "
                  f"(direct convolution; minicaps conv: {result.get('conv_method', 'auto')}, and "
-                 f"where the DFT route runs it does fewer, so its GFLOP/s are effective rates; "
-                 f"malloc: {result.get('malloc', 'default')})\n")
+                 f"where the DFT route runs it does fewer, so its GFLOP/s are effective rates)\n")
     lines.append("| library | device | batch | train img/s | infer img/s | train GFLOP/s | "
                  "of GEMM peak | train peak MB | infer peak MB |")
     lines.append("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -544,11 +538,6 @@ def parse_args(argv=None):
     ap.add_argument("--conv", choices=("auto", "gemm"), default="auto",
                     help="minicaps convolutions: 'auto' (the DFT route where it pays, as the "
                          "library does by default) or 'gemm' (im2col + GEMM only)")
-    ap.add_argument("--malloc", choices=("keep", "default"), default="keep",
-                    help="'keep': every child, minicaps' and torch's alike, keeps freed memory "
-                         "for reuse (backend.keep_freed_memory, as `minicaps train` does); "
-                         "'default': the C library's own policy, which hands big blocks back "
-                         "and faults their pages in again at the next step")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--no-gpu", action="store_true", help="skip CuPy even when a GPU is present")
     ap.add_argument("--json", metavar="PATH", help="where to write the results "
@@ -567,8 +556,6 @@ def run(args):
     devices = ["cpu"] + (["gpu"] if not args.no_gpu and backend.gpu_available() else [])
     with_torch = not args.no_torch and torch_available()
     n = 512 if args.quick else 4096
-    if args.malloc == "keep":
-        backend.keep_freed_memory()
     peaks = {d: gemm_peak(d, n) for d in devices}
     results, ratios = [], []
     for batch in args.batches:
@@ -595,7 +582,7 @@ def run(args):
                   memory_method="peak resident set (VmHWM, reset through /proc/self/clear_refs after "
                                 "setup) minus the resident set after setup, in a fresh child process "
                                 "per library and batch (ru_maxrss without /proc; GPU: CuPy pool bytes)",
-                  conv_method=args.conv, malloc=args.malloc, results=results, ratios=ratios, scaling=None)
+                  conv_method=args.conv, results=results, ratios=ratios, scaling=None)
     if args.scaling:
         result["scaling"] = scaling(cfg, args)
     return result

@@ -4,7 +4,6 @@ This is the only module that imports cupy. Every op asks ``get_xp(*arrays)``
 for the module its inputs live in and then uses only what NumPy and CuPy share,
 so the same code runs on both.
 """
-import ctypes
 import os
 
 import numpy as np
@@ -174,35 +173,3 @@ def parallel_map(fn, items, on_gpu=False):
         from concurrent.futures import ThreadPoolExecutor
         _pool = ThreadPoolExecutor(max_workers=n, thread_name_prefix="minicaps")
     return list(_pool.map(fn, items))
-
-
-_freed_memory_kept = None   # the outcome of keep_freed_memory, once tried
-
-
-def keep_freed_memory():
-    """Have the C library keep the memory that freed arrays leave, for the next arrays,
-    instead of giving it back to the system. True where that is done (Linux with glibc),
-    False elsewhere, where nothing changes. It holds for the whole process (other
-    libraries' arrays too); train(), the CLI and bench/ call it.
-
-    Every training step allocates and frees the same big arrays (100 MB for the
-    weights' spectrum alone). glibc's malloc serves big blocks with fresh pages from
-    mmap and unmaps them on free, so each step faults in hundreds of MB of pages
-    anew: a quarter of a step on a 2-core machine (A/B interleaved in one process:
-    1373 -> 1048 ms at batch 128, 473 -> 365 ms at batch 32; PyTorch's steps gain
-    as much). With no mmap for big blocks (M_MMAP_MAX = 0) and no trimming of the
-    heap (M_TRIM_THRESHOLD at its maximum), freed blocks are reused. The price: the
-    process keeps its peak memory until it exits.
-    """
-    global _freed_memory_kept
-    if _freed_memory_kept is None:
-        _freed_memory_kept = False
-        try:
-            libc = ctypes.CDLL(None)
-            if hasattr(libc, "gnu_get_libc_version") and hasattr(libc, "mallopt"):
-                M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4          # glibc's malloc.h
-                _freed_memory_kept = bool(libc.mallopt(M_MMAP_MAX, 0)
-                                          and libc.mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
-        except (OSError, AttributeError):
-            pass
-    return _freed_memory_kept

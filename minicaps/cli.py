@@ -364,8 +364,6 @@ def main(argv=None):
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    from .backend import keep_freed_memory
-    keep_freed_memory()      # the process is ours: freed memory is reused, steps run faster
     try:
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:

@@ -237,13 +237,11 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     none. Training itself is the same with or without it; the average is the model the run
     delivers (Checkpoint.model_with). A run resumed from a checkpoint without an average of
     this decay starts one there.
-    Freed memory stays in the process for the next steps (backend.keep_freed_memory).
     """
     if epochs < 0 or batch_size < 1 or not lr > 0 or shift < 0 or val_size < 0:
         raise ValueError("need epochs >= 0, batch_size >= 1, lr > 0, shift >= 0, val_size >= 0")
     if average is not None and not 0 < average < 1:
         raise ValueError(f"average is a decay in (0, 1), such as 0.999, or None; got {average}")
-    backend.keep_freed_memory()
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
                                                 limit_test, val_size, seed)
     settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,

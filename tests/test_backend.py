@@ -1,9 +1,4 @@
 """Device selection, host/device moves, and NumPy vs CuPy parity (needs a GPU)."""
-import platform
-import subprocess
-import sys
-import textwrap
-
 import numpy as np
 import pytest
 
@@ -118,21 +113,3 @@ def test_an_epoch_on_the_gpu_follows_the_cpu_epoch():
     assert st_cpu["loss"] == pytest.approx(st_gpu["loss"], rel=1e-9)
     for name in p_cpu:
         assert relative_error(p_cpu[name], p_gpu[name]) < 1e-8, name
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's malloc only")
-def test_keeping_freed_memory_serves_big_arrays_from_the_heap():
-    # In a child: the setting holds for a whole process. glibc maps a 64 MB block with
-    # mmap (above the heap's end) by default; kept, it comes from the heap (below sbrk(0)).
-    script = textwrap.dedent("""
-        import ctypes, numpy as np
-        from minicaps import backend
-        libc = ctypes.CDLL(None)
-        libc.sbrk.restype, libc.sbrk.argtypes = ctypes.c_void_p, [ctypes.c_long]
-        def on_heap():
-            a = np.empty(2 ** 23)                      # 64 MB
-            return a.ctypes.data < libc.sbrk(0)
-        print(on_heap(), backend.keep_freed_memory(), on_heap(), backend.keep_freed_memory())
-    """)
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["False", "True", "True", "True"]
