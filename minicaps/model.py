@@ -125,7 +125,9 @@ class CapsNetConfig:
 
 def init_params(config, seed=0, dtype="float32"):
     """Glorot-uniform weights for the convolutions and the decoder, zero biases,
-    and N(0, 0.01^2) capsule transforms digit.W (as the authors' code)."""
+    and N(0, 0.01^2) capsule transforms digit.W. (The paper gives no initialisation;
+    the authors' released code draws truncated normals, std 0.05 for conv1 and 0.1
+    for the primary and digit capsules, with biases at 0.1.)"""
     rng = np.random.default_rng(seed)
     params = {}
     for name, shape in config.param_shapes().items():
