@@ -309,8 +309,11 @@ def _start(config, settings, device, out_dir, resume, log):
         log(f"the checkpoint keeps no average of the parameters with decay {decay}: "
             f"starting one here")
         average = ParameterAverage(ckpt.model.params, decay)
+    # best_accuracy scored the checkpoint's average (or its trained weights without one):
+    # it compares only if this run goes on with the same average.
+    best = ckpt.extra.get("best_accuracy") if average is ckpt.average else None
     return TrainResult(ckpt.model, ckpt.optimizer, ckpt.rng(), ckpt.epoch, ckpt.step, out_dir,
-                       best_accuracy=ckpt.extra.get("best_accuracy"), average=average)
+                       best_accuracy=best, average=average)
 
 
 def _save(run, metrics, settings, score):

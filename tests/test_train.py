@@ -364,5 +364,9 @@ def test_resuming_a_run_without_an_average_starts_one_there(tmp_path):
     assert any("starting one here" in line for line in lines)
     assert "avg_test_accuracy" in resumed.history[-1]
     assert load_checkpoint(tmp_path / "run" / "last.npz").average.decay == 0.999
+    # best.npz now goes by the new average alone: the trained weights' score does not count
+    best = load_checkpoint(tmp_path / "run" / "best.npz")
+    assert best.epoch == 2
+    assert best.extra["best_accuracy"] == resumed.history[-1]["avg_test_accuracy"]
     with pytest.raises(ValueError, match="average"):
         run(tmp_path, name="bad", average=1.5)
