@@ -94,6 +94,24 @@ def test_conv2d_fft_in_float32_stays_float32_and_agrees_with_the_gemm_route(rng)
         assert relative_error(a, r) < 1e-5, name
 
 
+def test_conv2d_fft_backward_takes_the_kept_spectrum_and_can_run_twice(rng):
+    # The forward pass keeps the weights' spectrum for dx; the backward pass takes it out
+    # of the cache (so it is freed), and a second backward pass over the same cache makes
+    # it again: both give the gradients of the GEMM route.
+    x, W, b = rng.standard_normal((2, 11, 11, 3)), rng.standard_normal((5, 5, 3, 4)), rng.standard_normal(4)
+    out, cache = ops.conv2d_forward(x, W, b, 2, method="fft")
+    kept = cache[1][-1]
+    assert set(kept) == {"Wf"}
+    dout = rng.standard_normal(out.shape)
+    ref = ops.conv2d_backward(dout, ops.conv2d_forward(x, W, b, 2, method="gemm")[1])
+    first = ops.conv2d_backward(dout, cache)
+    assert not kept
+    second = ops.conv2d_backward(dout, cache)
+    for grads in (first, second):
+        for name, a, r in zip(["dx", "dW", "db"], grads, ref):
+            np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10, err_msg=name)
+
+
 def rfft2_on_grid(a, U, V):
     """NumPy's FFT of (..., P, Q, C) cropped or zero-padded to U x V:
     (..., 2, U, V//2+1, C), real part over imaginary."""

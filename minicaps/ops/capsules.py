@@ -219,7 +219,7 @@ def routing_backward(dv, cache):
 
 
 # ---------------------------------------------------------------- predictions + routing, in chunks
-CAPSULE_CHUNK = 32    # most images per chunk: u_hat of 32 MNIST images is 24 MB, it stays in cache
+CAPSULE_CHUNK = 16    # most images per chunk: u_hat of 16 MNIST images is 12 MB, two chunks (one per core) stay in cache
 
 
 def capsule_chunks(N, chunk=CAPSULE_CHUNK, gpu=False):
@@ -247,9 +247,11 @@ def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, c
 
     def one_chunk(rows):
         u_hat, pred_cache = predictions_forward(u[rows], W)
-        (v, c), route_cache = routing_forward(u_hat, iters, routing_grad, eps,
-                                              None if coupling is None else coupling[rows])
-        return v, c, (rows, pred_cache, route_cache)
+        (v, c), (_, steps, grad) = routing_forward(u_hat, iters, routing_grad, eps,
+                                                   None if coupling is None else coupling[rows])
+        # The cache keeps u, not u_hat: the backward pass makes u_hat again, a chunk at a
+        # time, instead of holding every chunk's (94 MB for 128 MNIST images) in between.
+        return v, c, (rows, pred_cache, (steps, grad))
 
     parts = backend.parallel_map(one_chunk, capsule_chunks(u.shape[0], chunk, gpu), on_gpu=gpu)
     v = xp.concatenate([v for v, _, _ in parts])
@@ -265,8 +267,11 @@ def digit_capsules_backward(dv, cache):
     du = xp.empty(u_shape, dtype=dv.dtype)
 
     def one_chunk(chunk_cache):
-        rows, pred_cache, route_cache = chunk_cache
-        du[rows], dW = predictions_backward(routing_backward(dv[rows], route_cache), pred_cache)
+        rows, pred_cache, (steps, grad) = chunk_cache
+        u_hat, _ = predictions_forward(*pred_cache)
+        du_hat = routing_backward(dv[rows], (u_hat, steps, grad))
+        del u_hat
+        du[rows], dW = predictions_backward(du_hat, pred_cache)
         return dW
 
     dWs = backend.parallel_map(one_chunk, caches, on_gpu=backend.is_gpu_array(dv))

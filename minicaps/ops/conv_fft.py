@@ -24,9 +24,10 @@ stride 2, 256 -> 256 channels) that is 19 * 10 = 190 bins, each a complex
 against 36 * 20736 * 256 * 2 = 382 MFLOP for the im2col GEMM; transforming
 each image adds 11 MFLOP (and as much again for dx). The price is
 the weights' spectrum (2 * 190 * 256 * 256 floats, 100 MB in float32), made
-in the forward pass and again for dx in the backward pass (not kept in
-between, to save memory), and its adjoint for dW, so the DFT route pays from
-a few dozen images per batch on (see ``fft_pays``).
+in the forward pass and kept in the cache for dx (making it again cost 50-65 ms
+on 2 cores, as much as the whole per-bin product at 32 images), and its
+adjoint for dW, so the DFT route pays from a few dozen images per batch on
+(see ``fft_pays``).
 
 How it is computed. Every transform is a product with a small real DFT matrix
 (no FFT library: NumPy and CuPy run the same code, and float32 stays float32),
@@ -217,23 +218,25 @@ def conv2d_fft_forward(x, W, b, stride=1):
         xp.subtract(XWr[:, N:], XWi[:, :N], out=Y[:, 1, k].transpose(1, 0, 2))
     out = xp.matmul(plan["inverse"], Y.reshape(N, 2 * bins, O))       # (N, Ho Wo, O)
     out += b
-    # The cache keeps X (as big as x) but not the weights' spectrum (100 MB for the primary
-    # capsules, alive through the whole forward pass): the backward pass makes it again.
-    return out.reshape(N, Ho, Wo, O), (X, W, x.shape, stride)
+    # The cache keeps X (as big as x) and the weights' spectrum, in a dict that the
+    # backward pass empties so the spectrum is freed as soon as dx no longer needs it.
+    return out.reshape(N, Ho, Wo, O), (X, W, x.shape, stride, {"Wf": (Wr, Wi)})
 
 
 def conv2d_fft_backward(dout, cache, need_dx=True):
     """(dx, dW, db) of conv2d_fft_forward: the transposed steps in reverse order."""
-    X, W, x_shape, stride = cache
+    X, W, x_shape, stride, kept = cache
     xp = get_xp(dout)
     w_shape = kh, kw, C, O = W.shape
     N, Ho, Wo, _ = dout.shape
     bins = X.shape[0]
     plan = dft_plan(x_shape, w_shape, stride, dout)
+    # The forward pass's spectrum, taken out of the cache (made again if a backward
+    # pass over the same cache took it already).
+    Wr, Wi = kept.pop("Wf", None) or weight_spectrum(W, plan)
     dY = to_bins(xp.matmul(plan["inverse"].T, dout.reshape(N, Ho * Wo, O)))   # [dYr; dYi]
     dx = None
     if need_dx:
-        Wr, Wi = weight_spectrum(W, plan)
         # dXr = dYr Wr^T - dYi Wi^T,  dXi = dYr Wi^T + dYi Wr^T, stored per image.
         dX = xp.empty((N, 2, bins, C), dtype=dout.dtype)
         for k in bin_chunks(bins, N, C, dout):
@@ -241,7 +244,9 @@ def conv2d_fft_backward(dout, cache, need_dx=True):
             Q = xp.matmul(dY[k], Wi[k].transpose(0, 2, 1))             # [dYr Wi^T; dYi Wi^T]
             xp.subtract(P[:, :N], Q[:, N:], out=dX[:, 0, k].transpose(1, 0, 2))
             xp.add(Q[:, :N], P[:, N:], out=dX[:, 1, k].transpose(1, 0, 2))
-        del Wr, Wi, P, Q
+        del P, Q
+    del Wr, Wi    # the spectrum's 100 MB (primary capsules) are free before dx and dW
+    if need_dx:
         dx = image_spectrum_adjoint(dX.reshape(N, 2 * bins, C), plan, x_shape)
         del dX
     # dWr = Xr^T dYr + Xi^T dYi = X^T [dYr; dYi],  dWi = Xi^T dYr - Xr^T dYi = X^T [-dYi; dYr],
@@ -265,8 +270,9 @@ def fft_pays(x_shape, w_shape, stride):
     weights' spectrum with its adjoint, the transforms weighted 3x (thin GEMMs, and
     fresh 100 MB arrays for the weights, run slowly; weight measured on the CPU). Needs
     C_in >= 16: with few input channels the images' transforms dominate. For the
-    primary capsules the DFT wins from about 47 images per batch on (measured: a
-    training step takes 1.19x the GEMM route's time at 32 images, 0.85x at 64)."""
+    primary capsules the DFT wins from about 32 images per batch on (measured, the
+    convolution's forward and backward pass: 1.43x the GEMM route's time at 16 images,
+    1.16-1.31x at 24, 0.89-1.09x at 32, 1.02x at 40, 0.63x at 128)."""
     N, _, W, C = x_shape
     kh, kw, _, O = w_shape
     U, V, Ho, Wo = fft_grid(x_shape, w_shape, stride)
@@ -275,5 +281,5 @@ def fft_pays(x_shape, w_shape, stride):
     direct = 3 * Ho * Wo * kh * kw * C * O * 2 * N
     transform = U * (2 * Vf) * W * C * 2 + (2 * U) ** 2 * Vf * C * 2   # image_spectrum
     per_image = 3 * bins * C * O * 8 + 3 * 2 * transform
-    weights = 3 * (2 * bins) * kh * kw * C * O * 2       # spectrum twice, adjoint once
+    weights = 2 * (2 * bins) * kh * kw * C * O * 2       # spectrum once, adjoint once
     return C >= 16 and direct > per_image * N + 3 * weights
