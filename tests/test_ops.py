@@ -94,7 +94,7 @@ def test_conv2d_fft_in_float32_stays_float32_and_agrees_with_the_gemm_route(rng)
         assert relative_error(a, r) < 1e-5, name
 
 
-def test_conv2d_fft_backward_takes_the_kept_spectrum_and_can_run_twice(rng):
+def test_conv2d_fft_backward_takes_the_kept_spectrum_and_can_run_twice(rng, monkeypatch):
     # The forward pass keeps the weights' spectrum for dx; the backward pass takes it out
     # of the cache (so it is freed), and a second backward pass over the same cache makes
     # it again: both give the gradients of the GEMM route.
@@ -110,6 +110,12 @@ def test_conv2d_fft_backward_takes_the_kept_spectrum_and_can_run_twice(rng):
     for grads in (first, second):
         for name, a, r in zip(["dx", "dW", "db"], grads, ref):
             np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10, err_msg=name)
+    # Without dx (the first layer) no spectrum is needed, so none is made.
+    from minicaps.ops import conv_fft
+    monkeypatch.setattr(conv_fft, "weight_spectrum", lambda *a: pytest.fail("spectrum made"))
+    dx, dW, _ = ops.conv2d_backward(dout, cache, need_dx=False)
+    assert dx is None
+    np.testing.assert_allclose(dW, ref[1], rtol=1e-10, atol=1e-10)
 
 
 def rfft2_on_grid(a, U, V):

@@ -231,12 +231,14 @@ def conv2d_fft_backward(dout, cache, need_dx=True):
     N, Ho, Wo, _ = dout.shape
     bins = X.shape[0]
     plan = dft_plan(x_shape, w_shape, stride, dout)
-    # The forward pass's spectrum, taken out of the cache (made again if a backward
-    # pass over the same cache took it already).
-    Wr, Wi = kept.pop("Wf", None) or weight_spectrum(W, plan)
     dY = to_bins(xp.matmul(plan["inverse"].T, dout.reshape(N, Ho * Wo, O)))   # [dYr; dYi]
+    # The forward pass's spectrum, taken out of the cache so that it is freed once dx
+    # is made (and made again if a backward pass over the same cache took it already).
+    Wf = kept.pop("Wf", None)
     dx = None
     if need_dx:
+        Wr, Wi = Wf or weight_spectrum(W, plan)
+        del Wf
         # dXr = dYr Wr^T - dYi Wi^T,  dXi = dYr Wi^T + dYi Wr^T, stored per image.
         dX = xp.empty((N, 2, bins, C), dtype=dout.dtype)
         for k in bin_chunks(bins, N, C, dout):
@@ -244,11 +246,11 @@ def conv2d_fft_backward(dout, cache, need_dx=True):
             Q = xp.matmul(dY[k], Wi[k].transpose(0, 2, 1))             # [dYr Wi^T; dYi Wi^T]
             xp.subtract(P[:, :N], Q[:, N:], out=dX[:, 0, k].transpose(1, 0, 2))
             xp.add(Q[:, :N], P[:, N:], out=dX[:, 1, k].transpose(1, 0, 2))
-        del P, Q
-    del Wr, Wi    # the spectrum's 100 MB (primary capsules) are free before dx and dW
-    if need_dx:
+        del Wr, Wi, P, Q   # the spectrum's 100 MB (primary capsules) are free before dx and dW
         dx = image_spectrum_adjoint(dX.reshape(N, 2 * bins, C), plan, x_shape)
         del dX
+    else:
+        del Wf
     # dWr = Xr^T dYr + Xi^T dYi = X^T [dYr; dYi],  dWi = Xi^T dYr - Xr^T dYi = X^T [-dYi; dYr],
     # written straight into the (c, r, bin, o) layout that the weights' adjoint reads.
     dWf = xp.empty((C, 2, bins, O), dtype=dout.dtype)
