@@ -12,12 +12,14 @@
 Parameters live in one dict keyed by name ("conv1.W", "digit.W", ...); the
 gradients come back in a dict with the same keys, and so does Adam's state.
 """
+import contextlib
 import math
 from dataclasses import dataclass, asdict
 
 import numpy as np
 
 from . import backend
+from .ops import conv_fft
 from .ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forward,
                   relu_backward, dense_forward, dense_backward, sigmoid_forward,
                   sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
@@ -172,6 +174,7 @@ class CapsNet:
             params = init_params(self.config, seed, self.dtype)
         self.params = {}
         self.set_params(params)
+        self._fixed = {}      # conv name -> (weights copy, spectrum), inside fixed_weights()
 
     # ------------------------------------------------------------ parameters
     def set_params(self, params):
@@ -228,17 +231,69 @@ class CapsNet:
             raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
         return y
 
+    # ------------------------------------------------------------ fixed weights
+    @contextlib.contextmanager
+    def fixed_weights(self, n_images):
+        """A block of forward passes over about ``n_images`` images in all, with the
+        parameters held fixed (prediction, evaluation). A convolution for which the
+        DFT route then pays (conv_fft.fft_pays with training=False: the primary
+        capsules from about 64 images on) makes its weights' spectrum once here, and
+        the inference passes in the block use it instead of the im2col GEMM in every
+        batch; training passes make their own as before. Only the speed and the
+        rounding change. The parameters must not change inside the block: each pass
+        checks that the weights still equal the copy the spectrum was made from and
+        raises if not.
+
+            with model.fixed_weights(len(x)):
+                for batch in batches: model.forward(batch)
+        """
+        cfg, p, fixed = self.config, self.params, {}
+        if self.conv_method == "auto":
+            h, w = cfg.conv1_out
+            inputs = {"conv1": (cfg.input_shape, cfg.conv1_stride),
+                      "primary": ((h, w, p["conv1.W"].shape[-1]), cfg.primary_stride)}
+            for name, (shape, stride) in inputs.items():
+                W = p[f"{name}.W"]
+                x_shape = (int(n_images),) + tuple(shape)
+                if conv_fft.fft_pays(x_shape, W.shape, stride, training=False):
+                    plan = conv_fft.dft_plan(x_shape, W.shape, stride, W)
+                    fixed[name] = (W.copy(), conv_fft.weight_spectrum(W, plan))
+        outer, self._fixed = self._fixed, fixed
+        try:
+            yield self
+        finally:
+            self._fixed = outer
+
+    def _fixed_spectrum(self, name):
+        """The spectrum fixed_weights() made for convolution ``name``, after checking
+        that its weights have not changed since; None outside the block."""
+        if name not in self._fixed:
+            return None
+        copy, spectrum = self._fixed[name]
+        W = self.params[f"{name}.W"]
+        same = (backend.is_gpu_array(W) == backend.is_gpu_array(copy) and W.shape == copy.shape
+                and W.dtype == copy.dtype and bool(self.xp.array_equal(W, copy)))
+        if not same:
+            raise RuntimeError(f"{name}.W changed inside CapsNet.fixed_weights(): the weights' "
+                               "spectrum made at the start of the block no longer matches them; "
+                               "change parameters (or the device) only outside the block")
+        return spectrum
+
     # ------------------------------------------------------------ forward / backward
     def primary_capsules(self, x, training=False):
         """conv1 -> ReLU -> primary conv -> squash: u (N, I, D_in) and the caches
         (x already checked, on the model's device). ``training``: a backward pass
-        follows (the convolutions may then take the DFT route)."""
+        follows (the convolutions may then take the DFT route; without it they take
+        it where fixed_weights() made the weights' spectrum)."""
         cfg, p, caches = self.config, self.params, {}
+        spectrum = (lambda name: None) if training else self._fixed_spectrum
         h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
-                                            method=self.conv_method, training=training)
+                                            method=self.conv_method, training=training,
+                                            spectrum=spectrum("conv1"))
         h, caches["relu1"] = relu_forward(h, out=h)
         h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
-                                              method=self.conv_method, training=training)
+                                              method=self.conv_method, training=training,
+                                              spectrum=spectrum("primary"))
         if cfg.primary_relu:
             h, caches["relu2"] = relu_forward(h, out=h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
@@ -345,8 +400,10 @@ class CapsNet:
         return self.predict_lengths(x, batch_size).argmax(axis=1)
 
     def predict_lengths(self, x, batch_size=256):
-        """Capsule lengths (N, num_classes) as NumPy, computed in batches, no decoder."""
+        """Capsule lengths (N, num_classes) as NumPy, computed in batches, no decoder
+        (with the weights fixed over all batches: see fixed_weights)."""
         x = self._check_x(x)
-        parts = [backend.to_numpy(self.forward(x[k:k + batch_size], decode=False)[0]["lengths"])
-                 for k in range(0, x.shape[0], batch_size)]
+        with self.fixed_weights(x.shape[0]):
+            parts = [backend.to_numpy(self.forward(x[k:k + batch_size], decode=False)[0]["lengths"])
+                     for k in range(0, x.shape[0], batch_size)]
         return np.concatenate(parts)

@@ -111,18 +111,19 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
         raise ValueError("cannot evaluate on an empty set")
     correct, margin, recon = 0, 0.0, 0.0
     bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=None if progress else True)
-    for start in range(0, n, batch_size):
-        x, y = _batch_to_device(images[start:start + batch_size],
-                                labels[start:start + batch_size], model)
-        out, _ = model.forward(x)
-        lengths, m = out["lengths"], len(y)
-        correct += int((lengths.argmax(axis=1) == y).sum())
-        # The losses are batch means: weight them by the batch size for the mean over all n.
-        margin += m * float(margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)[0])
-        if "reconstruction" in out:
-            recon += m * float(reconstruction_loss_forward(out["reconstruction"],
-                                                           x.reshape(m, -1))[0])
-        bar.update(m)
+    with model.fixed_weights(n):          # the weights' spectrum once for all batches
+        for start in range(0, n, batch_size):
+            x, y = _batch_to_device(images[start:start + batch_size],
+                                    labels[start:start + batch_size], model)
+            out, _ = model.forward(x)
+            lengths, m = out["lengths"], len(y)
+            correct += int((lengths.argmax(axis=1) == y).sum())
+            # The losses are batch means: weight them by the batch size for the mean over all n.
+            margin += m * float(margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)[0])
+            if "reconstruction" in out:
+                recon += m * float(reconstruction_loss_forward(out["reconstruction"],
+                                                               x.reshape(m, -1))[0])
+            bar.update(m)
     bar.close()
     result = {"accuracy": correct / n, "margin_loss": margin / n,
               "reconstruction_loss": recon / n if cfg.use_decoder else None, "n": n}

@@ -64,10 +64,11 @@ def reconstructions(model, x, batch_size=256):
     as NumPy. The decoder sees the longest capsule, as at test time."""
     x = _batch(model, x)
     preds, recons = [], []
-    for k in range(0, x.shape[0], batch_size):
-        out, _ = model.forward(x[k:k + batch_size])
-        preds.append(backend.to_numpy(out["lengths"]).argmax(axis=1))
-        recons.append(_images(out["reconstruction"], model))
+    with model.fixed_weights(x.shape[0]):
+        for k in range(0, x.shape[0], batch_size):
+            out, _ = model.forward(x[k:k + batch_size])
+            preds.append(backend.to_numpy(out["lengths"]).argmax(axis=1))
+            recons.append(_images(out["reconstruction"], model))
     return np.concatenate(preds), np.concatenate(recons)
 
 

@@ -137,6 +137,75 @@ def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng, 
         mc.CapsNet(cfg, conv_method="fft")
 
 
+def _small_auto_and_gemm(**cfg):
+    cfg = mc.CapsNetConfig(conv1_channels=16, primary_maps=2, primary_dims=8, digit_dims=4,
+                           decoder_sizes=(16, 32), **cfg)
+    auto = mc.CapsNet(cfg, seed=1, dtype="float64")
+    return auto, mc.CapsNet(cfg, dtype="float64", params=auto.params, conv_method="gemm")
+
+
+def test_fixed_weights_make_each_spectrum_once_and_change_only_the_rounding(rng, monkeypatch):
+    # Inside fixed_weights() the inference passes take the DFT route with the weights'
+    # spectra made once at the start of the block (told here that the route pays for
+    # both convolutions); their outputs equal the GEMM route's.
+    from minicaps.ops import conv_fft
+    monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
+    made, real = [], conv_fft.weight_spectrum
+    monkeypatch.setattr(conv_fft, "weight_spectrum",
+                        lambda W, plan: made.append(W.shape) or real(W, plan))
+    auto, gemm = _small_auto_and_gemm()
+    x = rng.random((7, 28, 28, 1))
+    with auto.fixed_weights(len(x)):
+        assert len(made) == 2                                  # conv1 and primary, once
+        for k in range(0, 7, 3):
+            out, caches = auto.forward(x[k:k + 3])
+            assert caches["conv1"][0] == "fft" and caches["primary"][0] == "fft"
+            ref, _ = gemm.forward(x[k:k + 3])
+            for key in ("lengths", "v", "reconstruction"):
+                np.testing.assert_allclose(out[key], ref[key], rtol=0, atol=1e-12)
+        assert len(made) == 2
+    assert len(made) == 2 and auto._fixed == {}
+    assert auto.forward(x)[1]["primary"][0] == "gemm"          # outside the block: GEMM again
+    np.testing.assert_allclose(auto.predict_lengths(x, batch_size=2),
+                               gemm.predict_lengths(x, batch_size=2), rtol=0, atol=1e-12)
+    assert len(made) == 4                                      # predict makes them once
+
+
+def test_fixed_weights_refuse_weights_changed_inside_the_block(rng, monkeypatch):
+    # An optimizer step inside the block would leave a stale spectrum: a clear error,
+    # never silently wrong lengths. The block ends cleanly after an error.
+    from minicaps.ops import conv_fft
+    monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
+    auto, gemm = _small_auto_and_gemm()
+    x = rng.random((3, 28, 28, 1))
+    with pytest.raises(RuntimeError, match="conv1.W changed inside"):
+        with auto.fixed_weights(3):
+            auto.forward(x)
+            auto.params["conv1.W"] *= 1.01                     # in place, as Adam does
+            auto.forward(x)
+    assert auto._fixed == {}
+    gemm.params["conv1.W"] *= 1.01
+    np.testing.assert_allclose(auto.forward(x)[0]["lengths"], gemm.forward(x)[0]["lengths"],
+                               rtol=0, atol=1e-12)
+
+
+def test_fixed_weights_leave_training_passes_alone(rng, monkeypatch):
+    # A training pass inside the block makes its own spectrum (its backward pass takes
+    # it), so its gradients are the GEMM route's.
+    from minicaps.ops import conv_fft
+    monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
+    monkeypatch.setattr("minicaps.ops.conv.fft_pays", lambda *shapes, training=True: True)
+    auto, gemm = _small_auto_and_gemm()
+    x, y = rng.random((4, 28, 28, 1)), rng.integers(0, 10, 4)
+    with auto.fixed_weights(4):
+        loss_a, grads_a, _ = auto.loss_and_grads(x, y)
+        assert auto._fixed["primary"][0] is not auto.params["primary.W"]   # a copy was kept
+    loss_g, grads_g, _ = gemm.loss_and_grads(x, y)
+    assert abs(loss_a - loss_g) <= 1e-12 * abs(loss_g)
+    for k in grads_g:
+        assert relative_error(grads_a[k], grads_g[k]) <= 1e-10, k
+
+
 def test_model_never_changes_dtype_after_a_step():
     for dtype in ("float32", "float64"):
         model = tiny_model(dtype=dtype)

@@ -158,6 +158,13 @@ def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
     assert fft_pays((64, 20, 20, 256), primary, 2) and fft_pays((128, 20, 20, 256), primary, 2)
     assert not fft_pays((8, 20, 20, 256), primary, 2)      # the weights' spectrum dominates
     assert not fft_pays((128, 28, 28, 1), conv1, 1)        # one input channel
+    # Inference with the spectrum made once for all batches (CapsNet.fixed_weights): it
+    # pays over a test set, not for a handful of images, and later than in training,
+    # where the spectrum serves three passes.
+    assert fft_pays((10000, 20, 20, 256), primary, 2, training=False)
+    assert not fft_pays((8, 20, 20, 256), primary, 2, training=False)
+    assert not fft_pays((32, 20, 20, 256), primary, 2, training=False)
+    assert not fft_pays((10000, 28, 28, 1), conv1, 1, training=False)
     x = np.zeros((2, 6, 6, 1))
     for method, expected in [("auto", "gemm"), ("gemm", "gemm"), ("fft", "fft")]:
         _, cache = ops.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method=method)

@@ -85,20 +85,24 @@ def _chunk_size(x_shape, kh, kw, stride, itemsize, chunk=None):
     return -(-N // parts)
 
 
-def conv2d_forward(x, W, b, stride=1, chunk=None, method="auto", training=True):
+def conv2d_forward(x, W, b, stride=1, chunk=None, method="auto", training=True, spectrum=None):
     """out[n, y, x, o] = sum_{a, b, c} x[n, y*s + a, x*s + b, c] W[a, b, c, o] + b[o].
 
     x: (N, H, W, C_in), W: (kh, kw, C_in, C_out), b: (C_out,) -> (N, Ho, Wo, C_out).
     ``method``: "gemm" (im2col windows times the weights), "fft" (conv_fft.py: the
     same function through the DFT, far fewer multiplications for big kernels) or
-    "auto" (fft where conv_fft.fft_pays says a training step is faster; gemm when
-    ``training`` is False, as no backward pass shares the cost of the spectra).
+    "auto" (fft where conv_fft.fft_pays says a training step is faster, or where the
+    weights' ``spectrum`` is given; else gemm when ``training`` is False, as no backward
+    pass shares the cost of the spectrum).
+    ``spectrum``: conv_fft.weight_spectrum of W, made once for many batches with the
+    same weights (CapsNet.fixed_weights); it must be W's, or the result is wrong.
     ``chunk``: images per GEMM (default: as many as fit in WINDOW_BYTES).
     """
     if method not in METHODS:
         raise ValueError(f"conv2d method must be one of {METHODS}, got {method!r}")
-    if method == "fft" or (method == "auto" and training and fft_pays(x.shape, W.shape, stride)):
-        out, cache = conv2d_fft_forward(x, W, b, stride)
+    if method == "fft" or (method == "auto" and (spectrum is not None or (
+            training and fft_pays(x.shape, W.shape, stride)))):
+        out, cache = conv2d_fft_forward(x, W, b, stride, spectrum)
         return out, ("fft", cache)
     xp = get_xp(x, W)
     kh, kw, C_in, C_out = W.shape

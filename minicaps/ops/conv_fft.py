@@ -197,16 +197,17 @@ def bin_chunks(bins, N, C, like, limit=8 * 2 ** 20):
 
 
 # ---------------------------------------------------------------- the convolution
-def conv2d_fft_forward(x, W, b, stride=1):
+def conv2d_fft_forward(x, W, b, stride=1, spectrum=None):
     """conv.conv2d_forward through the DFT: x (N, H, W, C_in), W (kh, kw, C_in, C_out),
-    b (C_out,) -> (N, Ho, Wo, C_out), cache."""
+    b (C_out,) -> (N, Ho, Wo, C_out), cache. ``spectrum``: weight_spectrum(W) made
+    beforehand (for many batches with the same weights), else made here."""
     xp = get_xp(x, W)
     kh, kw, C, O = W.shape
     N, H, Wd, _ = x.shape
     _, _, Ho, Wo = fft_grid(x.shape, W.shape, stride)
     plan = dft_plan(x.shape, W.shape, stride, x)
     X = to_bins(image_spectrum(x, plan))                               # (bins, 2N, C)
-    Wr, Wi = weight_spectrum(W, plan)                                  # (bins, C, O) each
+    Wr, Wi = spectrum if spectrum is not None else weight_spectrum(W, plan)   # (bins, C, O) each
     bins = X.shape[0]
     # Y = X conj(Wf): Yr = Xr Wr + Xi Wi, Yi = Xi Wr - Xr Wi, stored per image. A few
     # bins at a time, so the products' temporaries stay small.
@@ -265,23 +266,29 @@ def conv2d_fft_backward(dout, cache, need_dx=True):
     return dx, dW, dout.reshape(-1, O).sum(axis=0)
 
 
-def fft_pays(x_shape, w_shape, stride):
-    """Whether a training step of this convolution (forward, dW and dx) should be faster
-    through the DFT than through im2col + GEMM. Counts multiplications: the direct GEMMs
-    against the per-bin products, the images' transforms (forward and dx) and the
-    weights' spectrum with its adjoint, the transforms weighted 3x (thin GEMMs, and
-    fresh 100 MB arrays for the weights, run slowly; weight measured on the CPU). Needs
-    C_in >= 16: with few input channels the images' transforms dominate. For the
-    primary capsules the DFT wins from about 32 images per batch on (measured, the
-    convolution's forward and backward pass: 1.43x the GEMM route's time at 16 images,
-    1.16-1.31x at 24, 0.89-1.09x at 32, 1.02x at 40, 0.63x at 128)."""
+def fft_pays(x_shape, w_shape, stride, training=True):
+    """Whether this convolution should be faster through the DFT than through im2col +
+    GEMM: a training step (forward, dW and dx) of x_shape[0] images, or with
+    training=False forward passes over x_shape[0] images in all with one weights'
+    spectrum (the spectrum is then made once, not once per batch). Counts
+    multiplications: the direct GEMMs against the per-bin products, the images'
+    transforms (forward and dx) and the weights' spectrum (with its adjoint in
+    training), the transforms weighted 3x (thin GEMMs, and fresh 100 MB arrays for the
+    weights, run slowly; weight measured on the CPU). Needs C_in >= 16: with few input
+    channels the images' transforms dominate. For the primary capsules the DFT wins
+    from about 32 images on (measured, the convolution's forward and backward pass:
+    1.43x the GEMM route's time at 16 images, 1.16-1.31x at 24, 0.89-1.09x at 32,
+    1.02x at 40, 0.63x at 128; the forward pass alone with the spectrum made
+    beforehand: 0.48-0.80x at 32-256 images per batch, the spectrum itself as long as
+    the GEMM route's forward pass over 16-32 images)."""
     N, _, W, C = x_shape
     kh, kw, _, O = w_shape
     U, V, Ho, Wo = fft_grid(x_shape, w_shape, stride)
     Vf = V // 2 + 1
     bins = U * Vf
-    direct = 3 * Ho * Wo * kh * kw * C * O * 2 * N
+    passes = 3 if training else 1
+    direct = passes * Ho * Wo * kh * kw * C * O * 2 * N
     transform = U * (2 * Vf) * W * C * 2 + (2 * U) ** 2 * Vf * C * 2   # image_spectrum
-    per_image = 3 * bins * C * O * 8 + 3 * 2 * transform
-    weights = 2 * (2 * bins) * kh * kw * C * O * 2       # spectrum once, adjoint once
+    per_image = passes * bins * C * O * 8 + 3 * (passes - 1 or 1) * transform
+    weights = (passes - 1 or 1) * (2 * bins) * kh * kw * C * O * 2    # spectrum (+ adjoint)
     return C >= 16 and direct > per_image * N + 3 * weights
