@@ -6,6 +6,8 @@ imports.
 """
 import json
 
+import pytest
+
 
 from conftest import load_bench_module
 
@@ -76,3 +78,12 @@ def test_torch_peer_runs_on_cuda_only_where_torch_sees_a_gpu():
     else:
         import torch
         assert bench.torch_available("gpu") == torch.cuda.is_available()
+
+
+def test_inference_is_timed_per_batch_of_a_stream_and_bad_counts_are_refused(capsys):
+    args = bench.parse_args(["--quick", "--no-torch"])
+    assert args.infer_batches == 2 and bench.parse_args(["--infer-batches", "5"]).infer_batches == 5
+    for bad in (["--infer-batches", "0"], ["--batches", "0"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(bad)
+        assert "at least 1" in capsys.readouterr().err
