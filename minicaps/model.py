@@ -272,7 +272,7 @@ class CapsNet:
         copy, spectrum = self._fixed[name]
         W = self.params[f"{name}.W"]
         same = (backend.is_gpu_array(W) == backend.is_gpu_array(copy) and W.shape == copy.shape
-                and W.dtype == copy.dtype and bool(self.xp.array_equal(W, copy)))
+                and W.dtype == copy.dtype and bool(self.xp.array_equal(W, copy, equal_nan=True)))
         if not same:
             raise RuntimeError(f"{name}.W changed inside CapsNet.fixed_weights(): the weights' "
                                "spectrum made at the start of the block no longer matches them; "
