@@ -237,7 +237,7 @@ class CapsNet:
         """A block of forward passes over about ``n_images`` images in all, with the
         parameters held fixed (prediction, evaluation). A convolution for which the
         DFT route then pays (conv_fft.fft_pays with training=False: the primary
-        capsules from about 64 images on) makes its weights' spectrum once here, and
+        capsules from about 50 images on) makes its weights' spectrum once here, and
         the inference passes in the block use it instead of the im2col GEMM in every
         batch; training passes make their own as before. Only the speed and the
         rounding change. The parameters must not change inside the block: each pass
