@@ -249,9 +249,8 @@ class CapsNet:
         """
         cfg, p, fixed = self.config, self.params, {}
         if self.conv_method == "auto":
-            h, w = cfg.conv1_out
             inputs = {"conv1": (cfg.input_shape, cfg.conv1_stride),
-                      "primary": ((h, w, p["conv1.W"].shape[-1]), cfg.primary_stride)}
+                      "primary": ((*cfg.conv1_out, cfg.conv1_channels), cfg.primary_stride)}
             for name, (shape, stride) in inputs.items():
                 W = p[f"{name}.W"]
                 x_shape = (int(n_images),) + tuple(shape)
