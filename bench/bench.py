@@ -53,7 +53,7 @@ if ROOT not in sys.path:
 import numpy as np  # noqa: E402
 
 from minicaps import backend  # noqa: E402
-from minicaps.model import CapsNet, CapsNetConfig  # noqa: E402
+from minicaps.model import CapsNet, CapsNetConfig, init_params  # noqa: E402
 
 QUICK_CONFIG = dict(input_shape=(12, 12, 1), conv1_channels=16, conv1_kernel=3, primary_maps=4,
                     primary_dims=4, primary_kernel=3, primary_stride=2, num_classes=4,
@@ -329,7 +329,8 @@ def _run_torch(spec):
         torch.backends.cuda.matmul.allow_tf32 = False
     dev = torch.device("cuda" if gpu else "cpu")
     cfg = CapsNetConfig(**spec["config"])
-    params = CapsNet(cfg, seed=0, dtype="float32").params
+    # The same initial weights, without a CapsNet: PyTorch's process keeps malloc's defaults.
+    params = init_params(cfg, seed=0, dtype="float32")
     tcfg = {k: v for k, v in spec["config"].items() if k in tc.DEFAULTS}
     if "lam" in spec["config"]:
         tcfg["lambda_"] = spec["config"]["lam"]

@@ -157,6 +157,10 @@ class CapsNet:
     per batch on), "gemm" keeps im2col + GEMM everywhere. It changes the speed and
     the rounding, never the function, so it is not part of the config or of
     checkpoints.
+
+    A model on the CPU asks malloc to keep freed memory for reuse
+    (backend.keep_freed_memory: 15-25% faster training steps, the process's memory
+    stays at its high-water mark; $MINICAPS_KEEP_FREED_MEMORY=0 turns it off).
     """
 
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
@@ -170,6 +174,8 @@ class CapsNet:
         self.dtype = np.dtype(str(dtype))
         self.device = backend.resolve_device(device)
         self.xp = backend.xp_for(self.device)
+        if self.device == "cpu":
+            backend.keep_freed_memory()
         if params is None:
             params = init_params(self.config, seed, self.dtype)
         self.params = {}
@@ -198,6 +204,8 @@ class CapsNet:
         """Move the model to 'cpu' or 'gpu' (in place); returns self."""
         self.device = backend.resolve_device(device)
         self.xp = backend.xp_for(self.device)
+        if self.device == "cpu":
+            backend.keep_freed_memory()
         self.params = backend.params_to_device(self.params, self.device)
         return self
 

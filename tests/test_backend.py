@@ -1,4 +1,8 @@
 """Device selection, host/device moves, and NumPy vs CuPy parity (needs a GPU)."""
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -32,6 +36,37 @@ def test_numpy_arrays_stay_numpy():
     assert backend.to_device(a, "cpu") is a
     moved = backend.params_to_numpy({"w": a})
     assert moved["w"] is a
+
+
+RESIDENT_AFTER_FREE = """
+import os, numpy as np
+from minicaps import backend
+import minicaps as mc
+mc.CapsNet(mc.gradcheck.tiny_config())     # a CPU model asks malloc to keep freed memory
+def resident_mb():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
+before = resident_mb()
+a = np.ones(256 * 2 ** 20 // 8)             # 256 MB, every page touched
+del a
+print(backend.keep_freed_memory(), resident_mb() - before)
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm") or not sys.platform.startswith("linux"),
+                    reason="reads the resident set from Linux's /proc")
+@pytest.mark.parametrize("setting, kept", [("1", True), ("0", False)])
+def test_a_cpu_model_keeps_freed_memory_for_the_next_step_unless_told_not_to(setting, kept):
+    # A fresh interpreter each, as malloc's settings hold for the whole process.
+    env = dict(os.environ, MINICAPS_KEEP_FREED_MEMORY=setting)
+    out = subprocess.run([sys.executable, "-c", RESIDENT_AFTER_FREE], env=env, check=True,
+                         capture_output=True, text=True).stdout.split()
+    in_effect, still_resident_mb = out[0] == "True", float(out[1])
+    if kept and not in_effect:
+        pytest.skip("this C library's malloc has no mallopt (not glibc)")
+    assert in_effect == kept
+    # Kept: the freed 256 MB stay mapped for reuse. Not kept: handed back to the kernel.
+    assert (still_resident_mb > 200) if kept else (still_resident_mb < 56)
 
 
 # ------------------------------------------------------------------ parity (skipped without a GPU)
