@@ -557,14 +557,17 @@ def parse_args(argv=None):
                                                      "(default bench/results/bench-<device>.json)")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    args.batches = args.batches or ([8] if args.quick else [32, 128])
-    args.repeats = args.repeats or (2 if args.quick else 5)
-    args.warmup = 1 if args.warmup is None else args.warmup
-    args.rounds = args.rounds or (1 if args.quick else 3)
-    if args.infer_batches is None:
-        args.infer_batches = 2 if args.quick else 8
-    if min(args.batches) < 1 or args.infer_batches < 1:
-        ap.error("--batches and --infer-batches must be at least 1")
+    defaults = dict(batches=[8] if args.quick else [32, 128], repeats=2 if args.quick else 5,
+                    warmup=1, rounds=1 if args.quick else 3, infer_batches=2 if args.quick else 8)
+    for name, default in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
+    for name in ("batches", "repeats", "rounds", "infer_batches", "threads"):
+        value = getattr(args, name)
+        if min(value if isinstance(value, list) else [value]) < 1:
+            ap.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.warmup < 0:
+        ap.error(f"--warmup must be 0 or more, got {args.warmup}")
     return args
 
 

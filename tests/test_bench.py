@@ -83,7 +83,14 @@ def test_torch_peer_runs_on_cuda_only_where_torch_sees_a_gpu():
 def test_inference_is_timed_per_batch_of_a_stream_and_bad_counts_are_refused(capsys):
     args = bench.parse_args(["--quick", "--no-torch"])
     assert args.infer_batches == 2 and bench.parse_args(["--infer-batches", "5"]).infer_batches == 5
-    for bad in (["--infer-batches", "0"], ["--batches", "0"]):
+    for bad in (["--infer-batches", "0"], ["--batches", "0"], ["--repeats", "0"],
+                ["--rounds", "0"], ["--threads", "0"], ["--batches", "32", "-1"]):
         with pytest.raises(SystemExit):
             bench.parse_args(bad)
         assert "at least 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--warmup", "-1"])
+    assert "--warmup" in capsys.readouterr().err
+    # None means the default; an explicit 0 warm-up runs is allowed and kept.
+    assert bench.parse_args(["--warmup", "0"]).warmup == 0
+    assert bench.parse_args([]).repeats == 5 and bench.parse_args(["--rounds", "2"]).rounds == 2
