@@ -155,9 +155,10 @@ def keep_freed_memory():
     100 MB weight spectrum and its gradient, u_hat, the im2col windows) start on
     fresh pages, which the kernel must fault in and zero: about 15 ms per 100 MB on
     two cores. Kept, the next step's arrays reuse the same pages (a batch-128 step
-    measured 0.74-0.79x the time). Set once for the whole process, at the first call. The price: the process keeps its high-water mark of memory resident
-    until it exits. CapsNet calls this for models on the CPU; set
-    $MINICAPS_KEEP_FREED_MEMORY=0 to leave malloc as it is. Returns True when the
+    measured 0.74-0.79x the time). The price: the process keeps its high-water
+    mark of memory resident until it exits. Set once for the whole process, at the
+    first call; CapsNet calls this for models on the CPU. Set
+    $MINICAPS_KEEP_FREED_MEMORY=0 (before the first call) to leave malloc as it is. Returns True when the
     setting is in effect (False elsewhere than glibc, or when turned off).
     """
     global _heap_kept
