@@ -150,15 +150,16 @@ def keep_freed_memory():
     """Ask the C library's malloc (glibc, on Linux) to keep freed blocks of up to 1 GiB
     for the next allocation instead of handing them back to the kernel.
 
-    Why: by default glibc maps every block over a few MB afresh from the kernel and
-    unmaps it on free, so each training step's big arrays (the primary capsules'
-    100 MB weight spectrum and its gradient, u_hat, the im2col windows) start on
-    fresh pages, which the kernel must fault in and zero: about 15 ms per 100 MB on
-    two cores. Kept, the next step's arrays reuse the same pages (a batch-128 step
-    measured 0.74-0.79x the time). The price: the process keeps its high-water
-    mark of memory resident until it exits. Set once for the whole process, at the
-    first call; CapsNet calls this for models on the CPU. Set
-    $MINICAPS_KEEP_FREED_MEMORY=0 (before the first call) to leave malloc as it is. Returns True when the
+    Why: by default glibc maps every block over 32 MB (at first, over 128 KB)
+    afresh from the kernel and unmaps it on free, and trims freed memory at the top
+    of its heap, so each training step's big arrays (the primary capsules' 100 MB
+    weight spectrum and its gradient) start on fresh pages, which the kernel must
+    fault in and zero: about 15 ms per 100 MB on two cores. Kept, the next step's
+    arrays reuse the same pages (a batch-128 step measured 0.74-0.79x the time). The
+    price: the process keeps its high-water mark of memory resident until it exits.
+    Set once for the whole process, at the first call; CapsNet calls this for models
+    on the CPU. $MINICAPS_KEEP_FREED_MEMORY=0 (before the first call) leaves malloc
+    as it is. Returns True when the
     setting is in effect (False elsewhere than glibc, or when turned off).
     """
     global _heap_kept
