@@ -159,8 +159,8 @@ def keep_freed_memory():
     price: the process keeps its high-water mark of memory resident until it exits.
     Set once for the whole process, at the first call; CapsNet calls this for models
     on the CPU. $MINICAPS_KEEP_FREED_MEMORY=0 (before the first call) leaves malloc
-    as it is. Returns True when the
-    setting is in effect (False elsewhere than glibc, or when turned off).
+    as it is. Returns True when the setting is in effect (False elsewhere than
+    glibc, or when turned off).
     """
     global _heap_kept
     if _heap_kept is None:
