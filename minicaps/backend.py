@@ -155,7 +155,7 @@ def keep_freed_memory():
     of its heap, so each training step's big arrays (the primary capsules' 100 MB
     weight spectrum and its gradient) start on fresh pages, which the kernel must
     fault in and zero: about 15 ms per 100 MB on two cores. Kept, the next step's
-    arrays reuse the same pages (a batch-128 step measured 0.74-0.79x the time). The
+    arrays reuse the same pages (a batch-128 step measured 0.74-0.85x the time). The
     price: the process keeps its high-water mark of memory resident until it exits.
     Set once for the whole process, at the first call; CapsNet calls this for models
     on the CPU. $MINICAPS_KEEP_FREED_MEMORY=0 (before the first call) leaves malloc

@@ -159,7 +159,7 @@ class CapsNet:
     checkpoints.
 
     A model on the CPU asks malloc to keep freed memory for reuse
-    (backend.keep_freed_memory: a batch-128 training step in 0.74-0.79x the time, the
+    (backend.keep_freed_memory: a batch-128 training step in 0.74-0.85x the time, the
     process's memory stays at its high-water mark; $MINICAPS_KEEP_FREED_MEMORY=0 turns it off).
     """
 
