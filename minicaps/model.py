@@ -172,10 +172,7 @@ class CapsNet:
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(str(dtype))
-        self.device = backend.resolve_device(device)
-        self.xp = backend.xp_for(self.device)
-        if self.device == "cpu":
-            backend.keep_freed_memory()
+        self._place_on(device)
         if params is None:
             params = init_params(self.config, seed, self.dtype)
         self.params = {}
@@ -202,12 +199,17 @@ class CapsNet:
 
     def to(self, device):
         """Move the model to 'cpu' or 'gpu' (in place); returns self."""
+        self._place_on(device)
+        self.params = backend.params_to_device(self.params, self.device)
+        return self
+
+    def _place_on(self, device):
+        """Set the device and its array module; on the CPU, ask malloc to keep freed
+        memory for the next step (backend.keep_freed_memory)."""
         self.device = backend.resolve_device(device)
         self.xp = backend.xp_for(self.device)
         if self.device == "cpu":
             backend.keep_freed_memory()
-        self.params = backend.params_to_device(self.params, self.device)
-        return self
 
     # ------------------------------------------------------------ input checks
     def _check_x(self, x):
