@@ -131,9 +131,12 @@ def routing_v(u_hat, *args, **kw):
     return v, cache
 
 
-def op_cases(rng):
-    """(op name, forward, backward, inputs, input names) for every op, small shapes."""
+def op_cases(rng, device="cpu"):
+    """(op name, forward, backward, inputs, input names) for every op, small shapes; the
+    inputs and the constants the forwards hold (labels, coupling, mask, target) on
+    ``device``, so the same seed gives the same cases on the CPU and on the GPU."""
     from . import ops
+    from .backend import to_device
     x = rng.standard_normal((2, 7, 6, 3))
     u_hat = 0.5 * rng.standard_normal((2, 6, 3, 4))
     y = np.array([0, 2])
@@ -141,7 +144,8 @@ def op_cases(rng):
     coupling = ops.routing_forward(u_hat, 3)[0][1]
     target = rng.uniform(0, 1, (3, 5))
     mask = ops.one_hot(y, 3, np.float64)
-    return [
+    y, coupling, target, mask = (to_device(a, device) for a in (y, coupling, target, mask))
+    cases = [
         ("conv2d (stride 1)", ops.conv2d_forward, ops.conv2d_backward,
          [x, rng.standard_normal((3, 2, 3, 4)), rng.standard_normal(4)], ["x", "W", "b"]),
         ("conv2d (stride 2)", lambda x, W, b: ops.conv2d_forward(x, W, b, 2), ops.conv2d_backward,
@@ -179,6 +183,8 @@ def op_cases(rng):
         ("reconstruction loss", lambda r: ops.reconstruction_loss_forward(r, target),
          ops.reconstruction_loss_backward, [rng.uniform(0, 1, (3, 5))], ["reconstruction"]),
     ]
+    return [(what, fwd, bwd, [to_device(a, device) for a in inputs], names)
+            for what, fwd, bwd, inputs, names in cases]
 
 
 def tiny_config(**overrides):

@@ -77,9 +77,12 @@ def both(*arrays):
 @pytest.mark.gpu
 def test_every_op_forward_and_backward_agree_on_numpy_and_cupy():
     from minicaps.gradcheck import op_cases
-    for name, fwd, bwd, inputs, _ in op_cases(np.random.default_rng(0)):
+    on_gpu = op_cases(np.random.default_rng(0), device="gpu")
+    for (name, fwd, bwd, inputs, _), (_, fwd_gpu, _, inputs_gpu, _) in zip(
+            op_cases(np.random.default_rng(0)), on_gpu):
+        assert all(backend.is_gpu_array(a) for a in inputs_gpu), name
         out_cpu, cache_cpu = fwd(*inputs)
-        out_gpu, cache_gpu = fwd(*both(*inputs))
+        out_gpu, cache_gpu = fwd_gpu(*inputs_gpu)
         assert relative_error(out_cpu, backend.to_numpy(out_gpu)) < 1e-12, name
         dout = np.random.default_rng(1).standard_normal(np.shape(out_cpu))
         g_cpu = bwd(dout, cache_cpu)

@@ -94,3 +94,20 @@ def test_inference_is_timed_per_batch_of_a_stream_and_bad_counts_are_refused(cap
     # None means the default; an explicit 0 warm-up runs is allowed and kept.
     assert bench.parse_args(["--warmup", "0"]).warmup == 0
     assert bench.parse_args([]).repeats == 5 and bench.parse_args(["--rounds", "2"]).rounds == 2
+
+
+@pytest.mark.gpu
+def test_the_gpu_worker_times_every_phase_and_layer():
+    # The worker a benchmark child runs for minicaps on the GPU, here in this process.
+    from minicaps import backend
+    cfg = bench.CapsNetConfig(**bench.QUICK_CONFIG)
+    spec = dict(library="minicaps", device="gpu", batch=4, config=bench._config_dict(cfg),
+                repeats=2, warmup=1, threads=1, conv="auto", infer_batches=2,
+                phases=["infer", "train", "layers"])
+    out = bench._run_minicaps(spec)
+    for phase in ("infer", "train"):
+        assert out[phase]["sec"] > 0 and out[phase]["peak_delta_mb"] >= 0
+    assert set(out["layers"]) == set(bench.LAYERS)
+    assert all(f > 0 and b > 0 for f, b in out["layers"].values())
+    assert bench.gemm_peak("gpu", n=64, repeats=1) > 0
+    assert backend.gpu_available()

@@ -198,6 +198,23 @@ def test_fixed_weights_refuse_weights_changed_inside_the_block(rng, monkeypatch)
     np.testing.assert_allclose(auto.forward(x)[0]["lengths"], lengths, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.gpu
+def test_fixed_weights_on_the_gpu_predict_what_the_cpu_predicts(rng, monkeypatch):
+    from minicaps.ops import conv_fft
+    monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
+    auto, gemm = _small_auto_and_gemm()
+    gpu = mc.CapsNet(auto.config, dtype="float64", device="gpu", params=auto.params)
+    x = rng.random((5, 28, 28, 1))
+    lengths = gpu.predict_lengths(x, batch_size=2)
+    assert isinstance(lengths, np.ndarray) and gpu._fixed == {}
+    np.testing.assert_allclose(lengths, gemm.predict_lengths(x), rtol=0, atol=1e-12)
+    with pytest.raises(RuntimeError, match="conv1.W changed inside"):
+        with gpu.fixed_weights(3):
+            gpu.forward(x[:3])
+            gpu.params["conv1.W"] *= 1.01
+            gpu.forward(x[:3])
+
+
 def test_fixed_weights_leave_training_passes_alone(rng, monkeypatch):
     # A training pass inside the block makes its own spectrum (its backward pass takes
     # it), so its gradients are the GEMM route's.

@@ -243,3 +243,20 @@ def test_plot_help_and_kinds(capsys):
     text = " ".join(capsys.readouterr().out.split())
     for word in viz.KINDS + ("--out", "--limit-test", "--data-root", "--index", "minicaps[viz]"):
         assert word in text
+
+
+@pytest.mark.gpu
+def test_the_data_behind_the_plots_is_the_same_from_a_gpu_model(tiny):
+    gpu = mc.CapsNet(tiny.config, dtype="float64", device="gpu", params=tiny.params)
+    x = np.random.default_rng(6).uniform(0, 1, (3, 10, 10, 1))
+    for a, b in zip(viz.reconstructions(tiny, x), viz.reconstructions(gpu, x)):
+        np.testing.assert_allclose(b, a, rtol=1e-12, atol=1e-15)
+    grid_cpu, label_cpu = viz.perturbation_grid(tiny, x[0])
+    grid_gpu, label_gpu = viz.perturbation_grid(gpu, x[0])
+    assert label_gpu == label_cpu
+    np.testing.assert_allclose(grid_gpu, grid_cpu, rtol=1e-12, atol=1e-15)
+    np.testing.assert_allclose(mc.to_numpy(viz.primary_capsules(gpu, x)),
+                               viz.primary_capsules(tiny, x), rtol=1e-12, atol=1e-15)
+    on_cpu, on_gpu = viz.routing_couplings(tiny, x[:1]), viz.routing_couplings(gpu, x[:1])
+    for key, value in on_cpu.items():
+        np.testing.assert_allclose(on_gpu[key], value, rtol=1e-12, atol=1e-15)

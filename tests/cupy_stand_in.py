@@ -1,0 +1,225 @@
+"""A stand-in for CuPy on machines without a GPU: device arrays that live in host memory
+but keep CuPy's rules, so the library's GPU code paths run and are checked everywhere.
+
+What it checks is the discipline those paths need, not CuPy's numerics:
+
+* a device array is not a numpy.ndarray (``isinstance(a, np.ndarray)`` is False);
+* mixing a device array with a NumPy array in an operation raises TypeError, as CuPy does;
+* turning a device array into a NumPy array implicitly (``np.asarray(a)``) raises TypeError,
+  as CuPy does: the way back is ``asnumpy(a)`` or ``a.get()``;
+* reductions give 0-d device arrays, not Python or NumPy scalars, as CuPy's do;
+* ``asarray`` of a NumPy array copies (a host-to-device transfer).
+
+The numbers come from NumPy underneath, so parity with the CPU is exact; tests against the
+real CuPy (tests marked ``gpu`` on a machine with one) check the numerics.
+
+    from minicaps import backend
+    monkeypatch.setattr(backend, "_cupy", cupy_stand_in)    # what conftest does
+"""
+import sys
+import types
+
+import numpy as np
+from numpy.lib.mixins import NDArrayOperatorsMixin
+
+HOST_MIX = "Unsupported type <class 'numpy.ndarray'>: a device array met a NumPy array"
+
+
+def _unwrap(value):
+    """The NumPy array under a device array; refuses NumPy arrays (host data)."""
+    if isinstance(value, ndarray):
+        return value._a
+    if isinstance(value, np.ndarray):
+        raise TypeError(HOST_MIX)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_unwrap(v) for v in value)
+    return value
+
+
+def _wrap(value):
+    """Device arrays for the arrays (and the NumPy scalars) a NumPy call returned."""
+    if isinstance(value, np.ndarray):
+        return ndarray(value)
+    if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_)):
+        return ndarray(np.asarray(value))          # reductions give 0-d arrays on CuPy
+    if isinstance(value, tuple):
+        return tuple(_wrap(v) for v in value)
+    if isinstance(value, list):
+        return [_wrap(v) for v in value]
+    return value
+
+
+def _device_call(fn):
+    def call(*args, **kwargs):
+        return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+    call.__name__ = getattr(fn, "__name__", "call")
+    return call
+
+
+def _index(key):
+    """Indices may be device arrays or host integers/slices."""
+    if isinstance(key, tuple):
+        return tuple(_index(k) for k in key)
+    return key._a if isinstance(key, ndarray) else key
+
+
+class ndarray(NDArrayOperatorsMixin):
+    """A device array: a NumPy array held inside, never handed out implicitly."""
+
+    __array_priority__ = 100
+
+    def __init__(self, a):
+        self._a = a
+
+    # what NumPy would otherwise take as an invitation to convert
+    def __array__(self, dtype=None, copy=None):
+        raise TypeError("Implicit conversion to a NumPy array is not allowed. "
+                        "Please use `.get()` to construct a NumPy array explicitly.")
+
+    def __array_ufunc__(self, ufunc, method, *inputs, out=None, **kwargs):
+        if out is not None:
+            kwargs["out"] = tuple(_unwrap(o) for o in out)
+        result = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
+        if out is not None:
+            return out[0] if len(out) == 1 else out
+        return _wrap(result)
+
+    def __array_function__(self, func, types_, args, kwargs):
+        return _wrap(func(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+
+    def get(self):
+        return self._a.copy()
+
+    # attributes, methods and views: NumPy's, on device arrays
+    def __getattr__(self, name):
+        # Not NumPy's protocols (__array_interface__, buffers): those would hand the host
+        # data out. Nor _a before it is set (copy, pickle): no recursion.
+        if name.startswith("__") or name == "_a":
+            raise AttributeError(name)
+        value = getattr(self._a, name)
+        return _device_call(value) if callable(value) else _wrap(value)
+
+    def __getitem__(self, key):
+        return _wrap(self._a[_index(key)])
+
+    def __setitem__(self, key, value):
+        self._a[_index(key)] = _unwrap(value)
+
+    def __len__(self):
+        return len(self._a)
+
+    def __iter__(self):
+        return (_wrap(row) for row in self._a)
+
+    def __float__(self):
+        return float(self._a)
+
+    def __int__(self):
+        return int(self._a)
+
+    def __index__(self):
+        return self._a.__index__()
+
+    def __bool__(self):
+        return bool(self._a)
+
+    def __repr__(self):
+        return f"device {self._a!r}"
+
+    @property
+    def shape(self):
+        return self._a.shape
+
+    @property
+    def dtype(self):
+        return self._a.dtype
+
+    @property
+    def ndim(self):
+        return self._a.ndim
+
+    @property
+    def size(self):
+        return self._a.size
+
+    @property
+    def strides(self):
+        return self._a.strides
+
+    @property
+    def flags(self):
+        return self._a.flags
+
+    @property
+    def T(self):
+        return ndarray(self._a.T)
+
+
+# --- the module's functions ------------------------------------------------------------------
+
+def asarray(a, dtype=None, order=None):
+    """Host data is copied to the "device"; device data stays (cast if asked)."""
+    if isinstance(a, ndarray):
+        return a if dtype is None or a.dtype == np.dtype(dtype) else a.astype(dtype)
+    return ndarray(np.array(a, dtype=dtype, order=order or "K", copy=True))
+
+
+array = asarray
+
+
+def asnumpy(a):
+    return a.get() if isinstance(a, ndarray) else np.asarray(a)
+
+
+def get_array_module(*arrays):
+    return sys.modules[__name__] if any(isinstance(a, ndarray) for a in arrays) else np
+
+
+def __getattr__(name):
+    """Every other name is NumPy's: functions take and give device arrays, dtypes and
+    constants pass through."""
+    value = getattr(np, name)
+    if callable(value) and not isinstance(value, type):
+        return _device_call(value)
+    return value
+
+
+def _namespace(source, **extra):
+    ns = types.SimpleNamespace(**extra)
+    for name in dir(source):
+        if not name.startswith("_"):
+            value = getattr(source, name)
+            if callable(value):
+                setattr(ns, name, _device_call(value))
+    return ns
+
+
+fft = _namespace(np.fft)
+linalg = _namespace(np.linalg)
+lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
+    as_strided=lambda a, shape=None, strides=None: ndarray(
+        np.lib.stride_tricks.as_strided(_unwrap(a), shape=shape, strides=strides))))
+
+
+class _MemoryPool:
+    def total_bytes(self):
+        return 0
+
+    def used_bytes(self):
+        return 0
+
+    def free_all_blocks(self):
+        pass
+
+
+_pool = _MemoryPool()
+
+
+def get_default_memory_pool():
+    return _pool
+
+
+cuda = types.SimpleNamespace(
+    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+    Stream=types.SimpleNamespace(null=types.SimpleNamespace(synchronize=lambda: None)),
+)

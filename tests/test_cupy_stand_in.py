@@ -1,0 +1,39 @@
+"""The CuPy stand-in keeps CuPy's rules for device arrays, so that the tests marked gpu
+catch on a machine without a GPU what CuPy would refuse on one."""
+import numpy as np
+import pytest
+
+import cupy_stand_in as cp
+
+
+def test_device_arrays_refuse_to_mix_with_numpy_arrays():
+    a, host = cp.arange(6.0).reshape(2, 3), np.ones((2, 3))
+    for mixed in (lambda: a + host, lambda: host * a, lambda: cp.matmul(a, host.T),
+                  lambda: cp.concatenate([a, host]), lambda: np.add(a, host, out=a)):
+        with pytest.raises(TypeError, match="numpy.ndarray"):
+            mixed()
+    with pytest.raises(TypeError, match="Implicit conversion"):
+        np.asarray(a)
+    assert not isinstance(a, np.ndarray)
+
+
+def test_device_arrays_compute_like_numpy_and_come_back_explicitly():
+    host = np.arange(12.0).reshape(3, 4)
+    a = cp.asarray(host)
+    host[0, 0] = 100.0                       # asarray copied: a transfer, not a view
+    b = (a * 2 + 1) @ cp.ones((4, 2))
+    assert isinstance(b, cp.ndarray)
+    np.testing.assert_array_equal(cp.asnumpy(b), (np.arange(12.0).reshape(3, 4) * 2 + 1) @ np.ones((4, 2)))
+    a[1] = cp.zeros(4)                       # writes through views and items
+    a.reshape(-1)[0] = -1.0
+    np.testing.assert_array_equal(a.get()[:2], [[-1, 1, 2, 3], [0, 0, 0, 0]])
+    a += 1                                   # in place stays on the device, in the same array
+    assert a.get()[0, 0] == 0.0 and isinstance(a, cp.ndarray)
+
+
+def test_reductions_give_zero_dimensional_device_arrays():
+    a = cp.asarray(np.array([1.0, 3.0, 2.0]))
+    for r in (a.sum(), a.max(), cp.sum(a), a.argmax()):
+        assert isinstance(r, cp.ndarray) and r.shape == ()
+    assert float(a.sum()) == 6.0 and int(a.argmax()) == 1 and bool(a.max() > 2)
+    assert a.sum().item() == 6.0
