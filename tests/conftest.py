@@ -23,6 +23,23 @@ def pytest_report_header(config):
     return "tests marked gpu: no GPU here, so on the CuPy stand-in (tests/cupy_stand_in.py)"
 
 
+def _install_stand_in(monkeypatch):
+    import cupy_stand_in
+    from minicaps.ops import conv_fft
+    conv_fft._plan_gpu.cache_clear()         # no DFT plans from another array library
+    monkeypatch.setattr(backend, "_cupy", cupy_stand_in)
+    cupy_stand_in.made.clear()
+    return cupy_stand_in
+
+
+@pytest.fixture
+def stand_in(monkeypatch):
+    """The CuPy stand-in as the GPU's array library for one test, GPU or not."""
+    yield _install_stand_in(monkeypatch)
+    from minicaps.ops import conv_fft
+    conv_fft._plan_gpu.cache_clear()
+
+
 @pytest.fixture(autouse=True)
 def _gpu_arrays(request, monkeypatch):
     """Without a GPU, tests marked ``gpu`` run on the CuPy stand-in: the library's GPU
@@ -31,8 +48,7 @@ def _gpu_arrays(request, monkeypatch):
     if request.node.get_closest_marker("gpu") is None or backend.gpu_available():
         yield
         return
-    import cupy_stand_in
-    monkeypatch.setattr(backend, "_cupy", cupy_stand_in)
+    _install_stand_in(monkeypatch)
     yield
 
 

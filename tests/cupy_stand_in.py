@@ -10,12 +10,16 @@ What it checks is the discipline those paths need, not CuPy's numerics:
 * reductions give 0-d device arrays, not Python or NumPy scalars, as CuPy's do;
 * ``asarray`` of a NumPy array copies (a host-to-device transfer).
 
+``made`` counts the device arrays made, by dtype, so a test can see that a float32 model
+does no float64 work on the GPU.
+
 The numbers come from NumPy underneath, so parity with the CPU is exact; tests against the
 real CuPy (tests marked ``gpu`` on a machine with one) check the numerics.
 
     from minicaps import backend
     monkeypatch.setattr(backend, "_cupy", cupy_stand_in)    # what conftest does
 """
+import collections
 import sys
 import types
 
@@ -36,12 +40,18 @@ def _unwrap(value):
     return value
 
 
+# dtype -> how many device arrays of it were made (by operations, views and transfers):
+# tests clear it and look for float64 work in float32 models.
+made = collections.Counter()
+
+
 def _wrap(value):
     """Device arrays for the arrays (and the NumPy scalars) a NumPy call returned."""
-    if isinstance(value, np.ndarray):
-        return ndarray(value)
     if isinstance(value, np.generic) and not isinstance(value, (np.str_, np.bytes_)):
-        return ndarray(np.asarray(value))          # reductions give 0-d arrays on CuPy
+        value = np.asarray(value)                  # reductions give 0-d arrays on CuPy
+    if isinstance(value, np.ndarray):
+        made[value.dtype] += 1
+        return ndarray(value)
     if isinstance(value, tuple):
         return tuple(_wrap(v) for v in value)
     if isinstance(value, list):
@@ -152,7 +162,7 @@ class ndarray(NDArrayOperatorsMixin):
 
     @property
     def T(self):
-        return ndarray(self._a.T)
+        return _wrap(self._a.T)
 
 
 # --- the module's functions ------------------------------------------------------------------
@@ -161,7 +171,7 @@ def asarray(a, dtype=None, order=None):
     """Host data is copied to the "device"; device data stays (cast if asked)."""
     if isinstance(a, ndarray):
         return a if dtype is None or a.dtype == np.dtype(dtype) else a.astype(dtype)
-    return ndarray(np.array(a, dtype=dtype, order=order or "K", copy=True))
+    return _wrap(np.array(a, dtype=dtype, order=order or "K", copy=True))
 
 
 array = asarray
@@ -197,7 +207,7 @@ def _namespace(source, **extra):
 fft = _namespace(np.fft)
 linalg = _namespace(np.linalg)
 lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
-    as_strided=lambda a, shape=None, strides=None: ndarray(
+    as_strided=lambda a, shape=None, strides=None: _wrap(
         np.lib.stride_tricks.as_strided(_unwrap(a), shape=shape, strides=strides))))
 
 

@@ -151,3 +151,22 @@ def test_an_epoch_on_the_gpu_follows_the_cpu_epoch():
     assert st_cpu["loss"] == pytest.approx(st_gpu["loss"], rel=1e-9)
     for name in p_cpu:
         assert relative_error(p_cpu[name], p_gpu[name]) < 1e-8, name
+
+
+@pytest.mark.parametrize("n", [4, 64])          # 64: the DFT route
+def test_a_float32_model_does_its_gpu_work_in_float32(stand_in, n):
+    # Every array a float32 model makes on the GPU, in a training step, an Adam step and
+    # inference, is float32 (or integer/bool): no silent float64 or complex128 work.
+    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
+    opt = mc.Adam()
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)
+    y = rng.integers(0, 10, n)
+    stand_in.made.clear()
+    _, grads, _ = model.loss_and_grads(x, y)
+    opt.step(model.params, grads)
+    model.predict(x, batch_size=n)
+    assert stand_in.made[np.dtype(np.float32)] > 100
+    wide = {dtype: count for dtype, count in stand_in.made.items()
+            if dtype in (np.float64, np.complex128)}
+    assert wide == {}, wide
