@@ -236,7 +236,7 @@ class CapsNet:
         if y.dtype.kind not in "iu":
             raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
         y = backend.to_device(y, self.device)
-        lo, hi = int(y.min()), int(y.max())
+        lo, hi = (int(bound) for bound in backend.to_numpy(self.xp.stack([y.min(), y.max()])))
         if lo < 0 or hi >= self.config.num_classes:
             raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
         return y
@@ -347,11 +347,11 @@ class CapsNet:
         lengths, caches["lengths"] = length_forward(v, cfg.squash_eps)
         out.update(v=v, coupling=c, lengths=lengths)
 
+        losses = {}                       # on the device until the end: one wait for the host
         if y is not None:
             y = self._check_y(y, N)
-            margin, caches["margin"] = margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
-            out["margin_loss"] = float(margin)
-            out["loss"] = float(margin)
+            losses["margin_loss"], caches["margin"] = margin_loss_forward(
+                lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
             mask = one_hot(y, cfg.num_classes, self.dtype)
         else:
             mask = one_hot(lengths.argmax(axis=1), cfg.num_classes, self.dtype)
@@ -360,9 +360,12 @@ class CapsNet:
             caches.update(decoder_caches)
             out["reconstruction"] = r
             if y is not None:
-                recon, caches["recon"] = reconstruction_loss_forward(r, x.reshape(N, -1))
-                out["reconstruction_loss"] = float(recon)
-                out["loss"] = float(margin) + cfg.recon_weight * float(recon)
+                losses["reconstruction_loss"], caches["recon"] = reconstruction_loss_forward(
+                    r, x.reshape(N, -1))
+        if losses:
+            values = backend.to_numpy(self.xp.stack(list(losses.values())))
+            out.update({name: float(value) for name, value in zip(losses, values)})
+            out["loss"] = out["margin_loss"] + cfg.recon_weight * out.get("reconstruction_loss", 0.0)
         return out, caches
 
     def backward(self, caches, free=False):

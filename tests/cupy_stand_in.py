@@ -43,6 +43,8 @@ def _unwrap(value):
 # dtype -> how many device arrays of it were made (by operations, views and transfers):
 # tests clear it and look for float64 work in float32 models.
 made = collections.Counter()
+# what made the host wait for the device -> how often (get, asnumpy, float, int, bool, item)
+waits = collections.Counter()
 
 
 def _wrap(value):
@@ -98,6 +100,7 @@ class ndarray(NDArrayOperatorsMixin):
         return _wrap(func(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
 
     def get(self):
+        waits["get"] += 1
         return self._a.copy()
 
     # attributes, methods and views: NumPy's, on device arrays
@@ -107,6 +110,8 @@ class ndarray(NDArrayOperatorsMixin):
         if name.startswith("__") or name == "_a":
             raise AttributeError(name)
         value = getattr(self._a, name)
+        if name in ("item", "tolist"):
+            waits[name] += 1
         return _device_call(value) if callable(value) else _wrap(value)
 
     def __getitem__(self, key):
@@ -122,15 +127,18 @@ class ndarray(NDArrayOperatorsMixin):
         return (_wrap(row) for row in self._a)
 
     def __float__(self):
+        waits["float"] += 1
         return float(self._a)
 
     def __int__(self):
+        waits["int"] += 1
         return int(self._a)
 
     def __index__(self):
         return self._a.__index__()
 
     def __bool__(self):
+        waits["bool"] += 1
         return bool(self._a)
 
     def __repr__(self):

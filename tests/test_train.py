@@ -370,3 +370,17 @@ def test_resuming_a_run_without_an_average_starts_one_there(tmp_path):
     assert best.extra["best_accuracy"] == resumed.history[-1]["avg_test_accuracy"]
     with pytest.raises(ValueError, match="average"):
         run(tmp_path, name="bad", average=1.5)
+
+
+def test_a_gpu_epoch_makes_the_host_wait_three_times_a_batch(stand_in):
+    # Each wait for the device stalls the queue of GPU work. Per batch: the images'
+    # finiteness, the labels' range, the losses (one transfer for both); once per epoch:
+    # the count of correct predictions.
+    from minicaps.train import Split, train_epoch
+    rng = np.random.default_rng(0)
+    split = Split(rng.integers(0, 256, (60, 10, 10), np.uint8), rng.integers(0, 3, 60))
+    model = mc.CapsNet(tiny_config(), seed=0, dtype="float32", device="gpu")
+    stand_in.waits.clear()
+    train_epoch(model, mc.Adam(), split, np.random.default_rng(1), 0, batch_size=20, lr=1e-3,
+                lr_decay=0.96, decay_steps=2000, shift=1, progress=False)
+    assert sum(stand_in.waits.values()) <= 3 * 3 + 1, dict(stand_in.waits)
