@@ -4,14 +4,17 @@ but keep CuPy's rules, so the library's GPU code paths run and are checked every
 What it checks is the discipline those paths need, not CuPy's numerics:
 
 * a device array is not a numpy.ndarray (``isinstance(a, np.ndarray)`` is False);
-* mixing a device array with a NumPy array in an operation raises TypeError, as CuPy does;
+* mixing a device array with a NumPy array in an operation raises TypeError, as CuPy does
+  (assigning NumPy values into a device array, ``a[k] = host``, is let through as a
+  transfer: the stand-in is strict only where CuPy surely is);
 * turning a device array into a NumPy array implicitly (``np.asarray(a)``) raises TypeError,
   as CuPy does: the way back is ``asnumpy(a)`` or ``a.get()``;
 * reductions give 0-d device arrays, not Python or NumPy scalars, as CuPy's do;
 * ``asarray`` of a NumPy array copies (a host-to-device transfer).
 
 ``made`` counts the device arrays made, by dtype, so a test can see that a float32 model
-does no float64 work on the GPU.
+does no float64 work on the GPU; ``waits`` counts what makes the host wait for the device
+(``get``, ``asnumpy``, ``float``, ``int``, ``bool``, ``item``).
 
 The numbers come from NumPy underneath, so parity with the CPU is exact; tests against the
 real CuPy (tests marked ``gpu`` on a machine with one) check the numerics.
