@@ -4,9 +4,9 @@ but keep CuPy's rules, so the library's GPU code paths run and are checked every
 What it checks is the discipline those paths need, not CuPy's numerics:
 
 * a device array is not a numpy.ndarray (``isinstance(a, np.ndarray)`` is False);
-* mixing a device array with a NumPy array in an operation raises TypeError, as CuPy does
-  (assigning NumPy values into a device array, ``a[k] = host``, is let through as a
-  transfer: the stand-in is strict only where CuPy surely is);
+* mixing a device array with a NumPy array in an operation raises TypeError, as CuPy does;
+  so does assigning NumPy values into a device array (``a[k] = host``), which CuPy may
+  take as a transfer: here the stand-in is the stricter, and the library never does it;
 * turning a device array into a NumPy array implicitly (``np.asarray(a)``) raises TypeError,
   as CuPy does: the way back is ``asnumpy(a)`` or ``a.get()``;
 * reductions give 0-d device arrays, not Python or NumPy scalars, as CuPy's do;
@@ -106,7 +106,8 @@ class ndarray(NDArrayOperatorsMixin):
         waits["get"] += 1
         return self._a.copy()
 
-    # attributes, methods and views: NumPy's, on device arrays
+    # attributes (shape, dtype, strides, flags, T, ...), methods and views: NumPy's, with
+    # every array they give back a device array
     def __getattr__(self, name):
         # Not NumPy's protocols (__array_interface__, buffers): those would hand the host
         # data out. Nor _a before it is set (copy, pickle): no recursion.
@@ -146,34 +147,6 @@ class ndarray(NDArrayOperatorsMixin):
 
     def __repr__(self):
         return f"device {self._a!r}"
-
-    @property
-    def shape(self):
-        return self._a.shape
-
-    @property
-    def dtype(self):
-        return self._a.dtype
-
-    @property
-    def ndim(self):
-        return self._a.ndim
-
-    @property
-    def size(self):
-        return self._a.size
-
-    @property
-    def strides(self):
-        return self._a.strides
-
-    @property
-    def flags(self):
-        return self._a.flags
-
-    @property
-    def T(self):
-        return _wrap(self._a.T)
 
 
 # --- the module's functions ------------------------------------------------------------------

@@ -12,6 +12,8 @@ def test_device_arrays_refuse_to_mix_with_numpy_arrays():
                   lambda: cp.concatenate([a, host]), lambda: np.add(a, host, out=a)):
         with pytest.raises(TypeError, match="numpy.ndarray"):
             mixed()
+    with pytest.raises(TypeError, match="numpy.ndarray"):
+        a[0] = host[0]                   # stricter than CuPy may be: no host values stored
     with pytest.raises(TypeError, match="Implicit conversion"):
         np.asarray(a)
     assert not isinstance(a, np.ndarray)
