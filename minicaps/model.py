@@ -212,7 +212,7 @@ class CapsNet:
             backend.keep_freed_memory()
 
     # ------------------------------------------------------------ input checks
-    def _check_x(self, x):
+    def _check_x(self, x, check_values=True):
         H, W, C = self.config.input_shape
         if not hasattr(x, "shape") or not hasattr(x, "dtype"):
             raise ValueError(f"x must be an array of shape (N, {H}, {W}, {C}), got {type(x).__name__}")
@@ -224,11 +224,11 @@ class CapsNet:
             raise ValueError(f"x must hold floats in [0, 1], got dtype {x.dtype}; "
                              "convert images with x.astype('float32') / 255")
         x = backend.to_device(x, self.device).astype(self.dtype, copy=False)
-        if not bool(self.xp.isfinite(x).all()):
+        if check_values and not bool(self.xp.isfinite(x).all()):
             raise ValueError("x contains NaN or infinite values")
         return x
 
-    def _check_y(self, y, n):
+    def _check_y(self, y, n, check_values=True):
         if not hasattr(y, "shape"):
             y = np.asarray(y)
         if y.ndim != 1 or y.shape[0] != n:
@@ -236,6 +236,8 @@ class CapsNet:
         if y.dtype.kind not in "iu":
             raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
         y = backend.to_device(y, self.device)
+        if not check_values:
+            return y
         lo, hi = (int(bound) for bound in backend.to_numpy(self.xp.stack([y.min(), y.max()])))
         if lo < 0 or hi >= self.config.num_classes:
             raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
@@ -323,7 +325,8 @@ class CapsNet:
         r, caches["sigmoid"] = sigmoid_forward(r)
         return r, caches
 
-    def forward(self, x, y=None, coupling=None, decode=True, training=None):
+    def forward(self, x, y=None, coupling=None, decode=True, training=None, check_values=True,
+                host_losses=True):
         """Run the network. With labels y the decoder sees the label's capsule
         (training); without, the longest capsule (inference).
 
@@ -334,9 +337,16 @@ class CapsNet:
         decode=False skips the decoder (inference of the class only).
         ``training``: whether backward() will follow (default: when y is given);
         only the speed depends on it (the convolutions' route, see conv_method).
+
+        Two things make the host wait for a GPU: reading x's and y's values to check
+        them (x finite, labels in range) and bringing the losses back as floats.
+        check_values=False skips the first, for callers that checked the values already
+        (train_epoch: images made from uint8 pixels, labels checked once an epoch);
+        host_losses=False leaves the losses on the model's device, as 0-d arrays (NumPy
+        scalars on the CPU) of the model's dtype, "loss" summed there. The shapes and dtypes are checked either way.
         """
         cfg, p = self.config, self.params
-        x = self._check_x(x)
+        x = self._check_x(x, check_values)
         N = x.shape[0]
         out = {}
         u, caches = self.primary_capsules(x, training=y is not None if training is None
@@ -349,7 +359,7 @@ class CapsNet:
 
         losses = {}                       # on the device until the end: one wait for the host
         if y is not None:
-            y = self._check_y(y, N)
+            y = self._check_y(y, N, check_values)
             losses["margin_loss"], caches["margin"] = margin_loss_forward(
                 lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
             mask = one_hot(y, cfg.num_classes, self.dtype)
@@ -362,7 +372,10 @@ class CapsNet:
             if y is not None:
                 losses["reconstruction_loss"], caches["recon"] = reconstruction_loss_forward(
                     r, x.reshape(N, -1))
-        if losses:
+        if losses and not host_losses:
+            out.update(losses)
+            out["loss"] = losses["margin_loss"] + cfg.recon_weight * losses.get("reconstruction_loss", 0.0)
+        elif losses:
             values = backend.to_numpy(self.xp.stack(list(losses.values())))
             out.update({name: float(value) for name, value in zip(losses, values)})
             out["loss"] = out["margin_loss"] + cfg.recon_weight * out.get("reconstruction_loss", 0.0)
@@ -395,12 +408,15 @@ class CapsNet:
         _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, take("conv1"), need_dx=False)
         return {name: grads[name] for name in self.params}
 
-    def loss_and_grads(self, x, y, coupling=None):
+    def loss_and_grads(self, x, y, coupling=None, check_values=True, host_losses=True):
         """(loss, grads, out): total loss as a float, a gradient per parameter, and
-        forward's outputs. Masks the decoder input by the label."""
+        forward's outputs. Masks the decoder input by the label. check_values and
+        host_losses as in forward (with host_losses=False the loss is a 0-d array on
+        the model's device)."""
         if y is None:
             raise ValueError("loss_and_grads needs labels y")
-        out, caches = self.forward(x, y, coupling)
+        out, caches = self.forward(x, y, coupling, check_values=check_values,
+                                   host_losses=host_losses)
         return out["loss"], self.backward(caches, free=True), out
 
     def loss(self, x, y, coupling=None):
@@ -414,8 +430,8 @@ class CapsNet:
     def predict_lengths(self, x, batch_size=256):
         """Capsule lengths (N, num_classes) as NumPy, computed in batches, no decoder
         (with the weights fixed over all batches: see fixed_weights)."""
-        x = self._check_x(x)
+        x = self._check_x(x)           # the values once here, not again per batch
         with self.fixed_weights(x.shape[0]):
-            parts = [backend.to_numpy(self.forward(x[k:k + batch_size], decode=False)[0]["lengths"])
+            parts = [self.forward(x[k:k + batch_size], decode=False, check_values=False)[0]["lengths"]
                      for k in range(0, x.shape[0], batch_size)]
-        return np.concatenate(parts)
+        return backend.to_numpy(self.xp.concatenate(parts))     # one transfer, at the end

@@ -91,11 +91,6 @@ def _check_shape(split, config, name):
                          f"{tuple(config.input_shape)}")
 
 
-def _batch_to_device(images, labels, model):
-    x = backend.to_device(to_model_input(images, model.dtype), model.device)
-    return x, backend.to_device(labels, model.device)
-
-
 # --- evaluation ------------------------------------------------------------------------------
 
 def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate"):
@@ -109,21 +104,30 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     cfg, n = model.config, len(labels)
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
-    correct, margin, recon = 0, 0.0, 0.0
+    if len(images) != n:
+        raise ValueError(f"{len(images)} images but {n} labels: evaluate needs one label per image")
+    # Everything goes to the device once and every batch's results stay there until the
+    # end: one transfer of the losses and one of the count, not a wait per batch on a GPU.
+    images = backend.to_device(images, model.device)
+    labels = model._check_y(backend.to_device(labels, model.device), n)   # the range, once
+    correct, pending = 0, []
     bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=None if progress else True)
     with model.fixed_weights(n):          # the weights' spectrum once for all batches
         for start in range(0, n, batch_size):
-            x, y = _batch_to_device(images[start:start + batch_size],
-                                    labels[start:start + batch_size], model)
-            out, _ = model.forward(x)
+            x = to_model_input(images[start:start + batch_size], model.dtype)
+            y = labels[start:start + batch_size]
+            out, _ = model.forward(x, check_values=False)   # pixels from uint8: finite
             lengths, m = out["lengths"], len(y)
-            correct += int((lengths.argmax(axis=1) == y).sum())
-            # The losses are batch means: weight them by the batch size for the mean over all n.
-            margin += m * float(margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)[0])
-            if "reconstruction" in out:
-                recon += m * float(reconstruction_loss_forward(out["reconstruction"],
-                                                               x.reshape(m, -1))[0])
+            correct = correct + (lengths.argmax(axis=1) == y).sum()
+            margin = margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)[0]
+            recon = (reconstruction_loss_forward(out["reconstruction"], x.reshape(m, -1))[0]
+                     if "reconstruction" in out else None)
+            pending.append((m, margin, recon))
             bar.update(m)
+    # The losses are batch means: weighted by the batch size for the mean over all n.
+    totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0}
+    _add_losses(totals, pending, model)
+    margin, recon, correct = totals["margin_loss"], totals["reconstruction_loss"], int(correct)
     bar.close()
     result = {"accuracy": correct / n, "margin_loss": margin / n,
               "reconstruction_loss": recon / n if cfg.use_decoder else None, "n": n}
@@ -161,9 +165,14 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     device, n = model.device, len(train)
     order, dy, dx = (backend.to_device(a, device) if a is not None else None
                      for a in epoch_draws(n, batch_size, rng, shift, train.images.shape[1:3]))
-    images, labels = backend.to_device(train.images, device), backend.to_device(train.labels, device)
+    images = backend.to_device(train.images, device)
+    labels = model._check_y(backend.to_device(train.labels, device), n)   # the range, once
     totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0}
-    correct = 0                          # on the device: read once at the end (and for the bar)
+    # The batches' losses and correct counts stay on the device and are read when the bar
+    # shows them (every 10 steps) or at the end of the epoch: on a GPU the host queues
+    # batch after batch without waiting for one (images made from uint8 pixels and
+    # labels checked above need no check of their values per batch).
+    pending, correct, seen = [], 0, 0
     start = time.perf_counter()
     bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=None if progress else True)
     for k in range(0, n, batch_size):
@@ -172,28 +181,47 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         if shift:
             batch = shift_images(batch, dy[k:k + batch_size], dx[k:k + batch_size], shift)
         x, y = to_model_input(batch, model.dtype), labels[idx]
-        loss, grads, out = model.loss_and_grads(x, y)
+        _, grads, out = model.loss_and_grads(x, y, check_values=False, host_losses=False)
         optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
         optimizer.step(model.params, grads)
         if average is not None:
             average.update(model.params, optimizer.t)
         step += 1
-        m = len(idx)
-        totals["loss"] += m * loss
-        totals["margin_loss"] += m * out["margin_loss"]
-        totals["reconstruction_loss"] += m * out.get("reconstruction_loss", 0.0)
+        pending.append((len(idx), out["margin_loss"], out.get("reconstruction_loss")))
         correct = correct + (out["lengths"].argmax(axis=1) == y).sum()
-        bar.update(m)
-        if not bar.disable and (step % 10 == 0 or k + m >= n):
-            seen = k + m
+        bar.update(len(idx))
+        if not bar.disable and (step % 10 == 0 or k + len(idx) >= n):
+            seen += _add_losses(totals, pending, model)
             bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
                             acc=f"{int(correct) / seen:.4f}", refresh=False)
+    _add_losses(totals, pending, model)
+    correct = int(correct)
     bar.close()
     seconds = time.perf_counter() - start
     stats = {key: value / n for key, value in totals.items()}
-    stats.update(accuracy=int(correct) / n, seconds=seconds,
+    stats.update(accuracy=correct / n, seconds=seconds,
                  images_per_second=n / seconds if seconds > 0 else None)
     return step, stats
+
+
+def _add_losses(totals, pending, model):
+    """Bring the ``pending`` batches' losses (size, margin, reconstruction or None; on the
+    device) to the host in one transfer and add them, weighted by the batch size, to
+    ``totals`` as floats: the total loss as forward's host_losses computes it. Empties
+    ``pending``; returns the number of images added."""
+    added = sum(m for m, _, _ in pending)
+    if pending:
+        xp, zero = model.xp, model.xp.zeros((), dtype=model.dtype)
+        values = backend.to_numpy(xp.stack([xp.stack([margin, zero if recon is None else recon])
+                                            for _, margin, recon in pending]))
+        for (m, _, recon), (margin, reconstruction) in zip(pending, values):
+            margin = float(margin)
+            reconstruction = 0.0 if recon is None else float(reconstruction)
+            totals["loss"] += m * (margin + model.config.recon_weight * reconstruction)
+            totals["margin_loss"] += m * margin
+            totals["reconstruction_loss"] += m * reconstruction
+        pending.clear()
+    return added
 
 
 # --- the run ---------------------------------------------------------------------------------

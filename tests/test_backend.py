@@ -155,8 +155,10 @@ def test_an_epoch_on_the_gpu_follows_the_cpu_epoch():
 
 @pytest.mark.parametrize("n", [4, 64])          # 64: the DFT route
 def test_a_float32_model_does_its_gpu_work_in_float32(stand_in, n):
-    # Every array a float32 model makes on the GPU, in a training step, an Adam step and
-    # inference, is float32 (or integer/bool): no silent float64 or complex128 work.
+    # Every array a float32 model makes on the GPU, in a training step (as the user calls
+    # it and as train_epoch does), an Adam step, inference and evaluation, is float32 (or
+    # integer/bool): no silent float64 or complex128 work.
+    from minicaps.train import evaluate
     model = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
     opt = mc.Adam()
     rng = np.random.default_rng(0)
@@ -165,7 +167,9 @@ def test_a_float32_model_does_its_gpu_work_in_float32(stand_in, n):
     stand_in.made.clear()
     _, grads, _ = model.loss_and_grads(x, y)
     opt.step(model.params, grads)
+    _, grads, _ = model.loss_and_grads(x, y, check_values=False, host_losses=False)
     model.predict(x, batch_size=n)
+    evaluate(model, (x[..., 0] * 255).astype(np.uint8), y, batch_size=n)
     assert stand_in.made[np.dtype(np.float32)] > 100
     wide = {dtype: count for dtype, count in stand_in.made.items()
             if dtype in (np.float64, np.complex128)}

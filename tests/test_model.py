@@ -232,6 +232,25 @@ def test_fixed_weights_leave_training_passes_alone(rng, monkeypatch):
         assert relative_error(grads_a[k], grads_g[k]) <= 1e-10, k
 
 
+def test_losses_left_on_the_device_are_the_host_losses(rng):
+    model = randomize_params(mc.CapsNet(tiny_config(), seed=0, dtype="float64"), rng)
+    x, y = rng.random((5, 10, 10, 1)), rng.integers(0, 3, 5)
+    on_host, _ = model.forward(x, y)
+    on_device, _ = model.forward(x, y, host_losses=False, check_values=False)
+    for name in ("margin_loss", "reconstruction_loss", "loss"):
+        assert isinstance(on_host[name], float)
+        assert on_device[name].shape == () and on_device[name].dtype == np.float64
+        assert float(on_device[name]) == pytest.approx(on_host[name], rel=1e-14)
+
+
+def test_unchecked_values_still_get_their_shapes_checked(rng):
+    model = mc.CapsNet(tiny_config(), seed=0)
+    with pytest.raises(ValueError, match="shape"):
+        model.forward(rng.random((5, 9, 10, 1)), check_values=False)
+    with pytest.raises(ValueError, match="y must have shape"):
+        model.forward(rng.random((5, 10, 10, 1)), np.zeros(4, int), check_values=False)
+
+
 def test_model_never_changes_dtype_after_a_step():
     for dtype in ("float32", "float64"):
         model = tiny_model(dtype=dtype)

@@ -87,9 +87,9 @@ def recorded_batches(tmp_path, monkeypatch, **kw):
     seen = []
     real = mc.CapsNet.loss_and_grads
 
-    def recording(self, x, y, coupling=None):
+    def recording(self, x, y, coupling=None, **kw):
         seen.append((mc.to_numpy(x).copy(), mc.to_numpy(y).copy()))
-        return real(self, x, y, coupling)
+        return real(self, x, y, coupling, **kw)
 
     monkeypatch.setattr(mc.CapsNet, "loss_and_grads", recording)
     run(tmp_path, **kw)
@@ -372,15 +372,41 @@ def test_resuming_a_run_without_an_average_starts_one_there(tmp_path):
         run(tmp_path, name="bad", average=1.5)
 
 
-def test_a_gpu_epoch_makes_the_host_wait_three_times_a_batch(stand_in):
-    # Each wait for the device stalls the queue of GPU work. Per batch: the images'
-    # finiteness, the labels' range, the losses (one transfer for both); once per epoch:
-    # the count of correct predictions.
-    from minicaps.train import Split, train_epoch
+def gpu_waits(stand_in, work, n_images):
+    """How often ``work(model, images, labels)`` makes the host wait for a GPU model."""
     rng = np.random.default_rng(0)
-    split = Split(rng.integers(0, 256, (60, 10, 10), np.uint8), rng.integers(0, 3, 60))
+    images, labels = rng.integers(0, 256, (n_images, 10, 10), np.uint8), rng.integers(0, 3, n_images)
     model = mc.CapsNet(tiny_config(), seed=0, dtype="float32", device="gpu")
     stand_in.waits.clear()
-    train_epoch(model, mc.Adam(), split, np.random.default_rng(1), 0, batch_size=20, lr=1e-3,
-                lr_decay=0.96, decay_steps=2000, shift=1, progress=False)
-    assert sum(stand_in.waits.values()) <= 3 * 3 + 1, dict(stand_in.waits)
+    work(model, images, labels)
+    return sum(stand_in.waits.values())
+
+
+def test_a_gpu_epoch_makes_the_host_wait_at_its_start_and_end_only(stand_in):
+    # Each wait for the device stalls the queue of GPU work. None per batch: the labels'
+    # range is checked once, the losses and the correct count come back at the end.
+    from minicaps.train import Split, train_epoch
+
+    def epoch(model, images, labels):
+        train_epoch(model, mc.Adam(), Split(images, labels), np.random.default_rng(1), 0,
+                    batch_size=20, lr=1e-3, lr_decay=0.96, decay_steps=2000, shift=1,
+                    progress=False)
+
+    assert gpu_waits(stand_in, epoch, 40) == gpu_waits(stand_in, epoch, 200) <= 3
+
+
+def test_gpu_evaluation_and_prediction_wait_at_the_end_only(stand_in):
+    evaluation = lambda model, images, labels: evaluate(model, images, labels, batch_size=20)
+    assert gpu_waits(stand_in, evaluation, 40) == gpu_waits(stand_in, evaluation, 200) <= 3
+    prediction = lambda model, images, labels: model.predict_lengths(
+        to_model_input(images), batch_size=20)
+    assert gpu_waits(stand_in, prediction, 40) == gpu_waits(stand_in, prediction, 200) <= 2
+
+
+def test_evaluate_checks_the_labels():
+    model = mc.CapsNet(CONFIG, seed=3)
+    images, labels = bars(10, 5)
+    with pytest.raises(ValueError, match="labels must be in 0..2"):
+        evaluate(model, images, np.where(labels == 0, 3, labels))
+    with pytest.raises(ValueError, match="10 images but 9 labels"):
+        evaluate(model, images, labels[:9])
