@@ -14,6 +14,50 @@ from . import backend
 from .backend import get_xp
 
 
+class Blockwise:
+    """Elementwise updates of many arrays, on the CPU a block of BLOCK elements at a time.
+
+    The block of every array of a group, and the scratch (each 256 KB in float32), stays
+    in the core's cache through all the passes of the update, so each array crosses the
+    memory bus once instead of once per pass. The blocks are shared out over the cores
+    (backend.parallel_map), each core with its own scratch; every element is computed
+    the same way whichever core takes it, so the result equals the whole-array update
+    bit for bit. GPU arrays (and non-contiguous ones) are updated whole.
+    """
+    BLOCK = 2 ** 16
+
+    def __init__(self):
+        self._work = {}       # scratch per thread, reused from one call to the next
+
+    def __call__(self, update, groups):
+        """update(*arrays, w) for every group of same-shaped arrays in ``groups``, ``w``
+        scratch shaped like them."""
+        blocks = []
+        for arrays in groups:
+            if backend.is_gpu_array(arrays[0]) or not all(a.flags.c_contiguous for a in arrays):
+                update(*arrays, self._scratch(0, arrays[0]))      # whole arrays
+                continue
+            flat = [a.reshape(-1) for a in arrays]                 # views: contiguous
+            blocks += [[a[k:k + self.BLOCK] for a in flat]
+                       for k in range(0, flat[0].size, self.BLOCK)]
+        if blocks:
+            parts = min(len(blocks), backend.cpu_threads())
+
+            def update_part(i):
+                for block in blocks[i::parts]:
+                    update(*block, self._scratch(i, block[0]))
+
+            backend.parallel_map(update_part, range(parts))
+
+    def _scratch(self, i, p):
+        """Work array number ``i`` shaped like p."""
+        xp = get_xp(p)
+        w = self._work.get(i)
+        if w is None or w.size < p.size or w.dtype != p.dtype or get_xp(w) is not xp:
+            w = self._work[i] = xp.empty(p.size, dtype=p.dtype)
+        return w[:p.size].reshape(p.shape)
+
+
 class Adam:
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
         if not lr > 0:
@@ -23,20 +67,14 @@ class Adam:
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t = 0
         self.m, self.v = {}, {}
-        self._work = {}       # scratch of the updates per thread, never part of the state
+        self._blockwise = Blockwise()     # scratch of the updates, never part of the state
 
-    # Elements updated together on the CPU: the block of p, g, m, v and the scratch
-    # (5 x 256 KB) stays in the core's cache through the eleven passes of the update,
-    # so each array crosses the memory bus once instead of up to four times. The blocks
-    # are shared out over the cores (backend.parallel_map), each core with its own
-    # scratch; every element is computed the same way whichever core takes it.
-    BLOCK = 2 ** 16
+    BLOCK = Blockwise.BLOCK
 
     def step(self, params, grads):
-        """Update every array of ``params`` in place from ``grads`` (same keys).
-
-        Every operation writes into m, v, p or one scratch array: no temporaries
-        the size of the parameters.
+        """Update every array of ``params`` in place from ``grads`` (same keys), block
+        by block on the CPU (Blockwise). Every operation writes into m, v, p or the
+        scratch: no temporaries the size of the parameters.
         """
         missing = set(params) - set(grads)
         if missing:
@@ -44,26 +82,13 @@ class Adam:
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         lr_t = self.lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)
-        blocks = []
         for name, p in params.items():
-            xp = get_xp(p)
             if name not in self.m:
+                xp = get_xp(p)
                 self.m[name] = xp.zeros_like(p)
                 self.v[name] = xp.zeros_like(p)
-            arrays = (p, grads[name], self.m[name], self.v[name])
-            if backend.is_gpu_array(p) or not all(a.flags.c_contiguous for a in arrays[::2]):
-                self._update(*arrays, lr_t, self._scratch(0, p))   # whole arrays (GPU)
-                continue
-            flat = [a.reshape(-1) for a in arrays]   # views, p, m and v being contiguous
-            blocks += [[a[k:k + self.BLOCK] for a in flat] for k in range(0, p.size, self.BLOCK)]
-        if blocks:
-            parts = min(len(blocks), backend.cpu_threads())
-
-            def update_part(i):
-                for block in blocks[i::parts]:
-                    self._update(*block, lr_t, self._scratch(i, block[0]))
-
-            backend.parallel_map(update_part, range(parts))
+        self._blockwise(lambda p, g, m, v, w: self._update(p, g, m, v, lr_t, w),
+                        [(p, grads[name], self.m[name], self.v[name]) for name, p in params.items()])
 
     def _update(self, p, g, m, v, lr_t, w):
         """The Adam update of one block of (flat) p, with its gradient g and moments m, v;
@@ -81,14 +106,6 @@ class Adam:
         w = xp.divide(m, w, out=w)
         w *= lr_t
         p -= w
-
-    def _scratch(self, i, p):
-        """Work array number ``i`` shaped like p, reused from one block to the next."""
-        xp = get_xp(p)
-        w = self._work.get(i)
-        if w is None or w.size < p.size or w.dtype != p.dtype or get_xp(w) is not xp:
-            w = self._work[i] = xp.empty(p.size, dtype=p.dtype)
-        return w[:p.size].reshape(p.shape)
 
     def state_dict(self):
         """Hyper-parameters, step count and moments (arrays keyed "m/<name>", "v/<name>")."""
@@ -121,20 +138,19 @@ class ParameterAverage:
             raise ValueError(f"the average's decay must lie in (0, 1), got {decay}")
         self.decay = decay
         self.params = {k: p.copy() for k, p in params.items()}
-        self._work = None     # one scratch array, as big as the biggest parameter
+        self._blockwise = Blockwise()
 
     def rate(self, t):
         """d_t: the weight of the old average after update number t (counting from 1)."""
         return min(self.decay, (1 + t) / (10 + t))
 
     def update(self, params, t):
-        """Move every average towards the current ``params`` with weight 1 - d_t."""
+        """Move every average towards the current ``params`` with weight 1 - d_t (block by
+        block on the CPU: Blockwise)."""
         d = self.rate(t)
-        for name, avg in self.params.items():
-            xp = get_xp(avg)
-            w = self._work
-            if w is None or w.size < avg.size or w.dtype != avg.dtype or get_xp(w) is not xp:
-                w = self._work = xp.empty(max(a.size for a in self.params.values()), avg.dtype)
-            w = w[:avg.size].reshape(avg.shape)
+
+        def move(avg, p, w):
             avg *= d
-            avg += xp.multiply(params[name], 1 - d, out=w)
+            avg += get_xp(p).multiply(p, 1 - d, out=w)
+
+        self._blockwise(move, [(avg, params[name]) for name, avg in self.params.items()])

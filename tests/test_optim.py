@@ -101,12 +101,15 @@ def test_adam_on_arrays_of_many_blocks_matches_the_rule_on_every_core_count(monk
         np.testing.assert_allclose(params[name], expected, rtol=1e-12, atol=1e-15)
 
 
-def test_parameter_average_is_the_weighted_sum_of_the_iterates():
+@pytest.mark.parametrize("shape, threads", [((3, 4), "1"), ((2 * mc.Adam.BLOCK + 123,), "3")])
+def test_parameter_average_is_the_weighted_sum_of_the_iterates(monkeypatch, shape, threads):
     """avg_T = prod_t d_t p_0 + sum_t (1 - d_t) prod_{s > t} d_s p_t, with the warm-up
-    rates d_t = min(decay, (1 + t) / (10 + t)): the recursion unrolled."""
+    rates d_t = min(decay, (1 + t) / (10 + t)): the recursion unrolled (also over arrays
+    of many blocks, shared out over the threads)."""
     from minicaps.optim import ParameterAverage
+    monkeypatch.setenv("MINICAPS_THREADS", threads)
     rng = np.random.default_rng(0)
-    iterates = [rng.standard_normal((3, 4)) for _ in range(40)]
+    iterates = [rng.standard_normal(shape) for _ in range(40)]
     average = ParameterAverage({"w": iterates[0]}, decay=0.9)
     for t, p in enumerate(iterates[1:], start=1):
         average.update({"w": p}, t)
@@ -114,7 +117,7 @@ def test_parameter_average_is_the_weighted_sum_of_the_iterates():
     expected = np.prod(d) * iterates[0]
     for t in range(1, 40):
         expected = expected + (1 - d[t - 1]) * np.prod(d[t:]) * iterates[t]
-    np.testing.assert_allclose(average.params["w"], expected, rtol=1e-12)
+    np.testing.assert_allclose(average.params["w"], expected, rtol=1e-12, atol=1e-14)
     assert average.params["w"] is not iterates[0]          # a copy: the start is untouched
     with pytest.raises(ValueError, match="decay"):
         ParameterAverage({"w": iterates[0]}, decay=1.0)
