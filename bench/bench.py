@@ -554,6 +554,9 @@ def parse_args(argv=None):
                          "library does by default) or 'gemm' (im2col + GEMM only)")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--no-gpu", action="store_true", help="skip CuPy even when a GPU is present")
+    ap.add_argument("--no-cpu", action="store_true",
+                    help="time the GPU only (CuPy, and torch on CUDA): on a GPU machine the CPU "
+                         "rows take minutes and compare with nothing there")
     ap.add_argument("--json", metavar="PATH", help="where to write the results "
                                                      "(default bench/results/bench-<device>.json)")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -569,12 +572,20 @@ def parse_args(argv=None):
             ap.error(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.warmup < 0:
         ap.error(f"--warmup must be 0 or more, got {args.warmup}")
+    if args.no_cpu and args.no_gpu:
+        ap.error("--no-cpu and --no-gpu together leave nothing to time")
+    if args.no_cpu and args.scaling:
+        ap.error("--scaling times the CPU only: leave out --no-cpu")
     return args
 
 
 def run(args):
     cfg = CapsNetConfig(**QUICK_CONFIG) if args.quick else CapsNetConfig()
-    devices = ["cpu"] + (["gpu"] if not args.no_gpu and backend.gpu_available() else [])
+    devices = (([] if args.no_cpu else ["cpu"])
+               + (["gpu"] if not args.no_gpu and backend.gpu_available() else []))
+    if not devices:
+        raise SystemExit("bench: --no-cpu asks for the GPU only, but CuPy sees no GPU here "
+                         "(pip install -e '.[gpu]' on a machine with one, or leave out --no-cpu)")
     with_torch = not args.no_torch and torch_available()
     n = 512 if args.quick else 4096
     peaks = {d: gemm_peak(d, n) for d in devices}

@@ -72,6 +72,16 @@ def test_minicaps_bench_command_runs_the_benchmark(tmp_path, capsys):
     assert report["config"] and "minicaps" in capsys.readouterr().out
 
 
+def test_gpu_only_runs_are_refused_where_they_can_time_nothing(monkeypatch, capsys):
+    for argv in (["--no-cpu", "--no-gpu"], ["--no-cpu", "--scaling"]):
+        with pytest.raises(SystemExit):
+            bench.parse_args(argv)
+        assert "--no-cpu" in capsys.readouterr().err
+    monkeypatch.setattr(bench.backend, "gpu_available", lambda: False)
+    with pytest.raises(SystemExit, match="sees no GPU"):
+        bench.run(bench.parse_args(["--quick", "--no-cpu"]))
+
+
 def test_torch_peer_runs_on_cuda_only_where_torch_sees_a_gpu():
     if not bench.torch_available():
         assert bench.torch_available("gpu") is False
