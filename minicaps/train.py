@@ -271,6 +271,7 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
         raise ValueError("need epochs >= 0, batch_size >= 1, lr > 0, shift >= 0, val_size >= 0")
     if average is not None and not 0 < average < 1:
         raise ValueError(f"average is a decay in (0, 1), such as 0.999, or None; got {average}")
+    device = backend.resolve_device(device)     # a missing GPU is said before the data loads
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
                                                 limit_test, val_size, seed)
     settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,

@@ -410,3 +410,16 @@ def test_evaluate_checks_the_labels():
         evaluate(model, images, np.where(labels == 0, 3, labels))
     with pytest.raises(ValueError, match="10 images but 9 labels"):
         evaluate(model, images, labels[:9])
+
+
+def test_a_missing_gpu_is_reported_before_the_data_loads(tmp_path, monkeypatch):
+    monkeypatch.setattr(mc.backend, "_load_cupy", lambda: None)
+    monkeypatch.setattr(mc.backend, "_cupy_error", "CuPy is not installed")
+
+    def load_mnist(*args, **kwargs):
+        raise AssertionError("the data was loaded before the device was checked")
+
+    monkeypatch.setattr("minicaps.train.load_mnist", load_mnist)
+    with pytest.raises(RuntimeError, match="CuPy is not installed"):
+        train(CONFIG, epochs=1, out_dir=tmp_path / "run", device="gpu", **QUIET)
+    assert not (tmp_path / "run").exists()
