@@ -282,8 +282,13 @@ class CapsNet:
             return None
         copy, spectrum = self._fixed[name]
         W = self.params[f"{name}.W"]
+        # Compared bit for bit (the spectrum was made from these bits; NaN equals NaN): one
+        # pass over 21 MB, 1.3-1.6 ms, where array_equal(equal_nan=True) took 16 ms a batch.
         same = (backend.is_gpu_array(W) == backend.is_gpu_array(copy) and W.shape == copy.shape
-                and W.dtype == copy.dtype and bool(self.xp.array_equal(W, copy, equal_nan=True)))
+                and W.dtype == copy.dtype)
+        if same:
+            bits = np.dtype(f"u{W.dtype.itemsize}")
+            same = bool(self.xp.array_equal(W.view(bits), copy.view(bits)))
         if not same:
             raise RuntimeError(f"{name}.W changed inside CapsNet.fixed_weights(): the weights' "
                                "spectrum made at the start of the block no longer matches them; "
