@@ -150,6 +150,11 @@ def test_the_separable_transforms_are_numpys_fft(seed, h, w, kh, kw, stride):
     lhs = (X * y).sum()
     rhs = (x * conv_fft.image_spectrum_adjoint(y, plan, x.shape)).sum()
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
+    # <weight_spectrum(W), Y> == <W, weight_spectrum_adjoint(Y)>
+    Y = rng.standard_normal((2,) + Wr.shape)
+    lhs = (Wr * Y[0]).sum() + (Wi * Y[1]).sum()
+    rhs = (W * conv_fft.weight_spectrum_adjoint(Y, plan, W.shape)).sum()
+    assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
 
 
 def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
