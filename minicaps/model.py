@@ -153,7 +153,7 @@ class CapsNet:
     loss, grads, out = model.loss_and_grads(x, y)   # x (N, H, W, C) in [0, 1], y (N,)
 
     ``conv_method``: "auto" lets each convolution pick im2col + GEMM or the DFT route
-    (ops.conv2d_forward; the primary capsules take the DFT from a few dozen images
+    (ops.conv2d_forward; the primary capsules take the DFT from about 15 images
     per batch on), "gemm" keeps im2col + GEMM everywhere. It changes the speed and
     the rounding, never the function, so it is not part of the config or of
     checkpoints.
@@ -249,7 +249,7 @@ class CapsNet:
         """A block of forward passes over about ``n_images`` images in all, with the
         parameters held fixed (prediction, evaluation). A convolution for which the
         DFT route then pays (conv_fft.fft_pays with training=False: the primary
-        capsules from about 50 images on) makes its weights' spectrum once here, and
+        capsules from about 22 images on) makes its weights' spectrum once here, and
         the inference passes in the block use it instead of the im2col GEMM in every
         batch; training passes make their own as before. Only the speed and the
         rounding change. The parameters must not change inside the block: each pass

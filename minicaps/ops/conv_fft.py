@@ -24,10 +24,9 @@ stride 2, 256 -> 256 channels) that is 19 * 10 = 190 bins, each a complex
 against 36 * 20736 * 256 * 2 = 382 MFLOP for the im2col GEMM; transforming
 each image adds 11 MFLOP (and as much again for dx). The price is
 the weights' spectrum (2 * 190 * 256 * 256 floats, 100 MB in float32), made
-in the forward pass and kept in the cache for dx (making it again cost 50-65 ms
-on 2 cores, as much as the whole per-bin product at 32 images), and its
-adjoint for dW, so the DFT route pays from a few dozen images per batch on
-(see ``fft_pays``).
+in the forward pass and kept in the cache for dx (20 ms on 2 cores, about as
+long as the per-bin products of 16 images), and its adjoint for dW (21 ms), so
+the DFT route pays from about 15 images per batch on (see ``fft_pays``).
 
 How it is computed. Every transform is a product with a small real DFT matrix
 (no FFT library: NumPy and CuPy run the same code, and float32 stays float32),
@@ -276,14 +275,16 @@ def fft_pays(x_shape, w_shape, stride, training=True):
     spectrum (the spectrum is then made once, not once per batch). Counts
     multiplications: the direct GEMMs against the per-bin products, the images'
     transforms (forward and dx) and the weights' spectrum (with its adjoint in
-    training), the transforms weighted 3x (thin GEMMs, and fresh 100 MB arrays for the
-    weights, run slowly; weight measured on the CPU). Needs C_in >= 16: with few input
-    channels the images' transforms dominate. For the primary capsules the DFT wins
-    from about 32 images on (measured, the convolution's forward and backward pass:
-    1.43x the GEMM route's time at 16 images, 1.16-1.31x at 24, 0.89-1.09x at 32,
-    1.02x at 40, 0.63x at 128; the forward pass alone with the spectrum made
-    beforehand: 0.48-0.80x at 32-256 images per batch, the spectrum itself as long as
-    the GEMM route's forward pass over 16-32 images)."""
+    training), the images' transforms weighted 3x and the weights' 5x (thin GEMMs; the
+    weights' 100 MB spectrum is also read by every per-bin product and written by dW's,
+    memory traffic that the count leaves out; weights fitted on the CPU). Needs C_in >= 16:
+    with few input channels the images' transforms dominate. For the primary capsules the
+    DFT wins from about 14 images per batch in training and about 22 images in all for
+    inference (measured on 2 cores with the separable weights' transform: the
+    convolution's forward and backward pass took 2.3-2.4x the GEMM route's time at 4
+    images, 1.43x at 8, 1.09-1.13x at 12, 0.91-0.93x at 16, 0.69-0.71x at 24, 0.61x at
+    32; the forward pass with its spectrum made for it 1.33-1.37x at 12, 1.14-1.15x at
+    16, 0.88x at 24, 0.71-0.74x at 32, 0.63-0.64x at 48)."""
     N, _, W, C = x_shape
     kh, kw, _, O = w_shape
     U, V, Ho, Wo = fft_grid(x_shape, w_shape, stride)
@@ -295,5 +296,5 @@ def fft_pays(x_shape, w_shape, stride, training=True):
     direct = products * Ho * Wo * kh * kw * C * O * 2 * N
     transform = U * (2 * Vf) * W * C * 2 + (2 * U) ** 2 * Vf * C * 2   # image_spectrum
     per_image = products * bins * C * O * 8 + 3 * transforms * transform
-    weights = spectra * (2 * bins) * kh * kw * C * O * 2
-    return C >= 16 and direct > per_image * N + 3 * weights
+    weights = spectra * ((2 * Vf) * kw * kh + (2 * U) * (2 * kh) * Vf) * C * O * 2
+    return C >= 16 and direct > per_image * N + 5 * weights
