@@ -232,7 +232,7 @@ def conv2d_fft_backward(dout, cache, need_dx=True):
     """(dx, dW, db) of conv2d_fft_forward: the transposed steps in reverse order."""
     X, W, x_shape, stride, kept = cache
     xp = get_xp(dout)
-    w_shape = kh, kw, C, O = W.shape
+    w_shape = _, _, C, O = W.shape
     N, Ho, Wo, _ = dout.shape
     bins = X.shape[0]
     plan = dft_plan(x_shape, w_shape, stride, dout)
