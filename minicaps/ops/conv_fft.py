@@ -281,11 +281,10 @@ def fft_pays(x_shape, w_shape, stride, training=True):
     with few input channels the images' transforms dominate. For the primary capsules the
     DFT wins from about 15 images per batch in training and about 22 images in all for
     inference (the count's crossovers: 15 and 23; measured on 2 cores with the separable
-    weights' transform: the
-    convolution's forward and backward pass took 2.3-2.4x the GEMM route's time at 4
-    images, 1.43x at 8, 1.09-1.13x at 12, 0.91-0.93x at 16, 0.69-0.71x at 24, 0.61x at
-    32; the forward pass with its spectrum made for it 1.33-1.37x at 12, 1.14-1.15x at
-    16, 0.88x at 24, 0.71-0.74x at 32, 0.63-0.64x at 48)."""
+    weights' transform: the convolution's forward and backward pass took 2.3-2.4x the
+    GEMM route's time at 4 images, 1.43x at 8, 1.09-1.13x at 12, 0.91-0.93x at 16,
+    0.69-0.71x at 24, 0.61x at 32; the forward pass with its spectrum made for it
+    1.33-1.37x at 12, 1.14-1.15x at 16, 0.88x at 24, 0.71-0.74x at 32, 0.63-0.64x at 48)."""
     N, _, W, C = x_shape
     kh, kw, _, O = w_shape
     U, V, Ho, Wo = fft_grid(x_shape, w_shape, stride)
