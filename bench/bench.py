@@ -50,9 +50,11 @@ ROOT = os.path.dirname(HERE)
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
-import numpy as np  # noqa: E402
-
+# minicaps before NumPy, as the minicaps command does: backend sets OpenBLAS's idle-thread
+# timeout, which OpenBLAS reads when NumPy loads it (backend.blas_thread_timeout).
 from minicaps import backend  # noqa: E402
+import numpy as np  # noqa: E402, I100
+
 from minicaps.model import CapsNet, CapsNetConfig, init_params  # noqa: E402
 
 QUICK_CONFIG = dict(input_shape=(12, 12, 1), conv1_channels=16, conv1_kernel=3, primary_maps=4,
@@ -615,6 +617,7 @@ def run(args):
                                 "setup) minus the resident set after setup, in a fresh child process "
                                 "per library and batch (ru_maxrss without /proc; GPU: CuPy pool bytes)",
                   conv_method=args.conv, keep_freed_memory=backend.keep_freed_memory(),
+                  openblas_thread_timeout=backend.blas_thread_timeout(),
                   results=results, ratios=ratios, scaling=None)
     if args.scaling:
         result["scaling"] = scaling(cfg, args)

@@ -174,3 +174,27 @@ def test_a_float32_model_does_its_gpu_work_in_float32(stand_in, n):
     wide = {dtype: count for dtype, count in stand_in.made.items()
             if dtype in (np.float64, np.complex128)}
     assert wide == {}, wide
+
+
+BLAS_TIMEOUT = """
+import os, sys
+if sys.argv[1] == "numpy-first":
+    import numpy
+import minicaps
+print(os.environ.get("OPENBLAS_THREAD_TIMEOUT"), minicaps.backend.blas_thread_timeout())
+"""
+
+
+@pytest.mark.parametrize("order, preset, expected", [
+    ("minicaps-first", None, "10 10"),        # set before NumPy loads OpenBLAS
+    ("minicaps-first", "20", "20 20"),        # the user's own setting wins
+    ("numpy-first", None, "None None"),       # too late: OpenBLAS read its default already
+])
+def test_openblas_idle_threads_sleep_soon_when_minicaps_is_imported_first(order, preset, expected):
+    # A fresh interpreter each: OpenBLAS reads the variable once, when NumPy loads it.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_THREAD_TIMEOUT"}
+    if preset is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    out = subprocess.run([sys.executable, "-c", BLAS_TIMEOUT, order], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert " ".join(out) == expected
