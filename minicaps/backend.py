@@ -196,7 +196,8 @@ def blas_thread_timeout():
     it to BLAS_THREAD_TIMEOUT unless it was set already), or None where NumPy was
     imported before minicaps, so OpenBLAS kept its default (28, unless the variable
     was set outside). Measured with it: a training step 0.89x the time at batch 32 and
-    0.91x at 128 (medians of 3 rounds, the settings taking turns in fresh processes); set OPENBLAS_THREAD_TIMEOUT=28 before the import to keep the default."""
+    0.91x at 128 (medians of 3 rounds, the settings taking turns in fresh processes).
+    Set OPENBLAS_THREAD_TIMEOUT=28 before the import to keep OpenBLAS's default."""
     return None if _blas_timeout_at_load is None else int(_blas_timeout_at_load)
 
 
