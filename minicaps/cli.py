@@ -233,7 +233,7 @@ def build_parser():
                     "2 pixels. Each epoch prints the test accuracy, appends a line to "
                     "OUT/metrics.jsonl and saves OUT/last.npz and OUT/best.npz. The paper "
                     "trains about 50 epochs (--epochs 50); on a 2-core CPU one epoch of 60000 images "
-                    "takes 10 to 13 minutes (measured: 605-796 s, 75-99 img/s), so start with e.g. "
+                    "takes 5 to 13 minutes (measured: 290-796 s, 75-207 img/s), so start with e.g. "
                     "--epochs 1 --limit-train 10000.")
     p.add_argument("--epochs", type=nonnegative_int, default=1,
                    help="train until this many epochs are done in all (with --resume: "
