@@ -8,10 +8,10 @@ does the same with checkpoints, resuming and a metrics log; this script shows th
 import argparse
 import time
 
-import numpy as np
-
-import minicaps as mc
+import minicaps as mc      # before NumPy: it tells OpenBLAS to rest idle threads soon (README)
 from minicaps.data import iterate_minibatches, load_mnist, random_shift, to_model_input
+
+import numpy as np
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--epochs", type=int, default=1)
