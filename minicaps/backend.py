@@ -198,7 +198,10 @@ def blas_thread_timeout():
     was set outside). Measured with it: a training step 0.89x the time at batch 32 and
     0.91x at 128 (medians of 3 rounds, the settings taking turns in fresh processes).
     Set OPENBLAS_THREAD_TIMEOUT=28 before the import to keep OpenBLAS's default."""
-    return None if _blas_timeout_at_load is None else int(_blas_timeout_at_load)
+    try:
+        return int(_blas_timeout_at_load)
+    except (TypeError, ValueError):       # not seen, or not a number (OpenBLAS ignores it)
+        return None
 
 
 _pool = None          # the worker threads of parallel_map, started on first use

@@ -189,6 +189,7 @@ print(os.environ.get("OPENBLAS_THREAD_TIMEOUT"), minicaps.backend.blas_thread_ti
     ("minicaps-first", None, "10 10"),        # set before NumPy loads OpenBLAS
     ("minicaps-first", "20", "20 20"),        # the user's own setting wins
     ("numpy-first", None, "None None"),       # too late: OpenBLAS read its default already
+    ("minicaps-first", "soon", "soon None"),  # not a number: kept, reported as unknown
 ])
 def test_openblas_idle_threads_sleep_soon_when_minicaps_is_imported_first(order, preset, expected):
     # A fresh interpreter each: OpenBLAS reads the variable once, when NumPy loads it.
