@@ -53,7 +53,7 @@ if ROOT not in sys.path:
 # minicaps before NumPy, as the minicaps command does: backend sets OpenBLAS's idle-thread
 # timeout, which OpenBLAS reads when NumPy loads it (backend.blas_thread_timeout).
 from minicaps import backend  # noqa: E402
-import numpy as np  # noqa: E402, I100
+import numpy as np  # noqa: E402
 
 from minicaps.model import CapsNet, CapsNetConfig, init_params  # noqa: E402
 
