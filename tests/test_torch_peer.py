@@ -9,6 +9,8 @@ against a plain NumPy loop written from the spec.  The last tests compare
 ``CapsNet`` yet.
 """
 import inspect
+import json
+import os
 
 import numpy as np
 import pytest
@@ -347,3 +349,57 @@ def test_minicaps_loss_and_grads_match_peer_float64(routing_grad, iters, primary
                          ("margin_loss", margin), ("reconstruction_loss", recon)):
             if key in out:
                 assert _relerr(_to_numpy(out[key]), ref.detach().numpy()) < 1e-8, key
+
+
+# ---- the recipe trained by the peer (bench/torch_epoch.py) --------------------------------------
+def test_peer_trains_the_same_epochs_as_minicaps_float64(one_thread):
+    """Two epochs of 8 shifted images in batches of 3 (the last batch short): the peer, given
+    minicaps' initial weights, draws and Adam in TensorFlow's form, ends with the parameters
+    minicaps' own training loop ends with; only the passes differ (autograd against
+    hand-written)."""
+    mc = _minicaps()
+    from minicaps.train import Split, train_epoch
+    te = load_bench_module("torch_epoch.py", "torch_epoch")
+    config = mc.CapsNetConfig(**dict(TINY, recon_weight=0.0005))
+    rng = np.random.default_rng(5)
+    train = Split(rng.integers(0, 256, (8, 12, 12), dtype=np.uint8), rng.integers(0, 3, 8))
+    recipe = dict(batch_size=3, lr=1e-2, lr_decay=0.5, decay_steps=2, shift=2)   # the decay shows
+
+    model = mc.CapsNet(config, seed=4, dtype="float64")
+    opt, draws, step = mc.Adam(lr=recipe["lr"]), np.random.default_rng(4), 0
+    for _ in range(2):
+        step, _ = train_epoch(model, opt, train, draws, step, progress=False, **recipe)
+    peer = te.peer_model(config, 4, "minicaps", torch.float64)
+    assert te.train_epochs(peer, train, epochs=2, seed=4, **recipe) == step == 6
+
+    theirs = tc.params_as_minicaps(peer)
+    start = mc.model.init_params(config, 4, "float64")
+    for k in tc.PARAM_NAMES:
+        moved = np.abs(model.params[k] - start[k]).max()
+        assert moved > 1e-4, k                                     # every parameter trained
+        assert np.abs(model.params[k] - theirs[k]).max() < 1e-6 * moved, k
+
+
+def test_tf_adam_eps_makes_torch_adam_equal_tensorflows():
+    te = load_bench_module("torch_epoch.py", "torch_epoch")
+    g = [np.array([3e-9, -2.0, 5e-7]), np.array([1e-8, 1.0, -4e-7]), np.array([-2e-9, 0.5, 1e-7])]
+    p = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.Adam([p], lr=0.1, eps=1e-8)
+    tf_adam, ours = _minicaps().Adam(lr=0.1, eps=1e-8), {"p": np.zeros(3)}
+    for t, gt in enumerate(g, start=1):     # gradients near eps: there the two forms differ
+        opt.param_groups[0]["eps"] = te.tf_adam_eps(1e-8, 0.999, t)
+        p.grad = torch.from_numpy(gt.copy())
+        opt.step()
+        tf_adam.step(ours, {"p": gt})
+        np.testing.assert_allclose(p.detach().numpy(), ours["p"], rtol=1e-10, atol=0)
+
+
+@pytest.mark.skipif(not os.environ.get("MINICAPS_DATA"), reason="set MINICAPS_DATA to the MNIST files")
+def test_torch_epoch_command_on_real_mnist(tmp_path, one_thread):
+    te = load_bench_module("torch_epoch.py", "torch_epoch")
+    out = tmp_path / "peer.json"
+    rows = te.main(["--limit-train", "120", "--limit-test", "50", "--batch-size", "40",
+                    "--threads", "1", "--json", str(out)])
+    saved = json.loads(out.read_text())
+    assert saved["n_train"] == 120 and saved["n_test"] == 50 and saved["epochs"] == rows
+    assert len(rows) == 1 and rows[0]["test_accuracy"] * 50 == round(rows[0]["test_accuracy"] * 50)
