@@ -187,6 +187,15 @@ def _read(path):
     """(meta dict, params, optimizer moments, averages) as NumPy arrays; ValueError if
     unreadable."""
     try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        raise ValueError(f"{path}: not a readable minicaps checkpoint ({type(e).__name__}: {e})") from e
+    if head != b"PK\x03\x04":     # NumPy would read anything else as a pickle it refuses
+        what = "an empty file" if not head else f"a file that starts with {head!r}"
+        raise ValueError(f"{path}: not a minicaps checkpoint: checkpoints are .npz (ZIP) "
+                         f"archives, this is {what}; give the last.npz or best.npz of a run")
+    try:
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not an .npz archive")

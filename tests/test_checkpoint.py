@@ -190,6 +190,17 @@ def test_damaged_checkpoint_raises_value_error_naming_the_file(tmp_path, damage)
         load_checkpoint(path)
 
 
+@pytest.mark.parametrize("content,said", [(b"hello\n", "starts with b'hell'"),
+                                          (b"", "an empty file"),
+                                          (b"\x93NUMPY\x01\x00", "starts with b'\\x93NUM'")])
+def test_a_file_that_is_no_zip_archive_is_named_as_such(tmp_path, content, said):
+    path = tmp_path / "notes.npz"
+    path.write_bytes(content)
+    with pytest.raises(ValueError, match="notes.npz") as e:
+        load_checkpoint(path)
+    assert "ZIP" in str(e.value) and said in str(e.value) and "pickle" not in str(e.value)
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.npz"):
         load_checkpoint(tmp_path / "nothing.npz")
