@@ -30,7 +30,8 @@ What is measured (medians of --repeats runs after --warmup runs):
   training). On the GPU, the bytes held by CuPy's memory pool instead, and for torch
   ``torch.cuda.max_memory_allocated`` over the steps minus what was allocated before them.
 * on a GPU, torch runs on CUDA too (eager mode, TF32 switched off in cuDNN and in products,
-  as minicaps computes strict float32), and the GPU ratios compare the two there.
+  as minicaps computes strict float32; with --tf32 both let their float32 products use TF32),
+  and the GPU ratios compare the two there.
 * ratios minicaps / torch come from numbers taken in the same run, batch by batch.
 
 The machine may be shared: compare numbers from one run, not across runs.
@@ -295,6 +296,8 @@ def _run_minicaps(spec):
     x, y = _data(cfg, spec["batch"])
     sync = lambda: backend.synchronize()
     gpu = device == "gpu"
+    if gpu and spec.get("tf32"):
+        backend.set_tf32(True)
     out = {}
     for phase in spec["phases"]:
         base = backend.gpu_pool_bytes() / 2 ** 20 if gpu else memory_mark()
@@ -327,9 +330,9 @@ def _run_torch(spec):
     import torch_capsnet as tc
     torch.set_num_threads(spec["threads"])
     gpu = spec["device"] == "gpu"
-    if gpu:            # strict float32 like minicaps: no TF32 in convolutions or products
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
+    if gpu:            # strict float32 like minicaps, or TF32 for both with --tf32
+        torch.backends.cudnn.allow_tf32 = bool(spec.get("tf32"))
+        torch.backends.cuda.matmul.allow_tf32 = bool(spec.get("tf32"))
     dev = torch.device("cuda" if gpu else "cpu")
     cfg = CapsNetConfig(**spec["config"])
     # malloc keeps freed memory for PyTorch as for minicaps (a CPU CapsNet asks for it), so
@@ -407,7 +410,8 @@ def measure(library, device, batch, cfg, args):
     """Train, inference (and per-layer, minicaps only) numbers for one library and batch."""
     common = dict(library=library, device=device, batch=batch, config=_config_dict(cfg),
                   repeats=args.repeats, warmup=args.warmup, threads=args.threads,
-                  conv=args.conv, infer_batches=args.infer_batches)
+                  conv=args.conv, infer_batches=args.infer_batches,
+                  tf32=bool(args.tf32 and device == "gpu"))
     if args.quick:                    # one child: inference, then training
         phases = ["infer", "train"] + (["layers"] if library == "minicaps" else [])
         r = run_child(dict(common, phases=phases))
@@ -559,6 +563,9 @@ def parse_args(argv=None):
     ap.add_argument("--no-cpu", action="store_true",
                     help="time the GPU only (CuPy, and torch on CUDA): on a GPU machine the CPU "
                          "rows take minutes and compare with nothing there")
+    ap.add_argument("--tf32", action="store_true",
+                    help="GPU rows with TF32 matrix products in both libraries (CuPy's compute "
+                         "type, torch's allow_tf32); without it both compute strict float32")
     ap.add_argument("--json", metavar="PATH", help="where to write the results "
                                                      "(default bench/results/bench-<device>.json)")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
@@ -588,6 +595,11 @@ def run(args):
     if not devices:
         raise SystemExit("bench: --no-cpu asks for the GPU only, but CuPy sees no GPU here "
                          "(pip install -e '.[gpu]' on a machine with one, or leave out --no-cpu)")
+    if args.tf32:
+        if "gpu" not in devices:
+            raise SystemExit("bench: --tf32 is a math mode of the GPU, but CuPy sees no GPU here "
+                             "(or --no-gpu was given)")
+        backend.set_tf32(True)      # for the GPU's GEMM peak too
     with_torch = not args.no_torch and torch_available()
     n = 512 if args.quick else 4096
     peaks = {d: gemm_peak(d, n) for d in devices}
@@ -616,7 +628,8 @@ def run(args):
                   memory_method="peak resident set (VmHWM, reset through /proc/self/clear_refs after "
                                 "setup) minus the resident set after setup, in a fresh child process "
                                 "per library and batch (ru_maxrss without /proc; GPU: CuPy pool bytes)",
-                  conv_method=args.conv, keep_freed_memory=backend.keep_freed_memory(),
+                  conv_method=args.conv, tf32=bool(args.tf32),
+                  keep_freed_memory=backend.keep_freed_memory(),
                   openblas_thread_timeout=backend.blas_thread_timeout(),
                   results=results, ratios=ratios, scaling=None)
     if args.scaling:

@@ -182,6 +182,20 @@ def decay(text):
 def add_device_option(p):
     p.add_argument("--device", choices=("cpu", "gpu"), default=None,
                    help="where to compute (default: $MINICAPS_DEVICE, else cpu)")
+    p.add_argument("--tf32", action="store_true",
+                   help="let the GPU's float32 matrix products use TF32 tensor cores (faster; "
+                        "their inputs rounded to 10 bits of mantissa). Without it float32 "
+                        "stays strict float32. Needs --device gpu")
+
+
+def use_math_mode(args):
+    """Switch TF32 on for the GPU when --tf32 asks (a clear error on the CPU)."""
+    if getattr(args, "tf32", False):
+        from . import backend
+        if backend.resolve_device(args.device) != "gpu":
+            raise ValueError("--tf32 is a math mode of the GPU: give --device gpu "
+                             "(or set MINICAPS_DEVICE=gpu)")
+        backend.set_tf32(True)
 
 
 def add_weights_option(p):
@@ -365,6 +379,7 @@ def main(argv=None):
         parser.print_help()
         return 2
     try:
+        use_math_mode(args)
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"minicaps {args.command}: error: {e}", file=sys.stderr)

@@ -294,6 +294,8 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
                    "lr": learning_rate(run.step - 1, lr, lr_decay, decay_steps),  # last update's
                    **{f"train_{k}": v for k, v in stats.items()},
                    "epoch_seconds": seconds, "images_per_second": images_per_second}
+        if run.model.device == "gpu":     # float32 products strict or through TF32
+            metrics["tf32"] = backend.tf32_enabled()
         start = time.perf_counter()
         for prefix, split in (("val", val_set), ("test", test_set)):
             if split is not None:

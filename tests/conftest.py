@@ -29,6 +29,7 @@ def _install_stand_in(monkeypatch):
     conv_fft._plan_gpu.cache_clear()         # no DFT plans from another array library
     monkeypatch.setattr(backend, "_cupy", cupy_stand_in)
     cupy_stand_in.made.clear()
+    cupy_stand_in._core._routines_linalg.modes.clear()      # strict float32, as CuPy starts
     cupy_stand_in.waits.clear()
     return cupy_stand_in
 

@@ -217,3 +217,21 @@ cuda = types.SimpleNamespace(
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
     Stream=types.SimpleNamespace(null=types.SimpleNamespace(synchronize=lambda: None)),
 )
+
+
+class _Products:
+    """CuPy's per-dtype compute type of matrix products (cupy._core._routines_linalg), kept
+    but without effect: NumPy multiplies in strict float32 whatever it says."""
+    COMPUTE_TYPE_TBD, COMPUTE_TYPE_DEFAULT, COMPUTE_TYPE_TF32 = 0, 1, 7
+
+    def __init__(self):
+        self.modes = {}
+
+    def get_compute_type(self, dtype):
+        return self.modes.get(np.dtype(dtype), self.COMPUTE_TYPE_DEFAULT)
+
+    def set_compute_type(self, dtype, mode):
+        self.modes[np.dtype(dtype)] = mode
+
+
+_core = types.SimpleNamespace(_routines_linalg=_Products())

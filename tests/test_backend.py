@@ -199,3 +199,45 @@ def test_openblas_idle_threads_sleep_soon_when_minicaps_is_imported_first(order,
     out = subprocess.run([sys.executable, "-c", BLAS_TIMEOUT, order], env=env,
                          capture_output=True, text=True, check=True).stdout.split()
     assert " ".join(out) == expected
+
+
+# ---- TF32: float32 stays float32 unless asked -----------------------------------------------------
+def test_tf32_without_a_gpu_is_a_clear_error():
+    if backend.gpu_available():
+        pytest.skip("a GPU is present")
+    with pytest.raises(RuntimeError, match="math mode of the GPU"):
+        backend.set_tf32(True)
+    assert backend.tf32_enabled() is False
+
+
+@pytest.mark.gpu
+def test_tf32_is_off_until_asked_and_switches_back():
+    if os.environ.get("CUPY_TF32", "0") not in ("", "0"):
+        pytest.skip("CUPY_TF32 is set in this environment")
+    try:
+        assert backend.tf32_enabled() is False
+        assert backend.set_tf32(True) is False and backend.tf32_enabled() is True
+        assert backend.set_tf32(False) is True and backend.tf32_enabled() is False
+    finally:
+        backend.set_tf32(False)
+
+
+@pytest.mark.gpu
+def test_tf32_rounds_the_inputs_of_float32_products_on_a_real_gpu():
+    cupy = backend._cupy
+    if cupy.__name__ != "cupy":
+        pytest.skip("needs CuPy on a GPU: the stand-in multiplies with NumPy")
+    if int(cupy.cuda.Device().compute_capability) < 80:
+        pytest.skip("TF32 needs an Ampere or later GPU")
+    n = 1024
+    a = cupy.full((n, n), 1 + 2.0 ** -12, dtype=cupy.float32)   # 12 bits of mantissa: TF32 has 10
+    b = cupy.ones((n, n), dtype=cupy.float32)
+    try:
+        backend.set_tf32(False)
+        strict = float((a @ b)[0, 0])
+        backend.set_tf32(True)
+        fast, fast_batched = float((a @ b)[0, 0]), float(cupy.matmul(a[None], b[None])[0, 0, 0])
+    finally:
+        backend.set_tf32(False)
+    assert strict == n * (1 + 2.0 ** -12)          # 1024.25: every partial sum exact in float32
+    assert fast == fast_batched == n               # each input read as 1

@@ -82,6 +82,8 @@ def test_gpu_only_runs_are_refused_where_they_can_time_nothing(monkeypatch, caps
     monkeypatch.setattr(bench.backend, "gpu_available", lambda: False)
     with pytest.raises(SystemExit, match="sees no GPU"):
         bench.run(bench.parse_args(["--quick", "--no-cpu"]))
+    with pytest.raises(SystemExit, match="--tf32 is a math mode of the GPU"):
+        bench.run(bench.parse_args(["--quick", "--tf32"]))
 
 
 def test_torch_peer_runs_on_cuda_only_where_torch_sees_a_gpu():
@@ -123,3 +125,9 @@ def test_the_gpu_worker_times_every_phase_and_layer():
     assert all(f > 0 and b > 0 for f, b in out["layers"].values())
     assert bench.gemm_peak("gpu", n=64, repeats=1) > 0
     assert backend.gpu_available()
+    try:                                      # --tf32: the worker switches the GPU's mode
+        assert not backend.tf32_enabled()
+        bench._run_minicaps(dict(spec, phases=["train"], tf32=True))
+        assert backend.tf32_enabled()
+    finally:
+        backend.set_tf32(False)

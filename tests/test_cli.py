@@ -133,6 +133,29 @@ def test_bad_data_files_exit_2(tmp_path, capsys):
     assert err.startswith("minicaps train: error:") and str(tmp_path) in err
 
 
+def test_tf32_on_the_cpu_is_refused(tmp_path, capsys, fake_mnist):
+    code = cli.main(["train", "--tf32", "--device", "cpu", "--out", str(tmp_path / "run"),
+                     "--no-progress"])
+    assert code == 2
+    assert "--tf32 is a math mode of the GPU: give --device gpu" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.gpu
+def test_a_gpu_run_says_in_its_metrics_whether_tf32_was_on(tmp_path, capsys, fake_mnist):
+    common = ["--device", "gpu", "--batch-size", "8", "--no-progress", "--no-average"]
+    try:
+        assert cli.main(["train", *common, "--out", str(tmp_path / "strict")]) == 0
+        assert not mc.backend.tf32_enabled()
+        assert cli.main(["train", *common, "--tf32", "--out", str(tmp_path / "tf32")]) == 0
+        assert mc.backend.tf32_enabled()
+    finally:
+        mc.backend.set_tf32(False)
+    for name, on in (("strict", False), ("tf32", True)):
+        metrics = [json.loads(line) for line in (tmp_path / name / "metrics.jsonl").open()]
+        assert metrics[0]["tf32"] is on
+
+
 # --- train and evaluate (full-size network, synthetic 28x28 data) ---------------------------
 
 def test_train_evaluate_resume(tmp_path, capsys, fake_mnist):
