@@ -453,3 +453,17 @@ def test_reconstruction_loss_value_and_gradient(seed, n, p):
     assert abs(loss - sum(((r[k] - t[k]) ** 2).sum() for k in range(n)) / n) <= 1e-12
     assert_grads(check_op(lambda r: ops.reconstruction_loss_forward(r, t),
                           ops.reconstruction_loss_backward, [r], rng=rng))
+
+
+
+@given(n=st.integers(1, 300), chunk=st.integers(1, 40), threads=st.integers(1, 8))
+def test_capsule_chunks_split_the_batch_in_whole_rounds_over_the_threads(n, chunk, threads):
+    from minicaps.ops.capsules import capsule_chunks
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINICAPS_THREADS", str(threads))
+        parts = capsule_chunks(n, chunk)
+    sizes = [p.stop - p.start for p in parts]
+    assert [i for p in parts for i in range(p.start, p.stop)] == list(range(n))   # each image once
+    assert max(sizes) <= chunk and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    assert len(parts) % threads == 0 or len(parts) == n           # whole rounds over the threads
+    assert len(parts) - threads < -(-n // chunk) or len(parts) == n   # and no round more than needed

@@ -223,13 +223,18 @@ CAPSULE_CHUNK = 16    # most images per chunk: u_hat of 16 MNIST images is 12 MB
 
 
 def capsule_chunks(N, chunk=CAPSULE_CHUNK, gpu=False):
-    """Row slices of the batch: at most ``chunk`` images each, at least one per CPU
-    thread; on the GPU the whole batch at once (its kernels want big arrays)."""
+    """Row slices of the batch, of sizes that differ by one at most: at most ``chunk``
+    images each, and as many as a multiple of the CPU threads (so that no core waits
+    alone for a last chunk: batch 100 on 2 cores runs 8 chunks of 12-13 instead of 7 of
+    15, the capsule part in 0.97x the time, medians of 15 rounds) unless the batch has
+    fewer images; on the GPU the whole batch at once (its kernels want big arrays)."""
     if gpu:
         return [slice(0, N)]
-    parts = max(-(-N // chunk), min(N, backend.cpu_threads()))
-    size = -(-N // parts)
-    return [slice(n0, min(N, n0 + size)) for n0 in range(0, N, size)]
+    threads = backend.cpu_threads()
+    needed = -(-N // chunk)                                 # chunks of at most ``chunk``
+    parts = min(N, -(-needed // threads) * threads)         # rounded up to whole rounds
+    bounds = [k * N // parts for k in range(parts + 1)]
+    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
 
 
 def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, coupling=None,
