@@ -9,7 +9,9 @@
 #  3. bench-gpu.txt and bench-gpu.json: bench.py on the GPU only (minicaps on CuPy, and
 #                    PyTorch on CUDA where torch sees the GPU), batches 32 and 128;
 #  4. train.txt and metrics.jsonl: the paper's recipe on MNIST on the GPU (epoch times and the
-#                    per-epoch test accuracy), for as many epochs as fit in TRAIN_SECONDS.
+#                    per-epoch test accuracy), for as many epochs as fit in TRAIN_SECONDS;
+#  5. with TF32_SECONDS set (for example 120): bench-gpu-tf32.txt and .json, the same benchmark
+#                    with TF32 matrix products in both libraries (--tf32), after the rest.
 #
 # Each step has its own time limit, so a slow or failing step never eats the next one's time:
 # TEST_SECONDS (default 150), BENCH_SECONDS (180), TRAIN_SECONDS (180); EPOCHS (default 50) caps
@@ -59,5 +61,9 @@ else
     echo "== train: skipped, no MNIST: put the four .gz files in data/mnist or name their folder" \
          "in MINICAPS_DATA" | tee "$out/train.txt"
     status=1
+fi
+if [ -n "${TF32_SECONDS:-}" ]; then
+    step bench-gpu-tf32 "$TF32_SECONDS" "$py" bench/bench.py --no-cpu --rounds 2 --tf32 \
+        --json "$out/bench-gpu-tf32.json"
 fi
 exit $status
