@@ -340,10 +340,8 @@ def _run_torch(spec):
     # batch-128 step up too (0.78-0.84x the time). MINICAPS_KEEP_FREED_MEMORY=0: neither.
     backend.keep_freed_memory()
     params = init_params(cfg, seed=0, dtype="float32")
-    tcfg = {k: v for k, v in spec["config"].items() if k in tc.DEFAULTS}
-    if "lam" in spec["config"]:
-        tcfg["lambda_"] = spec["config"]["lam"]
-    model = tc.load_minicaps_params(tc.TorchCapsNet(**tcfg), params).to(dev)
+    model = tc.load_minicaps_params(tc.TorchCapsNet(**tc.config_from_minicaps(spec["config"])),
+                                    params).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = _data(cfg, spec["batch"])
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)

@@ -260,6 +260,17 @@ def grads_as_minicaps(model):
     return out
 
 
+def config_from_minicaps(fields):
+    """TorchCapsNet keyword arguments from a minicaps ``CapsNetConfig.to_dict()``: ``lam`` becomes
+    ``lambda_``, lists become tuples; a config the peer cannot build (conv1 with a stride, no
+    decoder) is a ValueError."""
+    if fields.get("conv1_stride", 1) != 1 or not fields.get("use_decoder", True):
+        raise ValueError("the peer has conv1 at stride 1 and a decoder")
+    out = {("lambda_" if k == "lam" else k): (tuple(v) if isinstance(v, list) else v)
+           for k, v in fields.items()}
+    return {k: v for k, v in out.items() if k in DEFAULTS}
+
+
 def count_params(model):
     return sum(p.numel() for p in model.parameters())
 

@@ -42,13 +42,8 @@ def tf_adam_eps(eps, beta2, t):
 def peer_model(config, seed, init="minicaps", dtype=torch.float32):
     """The peer with minicaps' initial weights for ``seed`` (init="minicaps") or PyTorch's
     default initialisation drawn from ``seed`` (init="torch")."""
-    fields = config.to_dict()
-    if fields.pop("conv1_stride") != 1 or not fields.pop("use_decoder"):
-        raise ValueError("the peer has conv1 at stride 1 and a decoder")
-    fields["lambda_"] = fields.pop("lam")
-    fields = {k: tuple(v) if isinstance(v, list) else v for k, v in fields.items()}
     torch.manual_seed(seed)
-    model = tc.TorchCapsNet(**fields).to(dtype)
+    model = tc.TorchCapsNet(**tc.config_from_minicaps(config.to_dict())).to(dtype)
     if init == "minicaps":
         np_dtype = "float64" if dtype == torch.float64 else "float32"
         tc.load_minicaps_params(model, init_params(config, seed, np_dtype))

@@ -403,3 +403,13 @@ def test_torch_epoch_command_on_real_mnist(tmp_path, one_thread):
     saved = json.loads(out.read_text())
     assert saved["n_train"] == 120 and saved["n_test"] == 50 and saved["epochs"] == rows
     assert len(rows) == 1 and rows[0]["test_accuracy"] * 50 == round(rows[0]["test_accuracy"] * 50)
+
+
+def test_the_peer_takes_minicaps_configs_and_refuses_what_it_cannot_build():
+    mc = _minicaps()
+    fields = tc.config_from_minicaps(mc.CapsNetConfig(**dict(TINY, lam=0.25)).to_dict())
+    assert fields["lambda_"] == 0.25 and fields["input_shape"] == (12, 12, 1)
+    assert tc.TorchCapsNet(**fields).cfg["decoder_sizes"] == (8, 6)
+    for bad in (dict(conv1_stride=2), dict(use_decoder=False)):
+        with pytest.raises(ValueError, match="stride 1 and a decoder"):
+            tc.config_from_minicaps(dict(mc.CapsNetConfig().to_dict(), **bad))
