@@ -183,9 +183,18 @@ def load_checkpoint(path, device=None, model=None):
                       average=average)
 
 
-def _read(path):
+def read_epoch(path):
+    """The number of epochs a checkpoint has done, read from its metadata alone (the
+    arrays stay on disk); ValueError if it is not a readable checkpoint."""
+    epoch = _read(path, only_meta=True)[0]["epoch"]
+    if not isinstance(epoch, int) or epoch < 0:
+        raise ValueError(f"{path}: damaged checkpoint metadata (epoch {epoch!r})")
+    return epoch
+
+
+def _read(path, only_meta=False):
     """(meta dict, params, optimizer moments, averages) as NumPy arrays; ValueError if
-    unreadable."""
+    unreadable. ``only_meta``: read the metadata only, the rest as empty dicts."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -200,7 +209,8 @@ def _read(path):
         if not isinstance(npz, np.lib.npyio.NpzFile):
             raise ValueError("a single .npy array, not an .npz archive")
         with npz:
-            arrays = {k: npz[k] for k in npz.files}   # reading checks each member's CRC
+            names = [k for k in npz.files if not only_meta or k == "meta"]
+            arrays = {k: npz[k] for k in names}   # reading checks each member's CRC
     except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
         raise ValueError(f"{path}: not a readable minicaps checkpoint "
                          f"(damaged or not an .npz: {type(e).__name__}: {e})") from e

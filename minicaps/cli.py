@@ -50,7 +50,8 @@ def cmd_train(args):
         print(f"done: test accuracy {last['test_accuracy']:.4f}{average}; "
               f"checkpoints {result.last_checkpoint}, {result.best_checkpoint}")
     else:
-        print(f"nothing to do: the checkpoint has already done {result.epoch} epochs")
+        print(f"nothing to do: the checkpoint has already done {result.epoch} epochs; "
+              f"give --epochs {result.epoch + 1} or more to train further")
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, read_epoch, save_checkpoint
 from .data import draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
 from .model import CapsNet
 from .ops import margin_loss_forward, reconstruction_loss_forward
@@ -71,6 +71,9 @@ def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, l
             raise ValueError(f"{name} labels must be {len(images)} integers, "
                              f"got {labels.dtype} {labels.shape}")
     val = None
+    if val_size >= len(y_train):
+        raise ValueError(f"val_size={val_size} (--val-size) leaves no training images: the "
+                         f"training set has {len(y_train)}; hold out fewer")
     if val_size:
         x_train, y_train, x_val, y_val = train_val_split(x_train, y_train, val_size, seed)
         val = Split(x_val, y_val)
@@ -269,6 +272,9 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     """
     if epochs < 0 or batch_size < 1 or not lr > 0 or shift < 0 or val_size < 0:
         raise ValueError("need epochs >= 0, batch_size >= 1, lr > 0, shift >= 0, val_size >= 0")
+    if epochs == 0 and resume is None:
+        raise ValueError("epochs=0 trains nothing: give 1 or more (--epochs N), counting the "
+                         "epochs of a resumed run too")
     if average is not None and not 0 < average < 1:
         raise ValueError(f"average is a decay in (0, 1), such as 0.999, or None; got {average}")
     device = backend.resolve_device(device)     # a missing GPU is said before the data loads
@@ -278,7 +284,7 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
                 "decay_steps": decay_steps, "seed": seed, "shift": shift, "dtype": str(dtype),
                 "dataset": dataset, "val_size": val_size, "limit_train": limit_train,
                 "n_train": len(train_set), "average": average}
-    run = _start(config, settings, device, Path(out_dir), resume, log)
+    run = _start(config, settings, device, Path(out_dir), resume, log, epochs)
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
         if split is not None:
             _check_shape(split, run.model.config, name)
@@ -319,21 +325,25 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     return run
 
 
-def _start(config, settings, device, out_dir, resume, log):
-    """A fresh run (initial weights and generator from the seed), or one resumed."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+def _start(config, settings, device, out_dir, resume, log, epochs):
+    """A fresh run (initial weights and generator from the seed), or one resumed. Nothing in
+    ``out_dir`` changes when a resumed run has no epochs left to train."""
     decay = settings["average"]
     if resume is None:
         if config is None:
             raise ValueError("train needs a CapsNetConfig (or resume=CHECKPOINT)")
+        out_dir.mkdir(parents=True, exist_ok=True)
         model = CapsNet(config, seed=settings["seed"], dtype=settings["dtype"], device=device)
         return TrainResult(model, Adam(lr=settings["lr"]),
                            np.random.default_rng(settings["seed"]), 0, 0, out_dir,
                            average=None if decay is None else ParameterAverage(model.params, decay))
     ckpt = load_checkpoint(resume, device=device)
     _check_resume(ckpt, config, settings)
-    _truncate_metrics(out_dir / METRICS_FILE, ckpt.epoch)
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
+    if ckpt.epoch < epochs:
+        _check_nothing_overwritten(out_dir, resume, ckpt.epoch)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _truncate_metrics(out_dir / METRICS_FILE, ckpt.epoch)
     average = ckpt.average
     if decay is None:
         average = None
@@ -392,6 +402,25 @@ def _check_resume(ckpt, config, settings):
     if problems:
         raise ValueError(f"{ckpt.path} was trained with other settings; to resume, pass the "
                          f"same ones: " + ", ".join(problems))
+
+
+def _check_nothing_overwritten(out_dir, resume, epoch):
+    """Refuse to continue from epoch ``epoch`` in a folder whose last.npz is further on (a
+    run resumed from its own best.npz, say): its next epoch would replace that checkpoint
+    and the metrics of the later epochs."""
+    last = out_dir / LAST
+    if not last.is_file() or last.resolve() == Path(resume).resolve():
+        return
+    try:
+        done = read_epoch(last)
+    except ValueError:        # unreadable: not a run this one could lose
+        return
+    if done > epoch:
+        raise ValueError(
+            f"{out_dir} holds a run trained to epoch {done} ({last}); going on from epoch "
+            f"{epoch} ({resume}) there would overwrite it and the metrics of epochs "
+            f"{epoch + 1}-{done}. To branch off from {resume}, give another folder "
+            f"(--out NEWDIR); to go on with the run, resume from {last}")
 
 
 def _truncate_metrics(path, epoch):

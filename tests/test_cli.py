@@ -189,6 +189,11 @@ def test_train_evaluate_resume(tmp_path, capsys, fake_mnist):
                      *common, "--batch-size", "4"]) == 2
     err = capsys.readouterr().err
     assert "batch_size=4 (checkpoint 8)" in err and err.count("\n") == 1
+    # nothing left to do says how to train further; 0 epochs of a new run is refused
+    assert cli.main(["train", "--epochs", "2", "--resume", str(out / "last.npz"), *common]) == 0
+    assert "already done 2 epochs; give --epochs 3 or more" in capsys.readouterr().out
+    assert cli.main(["train", "--epochs", "0", *common[:-4]]) == 2
+    assert "epochs=0 trains nothing" in capsys.readouterr().err
 
 
 def test_gradcheck_command_prints_a_table():

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-from minicaps.checkpoint import load_checkpoint
+from minicaps.checkpoint import load_checkpoint, read_epoch
 from minicaps.data import to_model_input
 from minicaps.gradcheck import randomize_params, tiny_config
 from minicaps.train import evaluate, learning_rate, train
@@ -294,6 +294,52 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
     np.testing.assert_array_equal(again.model.params["digit.W"], first.model.params["digit.W"])
 
 
+def two_epochs_and_a_copy_of_the_first(tmp_path):
+    """A run folder trained to epoch 2, and a copy of its epoch-1 last.npz beside it."""
+    run(tmp_path, epochs=1)
+    folder = tmp_path / "run"
+    (tmp_path / "epoch1.npz").write_bytes((folder / "last.npz").read_bytes())
+    run(tmp_path, epochs=2, resume=folder / "last.npz")
+    return folder, {f: (folder / f).read_bytes() for f in ("metrics.jsonl", "last.npz", "best.npz")}
+
+
+def test_resume_with_nothing_left_to_do_changes_no_file(tmp_path):
+    folder, before = two_epochs_and_a_copy_of_the_first(tmp_path)
+    again = train(CONFIG, out_dir=folder, epochs=1, resume=tmp_path / "epoch1.npz",
+                  data=bars_data(), batch_size=20, lr=0.01, shift=1, **QUIET)
+    assert again.history == [] and again.epoch == 1
+    assert {f: (folder / f).read_bytes() for f in before} == before
+    run(tmp_path, name="elsewhere", epochs=1, resume=tmp_path / "epoch1.npz")
+    assert not (tmp_path / "elsewhere").exists()     # nothing trained, no folder made
+
+
+def test_going_on_from_an_earlier_checkpoint_in_the_runs_folder_is_refused(tmp_path):
+    """From epoch 1 in a folder whose last.npz is at epoch 2, the next epoch would overwrite
+    epoch 2; in another folder it branches off."""
+    folder, before = two_epochs_and_a_copy_of_the_first(tmp_path)
+    with pytest.raises(ValueError, match=r"trained to epoch 2 .*epochs 2-2.*--out NEWDIR"):
+        run(tmp_path, epochs=3, resume=tmp_path / "epoch1.npz")
+    assert {f: (folder / f).read_bytes() for f in before} == before
+    branch = run(tmp_path, name="branch", epochs=2, resume=tmp_path / "epoch1.npz")
+    assert [m["epoch"] for m in branch.history] == [2]
+    np.testing.assert_array_equal(branch.model.params["digit.W"],
+                                  load_checkpoint(folder / "last.npz").model.params["digit.W"])
+
+
+def test_read_epoch_reads_the_checkpoints_epoch(tmp_path):
+    run(tmp_path, epochs=2)
+    assert read_epoch(tmp_path / "run" / "last.npz") == 2
+    (tmp_path / "text.npz").write_text("hi")
+    with pytest.raises(ValueError, match="ZIP"):
+        read_epoch(tmp_path / "text.npz")
+
+
+def test_zero_epochs_without_a_checkpoint_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="epochs=0 trains nothing"):
+        run(tmp_path, epochs=0)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("change, message", [
     (lambda d: (d[0][:, :9], d[1], d[2], d[3]), "expects"),               # 9x10 images
     (lambda d: (d[0].astype(np.float32), d[1], d[2], d[3]), "uint8"),
@@ -303,6 +349,13 @@ def test_resume_of_a_finished_run_does_nothing(tmp_path):
 def test_bad_data_raises_value_error(tmp_path, change, message):
     with pytest.raises(ValueError, match=message):
         run(tmp_path, data=change(bars_data()))
+
+
+def test_a_validation_set_as_big_as_the_training_set_is_refused(tmp_path):
+    with pytest.raises(ValueError, match="val_size=120 .* leaves no training images: the "
+                                         "training set has 120"):
+        run(tmp_path, val_size=120)
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.gpu
