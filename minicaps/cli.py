@@ -40,8 +40,7 @@ def cmd_train(args):
                        average=None if args.no_average else args.average,
                        resume=args.resume, progress=not args.no_progress)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; continue with --resume {Path(out) / 'last.npz'} "
-              "(and the same options)", file=sys.stderr)
+        print(f"\ninterrupted; {_how_to_go_on(Path(out) / 'last.npz')}", file=sys.stderr)
         return 130
     if result.history:
         last = result.history[-1]
@@ -53,6 +52,15 @@ def cmd_train(args):
         print(f"nothing to do: the checkpoint has already done {result.epoch} epochs; "
               f"give --epochs {result.epoch + 1} or more to train further")
     return 0
+
+
+def _how_to_go_on(last):
+    from .checkpoint import read_epoch
+    try:
+        epoch = read_epoch(last)
+    except (OSError, ValueError):
+        return "no epoch was finished, so nothing was saved: start the run again"
+    return f"{last} holds epoch {epoch}: continue with --resume {last} (and the same options)"
 
 
 def cmd_evaluate(args):

@@ -196,6 +196,27 @@ def test_train_evaluate_resume(tmp_path, capsys, fake_mnist):
     assert "epochs=0 trains nothing" in capsys.readouterr().err
 
 
+def test_an_interrupted_run_says_what_was_saved(tmp_path, capsys, fake_mnist, monkeypatch):
+    real_epoch, calls = minicaps.train.train_epoch, []
+
+    def epoch_then_interrupt(*args, **kw):      # Ctrl-C in every epoch after the first
+        calls.append(1)
+        if len(calls) >= 2:
+            raise KeyboardInterrupt
+        return real_epoch(*args, **kw)
+
+    monkeypatch.setattr(minicaps.train, "train_epoch", epoch_then_interrupt)
+    out = tmp_path / "run"
+    argv = ["train", "--epochs", "2", "--batch-size", "8", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 130
+    last = out / "last.npz"
+    assert f"{last} holds epoch 1: continue with --resume {last}" in capsys.readouterr().err
+    assert load_checkpoint(last).epoch == 1
+    # a new run interrupted in its first epoch
+    assert cli.main([*argv[:-2], str(tmp_path / "new"), "--no-progress"]) == 130
+    assert "no epoch was finished, so nothing was saved" in capsys.readouterr().err
+
+
 def test_gradcheck_command_prints_a_table():
     result = minicaps_command("gradcheck")
     assert result.returncode == 0, result.stderr
