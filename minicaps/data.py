@@ -124,8 +124,8 @@ MIRRORS = {
                       "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/"],
 }
 
-# SHA-256 of the gunzipped files. MNIST: /work/shared/data/mnist/README.md. Fashion-MNIST:
-# computed from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1; the same values are
+# SHA-256 of the gunzipped files. MNIST: of the four files as the mirrors above serve them.
+# Fashion-MNIST: computed from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1; the same values are
 # published by other projects that derived them from the archives with zalando's MD5s.
 SHA256 = {   # for the four FILES, in that order
     "mnist": dict(zip(FILES, (
