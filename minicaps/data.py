@@ -125,8 +125,9 @@ MIRRORS = {
 }
 
 # SHA-256 of the gunzipped files. MNIST: of the four files as the mirrors above serve them.
-# Fashion-MNIST: computed from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1; the same values are
-# published by other projects that derived them from the archives with zalando's MD5s.
+# Fashion-MNIST: computed from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1; the
+# same values are published by other projects that derived them from the archives with
+# zalando's MD5s.
 SHA256 = {   # for the four FILES, in that order
     "mnist": dict(zip(FILES, (
         "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
