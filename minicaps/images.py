@@ -7,12 +7,14 @@ in the middle. A network trained on MNIST expects exactly that: white ink on bla
 (or any image Pillow reads) and calls it. Pillow is in the viz extra:
 ``pip install "minicaps[viz]"``.
 """
+import warnings
 from pathlib import Path
 
 import numpy as np
 
 VIZ_EXTRA = 'pip install "minicaps[viz]"'
 INK = 0.2          # a pixel is ink when it is above this fraction of the brightest one
+MAX_PIXELS = 50_000_000   # read_grayscale refuses bigger pictures before decoding them
 
 
 def _pil():
@@ -28,28 +30,46 @@ def read_grayscale(path):
 
     Colour is averaged to luminance; transparent pixels are laid on white (a drawing
     exported with a transparent background is dark ink on nothing). Raises ValueError for
-    a file that is not an image Pillow can read.
+    a file that is not an image Pillow can read, or one of more than MAX_PIXELS pixels
+    (its float copies would take gigabytes; it is refused from its header, undecoded).
     """
     Image = _pil()
     path = Path(path)
     try:
-        with Image.open(path) as image:
+        with warnings.catch_warnings():     # Pillow warns of big pictures: refused below
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(path)        # reads the header only
+    except FileNotFoundError:
+        raise
+    except Image.DecompressionBombError as e:      # far above MAX_PIXELS
+        raise ValueError(f"{path}: {e}; shrink the picture first") from e
+    except (OSError, SyntaxError, ValueError) as e:   # PIL.UnidentifiedImageError: OSError
+        raise _unreadable(path, e) from e
+    with image:
+        width, height = image.size
+        if width * height > MAX_PIXELS:
+            raise ValueError(f"{path}: {width} x {height} pixels is more than this reads "
+                             f"({MAX_PIXELS // 1_000_000} megapixels); shrink the picture "
+                             f"first: a digit needs no more than a few hundred pixels a side")
+        try:
             image.load()
             if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
                 a = np.asarray(image, dtype=np.float64)
                 return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1)
             rgba = np.asarray(image.convert("RGBA"), dtype=np.float64) / 255
-    except FileNotFoundError:
-        raise
-    except (OSError, SyntaxError, ValueError) as e:   # PIL.UnidentifiedImageError is an OSError
-        why = "" if str(path) in str(e) else f" ({e})"
-        raise ValueError(f"{path}: not an image that can be read{why}") from e
+        except (OSError, SyntaxError, ValueError) as e:     # a damaged or cut-off file
+            raise _unreadable(path, e) from e
     gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])      # ITU-R 601 luma, as PIL's "L"
     alpha = rgba[..., 3]
     on_white = alpha * gray + (1 - alpha)
     if np.ptp(on_white) < 1e-3 and np.ptp(alpha) > 0:   # e.g. white ink on transparency
         return alpha
     return on_white
+
+
+def _unreadable(path, e):
+    why = "" if str(path) in str(e) else f" ({e})"
+    return ValueError(f"{path}: not an image that can be read{why}")
 
 
 def mnist_style(gray, size=(28, 28), box=None):

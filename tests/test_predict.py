@@ -4,8 +4,10 @@ The pictures are drawn by the tests with Pillow; the network is the gradient che
 10x10, 3-class one with random weights (predict only has to run it and print its lengths).
 """
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +131,36 @@ def test_a_non_image_is_a_value_error(tmp_path):
     path.write_text("not a picture")
     with pytest.raises(ValueError, match="notes.png"):
         read_grayscale(path)
+    draw_seven(tmp_path / "whole.png")
+    whole = (tmp_path / "whole.png").read_bytes()
+    cut = tmp_path / "cut.png"           # the header and the first half of the pixel data
+    cut.write_bytes(whole[:len(whole) // 2])
+    assert read_grayscale(tmp_path / "whole.png").shape == (120, 160)
+    with pytest.raises(ValueError, match="cut.png: not an image that can be read"):
+        read_grayscale(cut)
+
+
+def png_header_only(path, width, height):
+    """A PNG whose header claims width x height 8-bit gray pixels, with no pixel data."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data
+                + struct.pack(">I", zlib.crc32(kind + data)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n"
+                     + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+                     + chunk(b"IEND", b""))
+    return path
+
+
+def test_a_picture_too_big_to_read_is_refused_from_its_header(tmp_path):
+    Image = pytest.importorskip("PIL.Image")
+    big = png_header_only(tmp_path / "poster.png", 10_000, 5_001)     # 50.01 megapixels
+    with pytest.raises(ValueError, match=r"poster.png: 10000 x 5001 pixels .* shrink"):
+        read_grayscale(big)
+    with Image.open(big) as image:            # the header is all that was there to read
+        assert image.size == (10_000, 5_001)
+    huge = png_header_only(tmp_path / "bomb.png", 20_000, 20_000)     # Pillow's own limit too
+    with pytest.raises(ValueError, match=r"bomb.png: .*400000000 pixels.* shrink"):
+        read_grayscale(huge)
 
 
 # --- `minicaps predict` --------------------------------------------------------------------
