@@ -127,7 +127,7 @@ def params_to_numpy(params):
 def synchronize(a=None):
     """Wait for the GPU to finish (for timing); no-op on the CPU."""
     if _cupy is not None:
-        _cupy.cuda.Stream.null.synchronize()
+        _cupy.cuda.get_current_stream().synchronize()
 
 
 def as_strided(a, shape, strides):
@@ -151,9 +151,12 @@ def matmul_into(a, b, out):
 # ---------------------------------------------------------------- TF32 on the GPU
 # Float32 stays float32 unless asked: TF32 rounds the inputs of float32 matrix products to
 # 10 bits of mantissa (accumulating in float32) on the tensor cores of Ampere and later
-# GPUs, much faster and about 1e-3 relative error per product. CuPy keeps the math mode of
-# its matrix products per dtype; its default for float32 is strict (unless CUPY_TF32=1 was
-# set before it first multiplied float32 matrices).
+# GPUs, much faster and about 1e-3 relative error per product. Two switches hold it: CuPy's
+# compute type per dtype, which its 2-D products (a @ b, dot) pass to cuBLAS, strict for
+# float32 by default (unless CUPY_TF32=1 was set before it first multiplied float32
+# matrices); and the math mode of the cuBLAS handle, which its batched products (matmul of
+# 3-D and more, where the capsule part and the DFT route spend their time) follow instead.
+CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3     # cublasMath_t
 def _cupy_products():
     """CuPy's module of matrix products, which holds the per-dtype compute type."""
     linalg = getattr(getattr(_cupy, "_core", None), "_routines_linalg", None)
@@ -169,8 +172,10 @@ def _cupy_products():
 
 def set_tf32(enabled=True):
     """Let the GPU's float32 matrix products use TF32 (enabled=True) or keep them strict
-    float32 (False, the default), for the whole process. Returns the previous setting.
-    Needs CuPy and a GPU (a RuntimeError says what is missing); the CPU has no TF32."""
+    float32 (False, the default): CuPy's compute type for the whole process, and the math
+    mode of this thread's cuBLAS handle on the current device (minicaps multiplies on the
+    GPU in the thread that calls it). Returns the previous setting. Needs CuPy and a GPU
+    (a RuntimeError says what is missing); the CPU has no TF32."""
     if _load_cupy() is None:
         raise RuntimeError("TF32 is a math mode of the GPU's matrix products. " + _cupy_error)
     linalg = _cupy_products()
@@ -178,15 +183,20 @@ def set_tf32(enabled=True):
     mode = (getattr(linalg, "COMPUTE_TYPE_TF32", 7) if enabled
             else getattr(linalg, "COMPUTE_TYPE_DEFAULT", 1))
     linalg.set_compute_type(np.float32, mode)
+    _cupy.cuda.cublas.setMathMode(_cupy.cuda.device.get_cublas_handle(),
+                                  CUBLAS_TF32_TENSOR_OP_MATH if enabled else CUBLAS_DEFAULT_MATH)
     return previous
 
 
 def tf32_enabled():
-    """Whether the GPU's float32 matrix products use TF32 now (False without CuPy)."""
+    """Whether the GPU's float32 matrix products use TF32 now, 2-D and batched (False
+    without CuPy)."""
     if _cupy is None:
         return False
     linalg = _cupy_products()
-    return linalg.get_compute_type(np.float32) == getattr(linalg, "COMPUTE_TYPE_TF32", 7)
+    return (linalg.get_compute_type(np.float32) == getattr(linalg, "COMPUTE_TYPE_TF32", 7)
+            and _cupy.cuda.cublas.getMathMode(_cupy.cuda.device.get_cublas_handle())
+            == CUBLAS_TF32_TENSOR_OP_MATH)
 
 
 def gpu_pool_bytes():

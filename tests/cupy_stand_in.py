@@ -9,7 +9,8 @@ What it checks is the discipline those paths need, not CuPy's numerics:
   take as a transfer: here the stand-in is the stricter, and the library never does it;
 * turning a device array into a NumPy array implicitly (``np.asarray(a)``) raises TypeError,
   as CuPy does: the way back is ``asnumpy(a)`` or ``a.get()``;
-* reductions give 0-d device arrays, not Python or NumPy scalars, as CuPy's do;
+* reductions give 0-d device arrays, not Python or NumPy scalars, as CuPy's do; so do
+  ``array_equal``, ``array_equiv`` and ``allclose``, where NumPy gives a Python bool;
 * ``asarray`` of a NumPy array copies (a host-to-device transfer).
 
 ``made`` counts the device arrays made, by dtype, so a test can see that a float32 model
@@ -169,10 +170,18 @@ def get_array_module(*arrays):
     return sys.modules[__name__] if any(isinstance(a, ndarray) for a in arrays) else np
 
 
+# NumPy answers these with a Python bool, CuPy with a 0-d device array (reading it waits)
+DEVICE_BOOLS = {"array_equal", "array_equiv", "allclose"}
+
+
 def __getattr__(name):
     """Every other name is NumPy's: functions take and give device arrays, dtypes and
     constants pass through."""
     value = getattr(np, name)
+    if name in DEVICE_BOOLS:
+        fn = value
+        value = lambda *args, **kw: np.asarray(fn(*args, **kw))
+        value.__name__ = name
     if callable(value) and not isinstance(value, type):
         return _device_call(value)
     return value
@@ -213,9 +222,27 @@ def get_default_memory_pool():
     return _pool
 
 
+class _Cublas:
+    """cuBLAS's math mode per handle (cupy.cuda.cublas), kept but without effect."""
+    CUBLAS_DEFAULT_MATH = 0
+
+    def __init__(self):
+        self.modes = {}
+
+    def getMathMode(self, handle):
+        return self.modes.get(handle, self.CUBLAS_DEFAULT_MATH)
+
+    def setMathMode(self, handle, mode):
+        self.modes[handle] = mode
+
+
+_stream = types.SimpleNamespace(synchronize=lambda: None)
 cuda = types.SimpleNamespace(
     runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
-    Stream=types.SimpleNamespace(null=types.SimpleNamespace(synchronize=lambda: None)),
+    Stream=types.SimpleNamespace(null=_stream),
+    get_current_stream=lambda: _stream,
+    cublas=_Cublas(),
+    device=types.SimpleNamespace(get_cublas_handle=lambda: 1),   # one thread, one device
 )
 
 

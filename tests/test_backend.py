@@ -214,10 +214,14 @@ def test_tf32_without_a_gpu_is_a_clear_error():
 def test_tf32_is_off_until_asked_and_switches_back():
     if os.environ.get("CUPY_TF32", "0") not in ("", "0"):
         pytest.skip("CUPY_TF32 is set in this environment")
+    cuda = backend._cupy.cuda
+    math_mode = lambda: cuda.cublas.getMathMode(cuda.device.get_cublas_handle())
     try:
-        assert backend.tf32_enabled() is False
+        assert backend.tf32_enabled() is False and math_mode() == backend.CUBLAS_DEFAULT_MATH
         assert backend.set_tf32(True) is False and backend.tf32_enabled() is True
+        assert math_mode() == backend.CUBLAS_TF32_TENSOR_OP_MATH    # batched products too
         assert backend.set_tf32(False) is True and backend.tf32_enabled() is False
+        assert math_mode() == backend.CUBLAS_DEFAULT_MATH
     finally:
         backend.set_tf32(False)
 
@@ -232,12 +236,17 @@ def test_tf32_rounds_the_inputs_of_float32_products_on_a_real_gpu():
     n = 1024
     a = cupy.full((n, n), 1 + 2.0 ** -12, dtype=cupy.float32)   # 12 bits of mantissa: TF32 has 10
     b = cupy.ones((n, n), dtype=cupy.float32)
+
+    def products():     # CuPy sends 2-D products and batched ones down different cuBLAS calls
+        return (float((a @ b)[0, 0]),                                  # 2-D
+                float(cupy.matmul(a[None], b[None])[0, 0, 0]),         # batched
+                float(cupy.matmul(a, cupy.stack([b, b]))[1, 0, 0]))    # broadcast over a batch
     try:
         backend.set_tf32(False)
-        strict = float((a @ b)[0, 0])
+        strict = products()
         backend.set_tf32(True)
-        fast, fast_batched = float((a @ b)[0, 0]), float(cupy.matmul(a[None], b[None])[0, 0, 0])
+        fast = products()
     finally:
         backend.set_tf32(False)
-    assert strict == n * (1 + 2.0 ** -12)          # 1024.25: every partial sum exact in float32
-    assert fast == fast_batched == n               # each input read as 1
+    assert strict == (n * (1 + 2.0 ** -12),) * 3   # 1024.25: every partial sum exact in float32
+    assert fast == (n,) * 3                        # each input read as 1

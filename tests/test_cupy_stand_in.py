@@ -39,3 +39,8 @@ def test_reductions_give_zero_dimensional_device_arrays():
         assert isinstance(r, cp.ndarray) and r.shape == ()
     assert float(a.sum()) == 6.0 and int(a.argmax()) == 1 and bool(a.max() > 2)
     assert a.sum().item() == 6.0
+    for same in (cp.array_equal(a, a), cp.array_equiv(a, a[None]), cp.allclose(a, a + 1e-12)):
+        assert isinstance(same, cp.ndarray) and same.shape == ()
+        cp.waits.clear()
+        assert bool(same) is True and cp.waits["bool"] == 1     # reading it makes the host wait
+    assert bool(cp.array_equal(a, a + 1)) is False

@@ -456,6 +456,21 @@ def test_gpu_evaluation_and_prediction_wait_at_the_end_only(stand_in):
     assert gpu_waits(stand_in, prediction, 40) == gpu_waits(stand_in, prediction, 200) <= 2
 
 
+def test_the_fixed_weights_check_waits_once_a_batch_on_the_gpu(stand_in):
+    """With the paper's network, predicting takes the DFT route with one weights' spectrum
+    for all batches, and each batch first reads back one device bool: that the weights
+    still equal the spectrum's copy (a stale spectrum is an error, not a wrong answer)."""
+    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
+    x = np.random.default_rng(0).random((72, 28, 28, 1), dtype=np.float32)
+
+    def reads(n_images):
+        stand_in.waits.clear()
+        model.predict_lengths(x[:n_images], batch_size=24)
+        return stand_in.waits["bool"]
+
+    assert reads(72) - reads(48) == 1 and reads(48) - reads(24) == 1
+
+
 def test_evaluate_checks_the_labels():
     model = mc.CapsNet(CONFIG, seed=3)
     images, labels = bars(10, 5)
