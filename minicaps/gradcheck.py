@@ -95,16 +95,16 @@ def check_op(forward, backward, inputs, names=None, rng=None, h=1e-6, **kw):
 
 
 def check_model(model, x, y, h=1e-6, rng=None, **kw):
-    """{parameter name: relative error} of model.loss_and_grads against finite
-    differences of model.loss. With routing_grad="stop" the coupling
-    coefficients are frozen at their current values, which is the function
-    that mode differentiates."""
+    """{parameter name: relative error} of model.loss_and_grads (as training calls it)
+    against finite differences of model.loss. With routing_grad="stop" the finite
+    differences hold the coupling coefficients at their routed values, which is the
+    function that mode differentiates."""
     if model.dtype != np.float64:
         raise ValueError("gradient checks need a float64 model (dtype='float64')")
     coupling = None
     if model.config.routing_grad == "stop":
         coupling = model.forward(x, y)[0]["coupling"]
-    _, grads, _ = model.loss_and_grads(x, y, coupling)
+    _, grads, _ = model.loss_and_grads(x, y)
     rng = rng if rng is not None else np.random.default_rng(0)
     return {name: check_array(lambda: model.loss(x, y, coupling), p, grads[name], h, rng=rng, **kw)
             for name, p in model.params.items()}

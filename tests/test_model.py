@@ -55,6 +55,24 @@ def test_full_gradient_is_not_the_stop_gradient():
     assert relative_error(full, stop) > 1e-3
 
 
+# ------------------------------------------------------------------ the forward pass
+@pytest.mark.parametrize("overrides", [{}, dict(primary_relu=True, routing_iters=2),
+                                       dict(input_shape=(9, 11, 2), decoder_sizes=(7, 5))])
+def test_forward_equals_the_paper_written_as_loops(overrides):
+    """The whole network (capsule ordering, routing, losses, decoder) against a NumPy
+    transcription of the paper that shares no code with minicaps (paper_reference.py)."""
+    import dataclasses
+    import paper_reference
+    model = tiny_model(**overrides)
+    randomize_params(model, np.random.default_rng(11))
+    x, y = tiny_batch(model, n=3, seed=4)
+    out, _ = model.forward(x, y)
+    want = paper_reference.capsnet_loss(model.params, x, y, dataclasses.asdict(model.config))
+    for name, w in zip(("loss", "margin_loss", "reconstruction_loss", "lengths", "v",
+                        "reconstruction", "coupling"), want):
+        np.testing.assert_allclose(out[name], w, rtol=1e-10, atol=1e-13, err_msg=name)
+
+
 # ------------------------------------------------------------------ the documented API
 def test_paper_config_names_shapes_and_parameter_count():
     cfg = mc.CapsNetConfig()

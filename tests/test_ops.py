@@ -65,6 +65,30 @@ def test_conv2d_equals_naive_loop(method, seed, h, w, kh, kw, stride):
     np.testing.assert_allclose(out, naive_conv2d(x, W, b, stride), rtol=1e-11, atol=1e-11)
 
 
+def test_conv2d_in_pieces_equals_the_naive_loop_and_its_gradients(rng, monkeypatch):
+    """Big batches run in pieces: the GEMM route a few images at a time (``chunk``), the DFT
+    route a few frequency bins at a time (conv_fft.bin_chunks). Cut both into the smallest
+    pieces (3 images in chunks of 2; one bin at a time) and compare with the naive loop and
+    with the gradients of one piece, which test_conv2d_gradients checks."""
+    from minicaps.ops import conv_fft
+    x, W, b = rng.standard_normal((3, 11, 10, 3)), rng.standard_normal((4, 3, 3, 5)), rng.standard_normal(5)
+    dout = rng.standard_normal(naive_conv2d(x, W, b, 2).shape)
+    whole = {m: ops.conv2d_forward(x, W, b, 2, method=m) for m in ("gemm", "fft")}
+    bin_chunks = conv_fft.bin_chunks
+    pieces = []
+    monkeypatch.setattr(conv_fft, "bin_chunks", lambda *a, **kw: pieces.append(
+        bin_chunks(*a, limit=1)) or pieces[-1])
+    cut = {"gemm": ops.conv2d_forward(x, W, b, 2, chunk=2, method="gemm"),
+           "fft": ops.conv2d_forward(x, W, b, 2, method="fft")}
+    grads_cut = {m: ops.conv2d_backward(dout, cut[m][1]) for m in cut}
+    assert pieces and all(len(p) > 1 and p[0].stop - p[0].start == 1 for p in pieces)
+    for m in cut:
+        np.testing.assert_allclose(cut[m][0], naive_conv2d(x, W, b, 2), rtol=1e-11, atol=1e-11)
+        for name, a, r in zip(["dx", "dW", "db"], grads_cut[m],
+                              ops.conv2d_backward(dout, whole[m][1])):
+            np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11, err_msg=f"{m} {name}")
+
+
 @given(seed=seeds, h=st.integers(3, 9), w=st.integers(3, 9), k=st.integers(1, 3), stride=st.integers(1, 3))
 def test_col2im_is_the_adjoint_of_im2col(seed, h, w, k, stride):
     # <im2col(x), y> == <x, col2im(y)> for every x and y
@@ -184,12 +208,16 @@ def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
 
 
 def test_conv2d_backward_without_input_gradient(rng):
-    x = rng.standard_normal((2, 5, 5, 2))
+    x, W = rng.standard_normal((2, 5, 5, 2)), rng.standard_normal((3, 3, 2, 4))
     for method in ("gemm", "fft"):
-        out, cache = ops.conv2d_forward(x, rng.standard_normal((3, 3, 2, 4)), np.zeros(4),
-                                        method=method)
-        dx, dW, db = ops.conv2d_backward(np.ones_like(out), cache, need_dx=False)
-        assert dx is None and dW.shape == (3, 3, 2, 4) and db.shape == (4,)
+        out, cache = ops.conv2d_forward(x, W, np.zeros(4), method=method)
+        dout = rng.standard_normal(out.shape)
+        dx, dW, db = ops.conv2d_backward(dout, cache, need_dx=False)
+        _, dW_all, db_all = ops.conv2d_backward(                      # gradient-checked
+            dout, ops.conv2d_forward(x, W, np.zeros(4), method=method)[1])
+        assert dx is None
+        np.testing.assert_allclose(dW, dW_all, rtol=1e-13, atol=1e-13)
+        np.testing.assert_allclose(db, db_all, rtol=1e-13, atol=1e-13)
 
 
 # ------------------------------------------------------------------ dense, relu, sigmoid
@@ -259,11 +287,13 @@ def test_squash_of_zero_has_finite_value_and_gradient():
 
 def test_squash_float32_keeps_dtype_and_matches_float64(rng):
     s = rng.standard_normal((5, 3, 8))
-    v64, _ = ops.squash_forward(s)
+    v64, cache64 = ops.squash_forward(s)
     v32, cache = ops.squash_forward(s.astype(np.float32))
-    ds32 = ops.squash_backward(np.ones_like(v32), cache)
+    dv = rng.standard_normal(s.shape)
+    ds32 = ops.squash_backward(dv.astype(np.float32), cache)
     assert v32.dtype == np.float32 and ds32.dtype == np.float32
     np.testing.assert_allclose(v32, v64, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ds32, ops.squash_backward(dv, cache64), rtol=1e-4, atol=1e-5)
 
 
 @given(seed=seeds)
@@ -331,6 +361,10 @@ def test_routing_stop_gradient_is_the_gradient_with_frozen_coupling(seed, iters)
     (v, c), cache = ops.routing_forward(u_hat, iters, "stop")
     frozen = lambda u: routing_v(u, iters, "stop", coupling=c)
     assert_grads(check_op(frozen, ops.routing_backward, [u_hat], rng=np.random.default_rng(seed)))
+    # the backward pass of the routed "stop" (what training runs) is that checked gradient
+    dv = rng.standard_normal(v.shape)
+    np.testing.assert_allclose(ops.routing_backward(dv, cache),
+                               ops.routing_backward(dv, frozen(u_hat)[1]), rtol=1e-12, atol=1e-15)
     # same forward value as "full"; and with c frozen, v is the routed v
     (v_full, _), _ = ops.routing_forward(u_hat, iters, "full")
     np.testing.assert_allclose(v, v_full, rtol=1e-14)
@@ -467,3 +501,26 @@ def test_capsule_chunks_split_the_batch_in_whole_rounds_over_the_threads(n, chun
     assert max(sizes) <= chunk and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
     assert len(parts) % threads == 0 or len(parts) == n           # whole rounds over the threads
     assert len(parts) - threads < -(-n // chunk) or len(parts) == n   # and no round more than needed
+
+
+@pytest.mark.parametrize("threads", ["1", "3"])
+@pytest.mark.parametrize("routing_grad, frozen", [("full", False), ("stop", False), ("stop", True)])
+def test_digit_capsules_in_chunks_equal_predictions_then_routing_of_the_whole_batch(
+        rng, monkeypatch, threads, routing_grad, frozen):
+    """The model's capsule part runs a few images at a time, on every thread; chunks of 2
+    of 5 images must give what predictions_forward then routing_forward give for all 5,
+    forward and backward (both gradient-checked above)."""
+    monkeypatch.setenv("MINICAPS_THREADS", threads)
+    u, W = rng.standard_normal((5, 6, 3)), rng.standard_normal((6, 4, 2, 3))
+    coupling = ops.softmax_forward(rng.standard_normal((5, 6, 4))) if frozen else None
+    (v, c), cache = ops.digit_capsules_forward(u, W, 3, routing_grad, coupling=coupling, chunk=2)
+    assert len(cache[1]) >= 3                                       # it did run in chunks
+    u_hat, pred_cache = ops.predictions_forward(u, W)
+    (v_ref, c_ref), route_cache = ops.routing_forward(u_hat, 3, routing_grad, coupling=coupling)
+    np.testing.assert_allclose(v, v_ref, rtol=1e-13, atol=1e-15)
+    np.testing.assert_allclose(c, c_ref, rtol=1e-13, atol=1e-15)
+    dv = rng.standard_normal(v.shape)
+    du, dW = ops.digit_capsules_backward(dv, cache)
+    du_ref, dW_ref = ops.predictions_backward(ops.routing_backward(dv, route_cache), pred_cache)
+    np.testing.assert_allclose(du, du_ref, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(dW, dW_ref, rtol=1e-12, atol=1e-14)

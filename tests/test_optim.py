@@ -110,10 +110,11 @@ def test_parameter_average_is_the_weighted_sum_of_the_iterates(monkeypatch, shap
     monkeypatch.setenv("MINICAPS_THREADS", threads)
     rng = np.random.default_rng(0)
     iterates = [rng.standard_normal(shape) for _ in range(40)]
-    average = ParameterAverage({"w": iterates[0]}, decay=0.9)
+    average = ParameterAverage({"w": iterates[0]}, decay=0.6)
     for t, p in enumerate(iterates[1:], start=1):
         average.update({"w": p}, t)
-    d = [min(0.9, (1 + t) / (10 + t)) for t in range(1, 40)]
+    d = [min(0.6, (1 + t) / (10 + t)) for t in range(1, 40)]
+    assert d[0] < 0.6 and d[-1] == 0.6             # the warm-up, then the decay from t = 13 on
     expected = np.prod(d) * iterates[0]
     for t in range(1, 40):
         expected = expected + (1 - d[t - 1]) * np.prod(d[t:]) * iterates[t]
