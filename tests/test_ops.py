@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 
 from minicaps import ops
 from minicaps.gradcheck import check_op, relative_error
+from paper_reference import conv_valid     # the convolution as loops over output positions
 
 TOL = 1e-7
 seeds = st.integers(0, 2**32 - 1)
@@ -37,20 +38,6 @@ def test_conv2d_gradients(method, seed, n, h, w, c_in, c_out, kh, kw, stride):
     assert_grads(check_op(fwd, ops.conv2d_backward, [x, W, b], ["x", "W", "b"], rng=rng))
 
 
-def naive_conv2d(x, W, b, stride):
-    N, H, Wd, C = x.shape
-    kh, kw, _, O = W.shape
-    Ho, Wo = (H - kh) // stride + 1, (Wd - kw) // stride + 1
-    out = np.zeros((N, Ho, Wo, O))
-    for n in range(N):
-        for i in range(Ho):
-            for j in range(Wo):
-                for o in range(O):
-                    window = x[n, i * stride:i * stride + kh, j * stride:j * stride + kw, :]
-                    out[n, i, j, o] = (window * W[:, :, :, o]).sum() + b[o]
-    return out
-
-
 @pytest.mark.parametrize("method", ["gemm", "fft"])
 @given(seed=seeds, h=st.integers(1, 10), w=st.integers(1, 10), kh=st.integers(1, 4),
        kw=st.integers(1, 4), stride=st.integers(1, 3))
@@ -62,7 +49,7 @@ def test_conv2d_equals_naive_loop(method, seed, h, w, kh, kw, stride):
     W = rng.standard_normal((kh, kw, 3, 4))
     b = rng.standard_normal(4)
     out, _ = ops.conv2d_forward(x, W, b, stride, method=method)
-    np.testing.assert_allclose(out, naive_conv2d(x, W, b, stride), rtol=1e-11, atol=1e-11)
+    np.testing.assert_allclose(out, conv_valid(x, W, b, stride), rtol=1e-11, atol=1e-11)
 
 
 def test_conv2d_in_pieces_equals_the_naive_loop_and_its_gradients(rng, monkeypatch):
@@ -72,7 +59,7 @@ def test_conv2d_in_pieces_equals_the_naive_loop_and_its_gradients(rng, monkeypat
     with the gradients of one piece, which test_conv2d_gradients checks."""
     from minicaps.ops import conv_fft
     x, W, b = rng.standard_normal((3, 11, 10, 3)), rng.standard_normal((4, 3, 3, 5)), rng.standard_normal(5)
-    dout = rng.standard_normal(naive_conv2d(x, W, b, 2).shape)
+    dout = rng.standard_normal(conv_valid(x, W, b, 2).shape)
     whole = {m: ops.conv2d_forward(x, W, b, 2, method=m) for m in ("gemm", "fft")}
     bin_chunks = conv_fft.bin_chunks
     pieces = []
@@ -83,7 +70,7 @@ def test_conv2d_in_pieces_equals_the_naive_loop_and_its_gradients(rng, monkeypat
     grads_cut = {m: ops.conv2d_backward(dout, cut[m][1]) for m in cut}
     assert pieces and all(len(p) > 1 and p[0].stop - p[0].start == 1 for p in pieces)
     for m in cut:
-        np.testing.assert_allclose(cut[m][0], naive_conv2d(x, W, b, 2), rtol=1e-11, atol=1e-11)
+        np.testing.assert_allclose(cut[m][0], conv_valid(x, W, b, 2), rtol=1e-11, atol=1e-11)
         for name, a, r in zip(["dx", "dW", "db"], grads_cut[m],
                               ops.conv2d_backward(dout, whole[m][1])):
             np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11, err_msg=f"{m} {name}")
