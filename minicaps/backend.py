@@ -157,6 +157,18 @@ def matmul_into(a, b, out):
 # matrices); and the math mode of the cuBLAS handle, which its batched products (matmul of
 # 3-D and more, where the capsule part and the DFT route spend their time) follow instead.
 CUBLAS_DEFAULT_MATH, CUBLAS_TF32_TENSOR_OP_MATH = 0, 3     # cublasMath_t
+
+
+def _cublas_math_mode(mode=None):
+    """The math mode of this thread's cuBLAS handle on the current device; set it first
+    when ``mode`` is given."""
+    cuda = _cupy.cuda
+    handle = cuda.device.get_cublas_handle()
+    if mode is not None:
+        cuda.cublas.setMathMode(handle, mode)
+    return cuda.cublas.getMathMode(handle)
+
+
 def _cupy_products():
     """CuPy's module of matrix products, which holds the per-dtype compute type."""
     linalg = getattr(getattr(_cupy, "_core", None), "_routines_linalg", None)
@@ -183,8 +195,7 @@ def set_tf32(enabled=True):
     mode = (getattr(linalg, "COMPUTE_TYPE_TF32", 7) if enabled
             else getattr(linalg, "COMPUTE_TYPE_DEFAULT", 1))
     linalg.set_compute_type(np.float32, mode)
-    _cupy.cuda.cublas.setMathMode(_cupy.cuda.device.get_cublas_handle(),
-                                  CUBLAS_TF32_TENSOR_OP_MATH if enabled else CUBLAS_DEFAULT_MATH)
+    _cublas_math_mode(CUBLAS_TF32_TENSOR_OP_MATH if enabled else CUBLAS_DEFAULT_MATH)
     return previous
 
 
@@ -195,8 +206,7 @@ def tf32_enabled():
         return False
     linalg = _cupy_products()
     return (linalg.get_compute_type(np.float32) == getattr(linalg, "COMPUTE_TYPE_TF32", 7)
-            and _cupy.cuda.cublas.getMathMode(_cupy.cuda.device.get_cublas_handle())
-            == CUBLAS_TF32_TENSOR_OP_MATH)
+            and _cublas_math_mode() == CUBLAS_TF32_TENSOR_OP_MATH)
 
 
 def gpu_pool_bytes():
