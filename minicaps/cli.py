@@ -254,8 +254,9 @@ def build_parser():
         description="Train the paper's CapsNet (3 routing iterations, decoder, margin loss) "
                     "with Adam, learning rate lr * 0.96^(step/2000) and random shifts of up to "
                     "2 pixels. Each epoch prints the test accuracy, appends a line to "
-                    "OUT/metrics.jsonl and saves OUT/last.npz and OUT/best.npz. The paper "
-                    "trains about 50 epochs (--epochs 50); on a 2-core CPU one epoch of 60000 images "
+                    "OUT/metrics.jsonl and saves OUT/last.npz and OUT/best.npz. The full recipe "
+                    "is 50 epochs (--epochs 50; measured: 99.69% at best, at epoch 21; the authors' "
+                    "code trains 300,000 steps); on a 2-core CPU one epoch of 60000 images "
                     "takes 5 to 13 minutes (measured: 290-796 s, 75-207 img/s), so start with e.g. "
                     "--epochs 1 --limit-train 10000.")
     p.add_argument("--epochs", type=nonnegative_int, default=1,
