@@ -63,3 +63,10 @@ def load_bench_module(filename, name):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(name="bounded")
+def bounded_fixture():
+    """``with bounded(memory=..., seconds=...):`` around a hostile case (limits.bounded)."""
+    from limits import bounded
+    return bounded
