@@ -217,6 +217,44 @@ def gpu_pool_bytes():
     return int(_cupy.get_default_memory_pool().total_bytes())
 
 
+def available_memory(device="cpu"):
+    """Bytes a new allocation can still get, or None where that is unknown.
+
+    CPU: the smaller of the kernel's MemAvailable (/proc/meminfo) and what the address-space
+    limit (ulimit -v, RLIMIT_AS) leaves above this process's size. GPU: the device's free
+    memory plus what CuPy's pool holds free for reuse."""
+    if device == "gpu":
+        if _cupy is None:
+            return None
+        free, _ = _cupy.cuda.runtime.memGetInfo()
+        return int(free) + int(_cupy.get_default_memory_pool().free_bytes())
+    found = []
+    try:
+        with open("/proc/meminfo") as f:
+            found += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        import resource
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            with open("/proc/self/status") as f:
+                size = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmSize:"))
+            found.append(max(0, soft - size))
+    except (ImportError, OSError, ValueError, StopIteration):
+        pass
+    return min(found) if found else None
+
+
+def check_fits(nbytes, what, advice, device="cpu"):
+    """A ValueError (instead of a MemoryError midway) saying that ``what`` needs ``nbytes`` and how
+    much is available, with ``advice``, when it cannot fit; nothing is allocated."""
+    available = available_memory(device)
+    if available is not None and nbytes > available:
+        raise ValueError(f"{what} needs about {nbytes / 2**30:.2f} GiB of memory and "
+                         f"{available / 2**30:.2f} GiB is available: {advice}")
+
+
 _heap_kept = None     # whether keep_freed_memory() is in effect, once asked
 
 

@@ -17,9 +17,11 @@ fsynced, then renamed over the old one with ``os.replace``. A crash mid-write le
 previous checkpoint as it was.
 """
 import json
+import math
 import os
 import tempfile
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -192,46 +194,210 @@ def read_epoch(path):
     return epoch
 
 
+MAX_META_BYTES = 1 << 20      # the JSON metadata; a run's is a few kB
+MAX_MEMBERS = 1000            # a checkpoint of the paper's network has 49
+ARRAY_DTYPES = (np.dtype("float32"), np.dtype("float64"))
+_READ_CHUNK = 1 << 22
+
+
 def _read(path, only_meta=False):
-    """(meta dict, params, optimizer moments, averages) as NumPy arrays; ValueError if
-    unreadable. ``only_meta``: read the metadata only, the rest as empty dicts."""
+    """(meta dict, params, optimizer moments, averages) as NumPy arrays; ValueError naming
+    the file if anything is wrong. ``only_meta``: the metadata only, the rest empty dicts.
+
+    The archive is read by an allow-list, nothing on trust: the members' names are checked
+    first (only meta, param/, optim/m/, optim/v/ and average/ of the parameters the stored
+    config defines), then the metadata (at most MAX_META_BYTES, every field type-checked),
+    then each array's .npy header (float32 or float64, the shape the config implies, the
+    member's size exactly what the header promises) before its data is read, the memory
+    all of them need checked against what is available; finally every array must be
+    finite (and Adam's second moments >= 0). Nothing is decompressed past the sizes the
+    archive declares."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
     except OSError as e:
         raise ValueError(f"{path}: not a readable minicaps checkpoint ({type(e).__name__}: {e})") from e
-    if head != b"PK\x03\x04":     # NumPy would read anything else as a pickle it refuses
+    if head != b"PK\x03\x04":
         what = "an empty file" if not head else f"a file that starts with {head!r}"
         raise ValueError(f"{path}: not a minicaps checkpoint: checkpoints are .npz (ZIP) "
                          f"archives, this is {what}; give the last.npz or best.npz of a run")
     try:
-        npz = np.load(path, allow_pickle=False)
-        if not isinstance(npz, np.lib.npyio.NpzFile):
-            raise ValueError("a single .npy array, not an .npz archive")
-        with npz:
-            names = [k for k in npz.files if not only_meta or k == "meta"]
-            arrays = {k: npz[k] for k in names}   # reading checks each member's CRC
-    except (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile) as e:
+        with zipfile.ZipFile(path) as archive:
+            members = _members(archive, path)
+            meta = _check_meta(_read_meta(archive, members.pop("meta"), path), path)
+            if only_meta:
+                return meta, {}, {}, {}
+            shapes = _config_from(meta, path).param_shapes()
+            allowed = {f"{kind}/{name}": shape for name, shape in shapes.items()
+                       for kind in ("param", "optim/m", "optim/v", "average")}
+            unknown = sorted(set(members) - set(allowed))
+            if unknown:
+                raise ValueError(f"{path}: not a minicaps checkpoint of this network: unexpected "
+                                 f"members {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
+            dtype = np.dtype(meta["dtype"])
+            backend.check_fits(sum(members[k].file_size for k in members) + sum(
+                               math.prod(allowed[k]) * dtype.itemsize for k in members),
+                               f"loading {path}", "free memory or load it on a larger machine")
+            arrays = {k: _read_array(archive, info, allowed[k], path)
+                      for k, info in members.items()}
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
+            NotImplementedError) as e:
         raise ValueError(f"{path}: not a readable minicaps checkpoint "
                          f"(damaged or not an .npz: {type(e).__name__}: {e})") from e
-    if "meta" not in arrays:
+    params = {k[len("param/"):]: a for k, a in arrays.items() if k.startswith("param/")}
+    moments = {k[len("optim/"):]: a for k, a in arrays.items() if k.startswith("optim/")}
+    averages = {k[len("average/"):]: a for k, a in arrays.items() if k.startswith("average/")}
+    return meta, params, moments, averages
+
+
+def _members(archive, path):
+    """{member name without .npy: ZipInfo}, checked for number, names and compression."""
+    infos = archive.infolist()
+    if len(infos) > MAX_MEMBERS:
+        raise ValueError(f"{path}: not a minicaps checkpoint ({len(infos)} members)")
+    members = {}
+    for info in infos:
+        name = info.filename
+        if not name.endswith(".npy") or name[:-4] in members:
+            raise ValueError(f"{path}: not a minicaps checkpoint (member {name[:80]!r})")
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise ValueError(f"{path}: member {name[:80]!r} is compressed with method "
+                             f"{info.compress_type}; checkpoints are stored or deflated")
+        members[name[:-4]] = info
+    if "meta" not in members:
         raise ValueError(f"{path}: not a minicaps checkpoint (no 'meta' entry)")
+    return members
+
+
+def _npy_header(f, name, path):
+    """(shape, fortran_order, dtype) from the .npy header at the start of stream f."""
     try:
-        meta = json.loads(arrays.pop("meta").tobytes().decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: damaged checkpoint metadata ({e})") from e
+        version = np.lib.format.read_magic(f)
+        if version == (1, 0):
+            return np.lib.format.read_array_header_1_0(f)
+        if version in ((2, 0), (3, 0)):
+            return np.lib.format.read_array_header_2_0(f)
+        raise ValueError(f"npy format version {version}")
+    except (ValueError, SyntaxError, TypeError) as e:
+        raise ValueError(f"{path}: member {name!r} is not a valid .npy array ({e})") from e
+
+
+def _read_data(f, info, dtype, shape, fortran, name, path):
+    """The array that follows the header in f, read in pieces into its own buffer; the
+    member's size must be exactly the header plus the data."""
+    count = math.prod(shape)
+    nbytes = count * dtype.itemsize
+    if info.file_size != f.tell() + nbytes:
+        raise ValueError(f"{path}: member {name!r} holds {info.file_size - f.tell()} bytes of "
+                         f"data, its header promises {nbytes} ({dtype} {tuple(shape)})")
+    out = np.empty(count, dtype=dtype)
+    view, done = memoryview(out.view(np.uint8)), 0
+    while done < nbytes:
+        got = f.readinto(view[done:done + _READ_CHUNK])
+        if not got:
+            raise ValueError(f"{path}: member {name!r} is cut off")
+        done += got
+    f.read(1)          # at the end: zipfile checks the member's CRC here
+    return out.reshape(shape, order="F" if fortran else "C")
+
+
+def _read_meta(archive, info, path):
+    """The metadata: a uint8 .npy array of UTF-8 JSON, at most MAX_META_BYTES."""
+    if info.file_size > MAX_META_BYTES + 4096:
+        raise ValueError(f"{path}: checkpoint metadata of {info.file_size} bytes; a checkpoint's "
+                         f"is at most {MAX_META_BYTES} bytes")
+    with archive.open(info) as f:
+        shape, fortran, dtype = _npy_header(f, "meta", path)
+        if dtype != np.uint8 or len(shape) != 1:
+            raise ValueError(f"{path}: damaged checkpoint metadata ({dtype} {shape}, "
+                             f"expected UTF-8 bytes)")
+        raw = _read_data(f, info, dtype, shape, fortran, "meta", path)
+    try:
+        return json.loads(raw.tobytes().decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError) as e:
+        raise ValueError(f"{path}: damaged checkpoint metadata ({type(e).__name__}: "
+                         f"{str(e)[:200]})") from e
+
+
+def _read_array(archive, info, shape, path):
+    """A float32/float64 array of ``shape`` from member ``info``, checked to be finite."""
+    name = info.filename[:-4]
+    with archive.open(info) as f:
+        stored, fortran, dtype = _npy_header(f, name, path)
+        if dtype.hasobject or dtype.fields is not None or dtype.newbyteorder("=") not in ARRAY_DTYPES:
+            raise ValueError(f"{path}: {name} is stored as {dtype}; parameters and optimizer "
+                             f"state are float32 or float64")
+        if tuple(stored) != tuple(shape):
+            raise ValueError(f"{path}: {name} has shape {tuple(stored)}, the network in the "
+                             f"checkpoint's config needs {tuple(shape)}")
+        a = _read_data(f, info, dtype, shape, fortran, name, path)
+    a = a.astype(dtype.newbyteorder("="), copy=False)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{path}: {name} holds NaN or infinite values; the run diverged "
+                         f"before this was saved: use an earlier checkpoint")
+    if name.startswith("optim/v/") and (a < 0).any():
+        raise ValueError(f"{path}: {name} (Adam's second moment) holds negative values")
+    return a
+
+
+def _check_meta(meta, path):
+    """The metadata with every field of its type: ValueError naming the field otherwise."""
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise ValueError(f"{path}: not a minicaps checkpoint (format is not {FORMAT!r})")
     missing = [k for k in META_KEYS if k not in meta]
     if missing:
         raise ValueError(f"{path}: checkpoint metadata lacks {missing}")
-    if not isinstance(meta["format_version"], int) or meta["format_version"] > FORMAT_VERSION:
-        raise ValueError(f"{path}: checkpoint format version {meta['format_version']} is newer "
+    version = meta["format_version"]
+    if not _is_int(version) or version < 1:
+        raise ValueError(f"{path}: damaged checkpoint metadata (format_version {version!r})")
+    if version > FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format version {version} is newer "
                          f"than this minicaps reads ({FORMAT_VERSION}); upgrade minicaps")
-    params = {k[len("param/"):]: a for k, a in arrays.items() if k.startswith("param/")}
-    moments = {k[len("optim/"):]: a for k, a in arrays.items() if k.startswith("optim/")}
-    averages = {k[len("average/"):]: a for k, a in arrays.items() if k.startswith("average/")}
-    return meta, params, moments, averages
+
+    def bad(field, value, what):
+        return ValueError(f"{path}: damaged checkpoint metadata: {field} is "
+                          f"{str(value)[:80]!r}, expected {what}")
+
+    for field in ("epoch", "step"):
+        if not _is_int(meta[field]) or meta[field] < 0:
+            raise bad(field, meta[field], "an integer >= 0")
+    if meta["dtype"] not in ("float32", "float64"):
+        raise bad("dtype", meta["dtype"], "'float32' or 'float64'")
+    for field in ("config", "optimizer", "rng_state"):
+        if not isinstance(meta[field], dict):
+            raise bad(field, meta[field], "a JSON object")
+    for field in ("metrics", "extra"):
+        if not isinstance(meta.get(field) or {}, dict):
+            raise bad(field, meta[field], "a JSON object")
+    extra = meta.get("extra") or {}
+    if not isinstance(extra.get("settings", {}), dict):
+        raise bad("extra.settings", extra["settings"], "a JSON object")
+    best = extra.get("best_accuracy")
+    if best is not None and not (_is_number(best) and 0 <= best <= 1):
+        raise bad("extra.best_accuracy", best, "an accuracy in [0, 1]")
+    hyper = meta["optimizer"]
+    if hyper.get("name") != "Adam":
+        raise ValueError(f"{path}: unsupported optimizer state {str(hyper)[:80]}")
+    for field, ok, what in (("lr", lambda x: x > 0, "> 0"), ("beta1", lambda x: 0 <= x < 1, "in [0, 1)"),
+                            ("beta2", lambda x: 0 <= x < 1, "in [0, 1)"), ("eps", lambda x: x > 0, "> 0")):
+        value = hyper.get(field)
+        if not _is_number(value) or not ok(value):
+            raise bad(f"optimizer.{field}", value, f"a finite number {what}")
+    if not _is_int(hyper.get("t")) or hyper["t"] < 0:
+        raise bad("optimizer.t", hyper.get("t"), "an integer >= 0")
+    average = meta.get("average")
+    if average is not None and not (isinstance(average, dict) and _is_number(average.get("decay"))
+                                    and 0 < average["decay"] < 1):
+        raise bad("average", average, "null or {\"decay\": a number in (0, 1)}")
+    return meta
+
+
+def _is_int(x):
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x):
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _config_from(meta, path):

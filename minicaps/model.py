@@ -55,23 +55,51 @@ class CapsNetConfig:
     decoder_sizes: tuple = (512, 1024)
     recon_weight: float = 0.0005
 
+    INT_FIELDS = ("conv1_channels", "conv1_kernel", "conv1_stride", "primary_maps",
+                  "primary_dims", "primary_kernel", "primary_stride", "num_classes",
+                  "digit_dims", "routing_iters")
+
     def __post_init__(self):
-        self.input_shape = tuple(int(s) for s in self.input_shape)
-        self.decoder_sizes = tuple(int(s) for s in self.decoder_sizes)
+        self.input_shape = _int_tuple(self.input_shape, "input_shape")
+        self.decoder_sizes = _int_tuple(self.decoder_sizes, "decoder_sizes")
         self.validate()
 
     def validate(self):
+        """Every field of the right type and in range: a wrong config is a ValueError
+        naming the field, never a TypeError deep in NumPy or a NaN loss later."""
         if len(self.input_shape) != 3 or min(self.input_shape) < 1:
             raise ValueError(f"input_shape must be (H, W, C) of positive ints, got {self.input_shape}")
-        for name in ("conv1_channels", "conv1_kernel", "conv1_stride", "primary_maps",
-                     "primary_dims", "primary_kernel", "primary_stride", "num_classes",
-                     "digit_dims", "routing_iters"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"CapsNetConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if any(s < 1 for s in self.decoder_sizes):
+            raise ValueError(f"CapsNetConfig.decoder_sizes must be positive ints, got "
+                             f"{self.decoder_sizes}")
+        for name in self.INT_FIELDS:
+            value = getattr(self, name)
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"CapsNetConfig.{name} must be an integer >= 1, got {value!r}")
+            setattr(self, name, int(value))
         if self.num_classes < 2:
             raise ValueError("CapsNetConfig.num_classes must be >= 2")
         if self.routing_grad not in ("full", "stop"):
             raise ValueError(f"routing_grad must be 'full' or 'stop', got {self.routing_grad!r}")
+        for name in ("primary_relu", "use_decoder"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ValueError(f"CapsNetConfig.{name} must be True or False, got "
+                                 f"{getattr(self, name)!r}")
+            setattr(self, name, bool(getattr(self, name)))
+        for name, low, high in (("squash_eps", 0, None), ("m_plus", 0, 1), ("m_minus", 0, 1),
+                                ("lam", 0, None), ("recon_weight", 0, None)):
+            value = getattr(self, name)
+            if not _is_real(value) or not math.isfinite(value) or value < low or (
+                    high is not None and value > high) or (name == "squash_eps" and value == 0):
+                where = f"in [{low}, {high}]" if high is not None else (
+                    "> 0" if name == "squash_eps" else ">= 0")
+                raise ValueError(f"CapsNetConfig.{name} must be a finite number {where}, "
+                                 f"got {value!r}")
+            setattr(self, name, float(value))
+        if not self.m_minus < self.m_plus:
+            raise ValueError(f"CapsNetConfig needs m_minus < m_plus (the margins of eq. 4: "
+                             f"absent below m_minus, present above m_plus), got "
+                             f"m_minus={self.m_minus}, m_plus={self.m_plus}")
         if self.primary_grid[0] < 1 or self.primary_grid[1] < 1:
             raise ValueError(f"input {self.input_shape} is too small for conv1 kernel "
                              f"{self.conv1_kernel} and primary kernel {self.primary_kernel}")
@@ -118,11 +146,31 @@ class CapsNetConfig:
 
     @classmethod
     def from_dict(cls, d):
+        if not isinstance(d, dict):
+            raise ValueError(f"a CapsNetConfig is read from a dict of its fields, got "
+                             f"{type(d).__name__}")
         known = set(cls.__dataclass_fields__)
         unknown = set(d) - known
         if unknown:
             raise ValueError(f"unknown CapsNetConfig fields: {sorted(unknown)}")
         return cls(**d)
+
+
+def _is_int(value):
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value):
+    return (isinstance(value, (int, float, np.integer, np.floating))
+            and not isinstance(value, (bool, np.bool_)))
+
+
+def _int_tuple(values, name):
+    """A tuple of Python ints from a list or tuple of integers; ValueError otherwise (2.5 is
+    not silently cut to 2)."""
+    if not isinstance(values, (list, tuple)) or not all(_is_int(v) for v in values):
+        raise ValueError(f"CapsNetConfig.{name} must be a list of integers, got {values!r}")
+    return tuple(int(v) for v in values)
 
 
 def init_params(config, seed=0, dtype="float32"):
@@ -197,6 +245,41 @@ class CapsNet:
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
 
+    def batch_bytes(self, batch_size, training=True):
+        """About the most memory one step over ``batch_size`` images takes beyond the
+        parameters: the activations (4 conv1 maps and 2 predictions u_hat an image when
+        training, half as much for inference) and 2 (training) or 1 copies of the
+        parameters (gradients, the weights' spectrum), with a 25% margin. Calibrated on
+        the paper's network in float32 (the process's peak memory at batches 16-512:
+        2.97 MB an image when training, 1.16 MB for inference; this says 3.9 and 1.9)."""
+        cfg = self.config
+        h, w = cfg.conv1_out
+        per_image = (4 * h * w * cfg.conv1_channels
+                     + 2 * cfg.num_primary_caps * cfg.num_classes * cfg.digit_dims)
+        if not training:
+            per_image //= 2
+        copies = 2 if training else 1
+        return int(1.25 * self.dtype.itemsize * (per_image * batch_size
+                                                 + copies * self.num_params()))
+
+    def check_batch_fits(self, batch_size, training=True, option="--batch-size"):
+        """A ValueError naming a batch size that fits when ``batch_size`` images a step
+        would not fit in the memory available now (batch_bytes); nothing is allocated."""
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        need = self.batch_bytes(batch_size, training)
+        available = backend.available_memory(self.device)
+        if available is None or need <= available:
+            return
+        per_image = self.batch_bytes(2, training) - self.batch_bytes(1, training)
+        fits = (available - self.batch_bytes(0, training)) // max(per_image, 1)
+        what = "training" if training else "inference"
+        advice = (f"give a batch size of at most {fits} ({option} {fits})" if fits >= 1 else
+                  "not even one image fits: free memory or use a smaller network")
+        raise ValueError(f"a {what} batch of {batch_size} images needs about "
+                         f"{need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is "
+                         f"available on the {self.device}: {advice}")
+
     def to(self, device):
         """Move the model to 'cpu' or 'gpu' (in place); returns self."""
         self._place_on(device)
@@ -224,8 +307,16 @@ class CapsNet:
             raise ValueError(f"x must hold floats in [0, 1], got dtype {x.dtype}; "
                              "convert images with x.astype('float32') / 255")
         x = backend.to_device(x, self.device).astype(self.dtype, copy=False)
-        if check_values and not bool(self.xp.isfinite(x).all()):
-            raise ValueError("x contains NaN or infinite values")
+        if check_values:          # one read of three numbers from the device
+            finite, low, high = backend.to_numpy(self.xp.stack(
+                [self.xp.isfinite(x).all().astype(x.dtype), x.min(), x.max()]))
+            if not finite:
+                raise ValueError("x contains NaN or infinite values")
+            if low < 0 or high > 1:
+                hint = ("; pixels 0..255 go in divided by 255 (data.to_model_input)"
+                        if high > 1 and low >= 0 else "")
+                raise ValueError(f"x must hold pixel values in [0, 1], got values in "
+                                 f"{low:g}..{high:g}{hint}")
         return x
 
     def _check_y(self, y, n, check_values=True):
@@ -430,11 +521,13 @@ class CapsNet:
 
     def predict(self, x, batch_size=256):
         """Predicted classes (N,) as a NumPy int array: the longest digit capsule."""
+        self.check_batch_fits(batch_size, training=False, option="batch_size=")
         return self.predict_lengths(x, batch_size).argmax(axis=1)
 
     def predict_lengths(self, x, batch_size=256):
         """Capsule lengths (N, num_classes) as NumPy, computed in batches, no decoder
         (with the weights fixed over all batches: see fixed_weights)."""
+        self.check_batch_fits(batch_size, training=False, option="batch_size=")
         x = self._check_x(x)           # the values once here, not again per batch
         with self.fixed_weights(x.shape[0]):
             parts = [self.forward(x[k:k + batch_size], decode=False, check_values=False)[0]["lengths"]

@@ -211,6 +211,9 @@ class _MemoryPool:
     def used_bytes(self):
         return 0
 
+    def free_bytes(self):
+        return 0
+
     def free_all_blocks(self):
         pass
 
@@ -236,9 +239,14 @@ class _Cublas:
         self.modes[handle] = mode
 
 
+# The device's (free, total) bytes as cudaMemGetInfo answers: an 80 GiB GPU, all free,
+# unless a test sets less.
+device_memory = [80 << 30, 80 << 30]
+
 _stream = types.SimpleNamespace(synchronize=lambda: None)
 cuda = types.SimpleNamespace(
-    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1),
+    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
+                                  memGetInfo=lambda: tuple(device_memory)),
     Stream=types.SimpleNamespace(null=_stream),
     get_current_stream=lambda: _stream,
     cublas=_Cublas(),
