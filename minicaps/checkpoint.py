@@ -111,6 +111,10 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
     arrays.update({f"optim/{k}": backend.to_numpy(a) for k, a in moments.items()})
     if average is not None:
         arrays.update({f"average/{k}": backend.to_numpy(a) for k, a in average.params.items()})
+    bad = [k for k, a in arrays.items() if not np.isfinite(a).all()]
+    if bad:
+        raise ValueError(f"not saving {path}: {', '.join(bad[:5])} hold NaN or infinite "
+                         f"values (the run diverged); the file on disk is left as it was")
     arrays["meta"] = np.frombuffer(meta_bytes, dtype=np.uint8)
     _write_atomically(Path(path), arrays)
     return Path(path)

@@ -1,5 +1,6 @@
 """The `minicaps` command: argparse front end only; the work happens in the library."""
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -38,7 +39,8 @@ def cmd_train(args):
                        limit_train=args.limit_train, limit_test=args.limit_test,
                        val_size=args.val_size, shift=args.shift,
                        average=None if args.no_average else args.average,
-                       resume=args.resume, progress=not args.no_progress)
+                       resume=args.resume, overwrite=args.overwrite,
+                       progress=not args.no_progress)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {_how_to_go_on(Path(out) / 'last.npz')}", file=sys.stderr)
         return 130
@@ -176,9 +178,31 @@ def nonnegative_int(text):
 
 def positive_float(text):
     value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    if not (value > 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return value
+
+
+def rate(text):
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (such as 0.96), got {text}")
+    return value
+
+
+def seed(text):
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
+    return value
+
+
+def folder(text):
+    """An existing folder (a data root): a typo is said, not created."""
+    if not Path(text).expanduser().is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder; give the folder that holds "
+                                         f"the data files")
+    return text
 
 
 def decay(text):
@@ -216,12 +240,20 @@ def add_weights_option(p):
 
 
 def add_data_options(p):
-    p.add_argument("--data-root", metavar="DIR", default=None,
+    p.add_argument("--data-root", metavar="DIR", type=folder, default=None,
                    help="folder with the IDX files (.gz or not), directly or in "
                         "DIR/<dataset>/; default $MINICAPS_DATA, else a per-user cache "
                         "(downloaded there if missing)")
     p.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
                    help="evaluate on the first N test images only (default: all 10000)")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose errors are one line (what was wrong, where to read more)
+    instead of the usage block followed by the error."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
@@ -235,7 +267,7 @@ class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="minicaps",
         description="Capsule Networks (Sabour et al., 2017) written by hand on NumPy/CuPy.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -264,7 +296,7 @@ def build_parser():
                         "counting those in the checkpoint)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per step")
     p.add_argument("--lr", type=positive_float, default=1e-3, help="initial Adam learning rate")
-    p.add_argument("--lr-decay", type=positive_float, default=0.96,
+    p.add_argument("--lr-decay", type=rate, default=0.96,
                    help="the learning rate is multiplied by this every --decay-steps steps "
                         "(continuously)")
     p.add_argument("--decay-steps", type=positive_int, default=2000, help="see --lr-decay")
@@ -279,7 +311,7 @@ def build_parser():
     add_device_option(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="floating-point type of parameters and activations")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--seed", type=seed, default=0,
                    help="seed for the initial weights, the shuffling, the shifts and the "
                         "validation split")
     p.add_argument("--out", metavar="DIR", default=None,
@@ -288,6 +320,9 @@ def build_parser():
     p.add_argument("--resume", metavar="CKPT", default=None,
                    help="continue exactly from this checkpoint (e.g. OUT/last.npz); "
                         "give the same options as the original run")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start a new run in an --out folder that holds one, deleting its "
+                        "last.npz, best.npz and metrics.jsonl (without it, that is refused)")
     p.add_argument("--limit-train", type=positive_int, metavar="N", default=None,
                    help="train on the first N training images only (default: all)")
     p.add_argument("--val-size", type=nonnegative_int, metavar="N", default=0,
@@ -393,6 +428,10 @@ def main(argv=None):
         return args.func(args)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"minicaps {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except MemoryError as e:
+        print(f"minicaps {args.command}: error: out of memory ({e or 'an allocation failed'}); "
+              f"give a smaller --batch-size, or free memory", file=sys.stderr)
         return 2
 
 

@@ -156,9 +156,15 @@ class MNIST(NamedTuple):
 
 
 def data_root(root=None):
-    """The folder to look in: ``root``, else $MINICAPS_DATA, else the per-user cache."""
+    """The folder to look in: ``root``, else $MINICAPS_DATA (which must exist: a typo there
+    is said, not created), else the per-user cache."""
     if root is None:
         root = os.environ.get("MINICAPS_DATA") or None
+        if root is not None and not Path(root).expanduser().is_dir():
+            raise DataNotFoundError(
+                f"MINICAPS_DATA is {root!r}, which is not a folder: point it at the folder "
+                f"that holds the data files, or create it (mkdir -p {root}) to download "
+                f"into it, or unset it to use the per-user cache")
     if root is None:
         import pooch
         root = pooch.os_cache("minicaps")

@@ -14,13 +14,14 @@ numpy Generator seeded by ``seed``; its state is saved with each checkpoint, so
 resume, one more epoch give bit-for-bit the same parameters.
 """
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from . import backend
+from . import backend, runfolder
 from .checkpoint import load_checkpoint, read_epoch, save_checkpoint
 from .data import draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
 from .model import CapsNet
@@ -190,13 +191,16 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         if average is not None:
             average.update(model.params, optimizer.t)
         step += 1
-        pending.append((len(idx), out["margin_loss"], out.get("reconstruction_loss")))
+        pending.append((len(idx), out["margin_loss"], out.get("reconstruction_loss"), step))
         correct = correct + (out["lengths"].argmax(axis=1) == y).sum()
         bar.update(len(idx))
-        if not bar.disable and (step % 10 == 0 or k + len(idx) >= n):
+        # On the CPU the losses are read every step (they are host numbers already), so a
+        # NaN stops the run at once; on a GPU when the bar shows them and at the end.
+        if device == "cpu" or (not bar.disable and (step % 10 == 0 or k + len(idx) >= n)):
             seen += _add_losses(totals, pending, model)
-            bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
-                            acc=f"{int(correct) / seen:.4f}", refresh=False)
+            if not bar.disable:
+                bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
+                                acc=f"{int(correct) / seen:.4f}", refresh=False)
     _add_losses(totals, pending, model)
     correct = int(correct)
     bar.close()
@@ -207,17 +211,31 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     return step, stats
 
 
+class DivergedError(ValueError):
+    """The loss became NaN or infinite: training stopped before saving anything of it."""
+
+
 def _add_losses(totals, pending, model):
-    """Bring the ``pending`` batches' losses (size, margin, reconstruction or None; on the
-    device) to the host in one transfer and add them, weighted by the batch size, to
-    ``totals`` as floats: the total loss as forward's host_losses computes it. Empties
-    ``pending``; returns the number of images added."""
-    added = sum(m for m, _, _ in pending)
+    """Bring the ``pending`` batches' losses (size, margin, reconstruction or None[, the
+    step]; on the device) to the host in one transfer and add them, weighted by the batch
+    size, to ``totals`` as floats: the total loss as forward's host_losses computes it.
+    Empties ``pending``; returns the number of images added. A non-finite loss raises
+    DivergedError naming its step."""
+    added = sum(entry[0] for entry in pending)
     if pending:
         xp, zero = model.xp, model.xp.zeros((), dtype=model.dtype)
-        values = backend.to_numpy(xp.stack([xp.stack([margin, zero if recon is None else recon])
-                                            for _, margin, recon in pending]))
-        for (m, _, recon), (margin, reconstruction) in zip(pending, values):
+        values = backend.to_numpy(xp.stack([xp.stack([entry[1], zero if entry[2] is None
+                                                      else entry[2]]) for entry in pending]))
+        bad = ~np.isfinite(values).all(axis=1)
+        if bad.any():
+            entry = pending[int(np.argmax(bad))]
+            where = f"at step {entry[3]}" if len(entry) > 3 else "in evaluation"
+            raise DivergedError(
+                f"the loss became {values[int(np.argmax(bad))].sum()} {where}: the run "
+                f"diverged (a learning rate too high for this network?), so it stopped "
+                f"without saving this epoch; its last checkpoint is as the last good epoch "
+                f"left it. Try a smaller --lr")
+        for (m, _, recon, *_), (margin, reconstruction) in zip(pending, values):
             margin = float(margin)
             reconstruction = 0.0 if recon is None else float(reconstruction)
             totals["loss"] += m * (margin + model.config.recon_weight * reconstruction)
@@ -254,7 +272,7 @@ class TrainResult:
 def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
           data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, average=0.999,
-          resume=None, progress=True, log=print):
+          resume=None, overwrite=False, progress=True, log=print):
     """Train a CapsNet until ``epochs`` epochs are done in all; returns a TrainResult.
 
     config: a CapsNetConfig (None with ``resume``: the checkpoint's). data: (x_train,
@@ -269,14 +287,20 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     none. Training itself is the same with or without it; the average is the model the run
     delivers (Checkpoint.model_with). A run resumed from a checkpoint without an average of
     this decay starts one there.
+
+    ``out_dir`` belongs to this run (runfolder.claim): a fresh run into a folder that holds
+    one is refused unless ``overwrite`` (which deletes that run's checkpoints and metrics),
+    and a second process training there at the same time is refused. Every setting is
+    checked before the data loads, and whether a batch fits in memory before the first
+    step; a loss that becomes NaN or infinite stops the run with a ValueError, the last
+    checkpoint left as the last good epoch wrote it.
     """
-    if epochs < 0 or batch_size < 1 or not lr > 0 or shift < 0 or val_size < 0:
-        raise ValueError("need epochs >= 0, batch_size >= 1, lr > 0, shift >= 0, val_size >= 0")
+    _check_settings(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
+                    decay_steps=decay_steps, seed=seed, limit_train=limit_train,
+                    limit_test=limit_test, val_size=val_size, shift=shift, average=average)
     if epochs == 0 and resume is None:
         raise ValueError("epochs=0 trains nothing: give 1 or more (--epochs N), counting the "
                          "epochs of a resumed run too")
-    if average is not None and not 0 < average < 1:
-        raise ValueError(f"average is a decay in (0, 1), such as 0.999, or None; got {average}")
     device = backend.resolve_device(device)     # a missing GPU is said before the data loads
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
                                                 limit_test, val_size, seed)
@@ -288,7 +312,26 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
         if split is not None:
             _check_shape(split, run.model.config, name)
+    if run.epoch >= epochs:
+        return run                       # nothing to do: nothing claimed, nothing changed
+    run.model.check_batch_fits(batch_size, training=True)
+    run.model.check_batch_fits(EVAL_BATCH, training=False, option="an evaluation batch of")
+    fresh = resume is None or Path(resume).resolve().parent != run.out_dir.resolve()
+    lock = runfolder.claim(run.out_dir, fresh=fresh, overwrite=overwrite,
+                           checkpoint_bytes=_checkpoint_bytes(run), log=log)
+    try:
+        if resume is not None:
+            _truncate_metrics(run.out_dir / METRICS_FILE, run.epoch)
+        _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log)
+    finally:
+        lock.release()
+    return run
 
+
+def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log):
+    """The epochs from run.epoch + 1 to ``epochs``: train, evaluate, save."""
+    batch_size, lr, lr_decay, decay_steps, shift = (settings[k] for k in (
+        "batch_size", "lr", "lr_decay", "decay_steps", "shift"))
     while run.epoch < epochs:
         run.epoch += 1
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
@@ -305,13 +348,13 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
         start = time.perf_counter()
         for prefix, split in (("val", val_set), ("test", test_set)):
             if split is not None:
-                scores = evaluate(run.model, split.images, split.labels, progress=progress,
-                                  desc=f"{prefix} set")
+                scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
+                                  progress=progress, desc=f"{prefix} set")
                 metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
                 if run.average is not None:
                     trained, run.model.params = run.model.params, run.average.params
                     try:
-                        scores = evaluate(run.model, split.images, split.labels,
+                        scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
                                           progress=progress, desc=f"{prefix} set, average")
                     finally:
                         run.model.params = trained
@@ -322,7 +365,44 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
         is_best = _save(run, metrics, settings, score)
         log(_epoch_line(metrics, epochs, is_best))
         run.history.append(metrics)
-    return run
+
+
+EVAL_BATCH = 256      # images per forward pass when a run evaluates
+
+
+def _check_settings(**s):
+    """Every training setting of the right type and in range, before anything is loaded."""
+    def integer(name, low, none_ok=False):
+        value = s[name]
+        if value is None and none_ok:
+            return
+        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+
+    def number(name, ok, what):
+        value = s[name]
+        if (not isinstance(value, (int, float, np.integer, np.floating)) or isinstance(value, bool)
+                or not math.isfinite(value) or not ok(value)):
+            raise ValueError(f"{name} must be a finite number {what}, got {value!r}")
+
+    integer("epochs", 0)
+    integer("batch_size", 1)
+    integer("decay_steps", 1)
+    integer("seed", 0)
+    integer("shift", 0)
+    integer("val_size", 0)
+    integer("limit_train", 1, none_ok=True)
+    integer("limit_test", 1, none_ok=True)
+    number("lr", lambda x: x > 0, "> 0 (such as 1e-3)")
+    number("lr_decay", lambda x: 0 < x <= 1, "in (0, 1] (such as 0.96)")
+    if s["average"] is not None:
+        number("average", lambda x: 0 < x < 1, "in (0, 1) (such as 0.999), or None")
+
+
+def _checkpoint_bytes(run):
+    """The size of one checkpoint: parameters, Adam's two moments, the average."""
+    copies = 3 + (run.average is not None)
+    return copies * run.model.num_params() * run.model.dtype.itemsize
 
 
 def _start(config, settings, device, out_dir, resume, log, epochs):
@@ -332,7 +412,6 @@ def _start(config, settings, device, out_dir, resume, log, epochs):
     if resume is None:
         if config is None:
             raise ValueError("train needs a CapsNetConfig (or resume=CHECKPOINT)")
-        out_dir.mkdir(parents=True, exist_ok=True)
         model = CapsNet(config, seed=settings["seed"], dtype=settings["dtype"], device=device)
         return TrainResult(model, Adam(lr=settings["lr"]),
                            np.random.default_rng(settings["seed"]), 0, 0, out_dir,
@@ -342,8 +421,6 @@ def _start(config, settings, device, out_dir, resume, log, epochs):
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
     if ckpt.epoch < epochs:
         _check_nothing_overwritten(out_dir, resume, ckpt.epoch)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        _truncate_metrics(out_dir / METRICS_FILE, ckpt.epoch)
     average = ckpt.average
     if decay is None:
         average = None

@@ -87,7 +87,7 @@ def test_help_says_each_default_once(capsys, command):
 @pytest.mark.parametrize("argv, message", [
     (["train", "--batch-size", "0"], "--batch-size: must be a positive integer"),
     (["train", "--epochs", "two"], "--epochs: invalid"),
-    (["train", "--lr", "-1"], "--lr: must be positive"),
+    (["train", "--lr", "-1"], "--lr: must be a finite positive number"),
     (["train", "--device", "tpu"], "--device: invalid choice"),
     (["train", "--dataset", "cifar"], "--dataset: invalid choice"),
     (["train", "--routing-grad", "half"], "--routing-grad: invalid choice"),

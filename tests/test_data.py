@@ -346,6 +346,7 @@ def test_no_reachable_mirror_lists_files(tmp_path):
 
 
 def test_data_root_precedence(tmp_path, monkeypatch):
+    (tmp_path / "env").mkdir()
     monkeypatch.setenv("MINICAPS_DATA", str(tmp_path / "env"))
     assert data.data_root(tmp_path / "arg") == tmp_path / "arg"
     assert data.data_root() == tmp_path / "env"
