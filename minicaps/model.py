@@ -248,16 +248,16 @@ class CapsNet:
     def batch_bytes(self, batch_size, training=True):
         """About the most memory one step over ``batch_size`` images takes beyond the
         parameters: the activations (4 conv1 maps and 2 predictions u_hat an image when
-        training, half as much for inference) and 2 (training) or 1 copies of the
+        training, 3/8 of that for inference) and 2 (training) or 1 copies of the
         parameters (gradients, the weights' spectrum), with a 25% margin. Calibrated on
-        the paper's network in float32 (the process's peak memory at batches 16-512:
-        2.97 MB an image when training, 1.16 MB for inference; this says 3.9 and 1.9)."""
+        the paper's network in float32 (the process's peak memory at batches 16-1024:
+        2.97 MB an image when training, 1.16 MB for inference; this says 3.9 and 1.5)."""
         cfg = self.config
         h, w = cfg.conv1_out
         per_image = (4 * h * w * cfg.conv1_channels
                      + 2 * cfg.num_primary_caps * cfg.num_classes * cfg.digit_dims)
         if not training:
-            per_image //= 2
+            per_image = per_image * 3 // 8
         copies = 2 if training else 1
         return int(1.25 * self.dtype.itemsize * (per_image * batch_size
                                                  + copies * self.num_params()))
@@ -273,10 +273,10 @@ class CapsNet:
             return
         per_image = self.batch_bytes(2, training) - self.batch_bytes(1, training)
         fits = (available - self.batch_bytes(0, training)) // max(per_image, 1)
-        what = "training" if training else "inference"
+        what = "a training" if training else "an inference"
         advice = (f"give a batch size of at most {fits} ({option} {fits})" if fits >= 1 else
                   "not even one image fits: free memory or use a smaller network")
-        raise ValueError(f"a {what} batch of {batch_size} images needs about "
+        raise ValueError(f"{what} batch of {batch_size} images needs about "
                          f"{need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is "
                          f"available on the {self.device}: {advice}")
 

@@ -90,19 +90,26 @@ def existing_run(out_dir):
     return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
 
 
-def _make_room(out_dir, overwrite, log):
+def check_room(out_dir, overwrite=False):
+    """Refuse a fresh run into ``out_dir`` when it holds a run and ``overwrite`` is off
+    (train calls this first, before the data loads; claim checks again under the lock)."""
+    out_dir = Path(out_dir)
     found = existing_run(out_dir)
-    if not found:
-        return
-    if not overwrite:
+    if found and not overwrite:
         raise RunFolderError(
             f"{out_dir} already holds a run ({', '.join(found)}); a new run would replace "
             f"it. To continue that run: --resume {out_dir / 'last.npz'} (with its options); "
             f"to start a new one: another folder (--out NEWDIR), or --overwrite to delete "
             f"{', '.join(found)} there")
+
+
+def _make_room(out_dir, overwrite, log):
+    check_room(out_dir, overwrite)
+    found = existing_run(out_dir)
     for name in found:
         os.remove(out_dir / name)
-    log(f"--overwrite: deleted {', '.join(found)} in {out_dir}")
+    if found:
+        log(f"--overwrite: deleted {', '.join(found)} in {out_dir}")
 
 
 def _remove_temp_files(out_dir, log):

@@ -301,6 +301,8 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     if epochs == 0 and resume is None:
         raise ValueError("epochs=0 trains nothing: give 1 or more (--epochs N), counting the "
                          "epochs of a resumed run too")
+    if resume is None:
+        runfolder.check_room(out_dir, overwrite)      # another run there: said at once
     device = backend.resolve_device(device)     # a missing GPU is said before the data loads
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
                                                 limit_test, val_size, seed)
