@@ -4,9 +4,16 @@ MNIST (LeCun et al.) fitted each digit's bounding box into 20x20 pixels keeping 
 ratio, with anti-aliasing, then placed it in a 28x28 field so that its centre of mass sat
 in the middle. A network trained on MNIST expects exactly that: white ink on black, in
 [0, 1]. ``mnist_style`` does the same to any grayscale array; ``load_digit`` reads a PNG
-(or any image Pillow reads) and calls it. Pillow is in the viz extra:
+(or a JPEG, GIF, BMP, TIFF, WebP or PNM picture) and calls it. Pillow is in the viz extra:
 ``pip install "minicaps[viz]"``.
+
+A picture comes from whoever runs ``minicaps predict``, so reading one is bounded: what
+Pillow would hold to decode it is worked out from its header and the picture refused
+above MAX_BYTES; a JPEG is decoded at 1/2, 1/4 or 1/8 scale where that is enough; and
+every picture is shrunk in Pillow to at most MAX_SIDE pixels a side before NumPy sees it
+(the digit ends up 20 pixels tall anyway).
 """
+import math
 import warnings
 from pathlib import Path
 
@@ -14,7 +21,16 @@ import numpy as np
 
 VIZ_EXTRA = 'pip install "minicaps[viz]"'
 INK = 0.2          # a pixel is ink when it is above this fraction of the brightest one
-MAX_PIXELS = 50_000_000   # read_grayscale refuses bigger pictures before decoding them
+MAX_BYTES = 80_000_000    # read_grayscale refuses a file, or a decoding, that needs more
+MAX_SIDE = 1024           # ... and shrinks what it decodes to at most this many pixels a side
+SHRINK = "shrink the picture first: a digit needs no more than a few hundred pixels a side"
+# The formats read, with how many more pictures' worth of memory (at 4 bytes a pixel) their
+# decoder holds besides Pillow's own: the others decode a few rows at a time. EPS is not
+# among them (Pillow runs Ghostscript for it), nor are containers of other pictures (ICO).
+FORMATS = {"PNG": 0, "JPEG": 0, "MPO": 0, "GIF": 0, "BMP": 0, "PPM": 0,
+           "TIFF": 1,      # libtiff decodes a strip or a tile at a time: at most all of it
+           "WEBP": 3}      # libwebp's frame and canvases, and the bytes handed to Pillow
+LUMA = (0.299, 0.587, 0.114)       # ITU-R 601, as PIL's "L"
 
 
 def _pil():
@@ -26,56 +42,178 @@ def _pil():
 
 
 def read_grayscale(path):
-    """A picture file as a float (H, W) array in [0, 1], 1 = white.
+    """A picture file as a float32 (H, W) array in [0, 1], 1 = white, at most MAX_SIDE
+    pixels a side (a bigger picture is box-averaged down by a whole factor).
 
     Colour is averaged to luminance; transparent pixels are laid on white (a drawing
     exported with a transparent background is dark ink on nothing). Raises ValueError for
-    a file that is not an image Pillow can read, or one of more than MAX_PIXELS pixels
-    (its float copies would take gigabytes; it is refused from its header, undecoded).
+    a file that is not a picture this reads, one whose decoding would need more than
+    MAX_BYTES (refused from its header, undecoded), and one with NaN or infinite pixels
+    (a float TIFF can hold them).
     """
     Image = _pil()
     path = Path(path)
+    if path.is_file() and path.stat().st_size > MAX_BYTES:
+        raise ValueError(f"{path}: a file of {path.stat().st_size / 1e6:.0f} MB is more than "
+                         f"this reads ({MAX_BYTES / 1e6:.0f} MB); {SHRINK}")
+    image = _open(Image, path)
     try:
-        with warnings.catch_warnings():     # Pillow warns of big pictures: refused below
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(path)        # reads the header only
-    except FileNotFoundError:
-        raise
-    except Image.DecompressionBombError as e:      # far above MAX_PIXELS
-        raise ValueError(f"{path}: {e}; shrink the picture first") from e
-    except (OSError, SyntaxError, ValueError) as e:   # PIL.UnidentifiedImageError: OSError
-        raise _unreadable(path, e) from e
-    with image:
         width, height = image.size
-        if width * height > MAX_PIXELS:
-            raise ValueError(f"{path}: {width} x {height} pixels is more than this reads "
-                             f"({MAX_PIXELS // 1_000_000} megapixels); shrink the picture "
-                             f"first: a digit needs no more than a few hundred pixels a side")
+        coefficients = _jpeg_coefficient_bytes(image, path)    # at full size, whatever the scale
+        _draft(image)
+        need = _bytes_to_decode(image) + coefficients
+        if need > MAX_BYTES:
+            raise ValueError(f"{path}: {width} x {height} pixels would take {need / 1e6:.0f} MB "
+                             f"to decode, more than this reads ({MAX_BYTES / 1e6:.0f} MB); {SHRINK}")
         try:
             image.load()
-            if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-                a = np.asarray(image, dtype=np.float64)
-                return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1)
-            rgba = np.asarray(image.convert("RGBA"), dtype=np.float64) / 255
+            small = _shrink(image, _working_mode(image))
+            pixels, mode = np.asarray(small), small.mode   # a copy: small may be image itself
         except (OSError, SyntaxError, ValueError) as e:     # a damaged or cut-off file
             raise _unreadable(path, e) from e
-    gray = rgba[..., :3] @ np.array([0.299, 0.587, 0.114])      # ITU-R 601 luma, as PIL's "L"
-    alpha = rgba[..., 3]
+    finally:
+        image.close()       # the file, and the memory of the full-size picture
+    return _gray(pixels, mode, path)
+
+
+def _open(Image, path):
+    """The picture at path, its header read and nothing decoded."""
+    try:
+        with warnings.catch_warnings():     # Pillow warns of big pictures: weighed later
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return Image.open(path, formats=[f for f in FORMATS if f != "MPO"])  # a JPEG
+    except FileNotFoundError:
+        raise
+    except Image.DecompressionBombError as e:      # far above MAX_BYTES
+        raise ValueError(f"{path}: {str(e).rstrip('.')}; {SHRINK}") from e
+    except (OSError, SyntaxError, ValueError) as e:   # PIL.UnidentifiedImageError: OSError
+        raise _unreadable(path, e) from e
+
+
+def _unreadable(path, e):
+    why = "" if str(path) in str(e) else f" ({e})"
+    return ValueError(f"{path}: not an image that can be read{why}; this reads "
+                      f"{', '.join(sorted(FORMATS))} files")
+
+
+def _draft(image):
+    """Have a JPEG decoded at 1/2, 1/4 or 1/8 scale (libjpeg's scaled IDCT), as small as
+    keeps its longer side at least MAX_SIDE, and in gray if it is in colour. Other
+    formats are decoded whole."""
+    factor = max(image.size) / MAX_SIDE
+    if image.format in ("JPEG", "MPO") and (factor >= 2 or image.mode == "RGB"):
+        size = tuple(max(1, math.ceil(n / max(factor, 1))) for n in image.size)
+        image.draft("L" if image.mode == "RGB" else image.mode, size)
+
+
+def _bytes_per_pixel(mode):
+    """What one pixel of ``mode`` takes in Pillow's memory: a band of 8 bits is stored in
+    4 bytes when there are several (RGB too), one band in its type's size."""
+    from PIL import ImageMode
+    m = ImageMode.getmode(mode)
+    return 4 if len(m.bands) > 1 else np.dtype(m.typestr).itemsize
+
+
+def _bytes_to_decode(image):
+    """Bytes that reading ``image`` at its (drafted) size holds at once: the decoded
+    picture, the decoder's own buffers, a copy converted to the mode it is shrunk in and,
+    for transparency, the premultiplied copy that Image.reduce averages; and 8 bytes a
+    row for Pillow's row pointers, which a picture 1 pixel wide would make the most of."""
+    width, height = image.size
+    work = _working_mode(image)
+    modes = [image.mode] + [work] * (work != image.mode)
+    if work == "RGBA" and max(width, height) > MAX_SIDE:
+        modes.append("RGBa")
+    rows = sum(width * _bytes_per_pixel(mode) + 8 for mode in modes)
+    return height * (rows + 4 * width * FORMATS.get(image.format, 1))
+
+
+def _jpeg_coefficient_bytes(image, path):
+    """The DCT coefficients (2 bytes each) that libjpeg keeps for the whole picture, at
+    full size whatever the scale, when it comes in several scans: a progressive JPEG, or
+    one with a scan for each component. 0 for the usual single scan, decoded a row of
+    blocks at a time, and for other formats."""
+    if image.format not in ("JPEG", "MPO"):
+        return 0
+    if not image.info.get("progressive") and _first_scan_components(path) == image.layers:
+        return 0
+    width, height = image.size
+    h_max = max(max(h for _, h, _, _ in image.layer), 1)
+    v_max = max(max(v for _, _, v, _ in image.layer), 1)
+    return sum(math.ceil(width * h / (8 * h_max)) * math.ceil(height * v / (8 * v_max)) * 64 * 2
+               for _, h, v, _ in image.layer)
+
+
+def _first_scan_components(path, segments=1000):
+    """How many components a JPEG's first scan holds (its SOS segment's Ns): all of them
+    in a single-scan file. 0 where the first scan is not found among the first few
+    segments."""
+    with open(path, "rb") as f:
+        if f.read(2) != b"\xff\xd8":                     # SOI
+            return 0
+        for _ in range(segments):
+            if f.read(1) != b"\xff":
+                return 0
+            marker = f.read(1)
+            while marker == b"\xff":                      # fill bytes
+                marker = f.read(1)
+            if not marker:
+                return 0
+            if marker[0] == 0x01 or 0xD0 <= marker[0] <= 0xD7:    # TEM, RSTn: no length
+                continue
+            length = int.from_bytes(f.read(2), "big")
+            if marker[0] == 0xDA:                          # SOS: Ns comes first
+                ns = f.read(1)
+                return ns[0] if ns else 0
+            f.seek(max(length - 2, 0), 1)
+    return 0
+
+
+def _working_mode(image):
+    """The mode a picture is shrunk and read in: 32-bit integer or float gray, colour
+    with alpha where it has transparency, 8-bit gray, or colour."""
+    mode = image.mode
+    if mode.startswith("I") or mode == "F":
+        return "F" if mode == "F" else "I"
+    if "transparency" in image.info or mode.endswith(("A", "a")):
+        return "RGBA"
+    return "L" if mode in ("1", "L") else "RGB"
+
+
+def _shrink(image, mode):
+    """``image`` in ``mode``, box-averaged by the smallest whole factor that brings its
+    longer side to MAX_SIDE or less (Image.reduce weighs colour by alpha)."""
+    if image.mode != mode:
+        image = image.convert(mode)
+    factor = math.ceil(max(image.size) / MAX_SIDE)
+    return image.reduce(factor) if factor > 1 else image
+
+
+def _gray(pixels, mode, path):
+    """The pixels of a shrunk picture (mode I, F, L, RGB or RGBA) as float32 gray in [0, 1]."""
+    a = pixels.astype(np.float32)
+    if not np.isfinite(a).all():
+        raise ValueError(f"{path}: the picture has pixels that are NaN or infinite; "
+                         f"save it with finite values (0 black to 1, 255 or 65535 white)")
+    if mode in ("I", "F"):
+        return np.clip(a / (65535.0 if a.max() > 255 else 255.0), 0, 1)
+    if mode == "L":
+        return a / 255
+    gray = (a[..., 0] * LUMA[0] + a[..., 1] * LUMA[1] + a[..., 2] * LUMA[2]) / 255
+    if mode == "RGB":
+        return gray
+    alpha = a[..., 3] / 255
     on_white = alpha * gray + (1 - alpha)
     if np.ptp(on_white) < 1e-3 and np.ptp(alpha) > 0:   # e.g. white ink on transparency
         return alpha
     return on_white
 
 
-def _unreadable(path, e):
-    why = "" if str(path) in str(e) else f" ({e})"
-    return ValueError(f"{path}: not an image that can be read{why}")
-
-
 def mnist_style(gray, size=(28, 28), box=None):
     """A grayscale (H, W) array, any size, as an MNIST digit (size) float32 in [0, 1].
 
-    1. white ink on black: inverted if the border (the background) is mostly light;
+    1. white ink on black: the background level is the border's median, and the ink is
+       on whichever side of it has more contrast (``_ink``), dark or light;
     2. the background level subtracted and the brightest ink scaled to 1;
     3. cropped to the ink's bounding box (pixels above INK of the brightest), with a
        margin for the faint edge;
@@ -83,17 +221,20 @@ def mnist_style(gray, size=(28, 28), box=None):
        the aspect ratio;
     5. placed so that its centre of mass is at (H/2, W/2) in pixel indices, (14, 14)
        in 28x28, where MNIST's are.
+    Raises ValueError for NaN or infinite pixels and for a picture with no ink.
     """
     Image = _pil()
-    gray = np.asarray(gray, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim != 2 or min(gray.shape) < 1:
         raise ValueError(f"expected a 2-D grayscale image, got shape {gray.shape}")
+    if not np.isfinite(gray).all():
+        raise ValueError("the image has pixels that are NaN or infinite (as float32); "
+                         "only finite pixel values can be prepared")
     H, W = size
     box = box or max(1, round(20 * min(H, W) / 28))
     border = np.concatenate([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
-    if np.median(border) > 0.5:
-        gray, border = 1 - gray, 1 - border
-    ink = np.clip(gray - np.median(border), 0, None)
+    ink = _ink(gray, np.median(border))
     if ink.max() <= 1e-3:
         raise ValueError("the image is blank: no ink found")
     ink /= ink.max()
@@ -106,9 +247,26 @@ def mnist_style(gray, size=(28, 28), box=None):
     top, left = max(rows.min() - m, 0), max(cols.min() - m, 0)
     ink = ink[top:rows.max() + m + 1, left:cols.max() + m + 1]
     new_h, new_w = (max(1, round(n * scale)) for n in ink.shape)
-    small = Image.fromarray(ink.astype(np.float32)).resize((new_w, new_h), Image.Resampling.LANCZOS)
-    small = np.clip(np.asarray(small, dtype=np.float64), 0, 1)
+    small = Image.fromarray(ink).resize((new_w, new_h), Image.Resampling.LANCZOS)
+    small = np.clip(np.asarray(small, dtype=np.float32), 0, 1)
     return center_by_mass(small, size).astype(np.float32)
+
+
+def _ink(gray, background):
+    """How far each pixel lies from the background level on the ink's side, >= 0.
+
+    The ink is the side with more contrast. With t half the picture's largest departure
+    from the background, the sums of what lies more than t above it and more than t below
+    it are compared: a threshold that high passes the ink, which stands far from the
+    background, and not what stands near it on the other side (uneven light on paper, a
+    grey background's noise). It asks nothing of the background's own level, so white on
+    black, black on white, and dark or light ink on mid-grey are all read alike.
+    """
+    off = gray - np.float32(background)
+    t = max(off.max(), -off.min()) / 2
+    above = np.clip(off - t, 0, None).sum(dtype=np.float64)
+    below = np.clip(-off - t, 0, None).sum(dtype=np.float64)
+    return np.clip(off if above >= below else -off, 0, None)
 
 
 def center_by_mass(patch, size):

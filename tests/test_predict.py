@@ -153,11 +153,14 @@ def png_header_only(path, width, height):
 
 def test_a_picture_too_big_to_read_is_refused_from_its_header(tmp_path):
     Image = pytest.importorskip("PIL.Image")
-    big = png_header_only(tmp_path / "poster.png", 10_000, 5_001)     # 50.01 megapixels
-    with pytest.raises(ValueError, match=r"poster.png: 10000 x 5001 pixels .* shrink"):
+    big = png_header_only(tmp_path / "poster.png", 10_000, 8_000)     # 80 MB of 8-bit gray
+    with pytest.raises(ValueError, match=r"poster.png: 10000 x 8000 pixels .* 80 MB .* shrink"):
         read_grayscale(big)
     with Image.open(big) as image:            # the header is all that was there to read
-        assert image.size == (10_000, 5_001)
+        assert image.size == (10_000, 8_000)
+    below = png_header_only(tmp_path / "below.png", 10_000, 7_900)    # 79 MB: decoded, and cut
+    with pytest.raises(ValueError, match=r"below.png: not an image that can be read"):
+        read_grayscale(below)
     huge = png_header_only(tmp_path / "bomb.png", 20_000, 20_000)     # Pillow's own limit too
     with pytest.raises(ValueError, match=r"bomb.png: .*400000000 pixels.* shrink"):
         read_grayscale(huge)
