@@ -242,8 +242,10 @@ def _read(path, only_meta=False):
             backend.check_fits(sum(members[k].file_size for k in members) + sum(
                                math.prod(allowed[k]) * dtype.itemsize for k in members),
                                f"loading {path}", "free memory or load it on a larger machine")
-            arrays = {k: _read_array(archive, info, allowed[k], path)
-                      for k, info in members.items()}
+            headers = {k: _array_header(archive, info, allowed[k], path)     # all first
+                       for k, info in members.items()}
+            arrays = {k: _read_array(archive, members[k], allowed[k], *headers[k], path)
+                      for k in members}
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error, RuntimeError,
             NotImplementedError) as e:
         raise ValueError(f"{path}: not a readable minicaps checkpoint "
@@ -289,12 +291,9 @@ def _npy_header(f, name, path):
 def _read_data(f, info, dtype, shape, fortran, name, path):
     """The array that follows the header in f, read in pieces into its own buffer; the
     member's size must be exactly the header plus the data."""
-    count = math.prod(shape)
-    nbytes = count * dtype.itemsize
-    if info.file_size != f.tell() + nbytes:
-        raise ValueError(f"{path}: member {name!r} holds {info.file_size - f.tell()} bytes of "
-                         f"data, its header promises {nbytes} ({dtype} {tuple(shape)})")
-    out = np.empty(count, dtype=dtype)
+    _check_size(f, info, dtype, shape, name, path)
+    nbytes = math.prod(shape) * dtype.itemsize
+    out = np.empty(math.prod(shape), dtype=dtype)
     view, done = memoryview(out.view(np.uint8)), 0
     while done < nbytes:
         got = f.readinto(view[done:done + _READ_CHUNK])
@@ -323,8 +322,10 @@ def _read_meta(archive, info, path):
                          f"{str(e)[:200]})") from e
 
 
-def _read_array(archive, info, shape, path):
-    """A float32/float64 array of ``shape`` from member ``info``, checked to be finite."""
+def _array_header(archive, info, shape, path):
+    """(dtype, fortran_order) of a parameter or optimizer member, after checking its .npy
+    header: float32 or float64, the ``shape`` the config implies, and a member size of
+    exactly the header plus that data. Reads the header only."""
     name = info.filename[:-4]
     with archive.open(info) as f:
         stored, fortran, dtype = _npy_header(f, name, path)
@@ -334,6 +335,24 @@ def _read_array(archive, info, shape, path):
         if tuple(stored) != tuple(shape):
             raise ValueError(f"{path}: {name} has shape {tuple(stored)}, the network in the "
                              f"checkpoint's config needs {tuple(shape)}")
+        _check_size(f, info, dtype, shape, name, path)
+    return dtype, fortran
+
+
+def _check_size(f, info, dtype, shape, name, path):
+    """The member holds exactly its header and the data its header promises."""
+    nbytes = math.prod(shape) * dtype.itemsize
+    if info.file_size != f.tell() + nbytes:
+        raise ValueError(f"{path}: member {name!r} holds {info.file_size - f.tell()} bytes of "
+                         f"data, its header promises {nbytes} ({dtype} {tuple(shape)})")
+
+
+def _read_array(archive, info, shape, dtype, fortran, path):
+    """The array of member ``info`` (its header checked by _array_header), checked to be
+    finite, and Adam's second moments >= 0."""
+    name = info.filename[:-4]
+    with archive.open(info) as f:
+        _npy_header(f, name, path)
         a = _read_data(f, info, dtype, shape, fortran, name, path)
     a = a.astype(dtype.newbyteorder("="), copy=False)
     if not np.isfinite(a).all():
