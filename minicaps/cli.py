@@ -147,8 +147,6 @@ def cmd_predict(args):
     return 0
 
 
-# --- argument types: a bad value is an argparse error (usage line, exit status 2) ----------
-
 def cmd_bench(args):
     # bench/ sits beside the package in a source checkout; it is not installed with it
     bench_file = Path(__file__).resolve().parent.parent / "bench" / "bench.py"
@@ -162,39 +160,25 @@ def cmd_bench(args):
     return module.bench_main(args.bench_args)
 
 
-def positive_int(text):
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+# --- argument types: a bad value is an argparse error (one line, exit status 2) -----------
+
+def _number(convert, ok, must, name):
+    """An argparse type: ``convert(text)``, refused unless ``ok(value)`` ("must <must>")."""
+    def parse(text):
+        value = convert(text)
+        if not ok(value):
+            raise argparse.ArgumentTypeError(f"must {must}, got {text}")
+        return value
+    parse.__name__ = name          # argparse's "invalid <name> value" for unparsable text
+    return parse
 
 
-def nonnegative_int(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
-
-
-def positive_float(text):
-    value = float(text)
-    if not (value > 0 and math.isfinite(value)):
-        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
-    return value
-
-
-def rate(text):
-    value = float(text)
-    if not 0 < value <= 1:
-        raise argparse.ArgumentTypeError(f"must lie in (0, 1] (such as 0.96), got {text}")
-    return value
-
-
-def seed(text):
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, got {text}")
-    return value
+positive_int = _number(int, lambda v: v >= 1, "be a positive integer", "positive_int")
+nonnegative_int = _number(int, lambda v: v >= 0, "be 0 or more", "nonnegative_int")
+positive_float = _number(float, lambda v: v > 0 and math.isfinite(v),
+                         "be a finite positive number", "positive_float")
+rate = _number(float, lambda v: 0 < v <= 1, "lie in (0, 1] (such as 0.96)", "rate")
+decay = _number(float, lambda v: 0 < v < 1, "lie between 0 and 1 (such as 0.999)", "decay")
 
 
 def folder(text):
@@ -203,13 +187,6 @@ def folder(text):
         raise argparse.ArgumentTypeError(f"{text} is not a folder; give the folder that holds "
                                          f"the data files")
     return text
-
-
-def decay(text):
-    value = float(text)
-    if not 0 < value < 1:
-        raise argparse.ArgumentTypeError(f"must lie between 0 and 1 (such as 0.999), got {text}")
-    return value
 
 
 def add_device_option(p):
@@ -311,7 +288,7 @@ def build_parser():
     add_device_option(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="floating-point type of parameters and activations")
-    p.add_argument("--seed", type=seed, default=0,
+    p.add_argument("--seed", type=nonnegative_int, default=0,
                    help="seed for the initial weights, the shuffling, the shifts and the "
                         "validation split")
     p.add_argument("--out", metavar="DIR", default=None,

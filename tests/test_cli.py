@@ -19,6 +19,8 @@ from minicaps import cli
 from minicaps.checkpoint import load_checkpoint
 from minicaps.data import load_mnist, to_model_input
 
+from synthetic import synthetic_mnist
+
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_MNIST = bool(os.environ.get("MINICAPS_DATA"))
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="set MINICAPS_DATA to the MNIST files")
@@ -28,18 +30,6 @@ def minicaps_command(*args, timeout=120):
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     return subprocess.run([sys.executable, "-m", "minicaps", *map(str, args)], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=timeout)
-
-
-def synthetic_mnist(n_train=16, n_test=8, seed=0):
-    """Four arrays shaped like load_mnist's: a bright square whose corner says the class."""
-    rng = np.random.default_rng(seed)
-    def split(n):
-        labels = rng.integers(0, 10, n)
-        images = rng.integers(0, 30, (n, 28, 28)).astype(np.uint8)
-        for image, label in zip(images, labels):
-            image[2 + 2 * label:8 + 2 * label, 4:12] = 255
-        return images, labels
-    return split(n_train) + split(n_test)
 
 
 @pytest.fixture

@@ -32,30 +32,13 @@ from minicaps.optim import Adam
 from minicaps.train import DivergedError, train
 
 from limits import file_hashes
+from synthetic import bars_data, synthetic_mnist
 
 CONFIG = tiny_config(recon_weight=0.0005)
 MB = 1 << 20
 
 
-def bars_data(n_train=60, n_test=20, seed=0):
-    """uint8 (n, 10, 10) images of 3 classes (a horizontal, vertical or diagonal bar)."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        labels = rng.integers(0, 3, n)
-        images = rng.integers(0, 40, (n, 10, 10)).astype(np.uint8)
-        for image, label in zip(images, labels):
-            if label == 0:
-                image[4:6, 2:8] = 255
-            elif label == 1:
-                image[2:8, 4:6] = 255
-            else:
-                image[np.arange(2, 8), np.arange(2, 8)] = 255
-        return images, labels
-    return split(n_train) + split(n_test)
-
-
-SETTINGS = dict(batch_size=20, lr=0.01, shift=1, data=bars_data(), progress=False)
+SETTINGS = dict(batch_size=20, lr=0.01, shift=1, data=bars_data(60, 20), progress=False)
 
 
 def quiet(line):
@@ -546,9 +529,7 @@ def test_non_finite_parameters_are_never_saved(run_dir, bounded):
 
 @pytest.fixture
 def fake_mnist(monkeypatch):
-    rng = np.random.default_rng(0)
-    data = (rng.integers(0, 255, (8, 28, 28)).astype(np.uint8), np.arange(8) % 10,
-            rng.integers(0, 255, (4, 28, 28)).astype(np.uint8), np.arange(4) % 10)
+    data = synthetic_mnist(8, 4)
     monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: data)
     return data
 

@@ -15,27 +15,10 @@ from minicaps.data import to_model_input
 from minicaps.gradcheck import randomize_params, tiny_config
 from minicaps.train import evaluate, learning_rate, train
 
+from synthetic import bars, bars_data
+
 CONFIG = tiny_config(recon_weight=0.0005)
 QUIET = dict(progress=False, log=lambda line: None)
-
-
-def bars(n, seed):
-    """uint8 images (n, 10, 10) of three classes, and their labels."""
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, 3, n)
-    images = rng.integers(0, 40, (n, 10, 10)).astype(np.uint8)
-    for image, label in zip(images, labels):
-        if label == 0:
-            image[4:6, 2:8] = 255
-        elif label == 1:
-            image[2:8, 4:6] = 255
-        else:
-            image[np.arange(2, 8), np.arange(2, 8)] = 255
-    return images, labels
-
-
-def bars_data(n_train=120, n_test=60):
-    return bars(n_train, 0) + bars(n_test, 1)
 
 
 def run(tmp_path, name="run", **kw):
