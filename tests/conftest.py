@@ -9,6 +9,8 @@ from minicaps import backend
 
 # Bounded, deadline-free property runs: the suite must stay fast on 2 cores.
 settings.register_profile("minicaps", max_examples=25, deadline=None, derandomize=True)
+# Now and then: MINICAPS_HYPOTHESIS_PROFILE=thorough, many fresh random draws.
+settings.register_profile("thorough", max_examples=400, deadline=None, derandomize=False)
 settings.load_profile(os.environ.get("MINICAPS_HYPOTHESIS_PROFILE", "minicaps"))
 
 
