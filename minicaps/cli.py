@@ -316,7 +316,7 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="which data set")
     add_data_options(p)
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it is also off when stderr is not a terminal)")
+                   help="no progress bar (without a terminal: no progress lines, which otherwise come every 30 s)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser(
@@ -331,7 +331,7 @@ def build_parser():
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     add_weights_option(p)
     p.add_argument("--no-progress", action="store_true",
-                   help="no progress bar (it is also off when stderr is not a terminal)")
+                   help="no progress bar (without a terminal: no progress lines, which otherwise come every 30 s)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(

@@ -27,6 +27,7 @@ from .data import draw_shifts, load_mnist, shift_images, to_model_input, train_v
 from .model import CapsNet
 from .ops import margin_loss_forward, reconstruction_loss_forward
 from .optim import Adam, ParameterAverage
+from .progress import Progress
 
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.npz", "best.npz"
@@ -97,14 +98,13 @@ def _check_shape(split, config, name):
 
 # --- evaluation ------------------------------------------------------------------------------
 
-def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate"):
+def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate", log=print):
     """Accuracy and mean losses of ``model`` on uint8 ``images`` with true ``labels``.
 
     The decoder is masked by the predicted class, as at test time in the paper, and no
     gradients are computed. Returns a dict: accuracy, margin_loss, reconstruction_loss
     (None without a decoder), loss (margin + recon_weight * reconstruction), n.
     """
-    from tqdm import tqdm
     cfg, n = model.config, len(labels)
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
@@ -115,7 +115,7 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     images = backend.to_device(images, model.device)
     labels = model._check_y(backend.to_device(labels, model.device), n)   # the range, once
     correct, pending = 0, []
-    bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=None if progress else True)
+    bar = Progress(n, desc, enabled=progress, log=log)
     with model.fixed_weights(n):          # the weights' spectrum once for all batches
         for start in range(0, n, batch_size):
             x = to_model_input(images[start:start + batch_size], model.dtype)
@@ -128,6 +128,8 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
                      if "reconstruction" in out else None)
             pending.append((m, margin, recon))
             bar.update(m)
+            if bar.lines and bar.wants_stats():
+                bar.show()
     # The losses are batch means: weighted by the batch size for the mean over all n.
     totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0}
     _add_losses(totals, pending, model)
@@ -154,7 +156,7 @@ def epoch_draws(n, batch_size, rng, shift, size):
 
 
 def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
-                shift, average=None, progress=True, desc="train"):
+                shift, average=None, progress=True, desc="train", log=print):
     """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
 
     The epoch's random draws are made first (epoch_draws); the images, the order and the
@@ -165,7 +167,6 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     stats: mean loss, margin loss, reconstruction loss and accuracy over the epoch's
     images (each batch's value weighted by its size), seconds, images per second.
     """
-    from tqdm import tqdm
     device, n = model.device, len(train)
     order, dy, dx = (backend.to_device(a, device) if a is not None else None
                      for a in epoch_draws(n, batch_size, rng, shift, train.images.shape[1:3]))
@@ -178,7 +179,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     # labels checked above need no check of their values per batch).
     pending, correct, seen = [], 0, 0
     start = time.perf_counter()
-    bar = tqdm(total=n, desc=desc, unit="img", leave=False, disable=None if progress else True)
+    bar = Progress(n, desc, enabled=progress, log=log)   # a bar, or a line every 30 s
     for k in range(0, n, batch_size):
         idx = order[k:k + batch_size]
         batch = images[idx]
@@ -195,12 +196,13 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         correct = correct + (out["lengths"].argmax(axis=1) == y).sum()
         bar.update(len(idx))
         # On the CPU the losses are read every step (they are host numbers already), so a
-        # NaN stops the run at once; on a GPU when the bar shows them and at the end.
-        if device == "cpu" or (not bar.disable and (step % 10 == 0 or k + len(idx) >= n)):
+        # NaN stops the run at once; on a GPU when the progress shows them and at the end.
+        show = bar.wants_stats(step)
+        if device == "cpu" or show:
             seen += _add_losses(totals, pending, model)
-            if not bar.disable:
-                bar.set_postfix(loss=f"{totals['loss'] / seen:.4f}",
-                                acc=f"{int(correct) / seen:.4f}", refresh=False)
+        if show:
+            bar.show(**{"running loss": totals["loss"] / seen,
+                        "running acc": int(correct) / seen})
     _add_losses(totals, pending, model)
     correct = int(correct)
     bar.close()
@@ -339,7 +341,8 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
                                       batch_size=batch_size, lr=lr, lr_decay=lr_decay,
                                       decay_steps=decay_steps, shift=shift, average=run.average,
-                                      progress=progress, desc=f"epoch {run.epoch}/{epochs}")
+                                      progress=progress, desc=f"epoch {run.epoch}/{epochs}",
+                                      log=log)
         seconds, images_per_second = stats.pop("seconds"), stats.pop("images_per_second")
         metrics = {"epoch": run.epoch, "step": run.step,
                    "lr": learning_rate(run.step - 1, lr, lr_decay, decay_steps),  # last update's
@@ -351,13 +354,14 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
         for prefix, split in (("val", val_set), ("test", test_set)):
             if split is not None:
                 scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
-                                  progress=progress, desc=f"{prefix} set")
+                                  progress=progress, desc=f"{prefix} set", log=log)
                 metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
                 if run.average is not None:
                     trained, run.model.params = run.model.params, run.average.params
                     try:
                         scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
-                                          progress=progress, desc=f"{prefix} set, average")
+                                          progress=progress, desc=f"{prefix} set, average",
+                                          log=log)
                     finally:
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
