@@ -179,9 +179,8 @@ def _data(cfg, batch, seed=0):
 
 # ------------------------------------------------------------------ minicaps per layer
 def layer_times(model, x, y, repeats=3, warmup=1):
-    """{layer: (forward s, backward s)}: the model's ops timed one by one (medians)."""
-    from minicaps import ops
-    from minicaps.ops.capsules import capsule_chunks
+    """{layer: (forward s, backward s)}: the fast model's ops timed one by one (medians)."""
+    from minicaps import fast       # the fast model's ops (minicaps.fast re-exports the rest)
     cfg, p, xp = model.config, model.params, model.xp
     sync = lambda: backend.synchronize()
     x = model._check_x(x)
@@ -198,85 +197,85 @@ def layer_times(model, x, y, repeats=3, warmup=1):
         return out
 
     def conv1_f():
-        h, c1 = ops.conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
-                                   method=model.conv_method)
-        h, r1 = ops.relu_forward(h, out=h)
+        h, c1 = fast.conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
+                                    method=model.conv_method)
+        h, r1 = fast.relu_forward(h, out=h)
         return h, (c1, r1)
 
     def primary_f(h):
-        h2, c2 = ops.conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
-                                    method=model.conv_method)
+        h2, c2 = fast.conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
+                                     method=model.conv_method)
         r2 = None
         if cfg.primary_relu:
-            h2, r2 = ops.relu_forward(h2, out=h2)
+            h2, r2 = fast.relu_forward(h2, out=h2)
         return h2, (c2, r2)
 
-    chunks = capsule_chunks(N, gpu=model.device == "gpu")  # the model's, here one after another
+    chunks = fast.capsule_chunks(N, gpu=model.device == "gpu")  # the model's, one after another
 
     def u_hat_f(u):
-        return [ops.predictions_forward(u[rows], p["digit.W"]) for rows in chunks]
+        return [fast.predictions_forward(u[rows], p["digit.W"]) for rows in chunks]
 
     def routing_f(preds):
-        outs = [ops.routing_forward(u_hat, cfg.routing_iters, cfg.routing_grad, cfg.squash_eps)
+        outs = [fast.routing_forward(u_hat, cfg.routing_iters, cfg.routing_grad, cfg.squash_eps)
                 for u_hat, _ in preds]
         return xp.concatenate([v for (v, _), _ in outs]), [rc for _, rc in outs]
 
     def margin_f(v):
-        lengths, lc = ops.length_forward(v, cfg.squash_eps)
-        _, mc = ops.margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
+        lengths, lc = fast.length_forward(v, cfg.squash_eps)
+        _, mc = fast.margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
         return lc, mc
 
     def decoder_f(v):
         caches = []
-        r, mc = ops.mask_forward(v, ops.one_hot(y, cfg.num_classes, model.dtype))
+        r, mc = fast.mask_forward(v, fast.one_hot(y, cfg.num_classes, model.dtype))
         n_dec = len(cfg.decoder_sizes) + 1
         for k in range(1, n_dec + 1):
-            r, dc = ops.dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
+            r, dc = fast.dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
             rc = None
             if k < n_dec:
-                r, rc = ops.relu_forward(r, out=r)
+                r, rc = fast.relu_forward(r, out=r)
             caches.append((dc, rc))
-        r, sc = ops.sigmoid_forward(r)
-        _, lc = ops.reconstruction_loss_forward(r, x.reshape(N, -1))
+        r, sc = fast.sigmoid_forward(r)
+        _, lc = fast.reconstruction_loss_forward(r, x.reshape(N, -1))
         return mc, caches, sc, lc
 
     def decoder_b(cache):
         mc, caches, sc, lc = cache
-        dr = ops.sigmoid_backward(ops.reconstruction_loss_backward(cfg.recon_weight, lc), sc)
+        dr = fast.sigmoid_backward(fast.reconstruction_loss_backward(cfg.recon_weight, lc), sc)
         for dc, rc in reversed(caches):
             if rc is not None:
-                dr = ops.relu_backward(dr, rc, out=dr)
-            dr, _, _ = ops.dense_backward(dr, dc)
-        return ops.mask_backward(dr, mc)
+                dr = fast.relu_backward(dr, rc, out=dr)
+            dr, _, _ = fast.dense_backward(dr, dc)
+        return fast.mask_backward(dr, mc)
 
     for it in range(warmup + repeats):
         h, c1 = timed("conv1", 0, conv1_f)
         h2, c2 = timed("primary conv", 0, primary_f, h)
-        u, cc = timed("primary caps", 0, ops.primary_capsules_forward, h2, cfg.primary_dims,
+        u, cc = timed("primary caps", 0, fast.primary_capsules_forward, h2, cfg.primary_dims,
                       cfg.squash_eps)
         preds = timed("u_hat", 0, u_hat_f, u)
         v, rcs = timed("routing", 0, routing_f, preds)
         lc, mc = timed("lengths+margin", 0, margin_f, v)
         dec = timed("decoder", 0, decoder_f, v) if cfg.use_decoder else None
-        dv = timed("lengths+margin", 1, lambda: ops.length_backward(
-            ops.margin_loss_backward(1.0, mc), lc))
+        dv = timed("lengths+margin", 1, lambda: fast.length_backward(
+            fast.margin_loss_backward(1.0, mc), lc))
         if dec is not None:
             dv = dv + timed("decoder", 1, decoder_b, dec)
         du_hats = timed("routing", 1, lambda: [
-            ops.routing_backward(dv[rows], rc) for rows, rc in zip(chunks, rcs)])
+            fast.routing_backward(dv[rows], rc) for rows, rc in zip(chunks, rcs)])
         du = timed("u_hat", 1, lambda: xp.concatenate([
-            ops.predictions_backward(g, pc)[0] for g, (_, pc) in zip(du_hats, preds)]))
-        dh2 = timed("primary caps", 1, ops.primary_capsules_backward, du, cc)
+            fast.predictions_backward(g, pc)[0] for g, (_, pc) in zip(du_hats, preds)]))
+        dh2 = timed("primary caps", 1, fast.primary_capsules_backward, du, cc)
 
         def primary_b():
             d = dh2
             if c2[1] is not None:
-                d = ops.relu_backward(d, c2[1], out=d)
-            return ops.conv2d_backward(d, c2[0])[0]
+                d = fast.relu_backward(d, c2[1], out=d)
+            return fast.conv2d_backward(d, c2[0])[0]
 
         dh = timed("primary conv", 1, primary_b)
-        timed("conv1", 1, lambda: ops.conv2d_backward(ops.relu_backward(dh, c1[1], out=dh), c1[0],
-                                                       need_dx=False))
+        timed("conv1", 1, lambda: fast.conv2d_backward(fast.relu_backward(dh, c1[1], out=dh),
+                                                        c1[0], need_dx=False))
         if it < warmup:
             for f, b in samples.values():
                 f.clear()

@@ -8,7 +8,7 @@
 # # One image through CapsNet, piece by piece
 #
 # This script follows one image through the network of Sabour, Frosst & Hinton (2017)
-# calling the ops of `minicaps.ops` one at a time, printing what each piece makes:
+# calling the reference ops of `minicaps.ops` one at a time, printing what each piece makes:
 # primary capsules, the predictions u_hat, the coupling coefficients after each routing
 # iteration, the capsule lengths, the reconstruction; then it checks one backward pass
 # against finite differences. docs/tour.md explains each piece and its derivative.
@@ -83,11 +83,11 @@ if CHECKPOINT:
     model, weights = load_checkpoint(CHECKPOINT, device="cpu").model_with("auto")
     print(f"loaded {CHECKPOINT} ({weights} parameters)")
 elif TINY:
-    model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu")
+    model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu", impl="reference")
     randomize_params(model, np.random.default_rng(0))   # weights of order one: something to see
     print("a tiny CapsNet with random weights (10x10 inputs, 3 classes)")
 else:
-    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, device="cpu")
+    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, device="cpu", impl="reference")
     print("the paper's CapsNet with random (untrained) weights")
 cfg, p = model.config, model.params
 H, W, C = cfg.input_shape

@@ -2,8 +2,8 @@
 from .backend import gpu_available, resolve_device, to_device, to_numpy
 from .model import CapsNet, CapsNetConfig, init_params
 from .optim import Adam
-from . import ops, gradcheck
+from . import ops, fast, gradcheck
 
 __version__ = "0.1.0"
-__all__ = ["CapsNet", "CapsNetConfig", "Adam", "init_params", "ops", "gradcheck",
+__all__ = ["CapsNet", "CapsNetConfig", "Adam", "init_params", "ops", "fast", "gradcheck",
            "gpu_available", "resolve_device", "to_device", "to_numpy"]

@@ -138,16 +138,6 @@ def as_strided(a, shape, strides):
     return np.lib.stride_tricks.as_strided(a, shape=shape, strides=strides, writeable=False)
 
 
-def matmul_into(a, b, out):
-    """out[...] = a @ b, written in place. NumPy hands ``out`` (any strides with a
-    unit last stride) straight to BLAS; on CuPy the product is computed and copied
-    in, the safe path for a strided ``out``."""
-    if is_gpu_array(out):
-        out[...] = _cupy.matmul(a, b)
-        return out
-    return np.matmul(a, b, out=out)
-
-
 # ---------------------------------------------------------------- TF32 on the GPU
 # Float32 stays float32 unless asked: TF32 rounds the inputs of float32 matrix products to
 # 10 bits of mantissa (accumulating in float32) on the tensor cores of Ampere and later

@@ -68,9 +68,7 @@ class Checkpoint:
                              f"trained without one); use the trained weights")
         if weights == "trained" or self.average is None:
             return self.model, "trained"
-        m = self.model
-        return CapsNet(m.config, dtype=m.dtype, device=m.device, params=self.average.params,
-                       conv_method=m.conv_method), "average"
+        return self.model.with_params(self.average.params), "average"
 
 
 def generator_from_state(state):

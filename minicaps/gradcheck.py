@@ -132,9 +132,10 @@ def routing_v(u_hat, *args, **kw):
 
 
 def op_cases(rng, device="cpu"):
-    """(op name, forward, backward, inputs, input names) for every op, small shapes; the
-    inputs and the constants the forwards hold (labels, coupling, mask, target) on
-    ``device``, so the same seed gives the same cases on the CPU and on the GPU."""
+    """(op name, forward, backward, inputs, input names) for every reference op
+    (minicaps.ops), small shapes; the inputs and the constants the forwards hold (labels,
+    coupling, mask, target) on ``device``, so the same seed gives the same cases on the CPU
+    and on the GPU."""
     from . import ops
     from .backend import to_device
     x = rng.standard_normal((2, 7, 6, 3))
@@ -150,12 +151,6 @@ def op_cases(rng, device="cpu"):
          [x, rng.standard_normal((3, 2, 3, 4)), rng.standard_normal(4)], ["x", "W", "b"]),
         ("conv2d (stride 2)", lambda x, W, b: ops.conv2d_forward(x, W, b, 2), ops.conv2d_backward,
          [x, rng.standard_normal((3, 3, 3, 2)), rng.standard_normal(2)], ["x", "W", "b"]),
-        ("conv2d by DFT (stride 1)", lambda x, W, b: ops.conv2d_forward(x, W, b, method="fft"),
-         ops.conv2d_backward, [x, rng.standard_normal((3, 2, 3, 4)), rng.standard_normal(4)],
-         ["x", "W", "b"]),
-        ("conv2d by DFT (stride 2)", lambda x, W, b: ops.conv2d_forward(x, W, b, 2, method="fft"),
-         ops.conv2d_backward, [x, rng.standard_normal((3, 3, 3, 2)), rng.standard_normal(2)],
-         ["x", "W", "b"]),
         ("relu", ops.relu_forward, ops.relu_backward, [_away_from_zero(rng, (4, 5))], ["x"]),
         ("dense", ops.dense_forward, ops.dense_backward,
          [rng.standard_normal((4, 5)), rng.standard_normal((5, 3)), rng.standard_normal(3)],
@@ -187,6 +182,42 @@ def op_cases(rng, device="cpu"):
             for what, fwd, bwd, inputs, names in cases]
 
 
+def fast_op_cases(rng, device="cpu"):
+    """Cases like op_cases for the fast ops that do more than their reference twin
+    (minicaps.fast): the convolution in chunks of images and through the DFT, and
+    predictions + routing a chunk of images at a time."""
+    from . import fast, ops
+    from .backend import to_device
+    x = rng.standard_normal((2, 7, 6, 3))
+
+    coupling = to_device(ops.softmax_forward(rng.standard_normal((3, 6, 3)), axis=2), device)
+
+    def digit_v(u, W, iters, grad, coupling=None):
+        (v, _), cache = fast.digit_capsules_forward(u, W, iters, grad, coupling=coupling, chunk=1)
+        return v, cache
+
+    cases = [
+        ("fast conv2d, GEMM a chunk of 1 image at a time (stride 2)",
+         lambda x, W, b: fast.conv2d_forward(x, W, b, 2, chunk=1, method="gemm"),
+         fast.conv2d_backward, [x, rng.standard_normal((3, 3, 3, 2)), rng.standard_normal(2)],
+         ["x", "W", "b"]),
+        ("fast conv2d by DFT (stride 1)",
+         lambda x, W, b: fast.conv2d_forward(x, W, b, method="fft"), fast.conv2d_backward,
+         [x, rng.standard_normal((3, 2, 3, 4)), rng.standard_normal(4)], ["x", "W", "b"]),
+        ("fast conv2d by DFT (stride 2)",
+         lambda x, W, b: fast.conv2d_forward(x, W, b, 2, method="fft"), fast.conv2d_backward,
+         [x, rng.standard_normal((3, 3, 3, 2)), rng.standard_normal(2)], ["x", "W", "b"]),
+        ("fast predictions + routing in chunks (full, 3 it.)",
+         lambda u, W: digit_v(u, W, 3, "full"), fast.digit_capsules_backward,
+         [0.5 * rng.standard_normal((3, 6, 5)), rng.standard_normal((6, 3, 4, 5))], ["u", "W"]),
+        ("fast predictions + routing in chunks (stop, coupling held)",
+         lambda u, W: digit_v(u, W, 3, "stop", coupling), fast.digit_capsules_backward,
+         [0.5 * rng.standard_normal((3, 6, 5)), rng.standard_normal((6, 3, 4, 5))], ["u", "W"]),
+    ]
+    return [(what, fwd, bwd, [to_device(a, device) for a in inputs], names)
+            for what, fwd, bwd, inputs, names in cases]
+
+
 def tiny_config(**overrides):
     """A CapsNet small enough to check element by element in seconds."""
     from .model import CapsNetConfig
@@ -212,18 +243,21 @@ def randomize_params(model, rng):
 
 
 def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("full", 3), ("stop", 3))):
-    """Rows (what, input, error, tolerance) for every op and every parameter of tiny models."""
+    """Rows (what, input, error, tolerance) for every reference op, the fast ops that do
+    more than their twin, and every parameter of tiny models, reference and fast."""
     from .model import CapsNet
     rng = np.random.default_rng(seed)
     rows = []
-    for what, fwd, bwd, inputs, names in op_cases(rng):
+    for what, fwd, bwd, inputs, names in op_cases(rng) + fast_op_cases(rng):
         for name, err in check_op(fwd, bwd, inputs, names, rng=rng).items():
             rows.append((what, name, err, op_tol))
     for mode, iters in model_routing:
-        model = CapsNet(tiny_config(routing_grad=mode, routing_iters=iters), seed=seed, dtype="float64")
-        randomize_params(model, rng)
-        x = rng.uniform(0, 1, (3,) + model.config.input_shape)
-        y = rng.integers(0, model.config.num_classes, 3)
-        for name, err in check_model(model, x, y, rng=rng).items():
-            rows.append((f"CapsNet ({mode}, {iters} it.)", name, err, model_tol))
+        config = tiny_config(routing_grad=mode, routing_iters=iters)
+        reference = CapsNet(config, seed=seed, dtype="float64", impl="reference")
+        randomize_params(reference, rng)
+        x = rng.uniform(0, 1, (3,) + config.input_shape)
+        y = rng.integers(0, config.num_classes, 3)
+        for model in (reference, CapsNet(config, dtype="float64", params=reference.params)):
+            for name, err in check_model(model, x, y, rng=rng).items():
+                rows.append((f"CapsNet {model.impl} ({mode}, {iters} it.)", name, err, model_tol))
     return rows

@@ -11,6 +11,11 @@
 
 Parameters live in one dict keyed by name ("conv1.W", "digit.W", ...); the
 gradients come back in a dict with the same keys, and so does Adam's state.
+
+CapsNet.forward and CapsNet.backward below chain the reference ops of minicaps.ops, as
+the paper writes them. CapsNet(config) builds the fast model (minicaps/fast/model.py: the
+same functions made fast, the same parameters and results); CapsNet(config,
+impl="reference") builds this one.
 """
 import contextlib
 import math
@@ -19,16 +24,16 @@ from dataclasses import dataclass, asdict
 import numpy as np
 
 from . import backend
-from .ops import conv_fft
 from .ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forward,
                   relu_backward, dense_forward, dense_backward, sigmoid_forward,
                   sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
-                  digit_capsules_forward, digit_capsules_backward, length_forward,
-                  length_backward, margin_loss_forward, margin_loss_backward, mask_forward,
-                  mask_backward, one_hot,
+                  predictions_forward, predictions_backward, routing_forward,
+                  routing_backward, length_forward, length_backward, margin_loss_forward,
+                  margin_loss_backward, mask_forward, mask_backward, one_hot,
                   reconstruction_loss_forward, reconstruction_loss_backward)
 
 DTYPES = ("float32", "float64")
+IMPLS = ("fast", "reference")
 
 
 @dataclass
@@ -200,23 +205,34 @@ class CapsNet:
     model = CapsNet(CapsNetConfig(), seed=0, dtype="float32", device="cpu")
     loss, grads, out = model.loss_and_grads(x, y)   # x (N, H, W, C) in [0, 1], y (N,)
 
-    ``conv_method``: "auto" lets each convolution pick im2col + GEMM or the DFT route
-    (ops.conv2d_forward; the primary capsules take the DFT from about 15 images
-    per batch on), "gemm" keeps im2col + GEMM everywhere. It changes the speed and
-    the rounding, never the function, so it is not part of the config or of
-    checkpoints.
-
-    A model on the CPU asks malloc to keep freed memory for reuse
-    (backend.keep_freed_memory: a batch-128 training step in 0.74-0.85x the time, the
-    process's memory stays at its high-water mark; $MINICAPS_KEEP_FREED_MEMORY=0 turns it off).
+    ``impl``: "fast" (the default) builds the fast model (fast/model.py, a subclass that
+    swaps in the fast ops; it also takes ``conv_method``); "reference" builds this class,
+    which chains the reference ops of minicaps.ops. Both hold the same parameters and give
+    the same results (tests/test_reference_fast.py: 1e-10 apart in float64), so ``impl``
+    is not part of the config or of checkpoints.
     """
+    impl = "reference"
+
+    def __new__(cls, *args, impl="fast", **kwargs):
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        if cls is CapsNet and impl == "fast":
+            from .fast.model import FastCapsNet
+            cls = FastCapsNet
+        elif impl != cls.impl:
+            raise ValueError(f"{cls.__name__} is impl={cls.impl!r}, not {impl!r}")
+        return super().__new__(cls)
+
+    def __getnewargs_ex__(self):          # a copy (or pickle) keeps its class
+        return (), {"impl": self.impl}
 
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
-                 conv_method="auto"):
+                 conv_method="auto", *, impl="reference"):
+        if conv_method != "auto":
+            raise ValueError(f"conv_method chooses among the fast path's convolutions "
+                             f"(impl='fast'); impl='reference' has one, im2col + one matrix "
+                             f"product, so it takes no conv_method (got {conv_method!r})")
         self.config = config if config is not None else CapsNetConfig()
-        if conv_method not in ("auto", "gemm"):
-            raise ValueError(f"conv_method must be 'auto' or 'gemm', got {conv_method!r}")
-        self.conv_method = conv_method
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
         self.dtype = np.dtype(str(dtype))
@@ -225,7 +241,11 @@ class CapsNet:
             params = init_params(self.config, seed, self.dtype)
         self.params = {}
         self.set_params(params)
-        self._fixed = {}      # conv name -> (weights copy, spectrum), inside fixed_weights()
+
+    def with_params(self, params):
+        """A model like this one (impl, device, dtype, options) holding ``params``."""
+        return type(self)(self.config, dtype=self.dtype, device=self.device, params=params,
+                          impl=self.impl)
 
     # ------------------------------------------------------------ parameters
     def set_params(self, params):
@@ -250,17 +270,27 @@ class CapsNet:
         parameters: the activations (4 conv1 maps and 2 predictions u_hat an image when
         training, 3/8 of that for inference) and 2 (training) or 1 copies of the
         parameters (gradients, the weights' spectrum), with a 25% margin. Calibrated on
-        the paper's network in float32 (the process's peak memory at batches 16-1024:
-        2.97 MB an image when training, 1.16 MB for inference; this says 3.9 and 1.5)."""
+        the paper's network in float32 with the fast model (the process's peak memory at
+        batches 16-1024: 2.97 MB an image when training, 1.16 MB for inference; this says
+        3.9 and 1.5). The reference model also holds the whole batch's im2col windows of
+        both convolutions, counted here on top."""
         cfg = self.config
         h, w = cfg.conv1_out
         per_image = (4 * h * w * cfg.conv1_channels
                      + 2 * cfg.num_primary_caps * cfg.num_classes * cfg.digit_dims)
         if not training:
             per_image = per_image * 3 // 8
+        per_image += self._window_floats_per_image()
         copies = 2 if training else 1
         return int(1.25 * self.dtype.itemsize * (per_image * batch_size
                                                  + copies * self.num_params()))
+
+    def _window_floats_per_image(self):
+        """The im2col windows of one image, both convolutions (held whole by the reference)."""
+        cfg = self.config
+        (h, w), (hp, wp) = cfg.conv1_out, cfg.primary_grid
+        return (h * w * cfg.conv1_kernel ** 2 * cfg.input_shape[2]
+                + hp * wp * cfg.primary_kernel ** 2 * cfg.conv1_channels)
 
     def check_batch_fits(self, batch_size, training=True, option="--batch-size"):
         """A ValueError naming a batch size that fits when ``batch_size`` images a step
@@ -287,12 +317,9 @@ class CapsNet:
         return self
 
     def _place_on(self, device):
-        """Set the device and its array module; on the CPU, ask malloc to keep freed
-        memory for the next step (backend.keep_freed_memory)."""
+        """Set the device and its array module."""
         self.device = backend.resolve_device(device)
         self.xp = backend.xp_for(self.device)
-        if self.device == "cpu":
-            backend.keep_freed_memory()
 
     # ------------------------------------------------------------ input checks
     def _check_x(self, x, check_values=True):
@@ -334,77 +361,40 @@ class CapsNet:
             raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
         return y
 
-    # ------------------------------------------------------------ fixed weights
+    # ------------------------------------------------------------ forward / backward
     @contextlib.contextmanager
     def fixed_weights(self, n_images):
-        """A block of forward passes over about ``n_images`` images in all, with the
-        parameters held fixed (prediction, evaluation). A convolution for which the
-        DFT route then pays (conv_fft.fft_pays with training=False: the primary
-        capsules from about 22 images on) makes its weights' spectrum once here, and
-        the inference passes in the block use it instead of the im2col GEMM in every
-        batch; training passes make their own as before. Only the speed and the
-        rounding change. The parameters must not change inside the block: each pass
-        checks that the weights still equal the copy the spectrum was made from and
-        raises if not.
+        """A block of forward passes over about ``n_images`` images with the parameters
+        held fixed (predict, evaluate). Nothing to prepare here; the fast model makes its
+        weights' spectrum once for the block.
 
             with model.fixed_weights(len(x)):
                 for batch in batches: model.forward(batch)
         """
-        cfg, p, fixed = self.config, self.params, {}
-        if self.conv_method == "auto":
-            inputs = {"conv1": (cfg.input_shape, cfg.conv1_stride),
-                      "primary": ((*cfg.conv1_out, cfg.conv1_channels), cfg.primary_stride)}
-            for name, (shape, stride) in inputs.items():
-                W = p[f"{name}.W"]
-                x_shape = (int(n_images),) + tuple(shape)
-                if conv_fft.fft_pays(x_shape, W.shape, stride, training=False):
-                    plan = conv_fft.dft_plan(x_shape, W.shape, stride, W)
-                    fixed[name] = (W.copy(), conv_fft.weight_spectrum(W, plan))
-        outer, self._fixed = self._fixed, fixed
-        try:
-            yield self
-        finally:
-            self._fixed = outer
+        yield self
 
-    def _fixed_spectrum(self, name):
-        """The spectrum fixed_weights() made for convolution ``name``, after checking
-        that its weights have not changed since; None outside the block."""
-        if name not in self._fixed:
-            return None
-        copy, spectrum = self._fixed[name]
-        W = self.params[f"{name}.W"]
-        # Compared bit for bit (the spectrum was made from these bits; NaN equals NaN): one
-        # pass over 21 MB, 1.3-1.6 ms, where array_equal(equal_nan=True) took 16 ms a batch.
-        same = (backend.is_gpu_array(W) == backend.is_gpu_array(copy) and W.shape == copy.shape
-                and W.dtype == copy.dtype)
-        if same:
-            bits = np.dtype(f"u{W.dtype.itemsize}")
-            same = bool(self.xp.array_equal(W.view(bits), copy.view(bits)))
-        if not same:
-            raise RuntimeError(f"{name}.W changed inside CapsNet.fixed_weights(): the weights' "
-                               "spectrum made at the start of the block no longer matches them; "
-                               "change parameters (or the device) only outside the block")
-        return spectrum
-
-    # ------------------------------------------------------------ forward / backward
     def primary_capsules(self, x, training=False):
-        """conv1 -> ReLU -> primary conv -> squash: u (N, I, D_in) and the caches
-        (x already checked, on the model's device). ``training``: a backward pass
-        follows (the convolutions may then take the DFT route; without it they take
-        it where fixed_weights() made the weights' spectrum)."""
+        """conv1 -> ReLU -> primary conv (-> ReLU) -> squash: u (N, I, D_in) and the
+        caches (x already checked, on the model's device). ``training`` (a backward pass
+        follows) matters to the fast model only."""
         cfg, p, caches = self.config, self.params, {}
-        spectrum = (lambda name: None) if training else self._fixed_spectrum
-        h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
-                                            method=self.conv_method, training=training,
-                                            spectrum=spectrum("conv1"))
-        h, caches["relu1"] = relu_forward(h, out=h)
-        h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
-                                              method=self.conv_method, training=training,
-                                              spectrum=spectrum("primary"))
+        h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride)
+        h, caches["relu1"] = relu_forward(h)
+        h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"],
+                                              cfg.primary_stride)
         if cfg.primary_relu:
-            h, caches["relu2"] = relu_forward(h, out=h)
+            h, caches["relu2"] = relu_forward(h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
         return u, caches
+
+    def digit_capsules(self, u, coupling=None):
+        """Predictions u_hat = W u (eq. 2), then routing (Procedure 1): (v, c) and the cache.
+        ``coupling`` fixes c (see routing_forward)."""
+        cfg = self.config
+        u_hat, predictions = predictions_forward(u, self.params["digit.W"])
+        (v, c), routing = routing_forward(u_hat, cfg.routing_iters, cfg.routing_grad,
+                                          cfg.squash_eps, coupling)
+        return (v, c), (predictions, routing)
 
     def decode(self, v, mask):
         """The decoder on digit capsules v (N, J, D) masked by mask (N, J): the
@@ -417,7 +407,7 @@ class CapsNet:
         for k in range(1, n_dec + 1):
             r, caches[f"dec{k}"] = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
             if k < n_dec:
-                r, caches[f"dec{k}.relu"] = relu_forward(r, out=r)
+                r, caches[f"dec{k}.relu"] = relu_forward(r)
         r, caches["sigmoid"] = sigmoid_forward(r)
         return r, caches
 
@@ -432,31 +422,30 @@ class CapsNet:
         coefficients (see routing_forward), for gradient checks of "stop";
         decode=False skips the decoder (inference of the class only).
         ``training``: whether backward() will follow (default: when y is given);
-        only the speed depends on it (the convolutions' route, see conv_method).
+        only the fast model's speed depends on it (its convolutions' route).
 
         Two things make the host wait for a GPU: reading x's and y's values to check
         them (x finite, labels in range) and bringing the losses back as floats.
         check_values=False skips the first, for callers that checked the values already
         (train_epoch: images made from uint8 pixels, labels checked once an epoch);
         host_losses=False leaves the losses on the model's device, as 0-d arrays (NumPy
-        scalars on the CPU) of the model's dtype, "loss" summed there. The shapes and dtypes are checked either way.
+        scalars on the CPU) of the model's dtype, "loss" summed there. The shapes and
+        dtypes are checked either way.
         """
-        cfg, p = self.config, self.params
+        cfg = self.config
         x = self._check_x(x, check_values)
         N = x.shape[0]
         out = {}
         u, caches = self.primary_capsules(x, training=y is not None if training is None
                                           else training)
-        # predictions u_hat (eq. 2) and routing (Procedure 1), in chunks of the batch
-        (v, c), caches["digit"] = digit_capsules_forward(u, p["digit.W"], cfg.routing_iters,
-                                                         cfg.routing_grad, cfg.squash_eps, coupling)
+        (v, c), caches["digit"] = self.digit_capsules(u, coupling)
         lengths, caches["lengths"] = length_forward(v, cfg.squash_eps)
         out.update(v=v, coupling=c, lengths=lengths)
 
         losses = {}                       # on the device until the end: one wait for the host
         if y is not None:
             y = self._check_y(y, N, check_values)
-            losses["margin_loss"], caches["margin"] = margin_loss_forward(
+            losses["margin_loss"], caches["margin"] = margin_loss_forward(     # eq. 4
                 lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
             mask = one_hot(y, cfg.num_classes, self.dtype)
         else:
@@ -477,31 +466,30 @@ class CapsNet:
             out["loss"] = out["margin_loss"] + cfg.recon_weight * out.get("reconstruction_loss", 0.0)
         return out, caches
 
-    def backward(self, caches, free=False):
-        """Gradients of the total loss for every parameter, from forward's caches.
-        free=True drops each cache from the dict once it is used, so its memory comes
-        back during the backward pass (loss_and_grads does this)."""
+    def backward(self, caches):
+        """Gradients of the total loss for every parameter, from forward's caches: the
+        forward's ops walked back in reverse order."""
         cfg, grads = self.config, {}
-        take = caches.pop if free else caches.__getitem__
-        dlengths = margin_loss_backward(1.0, take("margin"))
-        dv = length_backward(dlengths, take("lengths"))
+        dlengths = margin_loss_backward(1.0, caches["margin"])
+        dv = length_backward(dlengths, caches["lengths"])
         if cfg.use_decoder:
-            dr = reconstruction_loss_backward(cfg.recon_weight, take("recon"))
-            dr = sigmoid_backward(dr, take("sigmoid"))
+            dr = reconstruction_loss_backward(cfg.recon_weight, caches["recon"])
+            dr = sigmoid_backward(dr, caches["sigmoid"])
             n_dec = len(cfg.decoder_sizes) + 1
             for k in range(n_dec, 0, -1):
                 if k < n_dec:
-                    dr = relu_backward(dr, take(f"dec{k}.relu"), out=dr)
-                dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, take(f"dec{k}"))
-            dv = dv + mask_backward(dr, take("mask"))
-        du, grads["digit.W"] = digit_capsules_backward(dv, take("digit"))
-        dh = primary_capsules_backward(du, take("caps"))
-        del du
+                    dr = relu_backward(dr, caches[f"dec{k}.relu"])
+                dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, caches[f"dec{k}"])
+            dv = dv + mask_backward(dr, caches["mask"])      # v feeds the margin and the decoder
+        predictions, routing = caches["digit"]
+        du_hat = routing_backward(dv, routing)
+        du, grads["digit.W"] = predictions_backward(du_hat, predictions)
+        dh = primary_capsules_backward(du, caches["caps"])
         if cfg.primary_relu:
-            dh = relu_backward(dh, take("relu2"), out=dh)
-        dh, grads["primary.W"], grads["primary.b"] = conv2d_backward(dh, take("primary"))
-        dh = relu_backward(dh, take("relu1"), out=dh)
-        _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, take("conv1"), need_dx=False)
+            dh = relu_backward(dh, caches["relu2"])
+        dh, grads["primary.W"], grads["primary.b"] = conv2d_backward(dh, caches["primary"])
+        dh = relu_backward(dh, caches["relu1"])
+        _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, caches["conv1"])
         return {name: grads[name] for name in self.params}
 
     def loss_and_grads(self, x, y, coupling=None, check_values=True, host_losses=True):
@@ -513,7 +501,7 @@ class CapsNet:
             raise ValueError("loss_and_grads needs labels y")
         out, caches = self.forward(x, y, coupling, check_values=check_values,
                                    host_losses=host_losses)
-        return out["loss"], self.backward(caches, free=True), out
+        return out["loss"], self.backward(caches), out
 
     def loss(self, x, y, coupling=None):
         """The total loss alone (what the gradient checker differentiates)."""

@@ -27,7 +27,7 @@ def pytest_report_header(config):
 
 def _install_stand_in(monkeypatch):
     import cupy_stand_in
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     conv_fft._plan_gpu.cache_clear()         # no DFT plans from another array library
     monkeypatch.setattr(backend, "_cupy", cupy_stand_in)
     cupy_stand_in.made.clear()
@@ -40,7 +40,7 @@ def _install_stand_in(monkeypatch):
 def stand_in(monkeypatch):
     """The CuPy stand-in as the GPU's array library for one test, GPU or not."""
     yield _install_stand_in(monkeypatch)
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     conv_fft._plan_gpu.cache_clear()
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-from minicaps import backend, ops
+from minicaps import backend
 from minicaps.gradcheck import randomize_params, relative_error, tiny_config
 
 
@@ -75,11 +75,13 @@ def both(*arrays):
 
 
 @pytest.mark.gpu
-def test_every_op_forward_and_backward_agree_on_numpy_and_cupy():
-    from minicaps.gradcheck import op_cases
-    on_gpu = op_cases(np.random.default_rng(0), device="gpu")
+@pytest.mark.parametrize("cases", ["op_cases", "fast_op_cases"])   # reference ops, fast ops
+def test_every_op_forward_and_backward_agree_on_numpy_and_cupy(cases):
+    from minicaps import gradcheck
+    cases = getattr(gradcheck, cases)
+    on_gpu = cases(np.random.default_rng(0), device="gpu")
     for (name, fwd, bwd, inputs, _), (_, fwd_gpu, _, inputs_gpu, _) in zip(
-            op_cases(np.random.default_rng(0)), on_gpu):
+            cases(np.random.default_rng(0)), on_gpu):
         assert all(backend.is_gpu_array(a) for a in inputs_gpu), name
         out_cpu, cache_cpu = fwd(*inputs)
         out_gpu, cache_gpu = fwd_gpu(*inputs_gpu)

@@ -136,7 +136,7 @@ def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng, 
     # "auto" takes the DFT route only for wide layers and big batches (tested in
     # test_ops); here it is told that the route always pays, so both convolutions of a
     # small model take it in training, and neither does in inference.
-    monkeypatch.setattr("minicaps.ops.conv.fft_pays", lambda *shapes: True)
+    monkeypatch.setattr("minicaps.fast.conv.fft_pays", lambda *shapes: True)
     cfg = mc.CapsNetConfig(conv1_channels=16, primary_maps=2, primary_dims=8, digit_dims=4,
                            decoder_sizes=(16, 32))
     auto = mc.CapsNet(cfg, seed=1, dtype="float64")
@@ -167,7 +167,7 @@ def test_fixed_weights_make_each_spectrum_once_and_change_only_the_rounding(rng,
     # Inside fixed_weights() the inference passes take the DFT route with the weights'
     # spectra made once at the start of the block (told here that the route pays for
     # both convolutions); their outputs equal the GEMM route's.
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
     made, real = [], conv_fft.weight_spectrum
     monkeypatch.setattr(conv_fft, "weight_spectrum",
@@ -194,7 +194,7 @@ def test_fixed_weights_make_each_spectrum_once_and_change_only_the_rounding(rng,
 def test_fixed_weights_refuse_weights_changed_inside_the_block(rng, monkeypatch):
     # An optimizer step inside the block would leave a stale spectrum: a clear error,
     # never silently wrong lengths. The block ends cleanly after an error.
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
     auto, gemm = _small_auto_and_gemm()
     x = rng.random((3, 28, 28, 1))
@@ -218,7 +218,7 @@ def test_fixed_weights_refuse_weights_changed_inside_the_block(rng, monkeypatch)
 
 @pytest.mark.gpu
 def test_fixed_weights_on_the_gpu_predict_what_the_cpu_predicts(rng, monkeypatch):
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
     auto, gemm = _small_auto_and_gemm()
     gpu = mc.CapsNet(auto.config, dtype="float64", device="gpu", params=auto.params)
@@ -236,9 +236,9 @@ def test_fixed_weights_on_the_gpu_predict_what_the_cpu_predicts(rng, monkeypatch
 def test_fixed_weights_leave_training_passes_alone(rng, monkeypatch):
     # A training pass inside the block makes its own spectrum (its backward pass takes
     # it), so its gradients are the GEMM route's.
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
-    monkeypatch.setattr("minicaps.ops.conv.fft_pays", lambda *shapes, training=True: True)
+    monkeypatch.setattr("minicaps.fast.conv.fft_pays", lambda *shapes, training=True: True)
     auto, gemm = _small_auto_and_gemm()
     x, y = rng.random((4, 28, 28, 1)), rng.integers(0, 10, 4)
     with auto.fixed_weights(4):

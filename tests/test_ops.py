@@ -1,10 +1,12 @@
-"""Every op's backward pass against central finite differences in float64,
-on shapes and values drawn by hypothesis, plus the properties the paper states."""
+"""Every reference op's backward pass (minicaps.ops) against central finite differences in
+float64, on shapes and values drawn by hypothesis, plus the properties the paper states; and
+the fast-only pieces (minicaps.fast: the convolution's chunks and DFT route, the capsule
+chunks) likewise. tests/test_reference_fast.py checks every fast op against its twin."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
 
-from minicaps import ops
+from minicaps import fast, ops
 from minicaps.gradcheck import check_op, relative_error
 from paper_reference import conv_valid     # the convolution as loops over output positions
 
@@ -25,34 +27,42 @@ def assert_grads(errors, tol=TOL):
 
 
 # ------------------------------------------------------------------ conv2d
-@pytest.mark.parametrize("method", ["gemm", "fft"])
+def conv2d_pair(route, stride):
+    """(forward, backward) of the reference convolution or of a route of the fast one."""
+    if route == "reference":
+        return lambda x, W, b: ops.conv2d_forward(x, W, b, stride), ops.conv2d_backward
+    return (lambda x, W, b: fast.conv2d_forward(x, W, b, stride, method=route),
+            fast.conv2d_backward)
+
+
+@pytest.mark.parametrize("route", ["reference", "gemm", "fft"])
 @given(seed=seeds, n=st.integers(1, 2), h=st.integers(3, 9), w=st.integers(3, 9),
        c_in=st.integers(1, 3), c_out=st.integers(1, 3), kh=st.integers(1, 4), kw=st.integers(1, 4),
        stride=st.integers(1, 3))
-def test_conv2d_gradients(method, seed, n, h, w, c_in, c_out, kh, kw, stride):
+def test_conv2d_gradients(route, seed, n, h, w, c_in, c_out, kh, kw, stride):
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((n, h, w, c_in))
     W = rng.standard_normal((min(kh, h), min(kw, w), c_in, c_out))
     b = rng.standard_normal(c_out)
-    fwd = lambda x, W, b: ops.conv2d_forward(x, W, b, stride, method=method)
+    fwd, bwd = conv2d_pair(route, stride)
     # The DFT route rounds at about 1e-16 of the summed magnitudes, which the finite
     # differences' step (1e-6) turns into up to ~1e-7 of a small gradient (seen with a
     # 1 x 1 kernel: 1.3e-7): a looser bound there, still far below a wrong gradient's O(1).
-    tol = TOL if method == "gemm" else 1e-6
-    assert_grads(check_op(fwd, ops.conv2d_backward, [x, W, b], ["x", "W", "b"], rng=rng), tol)
+    tol = 1e-6 if route == "fft" else TOL
+    assert_grads(check_op(fwd, bwd, [x, W, b], ["x", "W", "b"], rng=rng), tol)
 
 
-@pytest.mark.parametrize("method", ["gemm", "fft"])
+@pytest.mark.parametrize("route", ["reference", "gemm", "fft"])
 @given(seed=seeds, h=st.integers(1, 10), w=st.integers(1, 10), kh=st.integers(1, 4),
        kw=st.integers(1, 4), stride=st.integers(1, 3))
-def test_conv2d_equals_naive_loop(method, seed, h, w, kh, kw, stride):
+def test_conv2d_equals_naive_loop(route, seed, h, w, kh, kw, stride):
     # fft: odd and even grids, grids cropped (stride > 1 leaves rows unread), 1 x 1 kernels.
     rng = np.random.default_rng(seed)
     kh, kw = min(kh, h), min(kw, w)
     x = rng.standard_normal((2, h, w, 3))
     W = rng.standard_normal((kh, kw, 3, 4))
     b = rng.standard_normal(4)
-    out, _ = ops.conv2d_forward(x, W, b, stride, method=method)
+    out, _ = conv2d_pair(route, stride)[0](x, W, b)
     np.testing.assert_allclose(out, conv_valid(x, W, b, stride), rtol=1e-11, atol=1e-11)
 
 
@@ -61,48 +71,48 @@ def test_conv2d_in_pieces_equals_the_naive_loop_and_its_gradients(rng, monkeypat
     route a few frequency bins at a time (conv_fft.bin_chunks). Cut both into the smallest
     pieces (3 images in chunks of 2; one bin at a time) and compare with the naive loop and
     with the gradients of one piece, which test_conv2d_gradients checks."""
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     x, W, b = rng.standard_normal((3, 11, 10, 3)), rng.standard_normal((4, 3, 3, 5)), rng.standard_normal(5)
     dout = rng.standard_normal(conv_valid(x, W, b, 2).shape)
-    whole = {m: ops.conv2d_forward(x, W, b, 2, method=m) for m in ("gemm", "fft")}
+    whole = {m: fast.conv2d_forward(x, W, b, 2, method=m) for m in ("gemm", "fft")}
     bin_chunks = conv_fft.bin_chunks
     pieces = []
     monkeypatch.setattr(conv_fft, "bin_chunks", lambda *a, **kw: pieces.append(
         bin_chunks(*a, limit=1)) or pieces[-1])
-    cut = {"gemm": ops.conv2d_forward(x, W, b, 2, chunk=2, method="gemm"),
-           "fft": ops.conv2d_forward(x, W, b, 2, method="fft")}
-    grads_cut = {m: ops.conv2d_backward(dout, cut[m][1]) for m in cut}
+    cut = {"gemm": fast.conv2d_forward(x, W, b, 2, chunk=2, method="gemm"),
+           "fft": fast.conv2d_forward(x, W, b, 2, method="fft")}
+    grads_cut = {m: fast.conv2d_backward(dout, cut[m][1]) for m in cut}
     assert pieces and all(len(p) > 1 and p[0].stop - p[0].start == 1 for p in pieces)
     for m in cut:
         np.testing.assert_allclose(cut[m][0], conv_valid(x, W, b, 2), rtol=1e-11, atol=1e-11)
         for name, a, r in zip(["dx", "dW", "db"], grads_cut[m],
-                              ops.conv2d_backward(dout, whole[m][1])):
+                              fast.conv2d_backward(dout, whole[m][1])):
             np.testing.assert_allclose(a, r, rtol=1e-11, atol=1e-11, err_msg=f"{m} {name}")
 
 
+@pytest.mark.parametrize("lib", [ops, fast], ids=["reference", "fast"])
 @given(seed=seeds, h=st.integers(3, 9), w=st.integers(3, 9), k=st.integers(1, 3), stride=st.integers(1, 3))
-def test_col2im_is_the_adjoint_of_im2col(seed, h, w, k, stride):
+def test_col2im_is_the_adjoint_of_im2col(lib, seed, h, w, k, stride):
     # <im2col(x), y> == <x, col2im(y)> for every x and y
     rng = np.random.default_rng(seed)
     x = rng.standard_normal((2, h, w, 3))
-    cols = ops.im2col(x, k, k, stride)
+    cols = lib.im2col(x, k, k, stride)
     y = rng.standard_normal(cols.shape)
     lhs = (cols * y).sum()
-    rhs = (x * ops.col2im(y, x.shape, stride)).sum()
+    rhs = (x * lib.col2im(y, x.shape, stride)).sum()
     assert abs(lhs - rhs) <= 1e-10 * max(1.0, abs(lhs))
 
 
-# ------------------------------------------------------------------ conv2d through the DFT
+# ------------------------------------------------------------------ the fast conv2d: the DFT route
 def test_conv2d_fft_in_float32_stays_float32_and_agrees_with_the_gemm_route(rng):
     # The primary-capsule shape (9 x 9, stride 2, on 20 x 20), fewer channels.
     x = rng.standard_normal((3, 20, 20, 16)).astype(np.float32)
     W = (0.1 * rng.standard_normal((9, 9, 16, 8))).astype(np.float32)
     b = rng.standard_normal(8).astype(np.float32)
-    out, cache = ops.conv2d_forward(x, W, b, 2, method="fft")
+    out, cache = fast.conv2d_forward(x, W, b, 2, method="fft")
     dout = rng.standard_normal(out.shape).astype(np.float32)
-    fft = (out,) + ops.conv2d_backward(dout, cache)
-    ref_out, ref_cache = ops.conv2d_forward(*(a.astype(np.float64) for a in (x, W, b)), 2,
-                                            method="gemm")
+    fft = (out,) + fast.conv2d_backward(dout, cache)
+    ref_out, ref_cache = ops.conv2d_forward(*(a.astype(np.float64) for a in (x, W, b)), 2)
     ref = (ref_out,) + ops.conv2d_backward(dout.astype(np.float64), ref_cache)
     for name, a, r in zip(["out", "dx", "dW", "db"], fft, ref):
         assert a.dtype == np.float32, name
@@ -114,21 +124,21 @@ def test_conv2d_fft_backward_takes_the_kept_spectrum_and_can_run_twice(rng, monk
     # of the cache (so it is freed), and a second backward pass over the same cache makes
     # it again: both give the gradients of the GEMM route.
     x, W, b = rng.standard_normal((2, 11, 11, 3)), rng.standard_normal((5, 5, 3, 4)), rng.standard_normal(4)
-    out, cache = ops.conv2d_forward(x, W, b, 2, method="fft")
+    out, cache = fast.conv2d_forward(x, W, b, 2, method="fft")
     kept = cache[1][-1]
     assert set(kept) == {"Wf"}
     dout = rng.standard_normal(out.shape)
-    ref = ops.conv2d_backward(dout, ops.conv2d_forward(x, W, b, 2, method="gemm")[1])
-    first = ops.conv2d_backward(dout, cache)
+    ref = ops.conv2d_backward(dout, ops.conv2d_forward(x, W, b, 2)[1])
+    first = fast.conv2d_backward(dout, cache)
     assert not kept
-    second = ops.conv2d_backward(dout, cache)
+    second = fast.conv2d_backward(dout, cache)
     for grads in (first, second):
         for name, a, r in zip(["dx", "dW", "db"], grads, ref):
             np.testing.assert_allclose(a, r, rtol=1e-10, atol=1e-10, err_msg=name)
     # Without dx (the first layer) no spectrum is needed, so none is made.
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     monkeypatch.setattr(conv_fft, "weight_spectrum", lambda *a: pytest.fail("spectrum made"))
-    dx, dW, _ = ops.conv2d_backward(dout, cache, need_dx=False)
+    dx, dW, _ = fast.conv2d_backward(dout, cache, need_dx=False)
     assert dx is None
     np.testing.assert_allclose(dW, ref[1], rtol=1e-10, atol=1e-10)
 
@@ -146,7 +156,7 @@ def rfft2_on_grid(a, U, V):
 @given(seed=seeds, h=st.integers(1, 9), w=st.integers(1, 9), kh=st.integers(1, 4),
        kw=st.integers(1, 4), stride=st.integers(1, 3))
 def test_the_separable_transforms_are_numpys_fft(seed, h, w, kh, kw, stride):
-    from minicaps.ops import conv_fft
+    from minicaps.fast import conv_fft
     rng = np.random.default_rng(seed)
     kh, kw = min(kh, h), min(kw, w)
     x, W = rng.standard_normal((2, h, w, 3)), rng.standard_normal((kh, kw, 3, 4))
@@ -173,7 +183,7 @@ def test_the_separable_transforms_are_numpys_fft(seed, h, w, kh, kw, stride):
 
 
 def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
-    from minicaps.ops.conv_fft import fft_pays
+    from minicaps.fast.conv_fft import fft_pays
     primary, conv1 = (9, 9, 256, 256), (9, 9, 1, 256)
     assert fft_pays((64, 20, 20, 256), primary, 2) and fft_pays((128, 20, 20, 256), primary, 2)
     assert not fft_pays((8, 20, 20, 256), primary, 2)      # the weights' spectrum dominates (1.43x)
@@ -188,24 +198,24 @@ def test_conv2d_auto_takes_the_dft_route_only_where_it_pays():
     assert not fft_pays((10000, 28, 28, 1), conv1, 1, training=False)
     x = np.zeros((2, 6, 6, 1))
     for method, expected in [("auto", "gemm"), ("gemm", "gemm"), ("fft", "fft")]:
-        _, cache = ops.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method=method)
+        _, cache = fast.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method=method)
         assert cache[0] == expected
     wide, W = np.zeros((128, 20, 20, 128), np.float32), np.zeros((9, 9, 128, 128), np.float32)
-    assert ops.conv2d_forward(wide, W, np.zeros(128, np.float32), 2)[1][0] == "fft"
-    assert ops.conv2d_forward(wide, W, np.zeros(128, np.float32), 2,
-                              training=False)[1][0] == "gemm"
+    assert fast.conv2d_forward(wide, W, np.zeros(128, np.float32), 2)[1][0] == "fft"
+    assert fast.conv2d_forward(wide, W, np.zeros(128, np.float32), 2,
+                               training=False)[1][0] == "gemm"
     with pytest.raises(ValueError, match="method must be one of"):
-        ops.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method="winograd")
+        fast.conv2d_forward(x, np.zeros((3, 3, 1, 2)), np.zeros(2), method="winograd")
 
 
 def test_conv2d_backward_without_input_gradient(rng):
     x, W = rng.standard_normal((2, 5, 5, 2)), rng.standard_normal((3, 3, 2, 4))
     for method in ("gemm", "fft"):
-        out, cache = ops.conv2d_forward(x, W, np.zeros(4), method=method)
+        out, cache = fast.conv2d_forward(x, W, np.zeros(4), method=method)
         dout = rng.standard_normal(out.shape)
-        dx, dW, db = ops.conv2d_backward(dout, cache, need_dx=False)
-        _, dW_all, db_all = ops.conv2d_backward(                      # gradient-checked
-            dout, ops.conv2d_forward(x, W, np.zeros(4), method=method)[1])
+        dx, dW, db = fast.conv2d_backward(dout, cache, need_dx=False)
+        _, dW_all, db_all = fast.conv2d_backward(                      # gradient-checked
+            dout, fast.conv2d_forward(x, W, np.zeros(4), method=method)[1])
         assert dx is None
         np.testing.assert_allclose(dW, dW_all, rtol=1e-13, atol=1e-13)
         np.testing.assert_allclose(db, db_all, rtol=1e-13, atol=1e-13)
@@ -487,10 +497,10 @@ def test_reconstruction_loss_value_and_gradient(seed, n, p):
                           ops.reconstruction_loss_backward, [r], rng=rng))
 
 
-
+# ------------------------------------------------------------------ the fast capsule part in chunks
 @given(n=st.integers(1, 300), chunk=st.integers(1, 40), threads=st.integers(1, 8))
 def test_capsule_chunks_split_the_batch_in_whole_rounds_over_the_threads(n, chunk, threads):
-    from minicaps.ops.capsules import capsule_chunks
+    from minicaps.fast.capsules import capsule_chunks
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINICAPS_THREADS", str(threads))
         parts = capsule_chunks(n, chunk)
@@ -505,20 +515,21 @@ def test_capsule_chunks_split_the_batch_in_whole_rounds_over_the_threads(n, chun
 @pytest.mark.parametrize("routing_grad, frozen", [("full", False), ("stop", False), ("stop", True)])
 def test_digit_capsules_in_chunks_equal_predictions_then_routing_of_the_whole_batch(
         rng, monkeypatch, threads, routing_grad, frozen):
-    """The model's capsule part runs a few images at a time, on every thread; chunks of 2
-    of 5 images must give what predictions_forward then routing_forward give for all 5,
-    forward and backward (both gradient-checked above)."""
+    """The fast model's capsule part runs a few images at a time, on every thread; chunks
+    of 2 of 5 images must give what fast.predictions_forward then fast.routing_forward give
+    for all 5, forward and backward (both equal to their gradient-checked reference twins,
+    tests/test_reference_fast.py)."""
     monkeypatch.setenv("MINICAPS_THREADS", threads)
     u, W = rng.standard_normal((5, 6, 3)), rng.standard_normal((6, 4, 2, 3))
     coupling = ops.softmax_forward(rng.standard_normal((5, 6, 4))) if frozen else None
-    (v, c), cache = ops.digit_capsules_forward(u, W, 3, routing_grad, coupling=coupling, chunk=2)
+    (v, c), cache = fast.digit_capsules_forward(u, W, 3, routing_grad, coupling=coupling, chunk=2)
     assert len(cache[1]) >= 3                                       # it did run in chunks
-    u_hat, pred_cache = ops.predictions_forward(u, W)
-    (v_ref, c_ref), route_cache = ops.routing_forward(u_hat, 3, routing_grad, coupling=coupling)
+    u_hat, pred_cache = fast.predictions_forward(u, W)
+    (v_ref, c_ref), route_cache = fast.routing_forward(u_hat, 3, routing_grad, coupling=coupling)
     np.testing.assert_allclose(v, v_ref, rtol=1e-13, atol=1e-15)
     np.testing.assert_allclose(c, c_ref, rtol=1e-13, atol=1e-15)
     dv = rng.standard_normal(v.shape)
-    du, dW = ops.digit_capsules_backward(dv, cache)
-    du_ref, dW_ref = ops.predictions_backward(ops.routing_backward(dv, route_cache), pred_cache)
+    du, dW = fast.digit_capsules_backward(dv, cache)
+    du_ref, dW_ref = fast.predictions_backward(fast.routing_backward(dv, route_cache), pred_cache)
     np.testing.assert_allclose(du, du_ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dW, dW_ref, rtol=1e-12, atol=1e-14)

@@ -1,7 +1,7 @@
-"""2-D convolution through the discrete Fourier transform: the function of
-conv.conv2d_forward with far fewer multiplications when the kernel is big.
+"""2-D convolution through the discrete Fourier transform: the function of the
+reference ops.conv2d_forward with far fewer multiplications when the kernel is big.
 
-Why it is the same function. A valid convolution (a correlation, as in conv.py)
+Why it is the same function. A valid convolution (a correlation, as in ops/conv.py)
 of an H x W image with a kh x kw kernel at stride s reads only the first
 U = (Ho - 1) s + kh rows and V = (Wo - 1) s + kw columns. On that U x V grid
 the *circular* correlation
@@ -44,6 +44,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_xp
+from .inplace import matmul_into
 
 
 def fft_grid(x_shape, w_shape, stride):
@@ -147,7 +148,7 @@ def image_spectrum_adjoint(dX, plan, x_shape):
     U2, two_vf = plan["image_rows"].shape[0], plan["image_cols"].shape[0]
     dZ = xp.matmul(plan["image_rows"].T, dX.reshape(N, U2, two_vf // 2 * C))
     dx = (xp.empty if U2 // 2 == H else xp.zeros)(x_shape, dtype=dX.dtype)
-    backend.matmul_into(plan["image_cols"].T, dZ.reshape(N, U2 // 2, two_vf, C),
+    matmul_into(plan["image_cols"].T, dZ.reshape(N, U2 // 2, two_vf, C),
                         out=dx[:, :U2 // 2])
     return dx
 
@@ -186,7 +187,7 @@ def weight_spectrum_adjoint(dWf, plan, w_shape):
     two_vf, two_u = plan["weight_cols"].shape[0], plan["weight_rows"].shape[0]
     dZ = xp.matmul(plan["weight_rows"].T, dWf.reshape(two_u, -1))          # (2 kh, Vf C O)
     dW = xp.empty(w_shape, dtype=dWf.dtype)
-    backend.matmul_into(plan["weight_cols"].T, dZ.reshape(kh, two_vf, C * O),
+    matmul_into(plan["weight_cols"].T, dZ.reshape(kh, two_vf, C * O),
                         out=dW.reshape(kh, kw, C * O))
     return dW
 
@@ -202,7 +203,7 @@ def bin_chunks(bins, N, C, like, limit=8 * 2 ** 20):
 
 # ---------------------------------------------------------------- the convolution
 def conv2d_fft_forward(x, W, b, stride=1, spectrum=None):
-    """conv.conv2d_forward through the DFT: x (N, H, W, C_in), W (kh, kw, C_in, C_out),
+    """ops.conv2d_forward through the DFT: x (N, H, W, C_in), W (kh, kw, C_in, C_out),
     b (C_out,) -> (N, Ho, Wo, C_out), cache. ``spectrum``: weight_spectrum(W) made
     beforehand (for many batches with the same weights), else made here."""
     xp = get_xp(x, W)
@@ -261,9 +262,9 @@ def conv2d_fft_backward(dout, cache, need_dx=True):
     dWf = xp.empty((2, bins, C, O), dtype=dout.dtype)
     for k in bin_chunks(bins, N, O, dout):
         XT = X[k].transpose(0, 2, 1)
-        backend.matmul_into(XT, dY[k], out=dWf[0, k])
+        matmul_into(XT, dY[k], out=dWf[0, k])
         swapped = xp.concatenate([-dY[k, N:], dY[k, :N]], axis=1)
-        backend.matmul_into(XT, swapped, out=dWf[1, k])
+        matmul_into(XT, swapped, out=dWf[1, k])
     dW = weight_spectrum_adjoint(dWf, plan, w_shape)
     return dx, dW, dout.reshape(-1, O).sum(axis=0)
 

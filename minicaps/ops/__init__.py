@@ -1,12 +1,12 @@
-"""The math of CapsNet as forward/backward pairs: ``out, cache = op_forward(...)``
-and ``grads = op_backward(dout, cache)``. No state, no files, no devices."""
+"""The math of CapsNet as the paper writes it, as forward/backward pairs:
+``out, cache = op_forward(...)`` and ``grads = op_backward(dout, cache)``. No state, no
+files, no devices, no speed tricks: minicaps.fast holds the fast twin of each op."""
 from .conv import im2col, col2im, conv2d_forward, conv2d_backward, conv_output_size
 from .dense import (dense_forward, dense_backward, relu_forward, relu_backward,
                     sigmoid_forward, sigmoid_backward)
 from .capsules import (SQUASH_EPS, squash_forward, squash_backward, length_forward,
                        length_backward, primary_capsules_forward, primary_capsules_backward,
                        predictions_forward, predictions_backward, softmax_forward,
-                       softmax_backward, weighted_sum, agreement, routing_forward,
-                       routing_backward, digit_capsules_forward, digit_capsules_backward)
+                       softmax_backward, routing_forward, routing_backward)
 from .losses import (one_hot, margin_loss_forward, margin_loss_backward, mask_forward,
                      mask_backward, reconstruction_loss_forward, reconstruction_loss_backward)

@@ -3,10 +3,10 @@ and routing by agreement (Procedure 1, eq. 3).
 
 Shape letters: N batch, I input capsules, J output capsules, D_in and D_out
 capsule dimensions. u (N, I, D_in), u_hat (N, I, J, D_out), v (N, J, D_out),
-logits b and coupling c (N, I, J).
+logits b and coupling c (N, I, J). In the einsum strings: n image, i input capsule,
+j output capsule, k input dimension, d output dimension.
 """
-from .. import backend
-from ..backend import get_xp, matmul_into
+from ..backend import get_xp
 
 SQUASH_EPS = 1e-7
 
@@ -73,97 +73,43 @@ def primary_capsules_backward(du, cache):
 
 # ---------------------------------------------------------------- predictions (eq. 2)
 def predictions_forward(u, W):
-    """u_hat[n, i, j] = W[i, j] @ u[n, i].
-
-    u: (N, I, D_in), W: (I, J, D_out, D_in) -> u_hat (N, I, J, D_out).
-    One batched matmul over i, (N, D_in) @ (D_in, J*D_out): W is never tiled
-    over the batch. Each product is written straight into its (N, J*D_out)
-    slice of a contiguous u_hat.
-    """
+    """u_hat_j|i = W_ij u_i for every image: u (N, I, D_in), W (I, J, D_out, D_in) -> u_hat
+    (N, I, J, D_out). W is shared by the batch (never tiled over it)."""
     xp = get_xp(u, W)
-    N, I, D_in = u.shape
-    _, J, D_out, _ = W.shape
-    W2 = W.reshape(I, J * D_out, D_in)
-    u_hat = xp.empty((N, I, J, D_out), dtype=u.dtype)
-    matmul_into(u.transpose(1, 0, 2), W2.transpose(0, 2, 1),
-                out=u_hat.reshape(N, I, J * D_out).transpose(1, 0, 2))    # (I, N, J*D_out)
-    return u_hat, (u, W)
+    return xp.einsum("ijdk,nik->nijd", W, u), (u, W)
 
 
 def predictions_backward(du_hat, cache):
-    """du[n, i] = sum_j W[i, j]^T du_hat[n, i, j];  dW[i, j] = sum_n du_hat[n, i, j] u[n, i]^T."""
-    xp = get_xp(du_hat)
+    """du_i = sum_j W_ij^T du_hat_j|i;  dW_ij = sum_n du_hat_j|i[n] u_i[n]^T."""
     u, W = cache
-    N, I, D_in = u.shape
-    _, J, D_out, _ = W.shape
-    g = du_hat.reshape(N, I, J * D_out).transpose(1, 0, 2)            # (I, N, J*D_out)
-    W2 = W.reshape(I, J * D_out, D_in)
-    du = xp.matmul(g, W2).transpose(1, 0, 2)                          # (N, I, D_in)
-    dW = xp.matmul(g.transpose(0, 2, 1), u.transpose(1, 0, 2))        # (I, J*D_out, D_in)
-    return du, dW.reshape(W.shape)
+    xp = get_xp(du_hat, W)
+    return xp.einsum("nijd,ijdk->nik", du_hat, W), xp.einsum("nijd,nik->ijdk", du_hat, u)
 
 
 # ---------------------------------------------------------------- routing (Procedure 1)
-# Logits b and couplings c are (N, I, J) arrays laid out (N, J, I) in memory:
-# the softmax over j then runs across rows of length I, and the two sums over
-# u_hat below are one small matmul per (n, j) with u_hat[n, :, j, :] as an
-# (I, D) matrix, the layout BLAS reads directly.
 def softmax_forward(b, axis=-1):
-    """c = exp(b) / sum exp(b) along axis (shifted by the max for stability)."""
+    """c = exp(b) / sum exp(b) along axis (eq. 3), shifted by the max for stability."""
     xp = get_xp(b)
     e = xp.exp(b - b.max(axis=axis, keepdims=True))
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def softmax_backward(dc, c, axis=-1):
-    """db = c * (dc - sum_k c_k dc_k)."""
+    """db = c * (dc - sum_k c_k dc_k): the softmax's Jacobian applied to dc."""
     return c * (dc - (c * dc).sum(axis=axis, keepdims=True))
 
 
-def weighted_sum(c, u_hat):
-    """s[n, j] = sum_i c[n, i, j] u_hat[n, i, j]  (eq. 2, right half): (1, I) @ (I, D) per (n, j)."""
-    xp = get_xp(u_hat)
-    s = xp.matmul(c.transpose(0, 2, 1)[:, :, None, :], u_hat.transpose(0, 2, 1, 3))
-    return s[:, :, 0, :]
-
-
-def agreement(u_hat, v):
-    """a[n, i, j] = u_hat[n, i, j] . v[n, j]: how well prediction i agrees with output j.
-
-    (I, D) @ (D, 1) per (n, j); the result is laid out (N, J, I) like the logits.
-    """
-    xp = get_xp(u_hat)
-    a = xp.matmul(u_hat.transpose(0, 2, 1, 3), v[..., None])        # (N, J, I, 1)
-    return a[..., 0].transpose(0, 2, 1)
-
-
-def outer_sums(alphas, betas, like):
-    """du_hat[n, i, j] = sum_k alphas[k][n, i, j] betas[k][n, j], laid out like ``like``.
-
-    Every gradient that routing sends to u_hat has this form, a coefficient per
-    (n, i, j) times a vector per (n, j); the sum over k is one matmul per (n, j),
-    (I, K) @ (K, D), writing du_hat once.
-    """
-    xp = get_xp(like)
-    A = xp.stack([a.transpose(0, 2, 1) for a in alphas], axis=-1)      # (N, J, I, K)
-    B = xp.stack(betas, axis=2)                                         # (N, J, K, D)
-    du_hat = xp.empty_like(like)
-    matmul_into(A, B, out=du_hat.transpose(0, 2, 1, 3))
-    return du_hat
-
-
 def routing_forward(u_hat, iters=3, routing_grad="full", eps=SQUASH_EPS, coupling=None):
-    """Dynamic routing between capsules (Procedure 1).
+    """Dynamic routing between capsules (Procedure 1): u_hat (N, I, J, D) -> v (N, J, D)
+    and the last coupling c (N, I, J).
 
         b = 0
         repeat iters times:
-            c = softmax(b) over the output capsules j        (eq. 3)
-            s_j = sum_i c_ij u_hat_j|i                        (eq. 2)
-            v_j = squash(s_j)                                 (eq. 1)
-            b_ij += u_hat_j|i . v_j         (all but the last iteration)
+            c_ij = softmax_j(b_ij)                          (eq. 3, over the outputs j)
+            s_j = sum_i c_ij u_hat_j|i                       (eq. 2)
+            v_j = squash(s_j)                                (eq. 1)
+            b_ij += u_hat_j|i . v_j                          (all but the last iteration)
 
-    u_hat: (N, I, J, D) -> v (N, J, D) and the last coupling c (N, I, J).
     routing_grad="full" differentiates through every iteration (the agreement
     path included); "stop" treats the coupling coefficients as constants, so
     only s = sum_i c_ij u_hat_j|i of the last iteration carries gradient.
@@ -175,112 +121,41 @@ def routing_forward(u_hat, iters=3, routing_grad="full", eps=SQUASH_EPS, couplin
     if routing_grad not in ("full", "stop"):
         raise ValueError(f"routing_grad must be 'full' or 'stop', got {routing_grad!r}")
     if coupling is not None:
-        s = weighted_sum(coupling, u_hat)
-        v, sq = squash_forward(s, eps)
+        v, sq = squash_forward(xp.einsum("nij,nijd->njd", coupling, u_hat), eps)
         return (v, coupling), (u_hat, [(coupling, sq, v)], "stop")
     if iters < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iters}")
     N, I, J, D = u_hat.shape
-    b = xp.zeros((N, J, I), dtype=u_hat.dtype).transpose(0, 2, 1)
-    steps = []
+    b = xp.zeros((N, I, J), dtype=u_hat.dtype)
+    steps = []                                                      # (c, squash cache, v)
     for t in range(iters):
         c = softmax_forward(b, axis=2)
-        v, sq = squash_forward(weighted_sum(c, u_hat), eps)
+        v, sq = squash_forward(xp.einsum("nij,nijd->njd", c, u_hat), eps)
         steps.append((c, sq, v))
         if t < iters - 1:
-            b = b + agreement(u_hat, v)
+            b = b + xp.einsum("nijd,njd->nij", u_hat, v)
     return (v, c), (u_hat, steps, routing_grad)
 
 
 def routing_backward(dv, cache):
     """du_hat of routing_forward, walking the iterations backwards.
 
-    Each iteration t uses u_hat twice, in s_t (gradient c_t ds_t) and in the
-    agreement a_t (gradient db_{t+1} v_t), so du_hat is the sum of those
-    outer products over t, gathered in lists and added by outer_sums. db
-    carries the gradient of the logits b_{t+1} = b_t + a_t back to earlier
-    iterations.
+    u_hat is used twice in every iteration t: in s_t (gradient c_t ds_t) and in the
+    agreement b_{t+1} = b_t + u_hat . v_t (gradient db v_t), so its gradient is a sum
+    over t. db carries the logits' gradient back from one iteration to the one before;
+    b_1 = 0 is a constant, so the last db is dropped.
     """
     u_hat, steps, routing_grad = cache
+    xp = get_xp(u_hat)
     c, sq, v = steps[-1]
     ds = squash_backward(dv, sq)
-    alphas, betas = [c], [ds]                                          # s = sum_i c u_hat
-    if routing_grad == "full":
-        db = softmax_backward(agreement(u_hat, ds), c, axis=2)          # dL/db_{r-1}
-        for c, sq, v in reversed(steps[:-1]):
-            # b_{t+1} = b_t + u_hat . v_t: db flows to u_hat, to v_t and on to b_t
-            alphas.append(db)
-            betas.append(v)
-            ds = squash_backward(weighted_sum(db, u_hat), sq)
-            alphas.append(c)
-            betas.append(ds)
-            db = db + softmax_backward(agreement(u_hat, ds), c, axis=2)
-    return outer_sums(alphas, betas, like=u_hat)
-
-
-# ---------------------------------------------------------------- predictions + routing, in chunks
-CAPSULE_CHUNK = 16    # most images per chunk: u_hat of 16 MNIST images is 12 MB, two chunks (one per core) stay in cache
-
-
-def capsule_chunks(N, chunk=CAPSULE_CHUNK, gpu=False):
-    """Row slices of the batch, of sizes that differ by one at most: at most ``chunk``
-    images each, and as many as a multiple of the CPU threads (so that no core waits
-    alone for a last chunk: batch 100 on 2 cores runs 8 chunks of 12-13 instead of 7 of
-    15, the capsule part in 0.97x the time, medians of 15 rounds) unless the batch has
-    fewer images; on the GPU the whole batch at once (its kernels want big arrays)."""
-    if gpu:
-        return [slice(0, N)]
-    threads = backend.cpu_threads()
-    needed = -(-N // chunk)                                 # chunks of at most ``chunk``
-    parts = min(N, -(-needed // threads) * threads)         # rounded up to whole rounds
-    bounds = [k * N // parts for k in range(parts + 1)]
-    return [slice(a, b) for a, b in zip(bounds, bounds[1:])]
-
-
-def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, coupling=None,
-                           chunk=CAPSULE_CHUNK):
-    """routing_forward(predictions_forward(u, W)), a chunk of the batch at a time.
-
-    Routing passes over u_hat five times forward and six times backward; a
-    chunk's u_hat stays in the cache between the passes, a whole batch's
-    would not. The chunks are independent, so on the CPU they run on all
-    cores at once (backend.parallel_map). u: (N, I, D_in), W: (I, J, D_out,
-    D_in) -> (v (N, J, D_out), c (N, I, J)), cache.
-    """
-    xp = get_xp(u, W)
-    gpu = backend.is_gpu_array(u)
-
-    def one_chunk(rows):
-        u_hat, pred_cache = predictions_forward(u[rows], W)
-        (v, c), (_, steps, grad) = routing_forward(u_hat, iters, routing_grad, eps,
-                                                   None if coupling is None else coupling[rows])
-        # The cache keeps u, not u_hat: the backward pass makes u_hat again, a chunk at a
-        # time, instead of holding every chunk's (94 MB for 128 MNIST images) in between.
-        return v, c, (rows, pred_cache, (steps, grad))
-
-    parts = backend.parallel_map(one_chunk, capsule_chunks(u.shape[0], chunk, gpu), on_gpu=gpu)
-    v = xp.concatenate([v for v, _, _ in parts])
-    c = xp.concatenate([c for _, c, _ in parts])
-    return (v, c), (u.shape, [cache for _, _, cache in parts])
-
-
-def digit_capsules_backward(dv, cache):
-    """(du, dW) of digit_capsules_forward: routing_backward then predictions_backward
-    per chunk; dW sums over the chunks."""
-    xp = get_xp(dv)
-    u_shape, caches = cache
-    du = xp.empty(u_shape, dtype=dv.dtype)
-
-    def one_chunk(chunk_cache):
-        rows, pred_cache, (steps, grad) = chunk_cache
-        u_hat, _ = predictions_forward(*pred_cache)
-        du_hat = routing_backward(dv[rows], (u_hat, steps, grad))
-        del u_hat
-        du[rows], dW = predictions_backward(du_hat, pred_cache)
-        return dW
-
-    dWs = backend.parallel_map(one_chunk, caches, on_gpu=backend.is_gpu_array(dv))
-    dW = dWs[0]
-    for d in dWs[1:]:
-        dW += d
-    return du, dW
+    du_hat = xp.einsum("nij,njd->nijd", c, ds)                       # from s = sum_i c u_hat
+    if routing_grad == "stop":
+        return du_hat
+    db = softmax_backward(xp.einsum("nijd,njd->nij", u_hat, ds), c, axis=2)
+    for c, sq, v in reversed(steps[:-1]):
+        du_hat += xp.einsum("nij,njd->nijd", db, v)                  # from b += u_hat . v
+        ds = squash_backward(xp.einsum("nij,nijd->njd", db, u_hat), sq)   # dv_t, then ds_t
+        du_hat += xp.einsum("nij,njd->nijd", c, ds)                  # from s_t
+        db = db + softmax_backward(xp.einsum("nijd,njd->nij", u_hat, ds), c, axis=2)
+    return du_hat

@@ -13,21 +13,17 @@ def dense_backward(dout, cache):
     return dout @ W.T, x.T @ dout, dout.sum(axis=0)
 
 
-def relu_forward(x, out=None):
-    """max(0, x), any shape. ``out=x`` overwrites x (for a fresh array nobody else holds).
-
-    The cache is the output y itself: y > 0 exactly where x > 0, and the next
-    layer keeps y anyway.
-    """
+def relu_forward(x):
+    """y = max(0, x), any shape. The cache is y itself: y > 0 exactly where x > 0."""
     xp = get_xp(x)
-    y = xp.maximum(x, 0, out=out)
+    y = xp.maximum(x, 0)
     return y, y
 
 
-def relu_backward(dout, cache, out=None):
-    """d max(0, x)/dx = 1 where x > 0, else 0 (0 at the kink). ``out=dout`` works in place."""
-    xp = get_xp(dout)
-    return xp.multiply(dout, cache > 0, out=out)
+def relu_backward(dout, cache):
+    """dx = dout where x > 0, else 0 (0 at the kink)."""
+    y = cache
+    return dout * (y > 0)
 
 
 def sigmoid_forward(x):
