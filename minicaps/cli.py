@@ -94,11 +94,14 @@ def cmd_plot(args):
     from .train import METRICS_FILE, prepare_data
     kinds = args.kind or [k for k in PLOT_KINDS if k != "curves" or
                           (Path(args.checkpoint).parent / METRICS_FILE).exists()]
-    model = x = labels = None
+    model = x = labels = weights = accuracy = None
+    dataset = args.dataset or "mnist"
     if any(k != "curves" for k in kinds):
         from .checkpoint import load_checkpoint
         ckpt = load_checkpoint(args.checkpoint, device=args.device)
-        model, _ = ckpt.model_with(args.weights)
+        model, weights = ckpt.model_with(args.weights)
+        # the test accuracy these weights had when the checkpoint was saved
+        accuracy = ckpt.metrics.get("avg_test_accuracy" if weights == "average" else "test_accuracy")
         dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
         _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
                                   limit_test=args.limit_test)
@@ -109,7 +112,9 @@ def cmd_plot(args):
     try:
         paths = viz.render(kinds, out, model, x, labels,
                            metrics=Path(args.checkpoint).parent / METRICS_FILE,
-                           indices=args.index, dpi=args.dpi)
+                           indices=args.index, dpi=args.dpi, weights=weights,
+                           accuracy=accuracy, dataset=dataset,
+                           warn=lambda m: print(f"minicaps plot: warning: {m}", file=sys.stderr))
     except ImportError as e:
         print(f"minicaps plot: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,13 @@ Images x are floats in [0, 1] shaped (N, H, W, C) (or (H, W, C) for one image), 
 model takes them. Plots are drawn on a matplotlib ``Figure`` without pyplot, so nothing
 touches a display or the global backend; every PNG has a fixed size in inches (given in
 each docstring) times ``dpi``.
+
+A checkpoint holds two sets of weights, the trained parameters and their moving average
+(checkpoint.model_with); ``weights=`` ("trained" or "average") puts the one drawn in every
+title. A network that has learned little draws pictures of nothing (couplings all 1/J, a
+perturbation grid of one image repeated); routing_warning, perturbation_warning and
+accuracy_warning say so, in red in the picture and to render's ``warn``. Their thresholds
+and the measurements behind them are in "is there anything to see?" below.
 """
 import json
 import math
@@ -163,7 +170,91 @@ def read_metrics(path):
     return sorted(rows, key=lambda m: m.get("epoch", 0))
 
 
+# --- is there anything to see? ---------------------------------------------------------------
+# A picture of a network that has learned little looks like a picture of nothing. Measured
+# on MNIST test images 0-7 with a CapsNet of 64 conv1 channels and 16 primary maps (and
+# the numbers a reviewer gave for a weakly trained quick-start run):
+#
+#                                      untrained    weak run     1 epoch      2 epochs
+#   test accuracy (the average's)         0.10      0.94-0.95     0.988        0.991
+#   max_ij |c_ij - 1/J| after routing    < 1e-8       0.016     0.10-0.29    0.25-0.57
+#   largest change of a pixel from the
+#   reconstruction in the fig. 4 grid     0.006     0.03-0.06   0.51-0.77    0.79-0.93
+#
+# Untrained capsules are about 3e-4 long, so no prediction agrees with any output and
+# routing leaves every coupling at 1/J. COUPLING_MIN: warn when no coupling moved by half
+# of 1/J (0.05 for 10 classes). PIXEL_CHANGE_MIN: warn when no nudge moves a pixel by a
+# tenth of the grey range, about the least change two grey cells side by side show.
+# LINEAR_ACCURACY: a softmax regression on the raw pixels (no hidden layer) reaches 0.923
+# on MNIST (measured: 10 epochs of SGD, batch 100, step 0.5) and about 0.84 on
+# Fashion-MNIST (that data set's own benchmark); a capsule network below it has learned
+# less than a linear classifier. The accuracy alone is not enough: the weak run passes it
+# while its routing and perturbation pictures show nothing, hence the two other rules.
+
+COUPLING_MIN = 0.5            # times 1/J
+PIXEL_CHANGE_MIN = 0.1        # pixels in [0, 1]
+LINEAR_ACCURACY = {"mnist": 0.92, "fashion-mnist": 0.84}
+
+
+def coupling_spread(r):
+    """max_ij |c_ij - 1/J| in the last routing iteration of routing_couplings' ``r``."""
+    c = r["coupling"][-1]
+    return float(np.abs(c - 1 / c.shape[-1]).max())
+
+
+def pixel_changes(grid, nudges=NUDGES):
+    """(D,): for each row of perturbation_grid's ``grid``, the largest change of any pixel
+    from the plain reconstruction (the zero nudge): how much that dimension does."""
+    grid = np.asarray(grid)
+    zero = grid[:, list(np.asarray(nudges)).index(0)][:, None]
+    return np.abs(grid - zero).reshape(grid.shape[0], -1).max(axis=1)
+
+
+def routing_warning(r):
+    """A sentence when the couplings barely left uniform, else None: max_ij |c_ij - 1/J|
+    under COUPLING_MIN / J = 0.5 / J (0.05 for 10 classes; untrained < 1e-8, one epoch on
+    MNIST 0.10 - 0.29)."""
+    J = r["coupling"].shape[-1]
+    spread = coupling_spread(r)
+    if spread >= COUPLING_MIN / J:
+        return None
+    return (f"the couplings barely left uniform: the largest |c_ij - 1/{J}| after routing is "
+            f"{spread:.3f}, under {COUPLING_MIN / J:.3f} (half of 1/{J}); routing has not "
+            f"learned which class each part belongs to, so the map is nearly white and the "
+            f"bars nearly 0")
+
+
+def perturbation_warning(grid, nudges=NUDGES):
+    """A sentence when no nudge moves a pixel by PIXEL_CHANGE_MIN = 0.1 from the
+    reconstruction, else None (untrained 0.006, one epoch on MNIST 0.51 - 0.77)."""
+    largest = float(pixel_changes(grid, nudges).max())
+    if largest >= PIXEL_CHANGE_MIN:
+        return None
+    return (f"nudging the pose changes no pixel by more than {largest:.3f} (under "
+            f"{PIXEL_CHANGE_MIN}, on a 0..1 grey scale): the decoder has not learned what the "
+            f"dimensions mean, so every row shows the same image")
+
+
+def accuracy_warning(accuracy, dataset="mnist"):
+    """A sentence when ``accuracy`` (the checkpoint's test accuracy, None: unknown) is under
+    what a linear classifier reaches on ``dataset`` (LINEAR_ACCURACY: 0.92 on MNIST, 0.84
+    on Fashion-MNIST), else None."""
+    floor = LINEAR_ACCURACY.get(dataset)
+    if accuracy is None or floor is None or accuracy >= floor:
+        return None
+    return (f"test accuracy {accuracy:.4f} is under {floor:.2f}, what a linear classifier "
+            f"(softmax regression on the pixels) reaches on {dataset}: this network has "
+            f"learned little, and its pictures show little")
+
+
 # --- drawing ---------------------------------------------------------------------------------
+# Every plot_* function also takes weights= (said in its titles: None, "trained" or
+# "average"), notes= (warnings to write into it) and warn= (called with the plot's own
+# warning, routing_warning or perturbation_warning, when there is one).
+
+WEIGHTS = {"trained": "trained parameters", "average": "moving average of the parameters"}
+SEPARATOR = "0.45"            # the grey between capsule maps: in no colour map used here
+
 
 def _figure(width, height, dpi):
     """A matplotlib Figure (no pyplot: headless, no global state)."""
@@ -174,8 +265,30 @@ def _figure(width, height, dpi):
     return Figure(figsize=(width, height), dpi=dpi, layout="constrained")
 
 
-def _save(fig, path):
+def _titled(title, weights):
+    """The title, and a second line naming the weights drawn (none when weights is None)."""
+    if weights is None:
+        return title
+    if weights not in WEIGHTS:
+        raise ValueError(f"weights must be None, 'trained' or 'average', got {weights!r}")
+    return f"{title}\nweights: {WEIGHTS[weights]}"
+
+
+def _warned(warn, own, notes):
+    """Pass the plot's own warning (None: none) to ``warn``; return every note to draw."""
+    if own and warn is not None:
+        warn(own)
+    return [n for n in (*notes, own) if n]
+
+
+def _save(fig, path, notes=()):
+    """Write the figure as a PNG, with ``notes`` (warnings) in red along its bottom."""
+    import textwrap
     path = Path(path)
+    if notes:
+        width = int(fig.get_figwidth() * 14)        # about the characters of 8 pt in a line
+        fig.supxlabel("\n".join(textwrap.fill("Note: " + n, width) for n in notes),
+                      color="darkred", fontsize=8)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=fig.dpi)
     return path
@@ -200,102 +313,160 @@ def _show(ax, image, title=None, **kw):
         ax.set_title(title, fontsize=8)
 
 
-def plot_reconstructions(model, x, labels, path, dpi=100):
+def _one(x_np, k):
+    """Image k of a (N, H, W, C) batch as imshow takes it: (H, W) for one channel."""
+    return x_np[k, ..., 0] if x_np.shape[-1] == 1 else x_np[k]
+
+
+def plot_reconstructions(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None):
     """Inputs (top) over their reconstructions (below), titled with the true and the
-    predicted class. n images in columns of up to 8: (1.5 cols) x (3 rows) inches."""
+    predicted class. n images in columns of up to 8: (1.5 cols) x (3 rows + 0.5) inches."""
     x_np = backend.to_numpy(_batch(model, x))
     preds, recons = reconstructions(model, x_np)
     n = len(preds)
     cols = min(n, 8)
     rows = math.ceil(n / cols)
-    fig = _figure(1.5 * cols, 3.0 * rows, dpi)
+    fig = _figure(1.5 * cols, 3.0 * rows + 0.5, dpi)
     axes = fig.subplots(2 * rows, cols, squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for k in range(n):
         r, c = divmod(k, cols)
         truth = "?" if labels is None else int(labels[k])
-        _show(axes[2 * r, c], x_np[k].squeeze(-1) if x_np.shape[-1] == 1 else x_np[k],
-              f"true {truth}, pred {preds[k]}")
+        _show(axes[2 * r, c], _one(x_np, k), f"true {truth}, pred {preds[k]}")
         _show(axes[2 * r + 1, c], recons[k], "reconstruction")
-    fig.suptitle("Inputs and their reconstructions (decoder masked by the prediction)", fontsize=9)
-    return _save(fig, path)
+    fig.suptitle(_titled("Each input over its reconstruction: the decoder sees only the "
+                         "longest capsule (the prediction)", weights), fontsize=9)
+    return _save(fig, path, _warned(warn, None, notes))
 
 
-def plot_perturbation(model, x, path, label=None, dpi=100):
-    """Fig. 4: each row one dimension of the winning capsule, each column a nudge in
-    [-0.25, 0.25]. (0.5 * 11 + 1.5) x (0.5 * D + 1) inches."""
-    grid, label = perturbation_grid(model, x, label)
+def plot_perturbation(model, x, path, label=None, dpi=100, weights=None, notes=(), warn=None):
+    """Fig. 4 of the paper: the input and its reconstruction, then one row per dimension of
+    the winning capsule, each column a nudge in [-0.25, 0.25] added to that dimension before
+    decoding; the framed column (nudge 0) is the reconstruction. A row's label gives the
+    largest change of a pixel along it. Warns when no nudge moves a pixel by
+    PIXEL_CHANGE_MIN. (0.5 * 11 + 3) x (max(0.5 D, 3.5) + 1.5) inches."""
+    from matplotlib.patches import Rectangle
+    x_np = backend.to_numpy(_batch(model, x))
+    grid, label = perturbation_grid(model, x_np, label)
     D, S, h, w = grid.shape[:4]
-    fig = _figure(0.5 * S + 1.5, 0.5 * D + 1.0, dpi)
-    ax = fig.subplots()
+    zero = list(NUDGES).index(0)
+    changes = pixel_changes(grid)
+    height = max(0.5 * D, 3.5) + 1.5
+    fig = _figure(0.5 * S + 3.0, height, dpi)
+    left, right = fig.subfigures(1, 2, width_ratios=[1.6, 0.5 * S + 1.4])
+    top, bottom, rest = left.subplots(3, 1, height_ratios=[1.8, 1.8, max(height - 4.6, 0.1)])
+    rest.axis("off")
+    _show(top, _one(x_np, 0), "input")
+    _show(bottom, grid[0, zero], f"its reconstruction\n(capsule {label}, no nudge)")
+    ax = right.subplots()
     ax.imshow(mosaic(grid), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+    ax.add_patch(Rectangle((zero * (w + 1) - 1, -0.5), w + 1, D * (h + 1) - 1, fill=False,
+                           edgecolor="tab:red", linewidth=1.2, clip_on=False))
     ax.set_xticks([(w + 1) * s + (w - 1) / 2 for s in range(S)], [f"{n:+.2f}" for n in NUDGES[:S]],
                   fontsize=7)
-    ax.set_yticks([(h + 1) * d + (h - 1) / 2 for d in range(D)], [str(d) for d in range(D)],
-                  fontsize=7)
-    ax.set_xlabel("nudge added to the dimension", fontsize=8)
-    ax.set_ylabel("capsule dimension", fontsize=8)
-    ax.set_title(f"Perturbing the {D}D pose of capsule {label}", fontsize=9)
-    return _save(fig, path)
+    ax.set_yticks([(h + 1) * d + (h - 1) / 2 for d in range(D)],
+                  [f"dim {d} (Δ {changes[d]:.2f})" for d in range(D)], fontsize=7)
+    ax.set_xlabel("nudge added to that dimension (red frame: 0, the reconstruction)", fontsize=8)
+    ax.set_ylabel("dimension nudged (Δ: largest change of a pixel)", fontsize=8)
+    fig.suptitle(_titled(f"Pose perturbation (the paper's fig. 4): each of the {D} dimensions "
+                         f"of capsule {label}, nudged and decoded", weights), fontsize=9)
+    return _save(fig, path, _warned(warn, perturbation_warning(grid), notes))
 
 
-def plot_routing(model, x, path, iters=None, dpi=100):
-    """One row per routing iteration: c_i,pred on the primary grid (maps side by side,
-    red above the uniform 1/J, blue below), summed per map, and summed per class; dashed
-    lines mark the uniform coupling of iteration 1. 12 x (2 T + 0.5) inches."""
-    r = routing_couplings(model, x, iters)
+def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), warn=None):
+    """The input, then one row per routing iteration: c(i -> k) for the predicted class k
+    on the primary capsule grid (one tile per capsule map, grey between tiles), and how far
+    the couplings summed per map and per class are from uniform. The colour scale runs
+    from 0 (blue) through the uniform 1/J (white) to 2/J or more (red). Warns when the
+    couplings barely left uniform (COUPLING_MIN). 14 x (2 T + 1.5) inches."""
+    from matplotlib import colormaps
+    x_np = backend.to_numpy(_batch(model, x))
+    r = routing_couplings(model, x_np, iters)
     T, rows, cols, maps = r["grid"].shape
-    J = r["per_class"].shape[1]
-    per_row = min(maps, 8)
-    tiles = np.full((math.ceil(maps / per_row) * per_row, rows, cols), np.nan)
-    fig = _figure(12.0, 2.0 * T + 0.5, dpi)
-    axes = fig.subplots(T, 3, squeeze=False, width_ratios=[2.4, 2, 1.2])
-    spread = max(float(np.abs(r["grid"] - 1 / J).max()), 1e-3)   # one colour scale for all t
+    J, k = r["per_class"].shape[1], r["label"]
+    per_row = min(maps, 4 if maps <= 16 else 8)
+    tile_rows = math.ceil(maps / per_row)
+    tiles = np.full((tile_rows * per_row, rows, cols), np.nan)
+    fig = _figure(14.0, 2.0 * T + 1.5, dpi)
+    tiles_wide = (per_row * (cols + 1)) / (tile_rows * (rows + 1))    # the map's width / height
+    gs = fig.add_gridspec(T, 4, width_ratios=[1.4, min(1.8 * tiles_wide, 5.0), 3.4, 2.2])
+    _show(fig.add_subplot(gs[:, 0]), _one(x_np, 0),
+          f"input\npredicted {k} (|v| = {r['lengths'][k]:.2f})")
+    cmap = colormaps["RdBu_r"].with_extremes(bad=SEPARATOR)
+    uniform_map, uniform_class = rows * cols / J, rows * cols * maps / J
+    dev_map = r["per_map"] - uniform_map
+    dev_class = r["per_class"] - uniform_class
+    # the bars' axes from the smallest to the largest deviation of all iterations (and 0)
+    lim_map = _bar_limits(dev_map, uniform_map)
+    lim_class = _bar_limits(dev_class, uniform_class)
     for t in range(T):
         tiles[:maps] = r["grid"][t].transpose(2, 0, 1)
-        image = mosaic(tiles.reshape(-1, per_row, rows, cols), value=np.nan)
-        ax = axes[t, 0]
-        im = ax.imshow(image, cmap="RdBu_r", vmin=1 / J - spread, vmax=1 / J + spread,
-                       interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.set_ylabel(f"iteration {t + 1}", fontsize=8)
-        ax.set_title(f"c(i -> {r['label']}) on the {rows}x{cols}x{maps} primary grid, "
-                     f"{per_row} maps a row", fontsize=8)
-        ax = axes[t, 1]
-        ax.bar(np.arange(maps), r["per_map"][t], color="tab:blue")
-        ax.axhline(rows * cols / J, color="black", linestyle="--", linewidth=0.8)
-        ax.set_xticks(np.arange(0, maps, max(1, maps // 8)))
-        ax.set_ylim(0, 1.05 * r["per_map"].max())
-        ax.set_title(f"summed per map ({rows * cols} positions)", fontsize=8)
-        ax.tick_params(labelsize=6)
-        ax = axes[t, 2]
-        ax.bar(np.arange(J), r["per_class"][t],
-               color=["tab:red" if j == r["label"] else "tab:gray" for j in range(J)])
-        ax.axhline(rows * cols * maps / J, color="black", linestyle="--", linewidth=0.8)
-        ax.set_xticks(np.arange(J))
-        ax.set_ylim(0, 1.05 * r["per_class"].max())
-        ax.set_title("sum_i c_ij per class", fontsize=8)
-        ax.tick_params(labelsize=6)
-    fig.colorbar(im, ax=axes[:, 0], shrink=0.8, label=f"c_ij (uniform 1/{J} = white)")
-    return _save(fig, path)
+        image = mosaic(tiles.reshape(tile_rows, per_row, rows, cols), value=np.nan)
+        ax = fig.add_subplot(gs[t, 1])
+        # 0 .. 2/J: white at the uniform 1/J, blue below, red above (darkest: 2/J or more)
+        im = ax.imshow(image, cmap=cmap, vmin=0, vmax=2 / J, interpolation="nearest")
+        ax.set_xticks([(cols + 1) * m + (cols - 1) / 2 for m in range(per_row)],
+                      [f"+{m}" for m in range(per_row)], fontsize=6)
+        ax.set_yticks([(rows + 1) * q + (rows - 1) / 2 for q in range(tile_rows)],
+                      [f"maps {q * per_row}-{min(maps, (q + 1) * per_row) - 1}"
+                       for q in range(tile_rows)], fontsize=6)
+        ax.tick_params(length=0)
+        ax.set_title(f"iteration {t + 1}: c(i -> {k})" + (", uniform: softmax of b = 0"
+                                                         if t == 0 else ""), fontsize=8)
+        if t == T - 1:
+            ax.set_xlabel(f"one tile per capsule map: its {rows}x{cols} positions", fontsize=7)
+        _deviation_bars(fig.add_subplot(gs[t, 2]), dev_map[t], lim_map, "capsule map",
+                        f"$\\sum c_{{i \\to {k}}}$ over the map\nminus uniform {uniform_map:g}",
+                        f"per map: above 0, the map sends more than 1/J to {k}")
+        _deviation_bars(fig.add_subplot(gs[t, 3]), dev_class[t], lim_class,
+                        f"class (outlined: {k}, predicted)",
+                        f"$\\sum_i c_{{ij}}$ minus\nuniform {uniform_class:g}", "per class",
+                        outline=k)
+    bar = fig.colorbar(im, ax=fig.axes[1::3], shrink=0.8, pad=0.01, extend="max")
+    bar.set_label(f"c(i -> {k}): white = uniform 1/{J}, darkest red = 2/{J} or more;\n"
+                  f"grey: between maps", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    fig.suptitle(_titled(f"Routing by agreement: how the {rows * cols * maps} primary capsules "
+                         f"i send their output to class {k}, iteration by iteration", weights),
+                 fontsize=9)
+    return _save(fig, path, _warned(warn, routing_warning(r), notes))
 
 
-def plot_lengths(model, x, labels, path, dpi=100):
+def _bar_limits(deviation, uniform):
+    """y limits from the smallest to the largest deviation (and 0), a little apart."""
+    low, high = min(float(deviation.min()), 0.0), max(float(deviation.max()), 0.0)
+    pad = max(0.1 * (high - low), 1e-3 * uniform)
+    return low - pad, high + pad
+
+
+def _deviation_bars(ax, deviation, limits, xlabel, ylabel, title, outline=None):
+    """Bars of a deviation from uniform: red above 0, blue below, bar ``outline`` outlined."""
+    n = len(deviation)
+    ax.bar(np.arange(n), deviation, color=np.where(deviation > 0, "tab:red", "tab:blue"),
+           edgecolor=["black" if j == outline else "none" for j in range(n)], linewidth=1.2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.set_ylim(*limits)
+    ax.set_xticks(np.arange(0, n, max(1, n // 16)))
+    ax.set_xlabel(xlabel, fontsize=7)
+    ax.set_ylabel(ylabel, fontsize=7)
+    ax.set_title(title, fontsize=8)
+    ax.tick_params(labelsize=6)
+
+
+def plot_lengths(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None):
     """A row per image: the image and its capsule lengths |v_j| as bars, with the margins
-    m+ and m-. 8 x (1.75 N + 0.25) inches."""
+    m+ and m-. 8 x (1.75 N + 0.75) inches."""
     x_np = backend.to_numpy(_batch(model, x))
     lengths = model.predict_lengths(x_np)
     n, J = lengths.shape
     cfg = model.config
-    fig = _figure(8.0, 1.75 * n + 0.25, dpi)
+    fig = _figure(8.0, 1.75 * n + 0.75, dpi)
     axes = fig.subplots(n, 2, squeeze=False, width_ratios=[1, 4])
     for k in range(n):
         pred = int(lengths[k].argmax())
         truth = None if labels is None else int(labels[k])
-        _show(axes[k, 0], x_np[k].squeeze(-1) if x_np.shape[-1] == 1 else x_np[k],
-              f"true {'?' if truth is None else truth}")
+        _show(axes[k, 0], _one(x_np, k), f"true {'?' if truth is None else truth}")
         ax = axes[k, 1]
         colors = ["tab:red" if j == pred else "tab:gray" for j in range(J)]
         ax.bar(np.arange(J), lengths[k], color=colors)
@@ -307,39 +478,61 @@ def plot_lengths(model, x, labels, path, dpi=100):
         ax.set_xticks(np.arange(J))
         ax.tick_params(labelsize=7)
         ax.set_ylabel("|v_j|", fontsize=8)
-        ax.set_title(f"capsule lengths: predicted {pred} (red), true class outlined; "
-                     f"dotted: m+ = {cfg.m_plus}, m- = {cfg.m_minus}", fontsize=8)
-    return _save(fig, path)
+        ax.set_title(f"predicted {pred} (red), true class outlined", fontsize=8)
+    axes[-1, 1].set_xlabel("class j", fontsize=8)
+    fig.suptitle(_titled(f"Capsule lengths |v_j|: the probability that class j is present "
+                         f"(dotted: margins m+ = {cfg.m_plus}, m- = {cfg.m_minus})", weights),
+                 fontsize=9)
+    return _save(fig, path, _warned(warn, None, notes))
 
 
-def plot_curves(metrics, path, dpi=100):
-    """Loss and accuracy per epoch (train, test, and validation if any) from
-    read_metrics' list. 10 x 4 inches."""
+CURVE_LABELS = {"": "trained parameters", "avg_": "moving average of the parameters"}
+
+
+def plot_curves(metrics, path, dpi=100, notes=(), warn=None):
+    """Loss and accuracy per epoch from read_metrics' list: the training set's running
+    mean over each epoch (measured while the weights change), and the test (and
+    validation) set measured after the epoch with the trained parameters (solid) and with
+    their moving average (dashed) when the run kept one. 10 x 4.5 inches."""
     if isinstance(metrics, (str, Path)):
         metrics = read_metrics(metrics)
     epochs = [m["epoch"] for m in metrics]
-    fig = _figure(10.0, 4.0, dpi)
+    fig = _figure(10.0, 4.5, dpi)
     axes = fig.subplots(1, 2)
+    colours = {"train": "tab:gray", "val": "tab:green", "test": "tab:blue"}
     for ax, what in zip(axes, ("loss", "accuracy")):
         for split in ("train", "val", "test"):
-            key = f"{split}_{what}"
-            points = [(e, m[key]) for e, m in zip(epochs, metrics) if m.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points), marker="o", label=split)
+            for prefix in ("", "avg_"):
+                if split == "train" and prefix:
+                    continue             # training is only measured with the trained weights
+                key = f"{prefix}{split}_{what}"
+                points = [(e, m[key]) for e, m in zip(epochs, metrics) if m.get(key) is not None]
+                if not points:
+                    continue
+                label = ("train: running mean over the epoch" if split == "train" else
+                         f"{split}: {CURVE_LABELS[prefix]}")
+                ax.plot(*zip(*points), marker="o", markersize=4, color=colours[split],
+                        linestyle="--" if prefix else "-",
+                        label=f"{label} (last {points[-1][1]:.4f})")
         ax.set_xlabel("epoch")
+        ax.set_ylabel(what)
         ax.set_xticks(epochs if len(epochs) <= 12 else epochs[::math.ceil(len(epochs) / 12)])
         ax.set_title(what + (" (margin + weighted reconstruction)" if what == "loss" else ""),
                      fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
-    return _save(fig, path)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
+    fig.suptitle("Training curves: training measured during each epoch while the weights "
+                 "change;\ntest after it, with the trained parameters (solid) and their "
+                 "moving average (dashed)", fontsize=9)
+    return _save(fig, path, _warned(warn, None, notes))
 
 
-def plot_confusion(counts, path, dpi=100):
-    """The confusion matrix with its counts written in. 7 x 6 inches."""
+def plot_confusion(counts, path, dpi=100, weights=None, notes=(), warn=None):
+    """The confusion matrix with its counts written in. 7 x 6.5 inches."""
     counts = np.asarray(counts)
     K = counts.shape[0]
-    fig = _figure(7.0, 6.0, dpi)
+    fig = _figure(7.0, 6.5, dpi)
     ax = fig.subplots()
     im = ax.imshow(np.log1p(counts), cmap="Blues")
     for t in range(K):
@@ -349,12 +542,17 @@ def plot_confusion(counts, path, dpi=100):
                         color="white" if counts[t, p] > counts.max() / 3 else "black")
     ax.set_xticks(np.arange(K))
     ax.set_yticks(np.arange(K))
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
     total = counts.sum()
-    ax.set_title(f"{total} images, accuracy {np.trace(counts) / max(total, 1):.4f}", fontsize=9)
-    fig.colorbar(im, ax=ax, label="log(1 + count)", shrink=0.8)
-    return _save(fig, path)
+    ax.set_title(_titled(f"Confusion matrix: {total} test images, accuracy "
+                         f"{np.trace(counts) / max(total, 1):.4f}", weights), fontsize=9)
+    top = int(counts.max())
+    ticks = [c for c in (0, 1, 10, 100, 1000, 10000, 100000) if c < 0.7 * top] + [top]
+    bar = fig.colorbar(im, ax=ax, shrink=0.8)
+    bar.set_ticks(np.log1p(ticks), labels=[str(c) for c in ticks])
+    bar.set_label("images (colour on a log scale)")
+    return _save(fig, path, _warned(warn, None, notes))
 
 
 # --- every plot of a checkpoint (what `minicaps plot` runs) -------------------------------------
@@ -364,40 +562,53 @@ DEFAULT_COUNT = {"reconstructions": 8, "perturbation": 2, "routing": 1, "lengths
 
 
 def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indices=None,
-           dpi=100):
+           dpi=100, weights=None, accuracy=None, dataset="mnist", warn=print):
     """Draw each of ``kinds`` into out_dir and return the PNG paths.
 
     x, labels: the images (N, H, W, C) in [0, 1] and their classes (the test set);
     ``indices`` picks the ones drawn (default: the first few, DEFAULT_COUNT per kind;
     confusion always uses all of x). metrics: metrics.jsonl's path, for "curves".
     Perturbation and routing write one file per image, named after its index.
+    weights: "trained" or "average", which of the checkpoint's weights ``model`` holds,
+    said in every title (None: not said). accuracy: the test accuracy of those weights
+    from the checkpoint's metrics (None: unknown), checked against a linear classifier on
+    ``dataset`` (accuracy_warning). Every warning (that, and a routing or perturbation
+    picture that shows nothing: routing_warning, perturbation_warning) is written into the
+    pictures it concerns and passed once to ``warn`` as "file: sentence".
     """
     out_dir = Path(out_dir)
+    general = accuracy_warning(accuracy, dataset)
+    if general and warn is not None:
+        warn(f"every picture: {general}")
+    notes = [general] if general else []
     paths = []
+
+    def draw(plot, name, *args, **kw):
+        own = None if warn is None else (lambda sentence: warn(f"{name}: {sentence}"))
+        paths.append(plot(*args, out_dir / name, dpi=dpi, notes=notes, warn=own, **kw))
+
     for kind in kinds:
         if kind not in KINDS:
             raise ValueError(f"unknown plot kind {kind!r}, expected one of {KINDS}")
         if kind == "curves":
-            paths.append(plot_curves(read_metrics(metrics), out_dir / "curves.png", dpi))
+            draw(plot_curves, "curves.png", read_metrics(metrics))
             continue
         if model is None or x is None:
             raise ValueError(f"the {kind} plot needs a model and images")
         if kind == "confusion":
             counts = confusion_matrix(labels, model.predict(x), model.config.num_classes)
-            paths.append(plot_confusion(counts, out_dir / "confusion.png", dpi))
+            draw(plot_confusion, "confusion.png", counts, weights=weights)
             continue
         picked = list(range(min(DEFAULT_COUNT[kind], len(x)))) if indices is None else list(indices)
         if not picked or max(picked) >= len(x) or min(picked) < 0:
             raise ValueError(f"image indices must be in 0..{len(x) - 1}, got {picked}")
         chosen = None if labels is None else np.asarray(labels)[picked]
         if kind == "reconstructions":
-            paths.append(plot_reconstructions(model, x[picked], chosen, out_dir / f"{kind}.png", dpi))
+            draw(plot_reconstructions, f"{kind}.png", model, x[picked], chosen, weights=weights)
         elif kind == "lengths":
-            paths.append(plot_lengths(model, x[picked], chosen, out_dir / f"{kind}.png", dpi))
-        elif kind == "perturbation":
-            paths += [plot_perturbation(model, x[k], out_dir / f"{kind}-{k}.png", dpi=dpi)
-                      for k in picked]
+            draw(plot_lengths, f"{kind}.png", model, x[picked], chosen, weights=weights)
         else:
-            paths += [plot_routing(model, x[k], out_dir / f"{kind}-{k}.png", dpi=dpi)
-                      for k in picked]
+            plot = plot_perturbation if kind == "perturbation" else plot_routing
+            for i in picked:
+                draw(plot, f"{kind}-{i}.png", model, x[i], weights=weights)
     return paths
