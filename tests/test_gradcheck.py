@@ -56,3 +56,6 @@ def test_gradcheck_command_prints_every_row_within_tolerance():
     assert all("| yes" in row for row in rows)
     for param in ("conv1.W", "primary.W", "digit.W", "dec1.W", "dec2.b"):
         assert param in result.stdout
+    for what in ("CapsNet reference (full, 3 it.)", "CapsNet fast (stop, 3 it.)",
+                 "fast conv2d by DFT", "fast predictions + routing in chunks"):
+        assert what in result.stdout, what
