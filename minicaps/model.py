@@ -466,9 +466,11 @@ class CapsNet:
             out["loss"] = out["margin_loss"] + cfg.recon_weight * out.get("reconstruction_loss", 0.0)
         return out, caches
 
-    def backward(self, caches):
+    def backward(self, caches, free=False):
         """Gradients of the total loss for every parameter, from forward's caches: the
-        forward's ops walked back in reverse order."""
+        forward's ops walked back in reverse order. ``free=True`` says that the caller is
+        done with the caches (loss_and_grads): the fast model then drops each one once
+        used, so its memory comes back early; here they are only read."""
         cfg, grads = self.config, {}
         dlengths = margin_loss_backward(1.0, caches["margin"])
         dv = length_backward(dlengths, caches["lengths"])
@@ -501,7 +503,7 @@ class CapsNet:
             raise ValueError("loss_and_grads needs labels y")
         out, caches = self.forward(x, y, coupling, check_values=check_values,
                                    host_losses=host_losses)
-        return out["loss"], self.backward(caches), out
+        return out["loss"], self.backward(caches, free=True), out
 
     def loss(self, x, y, coupling=None):
         """The total loss alone (what the gradient checker differentiates)."""

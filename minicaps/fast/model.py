@@ -183,12 +183,3 @@ class FastCapsNet(CapsNet):
         dh = relu_backward(dh, take("relu1"), out=dh)
         _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, take("conv1"), need_dx=False)
         return {name: grads[name] for name in self.params}
-
-    def loss_and_grads(self, x, y, coupling=None, check_values=True, host_losses=True):
-        """(loss, grads, out) as CapsNet.loss_and_grads, each cache freed once the
-        backward pass has used it."""
-        if y is None:
-            raise ValueError("loss_and_grads needs labels y")
-        out, caches = self.forward(x, y, coupling, check_values=check_values,
-                                   host_losses=host_losses)
-        return out["loss"], self.backward(caches, free=True), out
