@@ -223,9 +223,6 @@ class CapsNet:
             raise ValueError(f"{cls.__name__} is impl={cls.impl!r}, not {impl!r}")
         return super().__new__(cls)
 
-    def __getnewargs_ex__(self):          # a copy (or pickle) keeps its class
-        return (), {"impl": self.impl}
-
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
                  conv_method="auto", *, impl="reference"):
         if conv_method != "auto":
@@ -242,137 +239,7 @@ class CapsNet:
         self.params = {}
         self.set_params(params)
 
-    def with_params(self, params):
-        """A model like this one (impl, device, dtype, options) holding ``params``."""
-        return type(self)(self.config, dtype=self.dtype, device=self.device, params=params,
-                          impl=self.impl)
-
-    # ------------------------------------------------------------ parameters
-    def set_params(self, params):
-        """Replace the parameters (any backend) after checking names and shapes."""
-        expected = self.config.param_shapes()
-        if set(params) != set(expected):
-            missing, extra = set(expected) - set(params), set(params) - set(expected)
-            raise ValueError(f"parameters do not match the config: missing {sorted(missing)}, "
-                             f"unexpected {sorted(extra)}")
-        for name, shape in expected.items():
-            if tuple(params[name].shape) != tuple(shape):
-                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, "
-                                 f"the config needs {shape}")
-        self.params = {name: backend.to_device(params[name], self.device).astype(self.dtype, copy=False)
-                       for name in expected}
-
-    def num_params(self):
-        return int(sum(p.size for p in self.params.values()))
-
-    def batch_bytes(self, batch_size, training=True):
-        """About the most memory one step over ``batch_size`` images takes beyond the
-        parameters: the activations (4 conv1 maps and 2 predictions u_hat an image when
-        training, 3/8 of that for inference) and 2 (training) or 1 copies of the
-        parameters (gradients, the weights' spectrum), with a 25% margin. Calibrated on
-        the paper's network in float32 with the fast model (the process's peak memory at
-        batches 16-1024: 2.97 MB an image when training, 1.16 MB for inference; this says
-        3.9 and 1.5). The reference model also holds the whole batch's im2col windows of
-        both convolutions, counted here on top."""
-        cfg = self.config
-        h, w = cfg.conv1_out
-        per_image = (4 * h * w * cfg.conv1_channels
-                     + 2 * cfg.num_primary_caps * cfg.num_classes * cfg.digit_dims)
-        if not training:
-            per_image = per_image * 3 // 8
-        per_image += self._window_floats_per_image()
-        copies = 2 if training else 1
-        return int(1.25 * self.dtype.itemsize * (per_image * batch_size
-                                                 + copies * self.num_params()))
-
-    def _window_floats_per_image(self):
-        """The im2col windows of one image, both convolutions (held whole by the reference)."""
-        cfg = self.config
-        (h, w), (hp, wp) = cfg.conv1_out, cfg.primary_grid
-        return (h * w * cfg.conv1_kernel ** 2 * cfg.input_shape[2]
-                + hp * wp * cfg.primary_kernel ** 2 * cfg.conv1_channels)
-
-    def check_batch_fits(self, batch_size, training=True, option="--batch-size"):
-        """A ValueError naming a batch size that fits when ``batch_size`` images a step
-        would not fit in the memory available now (batch_bytes); nothing is allocated."""
-        if not _is_int(batch_size) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-        need = self.batch_bytes(batch_size, training)
-        available = backend.available_memory(self.device)
-        if available is None or need <= available:
-            return
-        per_image = self.batch_bytes(2, training) - self.batch_bytes(1, training)
-        fits = (available - self.batch_bytes(0, training)) // max(per_image, 1)
-        what = "a training" if training else "an inference"
-        advice = (f"give a batch size of at most {fits} ({option} {fits})" if fits >= 1 else
-                  "not even one image fits: free memory or use a smaller network")
-        raise ValueError(f"{what} batch of {batch_size} images needs about "
-                         f"{need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is "
-                         f"available on the {self.device}: {advice}")
-
-    def to(self, device):
-        """Move the model to 'cpu' or 'gpu' (in place); returns self."""
-        self._place_on(device)
-        self.params = backend.params_to_device(self.params, self.device)
-        return self
-
-    def _place_on(self, device):
-        """Set the device and its array module."""
-        self.device = backend.resolve_device(device)
-        self.xp = backend.xp_for(self.device)
-
-    # ------------------------------------------------------------ input checks
-    def _check_x(self, x, check_values=True):
-        H, W, C = self.config.input_shape
-        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
-            raise ValueError(f"x must be an array of shape (N, {H}, {W}, {C}), got {type(x).__name__}")
-        if x.ndim == 3 and C == 1:
-            x = x[..., None]
-        if x.ndim != 4 or tuple(x.shape[1:]) != (H, W, C) or x.shape[0] < 1:
-            raise ValueError(f"x must have shape (N, {H}, {W}, {C}) with N >= 1, got {tuple(x.shape)}")
-        if x.dtype.kind != "f":
-            raise ValueError(f"x must hold floats in [0, 1], got dtype {x.dtype}; "
-                             "convert images with x.astype('float32') / 255")
-        x = backend.to_device(x, self.device).astype(self.dtype, copy=False)
-        if check_values:          # one read of three numbers from the device
-            finite, low, high = backend.to_numpy(self.xp.stack(
-                [self.xp.isfinite(x).all().astype(x.dtype), x.min(), x.max()]))
-            if not finite:
-                raise ValueError("x contains NaN or infinite values")
-            if low < 0 or high > 1:
-                hint = ("; pixels 0..255 go in divided by 255 (data.to_model_input)"
-                        if high > 1 and low >= 0 else "")
-                raise ValueError(f"x must hold pixel values in [0, 1], got values in "
-                                 f"{low:g}..{high:g}{hint}")
-        return x
-
-    def _check_y(self, y, n, check_values=True):
-        if not hasattr(y, "shape"):
-            y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"y must have shape ({n},) to match x, got {tuple(y.shape)}")
-        if y.dtype.kind not in "iu":
-            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
-        y = backend.to_device(y, self.device)
-        if not check_values:
-            return y
-        lo, hi = (int(bound) for bound in backend.to_numpy(self.xp.stack([y.min(), y.max()])))
-        if lo < 0 or hi >= self.config.num_classes:
-            raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
-        return y
-
-    # ------------------------------------------------------------ forward / backward
-    @contextlib.contextmanager
-    def fixed_weights(self, n_images):
-        """A block of forward passes over about ``n_images`` images with the parameters
-        held fixed (predict, evaluate). Nothing to prepare here; the fast model makes its
-        weights' spectrum once for the block.
-
-            with model.fixed_weights(len(x)):
-                for batch in batches: model.forward(batch)
-        """
-        yield self
-
+    # ------------------------------------------------------------ forward / backward: the paper
     def primary_capsules(self, x, training=False):
         """conv1 -> ReLU -> primary conv (-> ReLU) -> squash: u (N, I, D_in) and the
         caches (x already checked, on the model's device). ``training`` (a backward pass
@@ -523,3 +390,135 @@ class CapsNet:
             parts = [self.forward(x[k:k + batch_size], decode=False, check_values=False)[0]["lengths"]
                      for k in range(0, x.shape[0], batch_size)]
         return backend.to_numpy(self.xp.concatenate(parts))     # one transfer, at the end
+
+    @contextlib.contextmanager
+    def fixed_weights(self, n_images):
+        """A block of forward passes over about ``n_images`` images with the parameters
+        held fixed (predict, evaluate). Nothing to prepare here; the fast model makes its
+        weights' spectrum once for the block.
+
+            with model.fixed_weights(len(x)):
+                for batch in batches: model.forward(batch)
+        """
+        yield self
+
+    # ------------------------------------------------------------ parameters, devices, input checks
+    def with_params(self, params):
+        """A model like this one (impl, device, dtype, options) holding ``params``."""
+        return type(self)(self.config, dtype=self.dtype, device=self.device, params=params,
+                          impl=self.impl)
+
+    def set_params(self, params):
+        """Replace the parameters (any backend) after checking names and shapes."""
+        expected = self.config.param_shapes()
+        if set(params) != set(expected):
+            missing, extra = set(expected) - set(params), set(params) - set(expected)
+            raise ValueError(f"parameters do not match the config: missing {sorted(missing)}, "
+                             f"unexpected {sorted(extra)}")
+        for name, shape in expected.items():
+            if tuple(params[name].shape) != tuple(shape):
+                raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, "
+                                 f"the config needs {shape}")
+        self.params = {name: backend.to_device(params[name], self.device).astype(self.dtype, copy=False)
+                       for name in expected}
+
+    def num_params(self):
+        return int(sum(p.size for p in self.params.values()))
+
+    def to(self, device):
+        """Move the model to 'cpu' or 'gpu' (in place); returns self."""
+        self._place_on(device)
+        self.params = backend.params_to_device(self.params, self.device)
+        return self
+
+    def _place_on(self, device):
+        """Set the device and its array module."""
+        self.device = backend.resolve_device(device)
+        self.xp = backend.xp_for(self.device)
+
+    def batch_bytes(self, batch_size, training=True):
+        """About the most memory one step over ``batch_size`` images takes beyond the
+        parameters: the activations (4 conv1 maps and 2 predictions u_hat an image when
+        training, 3/8 of that for inference) and 2 (training) or 1 copies of the
+        parameters (gradients, the weights' spectrum), with a 25% margin. Calibrated on
+        the paper's network in float32 with the fast model (the process's peak memory at
+        batches 16-1024: 2.97 MB an image when training, 1.16 MB for inference; this says
+        3.9 and 1.5). The reference model also holds the whole batch's im2col windows of
+        both convolutions, counted here on top."""
+        cfg = self.config
+        h, w = cfg.conv1_out
+        per_image = (4 * h * w * cfg.conv1_channels
+                     + 2 * cfg.num_primary_caps * cfg.num_classes * cfg.digit_dims)
+        if not training:
+            per_image = per_image * 3 // 8
+        per_image += self._window_floats_per_image()
+        copies = 2 if training else 1
+        return int(1.25 * self.dtype.itemsize * (per_image * batch_size
+                                                 + copies * self.num_params()))
+
+    def _window_floats_per_image(self):
+        """The im2col windows of one image, both convolutions (held whole by the reference)."""
+        cfg = self.config
+        (h, w), (hp, wp) = cfg.conv1_out, cfg.primary_grid
+        return (h * w * cfg.conv1_kernel ** 2 * cfg.input_shape[2]
+                + hp * wp * cfg.primary_kernel ** 2 * cfg.conv1_channels)
+
+    def check_batch_fits(self, batch_size, training=True, option="--batch-size"):
+        """A ValueError naming a batch size that fits when ``batch_size`` images a step
+        would not fit in the memory available now (batch_bytes); nothing is allocated."""
+        if not _is_int(batch_size) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        need = self.batch_bytes(batch_size, training)
+        available = backend.available_memory(self.device)
+        if available is None or need <= available:
+            return
+        per_image = self.batch_bytes(2, training) - self.batch_bytes(1, training)
+        fits = (available - self.batch_bytes(0, training)) // max(per_image, 1)
+        what = "a training" if training else "an inference"
+        advice = (f"give a batch size of at most {fits} ({option} {fits})" if fits >= 1 else
+                  "not even one image fits: free memory or use a smaller network")
+        raise ValueError(f"{what} batch of {batch_size} images needs about "
+                         f"{need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is "
+                         f"available on the {self.device}: {advice}")
+
+    def _check_x(self, x, check_values=True):
+        H, W, C = self.config.input_shape
+        if not hasattr(x, "shape") or not hasattr(x, "dtype"):
+            raise ValueError(f"x must be an array of shape (N, {H}, {W}, {C}), got {type(x).__name__}")
+        if x.ndim == 3 and C == 1:
+            x = x[..., None]
+        if x.ndim != 4 or tuple(x.shape[1:]) != (H, W, C) or x.shape[0] < 1:
+            raise ValueError(f"x must have shape (N, {H}, {W}, {C}) with N >= 1, got {tuple(x.shape)}")
+        if x.dtype.kind != "f":
+            raise ValueError(f"x must hold floats in [0, 1], got dtype {x.dtype}; "
+                             "convert images with x.astype('float32') / 255")
+        x = backend.to_device(x, self.device).astype(self.dtype, copy=False)
+        if check_values:          # one read of three numbers from the device
+            finite, low, high = backend.to_numpy(self.xp.stack(
+                [self.xp.isfinite(x).all().astype(x.dtype), x.min(), x.max()]))
+            if not finite:
+                raise ValueError("x contains NaN or infinite values")
+            if low < 0 or high > 1:
+                hint = ("; pixels 0..255 go in divided by 255 (data.to_model_input)"
+                        if high > 1 and low >= 0 else "")
+                raise ValueError(f"x must hold pixel values in [0, 1], got values in "
+                                 f"{low:g}..{high:g}{hint}")
+        return x
+
+    def _check_y(self, y, n, check_values=True):
+        if not hasattr(y, "shape"):
+            y = np.asarray(y)
+        if y.ndim != 1 or y.shape[0] != n:
+            raise ValueError(f"y must have shape ({n},) to match x, got {tuple(y.shape)}")
+        if y.dtype.kind not in "iu":
+            raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
+        y = backend.to_device(y, self.device)
+        if not check_values:
+            return y
+        lo, hi = (int(bound) for bound in backend.to_numpy(self.xp.stack([y.min(), y.max()])))
+        if lo < 0 or hi >= self.config.num_classes:
+            raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
+        return y
+
+    def __getnewargs_ex__(self):          # a copy (or pickle) keeps its class
+        return (), {"impl": self.impl}
