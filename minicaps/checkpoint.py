@@ -203,17 +203,29 @@ _READ_CHUNK = 1 << 22
 
 
 def _read(path, only_meta=False):
-    """(meta dict, params, optimizer moments, averages) as NumPy arrays; ValueError naming
-    the file if anything is wrong. ``only_meta``: the metadata only, the rest empty dicts.
+    """(meta dict, params, optimizer moments, averages) of a checkpoint as NumPy arrays;
+    ValueError naming the file if anything is wrong (read_archive). ``only_meta``: the
+    metadata only, the rest empty dicts."""
+    meta, arrays = read_archive(path, _check_meta, ("param", "optim/m", "optim/v", "average"),
+                                only_meta=only_meta)
+    params = {k[len("param/"):]: a for k, a in arrays.items() if k.startswith("param/")}
+    moments = {k[len("optim/"):]: a for k, a in arrays.items() if k.startswith("optim/")}
+    averages = {k[len("average/"):]: a for k, a in arrays.items() if k.startswith("average/")}
+    return meta, params, moments, averages
 
-    The archive is read by an allow-list, nothing on trust: the members' names are checked
-    first (only meta, param/, optim/m/, optim/v/ and average/ of the parameters the stored
-    config defines), then the metadata (at most MAX_META_BYTES, every field type-checked),
-    then each array's .npy header (float32 or float64, the shape the config implies, the
-    member's size exactly what the header promises) before its data is read, the memory
-    all of them need checked against what is available; finally every array must be
-    finite (and Adam's second moments >= 0). Nothing is decompressed past the sizes the
-    archive declares."""
+
+def read_archive(path, check_meta, kinds, dtypes=ARRAY_DTYPES, only_meta=False):
+    """(meta, {member name: array}) of a minicaps .npz (a checkpoint, or the weights file
+    of pretrained.py), read by an allow-list, nothing on trust.
+
+    The members' names are checked first (only meta and ``<kind>/<parameter>`` for the
+    ``kinds`` given and the parameters the stored config defines), then the metadata (at
+    most MAX_META_BYTES, every field type-checked by ``check_meta(meta, path)``), then
+    each array's .npy header (one of ``dtypes``, the shape the config implies, the
+    member's size exactly what the header promises) before any array's data is read,
+    the memory all of them need checked against what is available; finally every array
+    must be finite (and Adam's second moments >= 0). Nothing is decompressed past the
+    sizes the archive declares. Any problem: one ValueError naming the file."""
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -226,21 +238,21 @@ def _read(path, only_meta=False):
     try:
         with zipfile.ZipFile(path) as archive:
             members = _members(archive, path)
-            meta = _check_meta(_read_meta(archive, members.pop("meta"), path), path)
+            meta = check_meta(_read_meta(archive, members.pop("meta"), path), path)
             if only_meta:
-                return meta, {}, {}, {}
+                return meta, {}
             shapes = _config_from(meta, path).param_shapes()
             allowed = {f"{kind}/{name}": shape for name, shape in shapes.items()
-                       for kind in ("param", "optim/m", "optim/v", "average")}
+                       for kind in kinds}
             unknown = sorted(set(members) - set(allowed))
             if unknown:
                 raise ValueError(f"{path}: not a minicaps checkpoint of this network: unexpected "
                                  f"members {unknown[:5]}{' ...' if len(unknown) > 5 else ''}")
-            dtype = np.dtype(meta["dtype"])
+            dtype = np.dtype(meta.get("dtype", "float32"))
             backend.check_fits(sum(members[k].file_size for k in members) + sum(
                                math.prod(allowed[k]) * dtype.itemsize for k in members),
                                f"loading {path}", "free memory or load it on a larger machine")
-            headers = {k: _array_header(archive, info, allowed[k], path)     # all first
+            headers = {k: _array_header(archive, info, allowed[k], path, dtypes)  # all first
                        for k, info in members.items()}
             arrays = {k: _read_array(archive, members[k], allowed[k], *headers[k], path)
                       for k in members}
@@ -248,10 +260,7 @@ def _read(path, only_meta=False):
             NotImplementedError) as e:
         raise ValueError(f"{path}: not a readable minicaps checkpoint "
                          f"(damaged or not an .npz: {type(e).__name__}: {e})") from e
-    params = {k[len("param/"):]: a for k, a in arrays.items() if k.startswith("param/")}
-    moments = {k[len("optim/"):]: a for k, a in arrays.items() if k.startswith("optim/")}
-    averages = {k[len("average/"):]: a for k, a in arrays.items() if k.startswith("average/")}
-    return meta, params, moments, averages
+    return meta, arrays
 
 
 def _members(archive, path):
@@ -320,16 +329,16 @@ def _read_meta(archive, info, path):
                          f"{str(e)[:200]})") from e
 
 
-def _array_header(archive, info, shape, path):
+def _array_header(archive, info, shape, path, dtypes=ARRAY_DTYPES):
     """(dtype, fortran_order) of a parameter or optimizer member, after checking its .npy
-    header: float32 or float64, the ``shape`` the config implies, and a member size of
+    header: one of ``dtypes``, the ``shape`` the config implies, and a member size of
     exactly the header plus that data. Reads the header only."""
     name = info.filename[:-4]
     with archive.open(info) as f:
         stored, fortran, dtype = _npy_header(f, name, path)
-        if dtype.hasobject or dtype.fields is not None or dtype.newbyteorder("=") not in ARRAY_DTYPES:
+        if dtype.hasobject or dtype.fields is not None or dtype.newbyteorder("=") not in dtypes:
             raise ValueError(f"{path}: {name} is stored as {dtype}; parameters and optimizer "
-                             f"state are float32 or float64")
+                             f"state are {' or '.join(d.name for d in dtypes)}")
         if tuple(stored) != tuple(shape):
             raise ValueError(f"{path}: {name} has shape {tuple(stored)}, the network in the "
                              f"checkpoint's config needs {tuple(shape)}")
@@ -376,8 +385,7 @@ def _check_meta(meta, path):
                          f"than this minicaps reads ({FORMAT_VERSION}); upgrade minicaps")
 
     def bad(field, value, what):
-        return ValueError(f"{path}: damaged checkpoint metadata: {field} is "
-                          f"{str(value)[:80]!r}, expected {what}")
+        return ValueError(_damaged(path, field, value, what))
 
     for field in ("epoch", "step"):
         if not _is_int(meta[field]) or meta[field] < 0:
@@ -411,6 +419,17 @@ def _check_meta(meta, path):
                                     and 0 < average["decay"] < 1):
         raise bad("average", average, "null or {\"decay\": a number in (0, 1)}")
     return meta
+
+
+def _damaged(path, field, value, what):
+    return (f"{path}: damaged checkpoint metadata: {field} is {str(value)[:80]!r}, "
+            f"expected {what}")
+
+
+def _check_meta_field(path, field, value, ok, what):
+    """ValueError naming the file and the field unless ``ok``."""
+    if not ok:
+        raise ValueError(_damaged(path, field, value, what))
 
 
 def _is_int(x):

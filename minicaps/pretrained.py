@@ -1,0 +1,128 @@
+"""Weights files: a trained network without its training state, and the one that ships.
+
+A checkpoint holds everything a run needs to go on (Adam's moments, the random state, the
+average): about 4 times the parameters. To look at a trained network, or to hand one on,
+the parameters are enough, and float16 halves them again:
+
+    minicaps export-weights runs/x/best.npz weights.npz     # the moving average, float16
+    model = load_weights("weights.npz").model
+
+A weights file is an .npz like a checkpoint (read by the same allow-list reader,
+checkpoint.read_archive): ``param/<name>`` arrays (float16, float32 or float64) and a
+``meta`` JSON member {"format": "minicaps-weights", "config", "dtype", "weights",
+"provenance"}, where provenance says how they were made (command, seed, epochs, test
+accuracy).
+
+minicaps ships one: the paper's network trained on MNIST (SHIPPED, with the run's
+metrics.jsonl beside it for the curves picture), which ``--pretrained`` loads in
+``minicaps plot``, ``predict`` and ``evaluate``, and ``load_pretrained()`` in Python.
+"""
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .checkpoint import (ARRAY_DTYPES, _check_meta_field, _write_atomically, load_checkpoint,
+                         read_archive)
+from .model import CapsNet
+
+FORMAT = "minicaps-weights"
+FORMAT_VERSION = 1
+WEIGHT_DTYPES = (np.dtype("float16"),) + ARRAY_DTYPES
+SHIPPED = Path(__file__).resolve().parent / "weights" / "capsnet-mnist.npz"
+SHIPPED_METRICS = SHIPPED.with_suffix(".metrics.jsonl")
+
+
+@dataclass
+class Weights:
+    """What load_weights returns: the model, which weights it holds ("average" or
+    "trained") and how they were made. ``model_with`` answers like a Checkpoint's."""
+    path: Path
+    model: CapsNet
+    weights: str
+    provenance: dict = field(default_factory=dict)
+
+    @property
+    def metrics_path(self):
+        """The run's metrics.jsonl kept beside the file (for curves), or None."""
+        path = self.path.with_suffix(".metrics.jsonl")
+        return path if path.is_file() else None
+
+    def model_with(self, weights="auto"):
+        if weights not in ("auto", self.weights):
+            raise ValueError(f"{self.path} holds only the {self.weights} weights (a weights "
+                             f"file keeps one set); give --weights auto or {self.weights}")
+        return self.model, self.weights
+
+
+def export_weights(checkpoint, out, weights="auto", dtype="float16", provenance=None):
+    """Write the ``weights`` of ``checkpoint`` ("auto": the moving average when the run
+    kept one) to ``out`` as a weights file in ``dtype``; returns its path. Refuses
+    parameters that ``dtype`` cannot hold (beyond float16's 65504)."""
+    ckpt = load_checkpoint(checkpoint, device="cpu")
+    model, used = ckpt.model_with(weights)
+    dtype = np.dtype(dtype)
+    if dtype not in WEIGHT_DTYPES:
+        raise ValueError(f"weights are saved as float16, float32 or float64, not {dtype}")
+    arrays = {}
+    for name, p in model.params.items():
+        p = backend.to_numpy(p)
+        if np.abs(p).max(initial=0) > np.finfo(dtype).max:
+            raise ValueError(f"{name} holds values beyond {dtype}'s range "
+                             f"({np.finfo(dtype).max:g}); export it as float32")
+        arrays[f"param/{name}"] = p.astype(dtype)
+    made = {"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "step": ckpt.step,
+            "settings": ckpt.extra.get("settings", {}), **(provenance or {})}
+    meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
+            "config": model.config.to_dict(), "dtype": dtype.name, "weights": used,
+            "provenance": made}
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
+    _write_atomically(Path(out), arrays)
+    return Path(out)
+
+
+def load_weights(path, device=None, dtype="float32"):
+    """A Weights with the network of the weights file at ``path``, computing in ``dtype``
+    on ``device``. ValueError naming the file for anything wrong in it."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such weights file")
+    meta, arrays = read_archive(path, _check_weights_meta, ("param",), dtypes=WEIGHT_DTYPES)
+    params = {k[len("param/"):]: a.astype(dtype) for k, a in arrays.items()}
+    from .model import CapsNetConfig
+    try:
+        model = CapsNet(CapsNetConfig.from_dict(meta["config"]), dtype=dtype, device=device,
+                        params=params)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from e
+    return Weights(path, model, meta["weights"], meta["provenance"])
+
+
+def load_pretrained(device=None, dtype="float32"):
+    """The CapsNet that ships with minicaps: the paper's network trained on MNIST (its
+    provenance, test accuracy included, in ``.provenance``)."""
+    if not SHIPPED.is_file():
+        raise FileNotFoundError(f"the shipped weights are missing ({SHIPPED}): reinstall "
+                                f"minicaps from its source checkout")
+    return load_weights(SHIPPED, device=device, dtype=dtype)
+
+
+def _check_weights_meta(meta, path):
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ValueError(f"{path}: not a minicaps weights file (format is not {FORMAT!r}); "
+                         f"a checkpoint of a run is given without --pretrained")
+    version = meta.get("format_version")
+    _check_meta_field(path, "format_version", version,
+                      isinstance(version, int) and 1 <= version <= FORMAT_VERSION,
+                      f"an integer in 1..{FORMAT_VERSION}")
+    _check_meta_field(path, "config", meta.get("config"), isinstance(meta.get("config"), dict),
+                      "a JSON object")
+    _check_meta_field(path, "dtype", meta.get("dtype"),
+                      meta.get("dtype") in [d.name for d in WEIGHT_DTYPES], "float16/32/64")
+    _check_meta_field(path, "weights", meta.get("weights"),
+                      meta.get("weights") in ("average", "trained"), "'average' or 'trained'")
+    _check_meta_field(path, "provenance", meta.get("provenance"),
+                      isinstance(meta.get("provenance"), dict), "a JSON object")
+    return meta
