@@ -65,10 +65,34 @@ def _how_to_go_on(last):
     return f"{last} holds epoch {epoch}: continue with --resume {last} (and the same options)"
 
 
+def _load(args):
+    """The checkpoint or weights file the command names; --pretrained: the shipped network."""
+    from .pretrained import SHIPPED, load_any
+    if args.pretrained == (args.checkpoint is not None):
+        raise ValueError("give a CHECKPOINT (a .npz of a run, or a weights file) or "
+                         "--pretrained (the network that ships with minicaps), one of them")
+    if args.pretrained:
+        args.checkpoint = str(SHIPPED)
+        if not SHIPPED.is_file():
+            raise FileNotFoundError(f"the shipped weights are missing ({SHIPPED}): reinstall "
+                                    f"minicaps from its source checkout")
+    elif not Path(args.checkpoint).is_file():
+        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+    return load_any(args.checkpoint, device=args.device)
+
+
+def cmd_export_weights(args):
+    from .pretrained import export_weights
+    path = export_weights(args.checkpoint, args.out, weights=args.weights, dtype=args.dtype)
+    print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): the {args.weights} weights "
+          f"of {args.checkpoint} in {args.dtype}; use it as a CHECKPOINT of evaluate, plot "
+          f"and predict")
+    return 0
+
+
 def cmd_evaluate(args):
-    from .checkpoint import load_checkpoint
     from .train import evaluate, prepare_data
-    ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    ckpt = _load(args)
     model, weights = ckpt.model_with(args.weights)
     dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
     _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
@@ -91,14 +115,14 @@ def cmd_evaluate(args):
 def cmd_plot(args):
     from . import viz
     from .data import to_model_input
-    from .train import METRICS_FILE, prepare_data
-    kinds = args.kind or [k for k in PLOT_KINDS if k != "curves" or
-                          (Path(args.checkpoint).parent / METRICS_FILE).exists()]
+    from .train import prepare_data
+    from .pretrained import metrics_beside
+    ckpt = _load(args)
+    metrics = metrics_beside(args.checkpoint)
+    kinds = args.kind or [k for k in PLOT_KINDS if k != "curves" or metrics.exists()]
     model = x = labels = weights = accuracy = None
     dataset = args.dataset or "mnist"
     if any(k != "curves" for k in kinds):
-        from .checkpoint import load_checkpoint
-        ckpt = load_checkpoint(args.checkpoint, device=args.device)
         model, weights = ckpt.model_with(args.weights)
         # the test accuracy these weights had when the checkpoint was saved
         accuracy = ckpt.metrics.get("avg_test_accuracy" if weights == "average" else "test_accuracy")
@@ -106,12 +130,11 @@ def cmd_plot(args):
         _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
                                   limit_test=args.limit_test)
         x, labels = to_model_input(test.images, model.dtype), test.labels
-    elif not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
-    out = Path(args.out) if args.out else Path(args.checkpoint).parent / "plots"
+    out = Path(args.out) if args.out else (
+        Path("plots") if args.pretrained else Path(args.checkpoint).parent / "plots")
     try:
         paths = viz.render(kinds, out, model, x, labels,
-                           metrics=Path(args.checkpoint).parent / METRICS_FILE,
+                           metrics=metrics,
                            indices=args.index, dpi=args.dpi, weights=weights,
                            accuracy=accuracy, dataset=dataset,
                            warn=lambda m: print(f"minicaps plot: warning: {m}", file=sys.stderr))
@@ -125,9 +148,8 @@ def cmd_plot(args):
 
 def cmd_predict(args):
     from .backend import to_numpy
-    from .checkpoint import load_checkpoint
     from .images import load_digit, save_gray
-    ckpt = load_checkpoint(args.checkpoint, device=args.device)
+    ckpt = _load(args)
     model, _ = ckpt.model_with(args.weights)
     if args.save_reconstruction is not None and not model.config.use_decoder:
         raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
@@ -328,7 +350,11 @@ def build_parser():
         "evaluate", formatter_class=defaults, help="test accuracy and losses of a checkpoint",
         description="Load a checkpoint and print its accuracy, margin loss and reconstruction "
                     "loss on the test set (decoder masked by the predicted class).")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="a .npz file written by train (or by export-weights)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="use the network that ships with minicaps (the paper's, trained on "
+                        "MNIST) instead of a CHECKPOINT")
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
@@ -348,7 +374,11 @@ def build_parser():
                     "per class), curves (loss and accuracy per epoch from metrics.jsonl beside "
                     "the checkpoint), confusion (confusion matrix on the test set). Needs "
                     "matplotlib: pip install \"minicaps[viz]\".")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="a .npz file written by train (or by export-weights)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="use the network that ships with minicaps (the paper's, trained on "
+                        "MNIST) instead of a CHECKPOINT")
     p.add_argument("--kind", choices=PLOT_KINDS, action="append", default=None,
                    help="what to draw; repeat for several (default: all, curves only if "
                         "metrics.jsonl is there)")
@@ -372,7 +402,11 @@ def build_parser():
                     "fitted into 20x20 keeping the aspect ratio, centred by centre of mass in "
                     "28x28) and print the length of every class capsule and the predicted "
                     "class. Needs Pillow: pip install \"minicaps[viz]\".")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="a .npz file written by train (or by export-weights)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="use the network that ships with minicaps (the paper's, trained on "
+                        "MNIST) instead of a CHECKPOINT")
     p.add_argument("image", metavar="IMAGE", help="the picture, e.g. digit.png")
     p.add_argument("--save-reconstruction", metavar="PNG", default=None,
                    help="also write what the network saw beside the decoder's reconstruction "
@@ -380,6 +414,19 @@ def build_parser():
     add_device_option(p)
     add_weights_option(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "export-weights", help="write a checkpoint's weights alone (float16: 1/8 of its size)",
+        description="Write the weights of a checkpoint without its training state (Adam's "
+                    "moments, the random state) into a smaller .npz that evaluate, plot and "
+                    "predict read like a checkpoint; its provenance (epoch, step, settings) "
+                    "comes along.")
+    p.add_argument("checkpoint", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("out", metavar="OUT", help="the weights file to write, e.g. weights.npz")
+    add_weights_option(p)
+    p.add_argument("--dtype", choices=("float16", "float32", "float64"), default="float16",
+                   help="how the weights are stored (default: float16)")
+    p.set_defaults(func=cmd_export_weights)
 
     p = sub.add_parser(
         "bench", help="time minicaps (and PyTorch, if installed) per layer and per step",

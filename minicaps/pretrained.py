@@ -50,6 +50,25 @@ class Weights:
         path = self.path.with_suffix(".metrics.jsonl")
         return path if path.is_file() else None
 
+    @property
+    def epoch(self):
+        return self.provenance.get("epoch", "?")
+
+    @property
+    def step(self):
+        return self.provenance.get("step", "?")
+
+    @property
+    def extra(self):
+        return {"settings": self.provenance.get("settings", {})}
+
+    @property
+    def metrics(self):
+        """The test accuracy the provenance records, keyed as a run's metrics are."""
+        key = "avg_test_accuracy" if self.weights == "average" else "test_accuracy"
+        accuracy = self.provenance.get("test_accuracy")
+        return {key: accuracy} if accuracy is not None else {}
+
     def model_with(self, weights="auto"):
         if weights not in ("auto", self.weights):
             raise ValueError(f"{self.path} holds only the {self.weights} weights (a weights "
@@ -98,6 +117,24 @@ def load_weights(path, device=None, dtype="float32"):
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     return Weights(path, model, meta["weights"], meta["provenance"])
+
+
+def load_any(path, device=None):
+    """A checkpoint of a run (checkpoint.Checkpoint) or a weights file (Weights), whichever
+    ``path`` holds: both answer model_with, epoch, step, extra and metrics."""
+    meta, _ = read_archive(path, lambda meta, path: meta, (), only_meta=True)
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        return load_weights(path, device=device)
+    return load_checkpoint(path, device=device)
+
+
+def metrics_beside(path):
+    """The metrics.jsonl of the run a checkpoint or weights file comes from, if beside it."""
+    path = Path(path)
+    for candidate in (path.with_suffix(".metrics.jsonl"), path.parent / "metrics.jsonl"):
+        if candidate.is_file():
+            return candidate
+    return path.parent / "metrics.jsonl"
 
 
 def load_pretrained(device=None, dtype="float32"):

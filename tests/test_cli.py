@@ -82,7 +82,7 @@ def test_help_says_each_default_once(capsys, command):
     (["train", "--dataset", "cifar"], "--dataset: invalid choice"),
     (["train", "--routing-grad", "half"], "--routing-grad: invalid choice"),
     (["train", "--average", "1.5"], "--average: must lie between 0 and 1"),
-    (["evaluate"], "the following arguments are required: CHECKPOINT"),
+    (["predict", "--pretrained"], "the following arguments are required: IMAGE"),
     (["fly"], "invalid choice"),
 ])
 def test_bad_arguments_exit_2_with_a_message(capsys, argv, message):

@@ -120,3 +120,37 @@ def test_the_shipped_networks_accuracy_is_what_its_provenance_says():
     shipped = load_pretrained()
     accuracy = evaluate(shipped.model, x_test, y_test)["accuracy"]
     assert accuracy == pytest.approx(shipped.provenance["test_accuracy"], abs=1e-4)
+
+
+# --- the commands ------------------------------------------------------------------------------
+
+def test_export_weights_and_evaluate_them_from_the_command_line(run, tmp_path, capsys, monkeypatch):
+    from minicaps import cli
+    import minicaps.train
+    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: bars_data())
+    out = tmp_path / "w.npz"
+    assert cli.main(["export-weights", str(run / "best.npz"), str(out)]) == 0
+    assert cli.main(["evaluate", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    accuracy = evaluate(load_weights(out).model, *bars_data()[2:])["accuracy"]
+    assert f"accuracy            {accuracy:.4f}" in printed and "moving average" in printed
+
+
+@pytest.mark.parametrize("argv", [["evaluate"], ["evaluate", "x.npz", "--pretrained"]])
+def test_a_checkpoint_or_pretrained_one_of_them(argv, capsys):
+    from minicaps import cli
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "give a CHECKPOINT" in err and "--pretrained" in err and err.count("\n") == 1
+
+
+@needs_shipped
+def test_predict_with_the_shipped_network_reads_a_drawn_digit(tmp_path, capsys):
+    pytest.importorskip("PIL")
+    from PIL import Image, ImageDraw
+    from minicaps import cli
+    image = Image.new("L", (120, 120), 255)
+    ImageDraw.Draw(image).line([(60, 15), (60, 105)], fill=0, width=12)   # a 1
+    image.save(tmp_path / "one.png")
+    assert cli.main(["predict", "--pretrained", str(tmp_path / "one.png")]) == 0
+    assert "predicted 1" in capsys.readouterr().out
