@@ -14,6 +14,7 @@
 # against finite differences. docs/tour.md explains each piece and its derivative.
 #
 #     python examples/walkthrough.py                    # the paper's network, random weights
+#     python examples/walkthrough.py --pretrained       # the network that ships, trained
 #     python examples/walkthrough.py runs/x/best.npz    # a trained checkpoint
 #     python examples/walkthrough.py --tiny             # a 10x10, 3-class toy (no MNIST needed)
 #
@@ -44,7 +45,12 @@ def options():
     parser = argparse.ArgumentParser(description="One image through CapsNet, piece by piece.")
     parser.add_argument("checkpoint", nargs="?", default=checkpoint)
     parser.add_argument("--tiny", action="store_true", default=tiny)
+    parser.add_argument("--pretrained", action="store_true",
+                        help="the network that ships with minicaps (trained on MNIST)")
     args = parser.parse_args()
+    if args.pretrained:
+        from minicaps.pretrained import SHIPPED
+        return str(SHIPPED), args.tiny
     return args.checkpoint, args.tiny
 
 
@@ -79,8 +85,8 @@ CHECKPOINT, TINY = options()
 
 # %%
 if CHECKPOINT:
-    from minicaps.checkpoint import load_checkpoint
-    model, weights = load_checkpoint(CHECKPOINT, device="cpu").model_with("auto")
+    from minicaps.pretrained import load_any      # a checkpoint or a weights file
+    model, weights = load_any(CHECKPOINT, device="cpu").model_with("auto")
     print(f"loaded {CHECKPOINT} ({weights} parameters)")
 elif TINY:
     model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu", impl="reference")
