@@ -6,6 +6,12 @@ import time
 from pathlib import Path
 
 DATASETS = ("mnist", "fashion-mnist")
+# --preset: the network and the recipe. "paper": the paper's network and learning rate;
+# "quick": a smaller CapsNet (64 conv1 channels, 16 primary capsule maps: 2.8 M parameters
+# against 8.2 M, about 3x the images per second) at twice the learning rate, 2 epochs.
+PRESETS = {"paper": {"config": {}, "epochs": 1, "lr": 1e-3},
+           "quick": {"config": {"conv1_channels": 64, "primary_maps": 16}, "epochs": 2,
+                     "lr": 2e-3}}
 PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion")
 WEIGHTS = {"average": "moving average of the parameters", "trained": "trained parameters"}
 
@@ -29,7 +35,11 @@ def cmd_train(args):
     if out is None:
         out = (Path(args.resume).parent if args.resume
                else Path("runs") / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
-    config = CapsNetConfig(routing_iters=args.routing_iters, routing_grad=args.routing_grad)
+    preset = PRESETS[args.preset]
+    config = CapsNetConfig(routing_iters=args.routing_iters, routing_grad=args.routing_grad,
+                           **preset["config"])
+    args.epochs = preset["epochs"] if args.epochs is None else args.epochs
+    args.lr = preset["lr"] if args.lr is None else args.lr
     print(f"training on {args.dataset}, writing to {out}")
     try:
         result = train(config, epochs=args.epochs, out_dir=out, batch_size=args.batch_size,
@@ -295,11 +305,16 @@ def build_parser():
                     "code trains 300,000 steps); on a 2-core CPU one epoch of 60000 images "
                     "takes 5 to 13 minutes (measured: 290-796 s, 75-207 img/s), so start with e.g. "
                     "--epochs 1 --limit-train 10000.")
-    p.add_argument("--epochs", type=nonnegative_int, default=1,
+    p.add_argument("--preset", choices=tuple(PRESETS), default="paper",
+                   help="paper: the paper's network; quick: a smaller CapsNet (64 conv1 "
+                        "channels, 16 primary maps) at lr 0.002 for 2 epochs, 99%% in "
+                        "minutes (default: paper)")
+    p.add_argument("--epochs", type=nonnegative_int, default=None,
                    help="train until this many epochs are done in all (with --resume: "
-                        "counting those in the checkpoint)")
+                        "counting those in the checkpoint) (default: 1; 2 with --preset quick)")
     p.add_argument("--batch-size", type=positive_int, default=100, help="images per step")
-    p.add_argument("--lr", type=positive_float, default=1e-3, help="initial Adam learning rate")
+    p.add_argument("--lr", type=positive_float, default=None,
+                   help="initial Adam learning rate (default: 0.001; 0.002 with --preset quick)")
     p.add_argument("--lr-decay", type=rate, default=0.96,
                    help="the learning rate is multiplied by this every --decay-steps steps "
                         "(continuously)")

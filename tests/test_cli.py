@@ -49,7 +49,8 @@ def fake_mnist(monkeypatch):
 
 @pytest.mark.parametrize("command, words", [
     ([], ["train", "evaluate", "gradcheck", "plot", "predict", "bench"]),
-    (["train"], ["--epochs", "--batch-size", "(default: 100)", "(default: 0.001)",
+    (["train"], ["--epochs", "--batch-size", "(default: 100)", "--preset",
+                 "(default: 0.001; 0.002 with --preset quick)",
                  "--routing-iters", "--routing-grad", "--resume", "--limit-train",
                  "--val-size", "fashion-mnist", "--data-root", "--no-progress", "--out"]),
     (["evaluate"], ["CHECKPOINT", "--limit-test", "--dataset", "--device", "(default: 256)"]),
@@ -277,3 +278,13 @@ def test_train_keeps_an_average_that_evaluate_uses_by_default(tmp_path, capsys, 
     assert "keeps no moving average" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         cli.main(["train", "--average", "0.9", "--no-average"])
+
+
+def test_the_quick_preset_trains_the_smaller_network_at_its_rate(tmp_path, capsys, fake_mnist):
+    assert cli.main(["train", "--preset", "quick", "--out", str(tmp_path / "run"),
+                     "--no-progress"]) == 0
+    ckpt = load_checkpoint(tmp_path / "run" / "last.npz")
+    config = ckpt.model.config
+    assert (config.conv1_channels, config.primary_maps) == (64, 16)
+    assert config.num_primary_caps == 6 * 6 * 16
+    assert ckpt.epoch == 2 and ckpt.extra["settings"]["lr"] == 0.002
