@@ -106,12 +106,8 @@ def routing_forward(u_hat, iters=3, routing_grad="full", eps=SQUASH_EPS, couplin
             v_j = squash(s_j)                                 (eq. 1)
             b_ij += u_hat_j|i . v_j         (all but the last iteration)
 
-    u_hat: (N, I, J, D) -> v (N, J, D) and the last coupling c (N, I, J).
-    routing_grad="full" differentiates through every iteration (the agreement
-    path included); "stop" treats the coupling coefficients as constants, so
-    only s = sum_i c_ij u_hat_j|i of the last iteration carries gradient.
-    ``coupling`` given: skip the iterations and use it as the constant c (the
-    function that "stop" differentiates, for gradient checks).
+    u_hat: (N, I, J, D) -> v (N, J, D) and the last coupling c (N, I, J); routing_grad
+    and ``coupling`` as in the reference, ops.capsules.routing_forward, which this equals.
     Returns (v, c), cache.
     """
     xp = get_xp(u_hat)

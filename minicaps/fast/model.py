@@ -18,11 +18,10 @@ import numpy as np
 from .. import backend
 from ..model import CapsNet
 from . import conv_fft
-from . import (conv2d_forward, conv2d_backward, relu_forward, relu_backward, dense_forward,
-               dense_backward, sigmoid_forward, sigmoid_backward, primary_capsules_forward,
-               primary_capsules_backward, digit_capsules_forward, digit_capsules_backward,
-               length_backward, margin_loss_backward, mask_forward, mask_backward,
-               reconstruction_loss_backward)
+from . import (conv2d_forward, conv2d_backward, relu_forward, relu_backward, dense_backward,
+               sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
+               digit_capsules_forward, digit_capsules_backward, length_backward,
+               margin_loss_backward, mask_backward, reconstruction_loss_backward)
 
 CONV_METHODS = ("auto", "gemm")
 
@@ -141,21 +140,6 @@ class FastCapsNet(CapsNet):
         cfg = self.config
         return digit_capsules_forward(u, self.params["digit.W"], cfg.routing_iters,
                                       cfg.routing_grad, cfg.squash_eps, coupling)
-
-    def decode(self, v, mask):
-        """The decoder on digit capsules v (N, J, D) masked by mask (N, J): the
-        reconstruction (N, H*W*C) and the caches. Any pose v can be decoded."""
-        cfg, p, caches = self.config, self.params, {}
-        if not cfg.use_decoder:
-            raise ValueError("this network has no decoder (use_decoder=False)")
-        r, caches["mask"] = mask_forward(v, mask)
-        n_dec = len(cfg.decoder_sizes) + 1
-        for k in range(1, n_dec + 1):
-            r, caches[f"dec{k}"] = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
-            if k < n_dec:
-                r, caches[f"dec{k}.relu"] = relu_forward(r, out=r)
-        r, caches["sigmoid"] = sigmoid_forward(r)
-        return r, caches
 
     def backward(self, caches, free=False):
         """Gradients of the total loss for every parameter, from forward's caches.
