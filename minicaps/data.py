@@ -155,6 +155,25 @@ class MNIST(NamedTuple):
     y_test: np.ndarray
 
 
+class Dataset(NamedTuple):
+    """Labelled images from any source (load_dataset, load_image_folder, your own arrays).
+
+    Images uint8 (N, H, W) or (N, H, W, C); labels int64 (N,) in 0..len(classes)-1.
+    ``classes``: the name of each label. ``name``: what the data is ("cifar10", a folder's
+    path). ``info``: how the data is meant to be used, as the trainer reads it: {"crop": 32}
+    trains on random 32x32 crops and tests on the centre crop (smallNORB's protocol),
+    {"flip": True} adds random horizontal flips; and anything worth keeping with a run
+    (a folder's seeded split). Its first four fields unpack like MNIST.
+    """
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    classes: tuple = ()
+    name: str = ""
+    info: dict = None     # None: nothing to say
+
+
 def data_root(root=None):
     """The folder to look in: ``root``, else $MINICAPS_DATA (which must exist: a typo there
     is said, not created), else the per-user cache."""
