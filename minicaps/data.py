@@ -12,7 +12,6 @@ import gzip
 import hashlib
 import math
 import os
-import tempfile
 import zlib
 from pathlib import Path
 from typing import NamedTuple
@@ -248,35 +247,10 @@ def _load_verified(path, expected, dataset):
 
 def _download(name, folder, mirrors, expected, dataset, timeout):
     """Fetch name.gz from the first mirror that serves a valid file; keep it in folder."""
-    import pooch
-    fname = name + ".gz"
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=fname + ".", suffix=".part", dir=folder)
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise _not_found(str(folder), dataset, f"cannot write there to download {fname}: "
-                         f"{type(e).__name__}: {e}") from None
-    errors = []
-    for mirror in mirrors:
-        url = mirror.rstrip("/") + "/" + fname
-        fd, tmp = tempfile.mkstemp(prefix=fname + ".", suffix=".part", dir=folder)
-        os.close(fd)
-        try:
-            downloader = pooch.HTTPDownloader(progressbar=True, chunk_size=1 << 16,
-                                              timeout=timeout)
-            downloader(url, tmp, None)
-            array = _load_verified(tmp, expected, dataset)
-            os.replace(tmp, folder / fname)   # only a verified file gets the real name
-            return array
-        except Exception as e:   # any failure of one mirror means: try the next
-            errors.append(f"  {url}: {type(e).__name__}: {e}")
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-    why = f"every mirror failed for {fname}:\n" + "\n".join(errors)
-    raise _not_found(str(folder), dataset, why)
+    from .download import fetch   # download.py imports this module's errors
+    return fetch(name + ".gz", folder, mirrors,
+                 lambda path: _load_verified(path, expected, dataset), timeout,
+                 lambda why: _not_found(str(folder), dataset, why))
 
 
 def _not_found(where, dataset, why):

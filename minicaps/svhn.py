@@ -1,0 +1,121 @@
+"""SVHN, cropped digits (format 2): ``train_32x32.mat`` and ``test_32x32.mat``.
+
+Each file is a MATLAB v5 file holding ``X``, uint8 (32, 32, 3, N): image n is X[:, :, :, n],
+and ``y``, (N, 1), the digits 1..10 with 10 meaning 0. Before ``scipy.io.loadmat`` reads
+anything, the file's size is bounded and ``scipy.io.whosmat`` (which reads only the variables'
+headers) must show exactly those shapes and types, at most MAX_IMAGES images, and no more pixel
+bytes than the file could hold compressed: a hostile file cannot make loadmat allocate more.
+"""
+import numpy as np
+
+from .data import DataError, Dataset, data_root
+from .download import (DOWNLOAD_TIMEOUT, check_sha256, check_size, expected_digest, fetch,
+                       not_found_error, sha256_of)
+
+FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
+CLASSES = tuple(str(d) for d in range(10))
+MAX_FILE = 1 << 28          # the train file is 182,040,794 bytes, the test file 64,275,384
+MAX_IMAGES = 100_000        # the train file holds 73,257 images, the test file 26,032
+# zlib cannot shrink the photos below this fraction: the real files hold 1.24 pixel bytes per
+# file byte. A header promising more pixels than this, of a small file, is refused.
+MAX_RATIO = 16
+LABEL_TYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
+               "double", "single"}
+
+MIRRORS = ["http://ufldl.stanford.edu/housenumbers/",
+           "https://ufldl.stanford.edu/housenumbers/"]
+
+# SHA-256 of the files as served: tensorflow/datasets, tensorflow_datasets/url_checksums/
+# svhn_cropped.txt (182040794 and 64275384 bytes); the same in pytorch/vision's prototype
+# SVHN dataset (_CHECKSUMS).
+SHA256 = {"train_32x32.mat": "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8",
+          "test_32x32.mat": "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b"}
+
+
+def read_svhn_mat(path):
+    """(images uint8 (N, 32, 32, 3), labels int64 (N,) in 0..9) from one SVHN .mat file."""
+    import scipy.io
+    size = check_size(path, MAX_FILE, "svhn")
+    try:
+        listed = scipy.io.whosmat(str(path), appendmat=False)   # the headers alone
+        shapes = {name: (shape, kind) for name, shape, kind in listed}
+    except Exception as e:   # scipy's many ways of saying "not a MAT file"
+        raise DataError(f"{path}: not a readable MATLAB v5 file ({type(e).__name__}: {e})") \
+            from None
+    n = _check_headers(shapes, size, path)
+    try:
+        mat = scipy.io.loadmat(str(path), appendmat=False, variable_names=["X", "y"])
+    except Exception as e:
+        raise DataError(f"{path}: cannot read X and y ({type(e).__name__}: {e})") from None
+    x, y = mat["X"], mat["y"]
+    if x.dtype != np.uint8 or x.shape != (32, 32, 3, n) or y.shape != (n, 1):
+        raise DataError(f"{path}: X is {x.dtype} {x.shape} and y {y.shape} after loading, "
+                        f"not what the headers said")
+    digits = y[:, 0]
+    bad = (digits != np.round(digits)) | (digits < 1) | (digits > 10)   # NaN too
+    if bad.any():
+        raise DataError(f"{path}: label {digits[bad][0]} in y, expected the digits 1..10 "
+                        "(10 for 0)")
+    labels = digits.astype(np.int64) % 10
+    return np.ascontiguousarray(x.transpose(3, 0, 1, 2)), labels
+
+
+def _check_headers(shapes, file_size, path):
+    """The number of images, once the headers show X uint8 (32, 32, 3, N), y (N, 1) numeric."""
+    if "X" not in shapes or "y" not in shapes:
+        raise DataError(f"{path}: holds the variables {sorted(shapes)}, expected X and y")
+    (x_shape, x_kind), (y_shape, y_kind) = shapes["X"], shapes["y"]
+    if x_kind != "uint8" or len(x_shape) != 4 or tuple(x_shape[:3]) != (32, 32, 3):
+        raise DataError(f"{path}: X is {x_kind} {tuple(x_shape)}, expected uint8 (32, 32, 3, N)")
+    n = int(x_shape[3])
+    if y_kind not in LABEL_TYPES or tuple(y_shape) != (n, 1):
+        raise DataError(f"{path}: y is {y_kind} {tuple(y_shape)}, expected numbers ({n}, 1) "
+                        "to match X")
+    if n > MAX_IMAGES:
+        raise DataError(f"{path}: X promises {n} images, more than the limit of {MAX_IMAGES}")
+    if n * 32 * 32 * 3 > MAX_RATIO * file_size:
+        raise DataError(f"{path}: X promises {n} images ({n * 3072} bytes), more than a "
+                        f"file of {file_size} bytes can hold")
+    return n
+
+
+def load_svhn(root=None, download=True, verify=True, mirrors=None, sha256=None,
+              timeout=DOWNLOAD_TIMEOUT):
+    """SVHN as a Dataset: images uint8 (N, 32, 32, 3), labels int64 0..9 (the digit), classes
+    "0".."9" (73,257 train and 26,032 test images in the real set; the "extra" set is not read).
+
+    Looks in ``<root>/svhn/`` then ``<root>/`` for the folder that has both files; otherwise the
+    missing ones are downloaded into ``<root>/svhn/``. ``verify`` checks each file's SHA-256 as
+    served; ``sha256`` adds to or replaces those digests (by file name).
+    """
+    base = data_root(root)
+    table = {**SHA256, **(sha256 or {})}
+    mirrors = MIRRORS if mirrors is None else list(mirrors)
+    folders = [base / "svhn", base]
+    folder = next((d for d in folders if all((d / n).is_file() for n in FILES.values())), None)
+    target = folder or base / "svhn"
+    where = f"{base / 'svhn'} (or directly into {base})"
+    if folder is None and not download:
+        raise _not_found(where, "download=False")
+    parts = {}
+    for split, name in FILES.items():
+        load = lambda path, name=name: _load_verified(path, name, table, verify)  # noqa: E731
+        if (target / name).is_file():
+            parts[split] = load(target / name)
+        else:
+            parts[split] = fetch(name, target, mirrors, load, timeout,
+                                 lambda why: _not_found(where, why))
+    return Dataset(*parts["train"], *parts["test"], classes=CLASSES, name="svhn")
+
+
+def _load_verified(path, name, table, verify):
+    expected = expected_digest(table, name, path, "svhn", verify)
+    check_size(path, MAX_FILE, "svhn")
+    if expected is not None:
+        check_sha256(path, sha256_of(path), expected, "svhn")
+    return read_svhn_mat(path)
+
+
+def _not_found(where, why):
+    return not_found_error("svhn", [f"{n} (cropped digits, format 2)" for n in FILES.values()],
+                           where, why, [MIRRORS[0] + n for n in FILES.values()])
