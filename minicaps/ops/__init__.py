@@ -10,3 +10,7 @@ from .capsules import (SQUASH_EPS, squash_forward, squash_backward, length_forwa
                        softmax_backward, routing_forward, routing_backward)
 from .losses import (one_hot, margin_loss_forward, margin_loss_backward, mask_forward,
                      mask_backward, reconstruction_loss_forward, reconstruction_loss_backward)
+from .cnn_layers import (same_padding, pad_forward, pad_backward, conv2d_same_forward,
+                         conv2d_same_backward, max_pool_forward, max_pool_backward,
+                         dropout_forward, dropout_backward, softmax_cross_entropy_forward,
+                         softmax_cross_entropy_backward)
