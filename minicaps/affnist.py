@@ -1,0 +1,371 @@
+"""The paper's robustness test (Sabour et al. 2017, section 5.2): train on expanded MNIST,
+test on affNIST.
+
+Expanded MNIST: "each example is an MNIST digit placed randomly on a black background of
+40x40 pixels": the 28x28 digit at integer offsets (oy, ox) uniform in 0..12, i.e. up to 6
+pixels from the centre (``expand``, ``expanded_mnist``).
+
+affNIST (Tijmen Tieleman, https://www.cs.toronto.edu/~tijmen/affNIST/): MNIST digits on
+40x40 under "various reasonable affine transformations", "with significant translations
+involved"; its test set transforms each of the 10,000 MNIST test digits 32 times (320,000
+images), in Matlab files that ``scipy.io.loadmat`` reads: a struct ``affNISTdata`` whose
+field ``image`` holds one 40x40 picture per column (1600 x N uint8, each column the
+picture's rows one after another) and ``label_int`` the classes (also ``label_one_of_n``
+and the transformations). No SHA-256 of the files is published, so ``load_affnist_test``
+checks what can be checked: the layout, 320,000 pictures of 40x40, labels 0..9 and 32 of
+each MNIST test digit's class (the class counts), and ``label_one_of_n`` against
+``label_int``. Put ``test.mat`` from ``32x/transformed/test.mat.zip`` at
+``<root>/affnist/test.mat`` (or the 32 files of ``test_batches`` in
+``<root>/affnist/test_batches/``), root being the data folder (``$MINICAPS_DATA``).
+
+Without those files ``affnist_test`` generates a stand-in, named "affnist-generated"
+everywhere it goes: each MNIST test digit scaled, sheared and rotated about its centre
+with bilinear resampling, then moved. The ranges (AFFNIST_RANGES) are rotation within
++-20 degrees, shear within +-0.2, horizontal and vertical scale each within 0.8..1.2, the
+affNIST page's as we read them; the stored copy of that page reachable here holds only
+its introduction, and the one other statement of them found (TensorFlow Federated's
+infinite EMNIST, "approximately equivalent to the one described at" that page: rotation
++-20 degrees, shear +-0.2, scale 0.8..1.25 log-uniform, translation +-5 pixels) agrees but
+for the scale's upper end. Check them against the page before quoting results. The
+translation is our choice: integers, uniform over every position that keeps all of the
+digit's ink on the canvas.
+"""
+import hashlib
+import os
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .data import DataError, DataNotFoundError, Dataset, data_root
+
+DIGIT = 28
+CANVAS = 40
+MAX_OFFSET = CANVAS - DIGIT          # 12: the digit's top-left corner at 0..12, centre +-6
+EXPANDED_SEED = 40                   # the placements of expanded_mnist
+GENERATED_SEED = 320                 # the transformations of the generated affNIST test set
+CLASSES = tuple(str(d) for d in range(10))
+
+# Uniform ranges of the generated affNIST stand-in; see the module docstring for sources.
+AFFNIST_RANGES = {"rotation": (-20.0, 20.0),    # degrees, counter-clockwise on the screen
+                  "shear": (-0.2, 0.2),         # x += shear * y, about the digit's centre
+                  "scale_y": (0.8, 1.2),
+                  "scale_x": (0.8, 1.2)}
+
+AFFNIST_TEST_SIZE = 320_000          # 32 transformations of each of 10,000 test digits
+AFFNIST_COPIES = 32
+MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
+MAX_MAT_BYTES = 1 << 30              # test.mat is about 0.6 GB
+_WORK = 64                           # canvas on which a digit is transformed before it moves
+
+
+# --- expanded MNIST --------------------------------------------------------------------------
+
+def place_on_canvas(images, offsets, size=CANVAS):
+    """images (N, h, w) on black (N, size, size) canvases, each with its top-left corner
+    at offsets[n] = (oy, ox): out[n, oy + i, ox + j] = images[n, i, j]."""
+    images, offsets = np.asarray(images), np.asarray(offsets)
+    n, h, w = images.shape
+    if offsets.shape != (n, 2):
+        raise ValueError(f"expected offsets ({n}, 2), got {offsets.shape}")
+    if n and (offsets.min() < 0 or offsets[:, 0].max() > size - h
+              or offsets[:, 1].max() > size - w):
+        raise ValueError(f"offsets must keep the {h}x{w} images on the {size}x{size} canvas")
+    out = np.zeros((n, size, size), images.dtype)
+    rows = offsets[:, :1] + np.arange(h)
+    cols = offsets[:, 1:] + np.arange(w)
+    out[np.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]] = images
+    return out
+
+
+def expand(images, rng, size=CANVAS):
+    """Each 28x28 image at a random place on a size x size black canvas: offsets drawn
+    from rng as integers uniform in 0..size-28 per axis. Returns (canvases, offsets)."""
+    images = np.asarray(images)
+    max_offset = size - images.shape[1]
+    offsets = rng.integers(0, max_offset + 1, size=(len(images), 2))
+    return place_on_canvas(images, offsets, size), offsets
+
+
+def expanded_mnist(mnist, seed=EXPANDED_SEED):
+    """The paper's training set for section 5.2, and its like-for-like test set: both MNIST
+    splits placed at random on 40x40 (expand, train then test, from default_rng(seed)).
+    Re-draw the training placements each epoch with expand() for more variety."""
+    rng = np.random.default_rng(seed)
+    x_train, _ = expand(mnist[0], rng)
+    x_test, _ = expand(mnist[2], rng)
+    return Dataset(x_train, np.asarray(mnist[1]), x_test, np.asarray(mnist[3]), CLASSES,
+                   "expanded-mnist", {"canvas": CANVAS, "max_offset": MAX_OFFSET,
+                                      "seed": seed})
+
+
+# --- affine transformations ------------------------------------------------------------------
+
+class AffineParams(NamedTuple):
+    """One transformation per image, arrays (N,): scale, then shear, then rotate, all about
+    the digit's centre, then move the centre by (ty, tx) pixels from the canvas centre."""
+    rotation: np.ndarray      # degrees, counter-clockwise as seen on the screen
+    shear: np.ndarray         # x += shear * y (x to the right, y down)
+    scale_y: np.ndarray
+    scale_x: np.ndarray
+    ty: np.ndarray
+    tx: np.ndarray
+
+
+def affine_matrix(rotation, shear, scale_y, scale_x):
+    """The 2x2 matrix taking (row, col) offsets from the digit's centre to offsets on the
+    canvas: rotate @ shear @ scale, written in (x, y) with y down, then reordered."""
+    t = np.deg2rad(rotation)
+    rotate = np.array([[np.cos(t), np.sin(t)], [-np.sin(t), np.cos(t)]])   # (x, y), y down
+    xy = rotate @ np.array([[1.0, shear], [0.0, 1.0]]) @ np.diag([scale_x, scale_y])
+    return xy[::-1, ::-1]                                                   # (row, col)
+
+
+def warp(digits, params, size=CANVAS):
+    """digits (N, h, w) uint8 transformed onto (N, size, size) uint8 canvases by params,
+    sampled bilinearly (zeros outside), rounded to the nearest integer.
+
+    out[p] = digit[A^-1 (p - c_out - t) + c_in] with A = affine_matrix, c the centres
+    ((h-1)/2, (w-1)/2) and ((size-1)/2, (size-1)/2), t = (ty, tx). The identity puts the
+    digit at offset (size-h)/2 unchanged; an integer t moves the result by whole pixels.
+    """
+    from scipy.ndimage import affine_transform
+    digits = np.asarray(digits)
+    n, h, w = digits.shape
+    c_in = np.array([(h - 1) / 2, (w - 1) / 2])
+    c_out = np.full(2, (size - 1) / 2)
+    out = np.empty((n, size, size), np.uint8)
+    for k in range(n):
+        inverse = np.linalg.inv(affine_matrix(params.rotation[k], params.shear[k],
+                                              params.scale_y[k], params.scale_x[k]))
+        shift = np.array([params.ty[k], params.tx[k]], dtype=float)
+        sampled = affine_transform(digits[k].astype(np.float64), inverse,
+                                   offset=c_in - inverse @ (c_out + shift),
+                                   output_shape=(size, size), order=1, mode="constant",
+                                   cval=0.0, prefilter=False)
+        out[k] = np.clip(np.rint(sampled), 0, 255)
+    return out
+
+
+def draw_affine(digits, rng, ranges=AFFNIST_RANGES, size=CANVAS, chunk=2000):
+    """AffineParams for each digit. From rng, in this order and for all digits at once:
+    rotation, shear, scale_y, scale_x uniform in ranges, then two fractions uniform in
+    [0, 1) that pick integers ty, tx uniformly among the moves keeping all the transformed
+    digit's ink (pixels > 0) on the size x size canvas (an MNIST digit always fits; ink
+    wider than the canvas is centred and cut). chunk bounds the memory, not the result."""
+    digits = np.asarray(digits)
+    n = len(digits)
+    drawn = {name: rng.uniform(*ranges[name], size=n) for name in AFFNIST_RANGES}
+    where = rng.random((2, n))
+    params = AffineParams(**drawn, ty=np.zeros(n), tx=np.zeros(n))
+    low, high = np.zeros((2, n)), np.zeros((2, n))
+    margin = (_WORK - size) // 2
+    for start in range(0, n, chunk):
+        part = slice(start, start + chunk)
+        big = warp(digits[part], AffineParams(*(f[part] for f in params)), _WORK)  # no ink cut
+        for axis, ink in enumerate((big.any(axis=2), big.any(axis=1))):
+            first = ink.argmax(1)
+            last = _WORK - 1 - ink[:, ::-1].argmax(1)
+            lo, hi = margin - first, margin + size - 1 - last    # keep first..last on canvas
+            blank = ~ink.any(1)
+            lo[blank] = hi[blank] = 0
+            wide = hi < lo                     # ink wider than the canvas: centre it, cut both
+            lo[wide] = hi[wide] = np.floor((lo[wide] + hi[wide]) / 2)
+            low[axis, part], high[axis, part] = lo, hi
+    moves = low + np.floor(where * (high - low + 1))
+    return params._replace(ty=moves[0], tx=moves[1])
+
+
+def generate_affnist(digits, labels, seed=GENERATED_SEED, copies=1, ranges=AFFNIST_RANGES):
+    """The generated affNIST stand-in: copies transformations of each digit (pass MNIST's
+    test split), copy after copy, from default_rng(seed). Returns (images (N*copies, 40, 40)
+    uint8, labels (N*copies,) int64, AffineParams of every image)."""
+    digits, labels = np.asarray(digits), np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    params = [draw_affine(digits, rng, ranges) for _ in range(int(copies))]
+    images = np.concatenate([warp(digits, p) for p in params])
+    all_params = AffineParams(*(np.concatenate(f) for f in zip(*params)))
+    return images, np.tile(labels.astype(np.int64), int(copies)), all_params
+
+
+# --- the real affNIST ------------------------------------------------------------------------
+
+def read_affnist_mat(path, max_bytes=MAX_MAT_BYTES, sha256=None):
+    """Read one affNIST .mat file: (images (N, 40, 40) uint8, labels (N,) int64).
+
+    Checks the Matlab 5 header and the size before scipy parses it, the SHA-256 of the
+    file when one is given, then the layout: affNISTdata.image 1600 x N of whole numbers
+    0..255, label_int N classes 0..9, label_one_of_n (when present) the same classes.
+    Anything else raises DataError naming the file.
+    """
+    path = Path(path)
+    size = _check_mat_header(path, max_bytes)
+    if sha256 is not None:
+        actual = _sha256(path)
+        if actual != sha256.lower():
+            raise DataError(f"{path}: SHA-256 is {actual}, expected {sha256}")
+    from scipy.io import loadmat
+    try:
+        contents = loadmat(path, variable_names=["affNISTdata"])
+    except MemoryError:
+        raise
+    except Exception as e:   # scipy reports a damaged file by many exception types
+        raise DataError(f"{path}: cannot be read as a Matlab file ({size} bytes; "
+                        f"{type(e).__name__}: {e}); is it truncated?") from e
+    struct = contents.get("affNISTdata")
+    names = getattr(getattr(struct, "dtype", None), "names", None) or ()
+    if struct is None or struct.size != 1 or not {"image", "label_int"} <= set(names):
+        raise DataError(f"{path}: expected a struct affNISTdata with fields image and "
+                        f"label_int, found {sorted(contents) if struct is None else names}")
+    image = np.asarray(struct["image"].flat[0])
+    labels = np.asarray(struct["label_int"].flat[0])
+    if image.ndim != 2 or image.shape[0] != CANVAS * CANVAS:
+        raise DataError(f"{path}: affNISTdata.image is {image.shape}, expected "
+                        f"({CANVAS * CANVAS}, N): one {CANVAS}x{CANVAS} picture per column")
+    n = image.shape[1]
+    if labels.size != n or (labels.ndim == 2 and 1 not in labels.shape) or labels.ndim > 2:
+        raise DataError(f"{path}: affNISTdata.label_int is {labels.shape}, expected {n} "
+                        "labels to match the pictures")
+    images = _whole_numbers(image, 0, 255, path, "image").astype(np.uint8, copy=False)
+    labels = _whole_numbers(labels.reshape(-1), 0, 9, path, "label_int").astype(np.int64)
+    if "label_one_of_n" in names:
+        one_hot = np.asarray(struct["label_one_of_n"].flat[0])
+        if one_hot.shape != (10, n) or (one_hot.argmax(0) != labels).any():
+            raise DataError(f"{path}: affNISTdata.label_one_of_n {one_hot.shape} does not "
+                            "say the classes label_int says")
+    # each column is one picture's rows one after another (the layout the public readers
+    # use and their MNIST-trained models score on)
+    return np.ascontiguousarray(images.T).reshape(n, CANVAS, CANVAS), labels
+
+
+def find_affnist_test(root=None):
+    """The real affNIST test files under the data folder: [<root>/affnist/test.mat], or
+    the 32 files <root>/affnist/test_batches/1.mat..32.mat, or None."""
+    base = data_root(root) / "affnist"
+    if (base / "test.mat").is_file():
+        return [base / "test.mat"]
+    batches = [base / "test_batches" / f"{i}.mat" for i in range(1, AFFNIST_COPIES + 1)]
+    if batches[0].is_file():
+        missing = [p.name for p in batches if not p.is_file()]
+        if missing:
+            raise DataError(f"{base / 'test_batches'}: {len(missing)} of the 32 test batches "
+                            f"are missing ({', '.join(missing[:4])}...)")
+        return batches
+    return None
+
+
+def load_affnist_test(root=None, sha256=None, max_bytes=MAX_MAT_BYTES):
+    """The real affNIST test set: (images (320000, 40, 40) uint8, labels int64, files).
+
+    sha256: {file name: hex digest} to check (none is published). Raises
+    DataNotFoundError when the files are not there, DataError when they are not the
+    whole transformed test set (the just_centered test.mat has 10,000 pictures).
+    """
+    files = find_affnist_test(root)
+    if files is None:
+        raise DataNotFoundError(
+            f"affNIST test files not found in {data_root(root) / 'affnist'}: put test.mat "
+            "from https://www.cs.toronto.edu/~tijmen/affNIST/32x/transformed/test.mat.zip "
+            "there (or the folder test_batches/)")
+    parts = [read_affnist_mat(f, max_bytes, (sha256 or {}).get(f.name)) for f in files]
+    images = np.concatenate([p[0] for p in parts])
+    labels = np.concatenate([p[1] for p in parts])
+    where = files[0].parent
+    if len(images) != AFFNIST_TEST_SIZE:
+        raise DataError(f"{where}: {len(images)} test pictures, expected {AFFNIST_TEST_SIZE} "
+                        "(32 transformations of each MNIST test digit); the untransformed "
+                        "just_centered/test.mat has 10,000")
+    counts = np.bincount(labels, minlength=10)
+    if tuple(counts) != tuple(AFFNIST_COPIES * c for c in MNIST_TEST_COUNTS):
+        raise DataError(f"{where}: class counts {counts.tolist()}, expected 32 times MNIST's "
+                        f"test counts {list(MNIST_TEST_COUNTS)}")
+    return images, labels, files
+
+
+class AffNISTTest(NamedTuple):
+    """A test set of 40x40 digits: name "affnist" (the real files) or "affnist-generated"."""
+    images: np.ndarray
+    labels: np.ndarray
+    name: str
+    info: dict
+
+
+def affnist_test(mnist=None, root=None, seed=GENERATED_SEED, copies=1, generate=True):
+    """The real affNIST test set when its files are there (load_affnist_test), else (with
+    generate) the generated stand-in from MNIST's test split (generate_affnist):
+    copies transformations of each of the 10,000 test digits; the real set has 32."""
+    try:
+        images, labels, files = load_affnist_test(root)
+        return AffNISTTest(images, labels, "affnist",
+                           {"files": [os.fspath(f) for f in files]})
+    except DataNotFoundError:
+        if not generate:
+            raise
+    if mnist is None:
+        from .data import load_mnist
+        mnist = load_mnist(root)
+    images, labels, _ = generate_affnist(mnist[2], mnist[3], seed, copies)
+    return AffNISTTest(images, labels, "affnist-generated",
+                       {"generated": True, "seed": seed, "copies": copies,
+                        "ranges": dict(AFFNIST_RANGES), "resampling": "bilinear",
+                        "translation": "integers keeping all the ink on the 40x40 canvas"})
+
+
+def affnist_dataset(mnist=None, root=None, seed=EXPANDED_SEED, test_seed=GENERATED_SEED,
+                    copies=1, generate=True):
+    """Section 5.2 as one Dataset: train on expanded MNIST (expanded_mnist's training
+    split), test on affNIST (affnist_test). Its name is the test set's: "affnist" or
+    "affnist-generated"; info says which (test, test_info: affnist_test's info) and how
+    the training set was placed (train_seed)."""
+    if mnist is None:
+        from .data import load_mnist
+        mnist = load_mnist(root)
+    train = expanded_mnist(mnist, seed)
+    test = affnist_test(mnist, root, test_seed, copies, generate)
+    info = {"train": "expanded-mnist", "canvas": CANVAS, "max_offset": MAX_OFFSET,
+            "train_seed": seed, "test": test.name, "test_info": test.info}
+    return Dataset(train.x_train, train.y_train, test.images, test.labels, CLASSES,
+                   test.name, info)
+
+
+# --- helpers ---------------------------------------------------------------------------------
+
+def _check_mat_header(path, max_bytes):
+    """A Matlab 5 file (what scipy.io.loadmat reads) of at most max_bytes; its size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            header = f.read(128)
+    except OSError as e:
+        raise DataError(f"{path}: cannot be read ({type(e).__name__}: {e})") from e
+    if size > max_bytes:
+        raise DataError(f"{path}: {size} bytes, over the {max_bytes} bytes an affNIST file "
+                        "needs")
+    if len(header) < 128 or not header.startswith(b"MATLAB"):
+        raise DataError(f"{path}: not a Matlab file ({size} bytes; a .mat file starts with "
+                        "a 128-byte 'MATLAB 5.0 MAT-file' header). Unzip the .mat.zip first.")
+    if header.startswith(b"MATLAB 7.3"):
+        raise DataError(f"{path}: a Matlab 7.3 (HDF5) file; affNIST's files are Matlab 5")
+    if header[126:128] not in (b"IM", b"MI"):
+        raise DataError(f"{path}: damaged Matlab header (endian mark {header[126:128]!r})")
+    return size
+
+
+def _sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _whole_numbers(array, low, high, path, field):
+    """array unchanged if its values are whole numbers in low..high, else DataError."""
+    if array.dtype.kind not in "uif" or array.size == 0:
+        raise DataError(f"{path}: affNISTdata.{field} is {array.dtype} of size {array.size}, "
+                        f"expected numbers {low}..{high}")
+    if array.min() < low or array.max() > high or \
+            (array.dtype.kind == "f" and (np.mod(array, 1) != 0).any()):
+        raise DataError(f"{path}: affNISTdata.{field} holds values outside the whole "
+                        f"numbers {low}..{high} (from {array.min()} to {array.max()})")
+    return array
