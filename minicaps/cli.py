@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-DATASETS = ("mnist", "fashion-mnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb")
 # --preset: the network and the recipe. "paper": the paper's network and learning rate;
 # "quick": a smaller CapsNet (64 conv1 channels, 16 primary capsule maps: 2.8 M parameters
 # against 8.2 M, about 3x the images per second) at twice the learning rate, 2 epochs.
@@ -29,25 +29,36 @@ def cmd_gradcheck(args):
 
 
 def cmd_train(args):
-    from .model import CapsNetConfig
-    from .train import train
+    from .train import check_before_loading, config_for_data, train
     out = args.out
     if out is None:
+        name = Path(args.data_dir).name if args.data_dir else args.dataset
         out = (Path(args.resume).parent if args.resume
-               else Path("runs") / f"{args.dataset}-{time.strftime('%Y%m%d-%H%M%S')}")
+               else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     preset = PRESETS[args.preset]
-    config = CapsNetConfig(routing_iters=args.routing_iters, routing_grad=args.routing_grad,
-                           **preset["config"])
     args.epochs = preset["epochs"] if args.epochs is None else args.epochs
     args.lr = preset["lr"] if args.lr is None else args.lr
-    print(f"training on {args.dataset}, writing to {out}")
+    check_before_loading(epochs=args.epochs, out_dir=out, resume=args.resume,
+                         overwrite=args.overwrite, batch_size=args.batch_size, lr=args.lr,
+                         lr_decay=args.lr_decay, decay_steps=args.decay_steps, seed=args.seed,
+                         limit_train=args.limit_train, limit_test=args.limit_test,
+                         val_size=args.val_size, shift=args.shift,
+                         average=None if args.no_average else args.average)
+    data = _training_data(args)
+    crop = (data.info or {}).get("crop") if args.crop is None else (args.crop or None)
+    config = config_for_data(data, crop, routing_iters=args.routing_iters,
+                             routing_grad=args.routing_grad, **preset["config"])
+    print(f"training on {data.name or args.dataset} ({len(data.y_train)} training images, "
+          f"{config.num_classes} classes, input {'x'.join(map(str, config.input_shape))}), "
+          f"writing to {out}")
     try:
         result = train(config, epochs=args.epochs, out_dir=out, batch_size=args.batch_size,
                        lr=args.lr, lr_decay=args.lr_decay, decay_steps=args.decay_steps,
                        seed=args.seed, dtype=args.dtype, device=args.device,
-                       dataset=args.dataset, data_root=args.data_root,
+                       data=data, dataset=args.dataset,
                        limit_train=args.limit_train, limit_test=args.limit_test,
-                       val_size=args.val_size, shift=args.shift,
+                       val_size=args.val_size, shift=args.shift, crop=crop,
+                       flip=args.flip or None,
                        average=None if args.no_average else args.average,
                        resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress)
@@ -64,6 +75,40 @@ def cmd_train(args):
         print(f"nothing to do: the checkpoint has already done {result.epoch} epochs; "
               f"give --epochs {result.epoch + 1} or more to train further")
     return 0
+
+
+def _training_data(args):
+    """The data train reads: an image folder (--data-dir) or a named dataset."""
+    from .train import load_data
+    if args.data_dir is None:
+        return load_data(args.dataset, args.data_root)
+    from .folder import load_image_folder
+    return load_image_folder(args.data_dir, image_size=args.image_size, color=args.color,
+                             test_fraction=args.test_fraction, seed=args.seed,
+                             bad_images=args.bad_images)
+
+
+def _test_data(args, ckpt):
+    """(test Split, class names, dataset name) for a checkpoint: the data it was trained
+    on (its image folder, read the same way, or its dataset), or the one the options name."""
+    from .train import load_data, prepare_data
+    settings = ckpt.extra.get("settings", {}) or {}
+    info = settings.get("data_info") or {}
+    folder = args.data_dir or (info.get("folder") if args.dataset is None else None)
+    if folder:
+        from .folder import load_image_folder
+        data = load_image_folder(folder, image_size=info.get("image_size"),
+                                 color=info.get("color"),
+                                 test_fraction=info.get("test_fraction", 0.1),
+                                 seed=info.get("seed", 0), bad_images="skip")
+    else:
+        data = load_data(args.dataset or settings.get("dataset", "mnist"), args.data_root)
+    classes = settings.get("classes") or list(data.classes)
+    if data.classes and classes and list(data.classes) != list(classes):
+        raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but the "
+                         f"network was trained on {', '.join(classes)}")
+    _, _, test = prepare_data(data, limit_test=args.limit_test, crop=settings.get("crop"))
+    return test, classes, data.name
 
 
 def _how_to_go_on(last):
@@ -104,11 +149,9 @@ def cmd_evaluate(args):
     from .train import evaluate, prepare_data
     ckpt = _load(args)
     model, weights = ckpt.model_with(args.weights)
-    dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
-    _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
-                              limit_test=args.limit_test)
+    test, classes, dataset = _test_data(args, ckpt)
     scores = evaluate(model, test.images, test.labels, batch_size=args.batch_size,
-                      progress=not args.no_progress, desc="test set")
+                      progress=not args.no_progress, desc="test set", per_class=True)
     print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}, {WEIGHTS[weights]}) on "
           f"{scores['n']} {dataset} test images:")
     print(f"  accuracy            {scores['accuracy']:.4f} "
@@ -119,13 +162,18 @@ def cmd_evaluate(args):
         print(f"  reconstruction loss {scores['reconstruction_loss']:.4f} "
               "(sum of squared pixel errors per image, decoder masked by the prediction)")
     print(f"  total loss          {scores['loss']:.5f}")
+    if classes:
+        width = max(len(str(c)) for c in classes)
+        print(f"  per class: {'class':{width}}  images  accuracy")
+        for name, (n, accuracy) in zip(classes, scores["per_class"]):
+            shown = f"{accuracy:.4f}" if n else "-"
+            print(f"             {str(name):{width}}  {n:6d}  {shown}")
     return 0
 
 
 def cmd_plot(args):
     from . import viz
     from .data import to_model_input
-    from .train import prepare_data
     from .pretrained import metrics_beside
     ckpt = _load(args)
     metrics = metrics_beside(args.checkpoint)
@@ -136,9 +184,7 @@ def cmd_plot(args):
         model, weights = ckpt.model_with(args.weights)
         # the test accuracy these weights had when the checkpoint was saved
         accuracy = ckpt.metrics.get("avg_test_accuracy" if weights == "average" else "test_accuracy")
-        dataset = args.dataset or ckpt.extra.get("settings", {}).get("dataset", "mnist")
-        _, _, test = prepare_data(dataset=dataset, data_root=args.data_root,
-                                  limit_test=args.limit_test)
+        test, _, dataset = _test_data(args, ckpt)
         x, labels = to_model_input(test.images, model.dtype), test.labels
     out = Path(args.out) if args.out else (
         Path("plots") if args.pretrained else Path(args.checkpoint).parent / "plots")
@@ -163,25 +209,50 @@ def cmd_predict(args):
     model, _ = ckpt.model_with(args.weights)
     if args.save_reconstruction is not None and not model.config.use_decoder:
         raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
+    settings = ckpt.extra.get("settings", {}) or {}
+    classes = settings.get("classes") or [str(j) for j in range(model.config.num_classes)]
     try:
-        x = load_digit(args.image, model.config.input_shape)[None].astype(model.dtype)
+        if settings.get("dataset", "mnist") in ("mnist", "fashion-mnist"):
+            x = load_digit(args.image, model.config.input_shape)   # prepared as MNIST's digits
+        else:
+            x = _picture(args.image, model.config, settings)
     except ImportError as e:
         print(f"minicaps predict: error: {e}", file=sys.stderr)
         return 2
+    x = x[None].astype(model.dtype)
     out, _ = model.forward(x, decode=args.save_reconstruction is not None)
     lengths = to_numpy(out["lengths"])[0]
     pred = int(lengths.argmax())
-    print(f"{args.image}: predicted {pred}")
-    print("class  length")
+    print(f"{args.image}: predicted {classes[pred]}" + (f" (class {pred})" if classes[pred] != str(pred) else ""))
+    width = max(5, max(len(str(c)) for c in classes))
+    print(f"{'class':>{width}}  length")
     for j, length in enumerate(lengths):
         bar = "#" * round(40 * min(float(length), 1.0))
-        print(f"{j:5d}  {length:.4f}  {bar}{'  <- predicted' if j == pred else ''}")
+        print(f"{str(classes[j]):>{width}}  {length:.4f}  {bar}{'  <- predicted' if j == pred else ''}")
     if args.save_reconstruction is not None:
         H, W, C = model.config.input_shape
         recon = to_numpy(out["reconstruction"])[0].reshape(H, W, C)
         path = save_gray([x[0], recon], args.save_reconstruction)
         print(f"wrote {path} (what the network saw, then its reconstruction)")
     return 0
+
+
+def _picture(path, config, settings):
+    """A picture as the network's test images were made: resized to the size its data was
+    read at (its input size without one), in its colour, centre-cropped with a crop;
+    (H, W, C) floats in [0, 1]."""
+    from .augment import center_crop
+    from .folder import read_image
+    H, W, C = config.input_shape
+    size = tuple((settings.get("data_info") or {}).get("image_size") or (H, W))
+    if settings.get("crop"):
+        size = (max(size[0], H), max(size[1], W))
+    pixels = read_image(path, size, "rgb" if C == 3 else "gray")
+    if C not in (1, 3):
+        raise ValueError(f"this network reads {C}-channel images, and a picture file gives "
+                         f"1 (gray) or 3 (RGB)")
+    pixels = center_crop(pixels[None], settings.get("crop"))[0]
+    return pixels.reshape(H, W, C) / 255.0
 
 
 def cmd_bench(args):
@@ -216,6 +287,15 @@ positive_float = _number(float, lambda v: v > 0 and math.isfinite(v),
                          "be a finite positive number", "positive_float")
 rate = _number(float, lambda v: 0 < v <= 1, "lie in (0, 1] (such as 0.96)", "rate")
 decay = _number(float, lambda v: 0 < v < 1, "lie between 0 and 1 (such as 0.999)", "decay")
+def image_size(text):
+    from .folder import parse_image_size
+    try:
+        return parse_image_size(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+fraction = _number(float, lambda v: 0 < v < 1, "lie between 0 and 1 (such as 0.1)", "fraction")
 
 
 def folder(text):
@@ -260,6 +340,13 @@ def add_data_options(p):
                         "(downloaded there if missing)")
     p.add_argument("--limit-test", type=positive_int, metavar="N", default=None,
                    help="evaluate on the first N test images only (default: all 10000)")
+
+
+def add_folder_options(p):
+    p.add_argument("--data-dir", metavar="DIR", type=folder, default=None,
+                   help="your own images: DIR holds one subfolder per class (DIR/cat/*.png, "
+                        "DIR/dog/*.jpg), or DIR/train/<class>/ and DIR/test/<class>/; "
+                        "instead of --dataset")
 
 
 class Parser(argparse.ArgumentParser):
@@ -357,6 +444,25 @@ def build_parser():
                    help="keep no moving average (evaluation then takes half the time)")
     p.add_argument("--dataset", choices=DATASETS, default="mnist", help="which data set")
     add_data_options(p)
+    add_folder_options(p)
+    p.add_argument("--image-size", metavar="N|HxW", type=image_size, default=None,
+                   help="with --data-dir: resize every image to N x N (or H x W) pixels "
+                        "(default: the size they all have; mixed sizes need it)")
+    p.add_argument("--color", choices=("gray", "rgb"), default=None,
+                   help="with --data-dir: read the images as gray or RGB (default: rgb if "
+                        "any image is in colour)")
+    p.add_argument("--test-fraction", type=fraction, default=0.1,
+                   help="with --data-dir and no DIR/train + DIR/test: hold out this share of "
+                        "each class for testing, drawn with --seed")
+    p.add_argument("--bad-images", choices=("error", "skip"), default="error",
+                   help="with --data-dir: stop at an image that cannot be read (error), or "
+                        "leave it out with a warning naming it (skip)")
+    p.add_argument("--crop", type=nonnegative_int, metavar="N", default=None,
+                   help="train on random N x N crops and test on the centre crop (default: "
+                        "the dataset's protocol: 32 for smallnorb, none otherwise; 0: none)")
+    p.add_argument("--flip", action="store_true",
+                   help="mirror a random half of the training images left to right (for "
+                        "photographs; not for digits)")
     p.add_argument("--no-progress", action="store_true",
                    help="no progress bar (without a terminal: no progress lines, which otherwise come every 30 s)")
     p.set_defaults(func=cmd_train)
@@ -373,6 +479,7 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
+    add_folder_options(p)
     add_device_option(p)
     p.add_argument("--batch-size", type=positive_int, default=256, help="images per forward pass")
     add_weights_option(p)
@@ -405,6 +512,7 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
+    add_folder_options(p)
     add_device_option(p)
     p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNGs (default 100)")
     add_weights_option(p)

@@ -23,8 +23,9 @@ import numpy as np
 
 from . import backend, runfolder
 from .checkpoint import load_checkpoint, read_epoch, save_checkpoint
-from .data import draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
-from .model import CapsNet
+from .augment import center_crop, check_crop, crop_images, draw_crops, draw_flips, flip_images
+from .data import Dataset, draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
+from .model import CapsNet, CapsNetConfig
 from .ops import margin_loss_forward, reconstruction_loss_forward
 from .optim import Adam, ParameterAverage
 from .progress import Progress
@@ -33,7 +34,8 @@ METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.npz", "best.npz"
 # Settings that change what a resumed run computes: they must match the checkpoint's.
 RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
-                   "dataset", "val_size", "limit_train", "n_train")
+                   "dataset", "val_size", "limit_train", "n_train", "crop", "flip",
+                   "classes")
 
 
 def learning_rate(step, lr0=1e-3, decay_rate=0.96, decay_steps=2000):
@@ -54,17 +56,50 @@ class Split:
         return len(self.labels)
 
 
+def load_data(dataset="mnist", data_root=None):
+    """The dataset named ``dataset`` as a data.Dataset (datasets.DATASETS lists the names),
+    from ``data_root`` (see data.load_mnist for where files are looked for)."""
+    from .datasets import FASHION_CLASSES, MNIST_CLASSES, load_dataset
+    if dataset in ("mnist", "fashion-mnist"):
+        classes = MNIST_CLASSES if dataset == "mnist" else FASHION_CLASSES
+        return Dataset(*load_mnist(root=data_root, dataset=dataset)[:4], classes=classes,
+                       name=dataset)
+    return load_dataset(dataset, root=data_root)
+
+
+def as_dataset(data):
+    """A data.Dataset from a Dataset, or from (x_train, y_train, x_test, y_test) arrays
+    (whose classes are then unnamed)."""
+    if isinstance(data, Dataset):
+        return data
+    if not isinstance(data, (tuple, list)) or len(data) != 4:
+        raise ValueError("data must be a data.Dataset or (x_train, y_train, x_test, y_test)")
+    return Dataset(*data)
+
+
+def config_for_data(data, crop=None, **fields):
+    """A CapsNetConfig (the paper's sizes, or ``fields``) whose input and classes are the
+    data's: input_shape (H, W, C) of its images (crop x crop with a crop), num_classes
+    as many as it names (else one more than its largest label)."""
+    data = as_dataset(data)
+    images = np.asarray(data.x_train)
+    h, w = images.shape[1:3] if crop is None else (crop, crop)
+    channels = images.shape[3] if images.ndim == 4 else 1
+    labels = np.asarray(data.y_train)
+    classes = len(data.classes) or int(labels.max()) + 1
+    return CapsNetConfig(**{**fields, "input_shape": (h, w, channels), "num_classes": classes})
+
+
 def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, limit_test=None,
-                 val_size=0, seed=0):
-    """(train, val or None, test) Splits from ``data`` = (x_train, y_train, x_test, y_test)
-    arrays, or from load_mnist. ``val_size`` images are held out of the training set at random
-    (seeded) before the first ``limit_train`` of the rest are kept; the test set is cut to
-    its first ``limit_test``."""
-    if data is None:
-        data = load_mnist(root=data_root, dataset=dataset)
-    if len(data) != 4:
-        raise ValueError("data must be (x_train, y_train, x_test, y_test)")
-    x_train, y_train, x_test, y_test = (np.asarray(a) for a in data)
+                 val_size=0, seed=0, crop=None):
+    """(train, val or None, test) Splits from ``data`` (a data.Dataset or (x_train, y_train,
+    x_test, y_test) arrays), or from load_data(dataset, data_root). ``val_size`` images are
+    held out of the training set at random (seeded) before the first ``limit_train`` of the
+    rest are kept; the test set is cut to its first ``limit_test``. With a ``crop``, the
+    validation and test images are cut to their centre crop x crop (training crops at
+    random, in train_epoch)."""
+    data = as_dataset(load_data(dataset, data_root) if data is None else data)
+    x_train, y_train, x_test, y_test = (np.asarray(a) for a in data[:4])
     for name, images, labels in (("train", x_train, y_train), ("test", x_test, y_test)):
         if images.dtype != np.uint8 or images.ndim not in (3, 4):
             raise ValueError(f"{name} images must be uint8 (N, H, W) or (N, H, W, C), "
@@ -72,13 +107,16 @@ def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, l
         if labels.ndim != 1 or len(labels) != len(images) or labels.dtype.kind not in "iu":
             raise ValueError(f"{name} labels must be {len(images)} integers, "
                              f"got {labels.dtype} {labels.shape}")
+    if crop is not None:
+        check_crop(crop, x_train.shape[1:3])
+        check_crop(crop, x_test.shape[1:3])
     val = None
     if val_size >= len(y_train):
         raise ValueError(f"val_size={val_size} (--val-size) leaves no training images: the "
                          f"training set has {len(y_train)}; hold out fewer")
     if val_size:
         x_train, y_train, x_val, y_val = train_val_split(x_train, y_train, val_size, seed)
-        val = Split(x_val, y_val)
+        val = Split(center_crop(x_val, crop), y_val)
     if limit_train is not None:
         x_train, y_train = x_train[:limit_train], y_train[:limit_train]
     if limit_test is not None:
@@ -86,24 +124,30 @@ def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, l
     if len(y_train) == 0 or len(y_test) == 0:
         raise ValueError(f"need at least one training and one test image, "
                          f"got {len(y_train)} and {len(y_test)}")
-    return Split(x_train, y_train), val, Split(x_test, y_test)
+    return Split(x_train, y_train), val, Split(center_crop(x_test, crop), y_test)
 
 
-def _check_shape(split, config, name):
+def _check_shape(split, config, name, crop=None):
     shape = split.images.shape[1:] + ((1,) if split.images.ndim == 3 else ())
+    if crop is not None:
+        shape = (crop, crop) + tuple(shape[2:])
     if tuple(shape) != tuple(config.input_shape):
-        raise ValueError(f"{name} images are {tuple(shape)} (H, W, C) but the network expects "
-                         f"{tuple(config.input_shape)}")
+        cut = f", cut to {crop}x{crop}," if crop is not None else ""
+        raise ValueError(f"{name} images{cut} are {tuple(shape)} (H, W, C) but the network "
+                         f"expects {tuple(config.input_shape)}")
 
 
 # --- evaluation ------------------------------------------------------------------------------
 
-def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate", log=print):
+def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate", log=print,
+             per_class=False):
     """Accuracy and mean losses of ``model`` on uint8 ``images`` with true ``labels``.
 
     The decoder is masked by the predicted class, as at test time in the paper, and no
     gradients are computed. Returns a dict: accuracy, margin_loss, reconstruction_loss
-    (None without a decoder), loss (margin + recon_weight * reconstruction), n.
+    (None without a decoder), loss (margin + recon_weight * reconstruction), n; with
+    ``per_class``, also per_class: (images, accuracy) of each true class (accuracy None
+    for a class without images).
     """
     cfg, n = model.config, len(labels)
     if n == 0:
@@ -114,7 +158,7 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     # end: one transfer of the losses and one of the count, not a wait per batch on a GPU.
     images = backend.to_device(images, model.device)
     labels = model._check_y(backend.to_device(labels, model.device), n)   # the range, once
-    correct, pending = 0, []
+    correct, pending, predictions = 0, [], []
     bar = Progress(n, desc, enabled=progress, log=log)
     with model.fixed_weights(n):          # the weights' spectrum once for all batches
         for start in range(0, n, batch_size):
@@ -122,7 +166,10 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
             y = labels[start:start + batch_size]
             out, _ = model.forward(x, check_values=False)   # pixels from uint8: finite
             lengths, m = out["lengths"], len(y)
-            correct = correct + (lengths.argmax(axis=1) == y).sum()
+            predicted = lengths.argmax(axis=1)
+            correct = correct + (predicted == y).sum()
+            if per_class:
+                predictions.append(predicted)
             margin = margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)[0]
             recon = (reconstruction_loss_forward(out["reconstruction"], x.reshape(m, -1))[0]
                      if "reconstruction" in out else None)
@@ -138,6 +185,13 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     result = {"accuracy": correct / n, "margin_loss": margin / n,
               "reconstruction_loss": recon / n if cfg.use_decoder else None, "n": n}
     result["loss"] = result["margin_loss"] + cfg.recon_weight * (recon / n)
+    if per_class:
+        truth = backend.to_numpy(labels)
+        right = backend.to_numpy(model.xp.concatenate(predictions)) == truth
+        counts = np.bincount(truth, minlength=cfg.num_classes)
+        hits = np.bincount(truth, weights=right, minlength=cfg.num_classes)
+        result["per_class"] = [(int(c), float(h / c) if c else None)
+                               for c, h in zip(counts, hits)]
     return result
 
 
@@ -147,29 +201,60 @@ def epoch_draws(n, batch_size, rng, shift, size):
     """The random draws of one epoch, in the order the loop of examples/train_mnist.py
     makes them: a permutation of the n images, then each batch's shifts (dy, dx), here
     as arrays over the permuted positions (None without shifts)."""
+    order, draws = epoch_plan(n, batch_size, rng, shift, size)
+    return order, draws.get("dy"), draws.get("dx")
+
+
+def epoch_plan(n, batch_size, rng, shift, size, crop=None, flip=False):
+    """A permutation of the n images, then for each batch in turn its crop corners (cy,
+    cx), shifts (dy, dx) and flips, each drawn only when asked for (so that shifts alone
+    draw what epoch_draws always has). Returns (order, draws): arrays over the permuted
+    positions, keyed "cy", "cx", "dy", "dx", "flip"."""
     order = rng.permutation(n)
-    if not shift:
-        return order, None, None
-    draws = [draw_shifts(len(order[k:k + batch_size]), shift, rng, size)
-             for k in range(0, n, batch_size)]
-    return order, np.concatenate([d[0] for d in draws]), np.concatenate([d[1] for d in draws])
+    crop_size = size if crop is None else (crop, crop)
+    parts = []
+    for k in range(0, n, batch_size):
+        m, batch = len(order[k:k + batch_size]), {}
+        if crop is not None:
+            batch["cy"], batch["cx"] = draw_crops(m, crop, rng, size)
+        if shift:
+            batch["dy"], batch["dx"] = draw_shifts(m, shift, rng, crop_size)
+        if flip:
+            batch["flip"] = draw_flips(m, rng)
+        parts.append(batch)
+    keys = parts[0].keys() if parts else ()
+    return order, {key: np.concatenate([p[key] for p in parts]) for key in keys}
+
+
+def augment_batch(batch, draws, k, m, shift, crop):
+    """Batch ``k:k + m`` of the epoch cropped, shifted and flipped as ``draws`` say."""
+    if crop is not None:
+        batch = crop_images(batch, draws["cy"][k:k + m], draws["cx"][k:k + m], crop)
+    if shift:
+        batch = shift_images(batch, draws["dy"][k:k + m], draws["dx"][k:k + m], shift)
+    if "flip" in draws:
+        batch = flip_images(batch, draws["flip"][k:k + m])
+    return batch
 
 
 def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
-                shift, average=None, progress=True, desc="train", log=print):
+                shift, crop=None, flip=False, average=None, progress=True, desc="train",
+                log=print):
     """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
 
-    The epoch's random draws are made first (epoch_draws); the images, the order and the
-    shifts then go to the model's device once, and every batch is gathered, shifted and
-    scaled there: no transfer from the host per batch on a GPU. ``average``: a
-    ParameterAverage to update after every step.
+    The epoch's random draws are made first (epoch_plan); the images, the order and the
+    draws then go to the model's device once, and every batch is gathered, cropped
+    (``crop``: random crop x crop squares), shifted, flipped (``flip``) and scaled there: no
+    transfer from the host per batch on a GPU. ``average``: a ParameterAverage to update
+    after every step.
 
     stats: mean loss, margin loss, reconstruction loss and accuracy over the epoch's
     images (each batch's value weighted by its size), seconds, images per second.
     """
     device, n = model.device, len(train)
-    order, dy, dx = (backend.to_device(a, device) if a is not None else None
-                     for a in epoch_draws(n, batch_size, rng, shift, train.images.shape[1:3]))
+    order, draws = epoch_plan(n, batch_size, rng, shift, train.images.shape[1:3], crop, flip)
+    order = backend.to_device(order, device)
+    draws = {key: backend.to_device(value, device) for key, value in draws.items()}
     images = backend.to_device(train.images, device)
     labels = model._check_y(backend.to_device(train.labels, device), n)   # the range, once
     totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0}
@@ -182,9 +267,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     bar = Progress(n, desc, enabled=progress, log=log)   # a bar, or a line every 30 s
     for k in range(0, n, batch_size):
         idx = order[k:k + batch_size]
-        batch = images[idx]
-        if shift:
-            batch = shift_images(batch, dy[k:k + batch_size], dx[k:k + batch_size], shift)
+        batch = augment_batch(images[idx], draws, k, len(idx), shift, crop)
         x, y = to_model_input(batch, model.dtype), labels[idx]
         _, grads, out = model.loss_and_grads(x, y, check_values=False, host_losses=False)
         optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
@@ -273,13 +356,17 @@ class TrainResult:
 
 def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
-          data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, average=0.999,
-          resume=None, overwrite=False, progress=True, log=print):
+          data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, crop=None,
+          flip=None, average=0.999, resume=None, overwrite=False, progress=True, log=print):
     """Train a CapsNet until ``epochs`` epochs are done in all; returns a TrainResult.
 
-    config: a CapsNetConfig (None with ``resume``: the checkpoint's). data: (x_train,
-    y_train, x_test, y_test) with uint8 images, else ``dataset`` is loaded with load_mnist
-    from ``data_root``. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
+    config: a CapsNetConfig (None: the checkpoint's with ``resume``, else the paper's
+    network fitted to the data by config_for_data). data: a data.Dataset (load_dataset,
+    folder.load_image_folder) or (x_train, y_train, x_test, y_test) with uint8 images,
+    else ``dataset`` is loaded (load_data) from ``data_root``. ``crop``: train on random
+    crop x crop squares and test on the centre one; ``flip``: mirror half the training
+    images at random; None takes each from the data's info (smallNORB's crop), 0 and
+    False turn them off. The class names go into the checkpoints. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
     accuracy if val_size is 0) is the best so far, the average's when there is one.
     ``resume``: a checkpoint path to continue from; the settings that change the
@@ -297,25 +384,30 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     step; a loss that becomes NaN or infinite stops the run with a ValueError, the last
     checkpoint left as the last good epoch wrote it.
     """
-    _check_settings(epochs=epochs, batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-                    decay_steps=decay_steps, seed=seed, limit_train=limit_train,
-                    limit_test=limit_test, val_size=val_size, shift=shift, average=average)
-    if epochs == 0 and resume is None:
-        raise ValueError("epochs=0 trains nothing: give 1 or more (--epochs N), counting the "
-                         "epochs of a resumed run too")
-    if resume is None:
-        runfolder.check_room(out_dir, overwrite)      # another run there: said at once
+    check_before_loading(epochs=epochs, out_dir=out_dir, resume=resume, overwrite=overwrite,
+                         batch_size=batch_size, lr=lr, lr_decay=lr_decay,
+                         decay_steps=decay_steps, seed=seed, limit_train=limit_train,
+                         limit_test=limit_test, val_size=val_size, shift=shift, average=average)
     device = backend.resolve_device(device)     # a missing GPU is said before the data loads
+    data = as_dataset(load_data(dataset, data_root) if data is None else data)
+    info = data.info or {}
+    crop = info.get("crop") if crop is None else (crop or None)
+    flip = bool(info.get("flip", False)) if flip is None else bool(flip)
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
-                                                limit_test, val_size, seed)
+                                                limit_test, val_size, seed, crop)
     settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,
                 "decay_steps": decay_steps, "seed": seed, "shift": shift, "dtype": str(dtype),
-                "dataset": dataset, "val_size": val_size, "limit_train": limit_train,
-                "n_train": len(train_set), "average": average}
+                "dataset": data.name or dataset, "val_size": val_size,
+                "limit_train": limit_train, "n_train": len(train_set), "average": average,
+                "crop": crop, "flip": flip, "classes": list(data.classes) or None,
+                "data_info": info}
+    if config is None and resume is None:
+        config = config_for_data(data, crop)
     run = _start(config, settings, device, Path(out_dir), resume, log, epochs)
+    _check_classes(data, run.model.config)
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
         if split is not None:
-            _check_shape(split, run.model.config, name)
+            _check_shape(split, run.model.config, name, crop if split is train_set else None)
     if run.epoch >= epochs:
         return run                       # nothing to do: nothing claimed, nothing changed
     run.model.check_batch_fits(batch_size, training=True)
@@ -332,6 +424,23 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     return run
 
 
+def check_before_loading(*, epochs, out_dir, resume, overwrite, **settings):
+    """What train checks before any data loads: every setting, and that ``out_dir`` holds
+    no other run (unless ``overwrite``) when the run is not resumed."""
+    _check_settings(epochs=epochs, **settings)
+    if epochs == 0 and resume is None:
+        raise ValueError("epochs=0 trains nothing: give 1 or more (--epochs N), counting the "
+                         "epochs of a resumed run too")
+    if resume is None:
+        runfolder.check_room(out_dir, overwrite)      # another run there: said at once
+
+
+def _check_classes(data, config):
+    if data.classes and len(data.classes) != config.num_classes:
+        raise ValueError(f"the data has {len(data.classes)} classes but the network "
+                         f"{config.num_classes} (CapsNetConfig.num_classes)")
+
+
 def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log):
     """The epochs from run.epoch + 1 to ``epochs``: train, evaluate, save."""
     batch_size, lr, lr_decay, decay_steps, shift = (settings[k] for k in (
@@ -340,7 +449,9 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
         run.epoch += 1
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
                                       batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-                                      decay_steps=decay_steps, shift=shift, average=run.average,
+                                      decay_steps=decay_steps, shift=shift,
+                                      crop=settings["crop"], flip=settings["flip"],
+                                      average=run.average,
                                       progress=progress, desc=f"epoch {run.epoch}/{epochs}",
                                       log=log)
         seconds, images_per_second = stats.pop("seconds"), stats.pop("images_per_second")

@@ -1,0 +1,278 @@
+"""Your own images: a folder with one subfolder per class, read into a data.Dataset.
+
+    DIR/cat/001.png  DIR/cat/002.jpg  DIR/dog/...           one subfolder per class
+    DIR/train/cat/...  DIR/test/cat/...                      or your own split
+
+The layout torchvision's ImageFolder reads: the class names are the subfolders' names, in
+sorted order (label 0 is the first), and every .png, .jpg or .jpeg file under a class's
+folder (its subfolders too) is one of its images, read in sorted order. Without DIR/train
+and DIR/test, a seeded ``test_fraction`` of each class is held out for testing; the split
+(seed, fraction, a hash of the test files' names) is kept in Dataset.info and so with the
+run.
+
+Every image is converted to one size and one colour mode: ``image_size`` (default: the
+size they all have; mixed sizes need it) and ``color`` "gray" or "rgb" (default: rgb if any
+image is in colour). Pixels come out as uint8, gray as (N, H, W) and colour as (N, H, W, 3),
+as MNIST's come out of load_mnist. Before any pixel is decoded, every header is read and
+the memory the arrays need checked against what is free. Reading one picture is bounded as
+in images.read_grayscale (its decoding needs at most images.MAX_BYTES). A file that cannot
+be read is an error naming it (``bad_images="error"``) or skipped with a warning naming it
+(``"skip"``). Pillow is needed: ``pip install "minicaps[viz]"``.
+"""
+import hashlib
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from . import backend
+from .data import DataError, Dataset
+from .images import MAX_BYTES, _bytes_to_decode, _jpeg_coefficient_bytes, _open, _pil
+
+SUFFIXES = (".png", ".jpg", ".jpeg")
+COLORS = ("gray", "rgb")
+BAD_IMAGES = ("error", "skip")
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+MEMORY_SHARE = 0.5     # the images may take at most this share of the free memory
+
+
+def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed=0,
+                      bad_images="error", log=print):
+    """Read ``root``'s class folders into a data.Dataset (see the module's docstring).
+
+    image_size: None, an int (square) or (H, W). color: None, "gray" or "rgb".
+    test_fraction: the share of each class held out for testing when root has no
+    train/ and test/ folders, in (0, 1), drawn with ``seed``. bad_images: "error" or "skip".
+    """
+    root = Path(root).expanduser()
+    size = _check_options(root, image_size, color, test_fraction, seed, bad_images)
+    own_split = (root / "train").is_dir() and (root / "test").is_dir()
+    if own_split:
+        classes, train_files = _scan(root / "train", log)
+        test_classes, test_files = _scan(root / "test", log)
+        unknown = sorted(set(test_classes) - set(classes))
+        if unknown:
+            raise DataError(f"{root / 'test'} has class folders that {root / 'train'} does "
+                            f"not: {', '.join(unknown)}; the test classes must be training "
+                            f"classes (same folder names)")
+        # test labels are positions among the training classes
+        test_files = [(path, classes.index(test_classes[label])) for path, label in test_files]
+        files = train_files + test_files
+    else:
+        classes, files = _scan(root, log)
+    headers, files = _read_headers(files, bad_images, log)
+    size = size or _common_size(headers, root)
+    color = color or ("rgb" if any(mode not in GRAY_MODES for _, mode in headers) else "gray")
+    channels = 3 if color == "rgb" else 1
+    backend.check_fits(
+        int(len(files) * size[0] * size[1] * channels / MEMORY_SHARE),
+        f"reading {len(files)} images of {size[0]}x{size[1]}x{channels} from {root}",
+        "give a smaller --image-size, use gray (--color gray), or train on fewer images")
+    images, labels, paths = _decode_all(files, size, color, bad_images, log)
+    if own_split:
+        is_test = np.array([p.is_relative_to(root / "test") for p in paths], dtype=bool)
+        info = {"split": "train/ and test/ folders"}
+    else:
+        is_test = _seeded_split(labels, len(classes), test_fraction, seed)
+        names = sorted(str(p.relative_to(root)) for p, t in zip(paths, is_test) if t)
+        info = {"split": "seeded", "test_fraction": test_fraction, "seed": seed,
+                "test_files_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+    for part, mask in (("training", ~is_test), ("test", is_test)):
+        missing = sorted(set(range(len(classes))) - set(labels[mask].tolist()))
+        if not mask.any():
+            raise DataError(f"{root}: no {part} images are left (the others were skipped)")
+        if missing and part == "training":
+            raise DataError(f"{root}: no {part} images of class "
+                            f"{', '.join(classes[c] for c in missing)} are left")
+    info.update(image_size=list(size), color=color, folder=str(root.resolve()))
+    log(f"{root}: {len(classes)} classes, {int((~is_test).sum())} training and "
+        f"{int(is_test.sum())} test images of {size[0]}x{size[1]} {color}")
+    return Dataset(images[~is_test], labels[~is_test], images[is_test], labels[is_test],
+                   classes=tuple(classes), name=str(root), info=info)
+
+
+def parse_image_size(value):
+    """None, 32, "32", (32, 40) or "32x40" -> None or (H, W) of ints >= 1."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.lower().split("x")
+        try:
+            value = tuple(int(p) for p in parts) if len(parts) == 2 else int(value)
+        except ValueError:
+            raise ValueError(f"image size {value!r} is not N or HxW (such as 32 or 32x48)") from None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        value = (value, value)
+    if (not isinstance(value, (tuple, list)) or len(value) != 2 or
+            not all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value)):
+        raise ValueError(f"image_size must be an int or (H, W), got {value!r}")
+    if min(value) < 1 or max(value) > 4096:
+        raise ValueError(f"image_size must be 1..4096 pixels a side, got {value}")
+    return int(value[0]), int(value[1])
+
+
+def _check_options(root, image_size, color, test_fraction, seed, bad_images):
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder: give the folder that holds one subfolder "
+                        f"of images per class")
+    if color is not None and color not in COLORS:
+        raise ValueError(f"color must be one of {COLORS} (or None: from the images), got {color!r}")
+    if bad_images not in BAD_IMAGES:
+        raise ValueError(f"bad_images must be one of {BAD_IMAGES}, got {bad_images!r}")
+    if (not isinstance(test_fraction, (int, float)) or isinstance(test_fraction, bool)
+            or not 0 < test_fraction < 1):
+        raise ValueError(f"test_fraction must be a number in (0, 1), such as 0.1, "
+                         f"got {test_fraction!r}")
+    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    return parse_image_size(image_size)
+
+
+def _scan(folder, log):
+    """(class names, [(path, label)]) from folder's subfolders, in sorted order."""
+    entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
+    class_dirs = [p for p in entries if p.is_dir()]
+    loose = [p for p in entries if p.is_file() and p.suffix.lower() in SUFFIXES]
+    if not class_dirs:
+        what = (f"holds {len(loose)} images but no class subfolders" if loose
+                else "has no subfolders")
+        raise DataError(f"{folder} {what}: put each class's images into a subfolder named "
+                        f"after the class ({folder}/<class>/image.png)")
+    if len(class_dirs) < 2:
+        raise DataError(f"{folder} has one class folder ({class_dirs[0].name}): a classifier "
+                        f"needs at least 2 classes")
+    if loose:
+        log(f"{folder}: ignoring {len(loose)} images outside the class folders "
+            f"(such as {loose[0].name})")
+    files, ignored = [], []
+    for label, class_dir in enumerate(class_dirs):
+        found = [p for p in sorted(class_dir.rglob("*"))
+                 if p.is_file() and not any(part.startswith(".")
+                                            for part in p.relative_to(class_dir).parts)]
+        images = [p for p in found if p.suffix.lower() in SUFFIXES]
+        ignored += [p for p in found if p.suffix.lower() not in SUFFIXES]
+        if not images:
+            raise DataError(f"class folder {class_dir} has no .png, .jpg or .jpeg images: "
+                            f"add some, or remove the folder")
+        files += [(p, label) for p in images]
+    if ignored:
+        log(f"{folder}: ignoring {len(ignored)} files that are not .png, .jpg or .jpeg "
+            f"(such as {ignored[0]})")
+    return [p.name for p in class_dirs], files
+
+
+def _bad(path, why, bad_images, log):
+    """An unreadable image: an error, or a warning and None."""
+    message = f"{path}: {why}"
+    if bad_images == "error":
+        raise DataError(f"{message} (--bad-images skip leaves such files out)")
+    log(f"warning: skipping {message}")
+
+
+def _read_headers(files, bad_images, log):
+    """Each image's (size as (H, W), mode), from its header alone; the files kept."""
+    Image = _pil()
+    headers, kept = [], []
+    for path, label in files:
+        try:
+            image = _open(Image, path)
+        except (ValueError, OSError) as e:
+            _bad(path, str(e).replace(f"{path}: ", ""), bad_images, log)
+            continue
+        with image:
+            headers.append(((image.size[1], image.size[0]), image.mode))
+        kept.append((path, label))
+    if not kept:
+        raise DataError("none of the images could be read")
+    return headers, kept
+
+
+def _common_size(headers, root):
+    sizes = Counter(size for size, _ in headers)
+    if len(sizes) == 1:
+        return next(iter(sizes))
+    common = ", ".join(f"{h}x{w} ({n} images)" for (h, w), n in sizes.most_common(3))
+    raise DataError(f"{root}: the images have {len(sizes)} different sizes (HxW: {common}"
+                    f"{', ...' if len(sizes) > 3 else ''}); give the size to resize them all "
+                    f"to (--image-size 32, or 32x48 for H x W)")
+
+
+def _decode_all(files, size, color, bad_images, log):
+    """uint8 arrays of every readable image at ``size`` in ``color``, with their labels
+    and paths."""
+    h, w = size
+    shape = (len(files), h, w) + ((3,) if color == "rgb" else ())
+    images = np.empty(shape, dtype=np.uint8)
+    labels, paths = [], []
+    last = time.monotonic()
+    for k, (path, label) in enumerate(files):
+        try:
+            images[len(labels)] = read_image(path, size, color)
+        except (ValueError, OSError) as e:
+            _bad(path, str(e).replace(f"{path}: ", ""), bad_images, log)
+            continue
+        labels.append(label)
+        paths.append(path)
+        if time.monotonic() - last > 30:
+            log(f"read {k + 1}/{len(files)} images")
+            last = time.monotonic()
+    n = len(labels)
+    if n == 0:
+        raise DataError("none of the images could be read")
+    return images[:n], np.asarray(labels, dtype=np.int64), paths
+
+
+def read_image(path, size, color):
+    """One picture file as uint8 (H, W) gray or (H, W, 3) colour, resized to ``size``
+    (bilinear, with Pillow's anti-aliasing when shrinking); alpha is dropped, 16-bit and
+    float gray scaled to 0..255. ValueError for a file that is not a picture this reads or
+    whose decoding would need more than images.MAX_BYTES."""
+    Image = _pil()
+    image = _open(Image, path)
+    with image:
+        h, w = size
+        coefficients = _jpeg_coefficient_bytes(image, path)
+        if image.format in ("JPEG", "MPO"):
+            image.draft("L" if color == "gray" else "RGB", (w, h))   # decode at 1/2..1/8 scale
+        need = _bytes_to_decode(image) + coefficients
+        if need > MAX_BYTES:
+            raise ValueError(f"{image.size[0]} x {image.size[1]} pixels would take "
+                             f"{need / 1e6:.0f} MB to decode, more than this reads "
+                             f"({MAX_BYTES / 1e6:.0f} MB); shrink the picture first")
+        try:
+            image.load()
+            image = _to_mode(image, color)
+            if image.size != (w, h):
+                image = image.resize((w, h), Image.BILINEAR)
+            pixels = np.asarray(image)
+        except (OSError, SyntaxError, ValueError) as e:     # a damaged or cut-off file
+            raise ValueError(f"not an image that can be read ({e})") from e
+    return pixels
+
+
+def _to_mode(image, color):
+    """``image`` as 8-bit "L" or "RGB"."""
+    from PIL import Image
+    if image.mode.startswith("I") or image.mode == "F":
+        a = np.asarray(image, dtype=np.float64)
+        if not np.isfinite(a).all():
+            raise ValueError("the picture has pixels that are NaN or infinite")
+        a = np.clip(a / (257.0 if a.max() > 255 else 1.0), 0, 255)
+        image = Image.fromarray(np.round(a).astype(np.uint8), "L")
+    if color == "gray":
+        return image if image.mode == "L" else image.convert("L")
+    return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _seeded_split(labels, n_classes, fraction, seed):
+    """True for the images held out: of each class's n images, round(fraction n) drawn
+    with ``seed`` (at least 1 and at most n - 1 when n >= 2; none of a class of 1)."""
+    rng = np.random.default_rng(seed)
+    is_test = np.zeros(len(labels), dtype=bool)
+    for c in range(n_classes):
+        members = np.flatnonzero(labels == c)
+        n = len(members)
+        k = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
+        is_test[members[rng.permutation(n)[:k]]] = True
+    return is_test
