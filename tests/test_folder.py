@@ -1,0 +1,320 @@
+"""Image folders (minicaps.folder): what comes back against what the test wrote, the seeded
+split, conversions, bad data, the CLI, and a run on a folder equal to a run on the arrays."""
+import hashlib
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+PIL = pytest.importorskip("PIL")
+from PIL import Image  # noqa: E402
+
+from minicaps import cli  # noqa: E402
+from minicaps.data import DataError, Dataset  # noqa: E402
+from minicaps.folder import load_image_folder, parse_image_size, read_image  # noqa: E402
+from minicaps.gradcheck import tiny_config  # noqa: E402
+from minicaps.train import train  # noqa: E402
+
+from synthetic import bars  # noqa: E402
+
+QUIET = dict(log=lambda line: None)                      # for the folder reader
+TRAIN_QUIET = dict(progress=False, log=lambda line: None)
+MB = 1 << 20
+MNIST_ROOT = os.environ.get("MINICAPS_DATA")
+
+
+def write(folder, images, labels, names=("h", "v", "d"), suffix=".png"):
+    """images[k] as folder/<names[labels[k]]>/<k:05d><suffix>; returns the paths."""
+    paths = []
+    for k, (image, label) in enumerate(zip(images, labels)):
+        path = folder / names[label] / f"{k:05d}{suffix}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(image).save(path)
+        paths.append(path)
+    return paths
+
+
+def class_major(images, labels):
+    """The order a folder is read in: by class, then by file name (here: the index)."""
+    order = np.argsort(labels, kind="stable")
+    return images[order], labels[order]
+
+
+def test_train_and_test_folders_come_back_as_written(tmp_path):
+    x, y = bars(40, 0)
+    xt, yt = bars(20, 1)
+    write(tmp_path / "train", x, y)
+    write(tmp_path / "test", xt, yt)
+    data = load_image_folder(tmp_path, **QUIET)
+    assert data.classes == ("d", "h", "v")        # sorted folder names: d=2, h=0, v=1
+    relabel = np.array([1, 2, 0])                  # bars' label -> position of its name
+    for got_x, got_y, want_x, want_y in ((data.x_train, data.y_train, x, relabel[y]),
+                                         (data.x_test, data.y_test, xt, relabel[yt])):
+        want_x, want_y = class_major(want_x, want_y)
+        np.testing.assert_array_equal(got_x, want_x)
+        np.testing.assert_array_equal(got_y, want_y)
+        assert got_x.dtype == np.uint8 and got_y.dtype == np.int64
+    assert data.info["split"] == "train/ and test/ folders" and data.info["color"] == "gray"
+
+
+def test_a_test_folder_may_lack_a_class_but_not_add_one(tmp_path):
+    x, y = bars(30, 0)
+    write(tmp_path / "train", x, y)
+    write(tmp_path / "test", x[y != 2], y[y != 2])
+    data = load_image_folder(tmp_path, **QUIET)
+    assert len(data.classes) == 3 and 0 not in data.y_test      # "d" is class 0
+    write(tmp_path / "test", x[:1], [0], names=("cat",))
+    with pytest.raises(DataError, match="class folders that .* does not: cat"):
+        load_image_folder(tmp_path, **QUIET)
+
+
+def test_the_seeded_split_holds_out_a_share_of_every_class(tmp_path):
+    x, y = bars(90, 0)
+    write(tmp_path, x, y)
+    a = load_image_folder(tmp_path, test_fraction=0.2, seed=3, **QUIET)
+    b = load_image_folder(tmp_path, test_fraction=0.2, seed=3, **QUIET)
+    c = load_image_folder(tmp_path, test_fraction=0.2, seed=4, **QUIET)
+    counts = np.bincount(y, minlength=3)[[2, 0, 1]]           # per class in sorted name order
+    np.testing.assert_array_equal(np.bincount(a.y_test, minlength=3),
+                                  [max(1, round(0.2 * n)) for n in counts])
+    assert len(a.y_train) + len(a.y_test) == 90
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert a.info["test_files_sha256"] == b.info["test_files_sha256"]
+    assert a.info["test_files_sha256"] != c.info["test_files_sha256"]
+    # the recorded hash is of the held-out files' names: recomputed from the images
+    everything, _ = class_major(x, np.array([1, 2, 0])[y])
+    names = sorted(f"{('h', 'v', 'd')[label]}/{k:05d}.png"
+                   for k, label in enumerate(y)
+                   if any((img == x[k]).all() for img in a.x_test))
+    assert hashlib.sha256("\n".join(names).encode()).hexdigest() == a.info["test_files_sha256"]
+    # training and test images are disjoint and together all of them
+    joined = np.concatenate([a.x_train, a.x_test])
+    assert sorted(map(bytes, joined)) == sorted(map(bytes, everything))
+
+
+def test_colour_gray_and_sizes(tmp_path):
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 256, (3, 8, 6, 3)).astype(np.uint8)
+    gray = rng.integers(0, 256, (3, 8, 6)).astype(np.uint8)
+    for k in range(3):
+        (tmp_path / "a").mkdir(exist_ok=True)
+        (tmp_path / "b").mkdir(exist_ok=True)
+        Image.fromarray(rgb[k]).save(tmp_path / "a" / f"{k}.png")
+        Image.fromarray(gray[k]).save(tmp_path / "b" / f"{k}.png")
+    # one image in colour: all read as RGB, gray ones with three equal channels
+    data = load_image_folder(tmp_path, test_fraction=0.4, **QUIET)
+    images = np.concatenate([data.x_train, data.x_test])
+    labels = np.concatenate([data.y_train, data.y_test])
+    assert images.shape[1:] == (8, 6, 3) and data.info["color"] == "rgb"
+    assert sorted(map(bytes, images[labels == 0])) == sorted(map(bytes, rgb))
+    assert sorted(map(bytes, images[labels == 1])) == sorted(
+        map(bytes, np.repeat(gray[..., None], 3, axis=3)))
+    # gray asked for: colour by ITU-R 601 luma, as Pillow's "L" rounds it
+    data = load_image_folder(tmp_path, color="gray", test_fraction=0.4, **QUIET)
+    images = np.concatenate([data.x_train, data.x_test])
+    labels = np.concatenate([data.y_train, data.y_test])
+    r, g, b = (rgb[..., c].astype(np.int64) for c in range(3))
+    luma = ((r * 19595 + g * 38470 + b * 7471 + 0x8000) >> 16).astype(np.uint8)
+    assert sorted(map(bytes, images[labels == 0])) == sorted(map(bytes, luma))
+    # resized: a flat picture stays flat, and the shape is the one asked for
+    flat = np.full((30, 20, 3), 77, np.uint8)
+    Image.fromarray(flat).save(tmp_path / "a" / "big.png")
+    with pytest.raises(DataError, match=r"2 different sizes .*8x6 \(6 images\).*--image-size"):
+        load_image_folder(tmp_path, **QUIET)
+    data = load_image_folder(tmp_path, image_size=(12, 10), test_fraction=0.4, **QUIET)
+    assert data.x_train.shape[1:] == (12, 10, 3)
+    assert any((img == 77).all() for img in np.concatenate([data.x_train, data.x_test]))
+
+
+def test_sixteen_bit_alpha_and_jpeg(tmp_path):
+    deep = (np.arange(24, dtype=np.uint16).reshape(4, 6) * 2500)
+    path = tmp_path / "deep.png"
+    Image.fromarray(deep).save(path)
+    np.testing.assert_array_equal(read_image(path, (4, 6), "gray"),
+                                  np.round(deep / 257).astype(np.uint8))
+    rgba = np.zeros((5, 5, 4), np.uint8)
+    rgba[..., :3], rgba[..., 3] = 200, 0                       # invisible, but there
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "alpha.png")
+    assert (read_image(tmp_path / "alpha.png", (5, 5), "rgb") == 200).all()
+    smooth = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    Image.fromarray(smooth).save(tmp_path / "smooth.jpg", quality=95)
+    back = read_image(tmp_path / "smooth.jpg", (64, 64), "gray").astype(int)
+    assert np.abs(back - smooth).max() <= 4                    # lossy, but close
+
+
+def test_image_size_parsing():
+    assert parse_image_size("32") == (32, 32) and parse_image_size("24x40") == (24, 40)
+    assert parse_image_size(None) is None and parse_image_size((5, 6)) == (5, 6)
+    for bad in ("0", "abc", "3x4x5", 5000, (3,), 2.5, True):
+        with pytest.raises(ValueError):
+            parse_image_size(bad)
+
+
+# --- bad data: a clear answer naming what is wrong --------------------------------------------
+
+def good_folder(tmp_path, n=12):
+    x, y = bars(n, 0)
+    write(tmp_path, x, y)
+    return tmp_path
+
+
+def test_an_unreadable_image_is_named_or_skipped(tmp_path):
+    folder = good_folder(tmp_path)
+    bad = folder / "h" / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"nonsense" * 10)
+    with pytest.raises(DataError, match=f"{bad}.*--bad-images skip"):
+        load_image_folder(folder, **QUIET)
+    said = []
+    data = load_image_folder(folder, bad_images="skip", log=said.append)
+    assert len(data.y_train) + len(data.y_test) == 12
+    assert any("skipping" in line and str(bad) in line for line in said)
+
+
+def test_a_cut_off_image_is_named(tmp_path):
+    folder = good_folder(tmp_path)
+    image = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
+    path = folder / "v" / "cut.png"
+    Image.fromarray(image).save(path)
+    path.write_bytes(path.read_bytes()[:200])
+    with pytest.raises(DataError, match=str(path)):
+        load_image_folder(folder, image_size=10, **QUIET)
+
+
+def png_header_only(width, height):
+    """A PNG that promises width x height 8-bit gray pixels and holds almost none."""
+    def chunk(kind, body):
+        return (struct.pack(">I", len(body)) + kind + body
+                + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr)
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 10)) + chunk(b"IEND", b""))
+
+
+def test_a_picture_that_promises_too_much_is_refused_undecoded(tmp_path, bounded):
+    folder = good_folder(tmp_path)
+    huge = folder / "d" / "huge.png"
+    huge.write_bytes(png_header_only(60_000, 60_000))          # 3.6 GB of pixels
+    with bounded(memory=256 * MB, seconds=20):
+        with pytest.raises(DataError, match=str(huge)):
+            load_image_folder(folder, image_size=10, **QUIET)
+
+
+def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, bounded):
+    folder = good_folder(tmp_path)
+    with bounded(memory=128 * MB, seconds=20):
+        with pytest.raises(ValueError, match=r"reading 12 images of 4000x4000x1 .* needs about"):
+            load_image_folder(folder, image_size=4000, **QUIET)
+
+
+@pytest.mark.parametrize("layout, message", [
+    ("loose", "holds 2 images but no class subfolders"),
+    ("empty", "has no subfolders"),
+    ("one", "one class folder"),
+    ("empty-class", "class folder .*empty.* has no .png, .jpg or .jpeg images"),
+    ("missing", "is not a folder"),
+])
+def test_folders_without_classes_are_refused(tmp_path, layout, message):
+    x, y = bars(4, 0)
+    root = tmp_path / "data"
+    root.mkdir()
+    if layout == "loose":
+        Image.fromarray(x[0]).save(root / "a.png")
+        Image.fromarray(x[1]).save(root / "b.png")
+    elif layout == "one":
+        write(root, x, np.zeros(4, int))
+    elif layout == "empty-class":
+        write(root, x, y)
+        (root / "empty").mkdir()
+    elif layout == "missing":
+        root = tmp_path / "nowhere"
+    with pytest.raises(DataError, match=message):
+        load_image_folder(root, **QUIET)
+
+
+def test_other_files_and_hidden_ones_are_left_out(tmp_path):
+    folder = good_folder(tmp_path)
+    (folder / "h" / "notes.txt").write_text("not an image")
+    (folder / "h" / ".hidden.png").write_bytes(b"junk")
+    (folder / ".cache").mkdir()
+    said = []
+    data = load_image_folder(folder, log=said.append)
+    assert len(data.y_train) + len(data.y_test) == 12 and len(data.classes) == 3
+    assert any("ignoring 1 files" in line and "notes.txt" in line for line in said)
+
+
+def test_options_are_checked(tmp_path):
+    folder = good_folder(tmp_path)
+    for kw, message in ((dict(color="cmyk"), "color must be"),
+                        (dict(test_fraction=1.0), "test_fraction"),
+                        (dict(bad_images="ignore"), "bad_images"),
+                        (dict(seed=-1), "seed")):
+        with pytest.raises(ValueError, match=message):
+            load_image_folder(folder, **kw, **QUIET)
+
+
+# --- training on a folder ------------------------------------------------------------------------
+
+def test_a_run_on_a_folder_equals_the_run_on_its_arrays(tmp_path):
+    """Images written as PNGs and read back train bit for bit as the arrays they came from
+    (in the folder's order: by class, then by name)."""
+    x, y = bars(60, 0)
+    xt, yt = bars(30, 1)
+    names = ("c0", "c1", "c2")
+    write(tmp_path / "pngs" / "train", x, y, names)
+    write(tmp_path / "pngs" / "test", xt, yt, names)
+    folder = load_image_folder(tmp_path / "pngs", **QUIET)
+    arrays = Dataset(*class_major(x, y), *class_major(xt, yt), classes=names)
+    kw = dict(epochs=1, batch_size=20, lr=0.01, shift=1, **TRAIN_QUIET)
+    a = train(tiny_config(), out_dir=tmp_path / "a", data=folder, **kw)
+    b = train(tiny_config(), out_dir=tmp_path / "b", data=arrays, **kw)
+    for name, value in a.model.params.items():
+        np.testing.assert_array_equal(value, b.model.params[name])
+    assert a.history[0]["test_accuracy"] == b.history[0]["test_accuracy"]
+
+
+def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, monkeypatch):
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 60, (30, 28, 28, 3)).astype(np.uint8)
+    labels = np.arange(30) % 3
+    for image, label in zip(images, labels):              # a colour square per class
+        image[4:12, 4:12, label] = 255
+    write(tmp_path / "pets", images, labels, names=("bird", "cat", "dog"))
+    out = tmp_path / "run"
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+    code = cli.main(["train", "--data-dir", str(tmp_path / "pets"), "--preset", "tiny",
+                     "--batch-size", "9", "--out", str(out), "--no-progress",
+                     "--test-fraction", "0.2", "--flip"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed
+    assert "3 classes, 24 training and 6 test images of 28x28 rgb" in printed
+    assert "input 28x28x3" in printed
+    assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "on 6 " in printed and all(f" {name} " in printed for name in ("bird", "cat", "dog"))
+    picture = tmp_path / "pets" / "cat" / "00001.png"
+    assert cli.main(["predict", str(out / "last.npz"), str(picture)]) == 0
+    printed = capsys.readouterr().out
+    assert "predicted" in printed and "bird" in printed and "dog" in printed
+    # a folder that is not there: one line, exit status 2
+    with pytest.raises(SystemExit) as exit:
+        cli.main(["train", "--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "x")])
+    assert exit.value.code == 2
+    err = capsys.readouterr().err
+    assert "nope" in err and err.count("\n") == 1
+
+
+@pytest.mark.mnist
+@pytest.mark.skipif(not MNIST_ROOT, reason="set MINICAPS_DATA to the MNIST files")
+def test_mnist_written_as_pngs_reads_back_exactly(tmp_path):
+    from minicaps.data import load_mnist
+    x, y, xt, yt = load_mnist(download=False)
+    write(tmp_path / "train", x[:500], y[:500], names=tuple(str(k) for k in range(10)))
+    write(tmp_path / "test", xt[:200], yt[:200], names=tuple(str(k) for k in range(10)))
+    data = load_image_folder(tmp_path, **QUIET)
+    for got, want in ((data.x_train, class_major(x[:500], y[:500])[0]),
+                      (data.x_test, class_major(xt[:200], yt[:200])[0])):
+        np.testing.assert_array_equal(got, want)
