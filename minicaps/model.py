@@ -161,6 +161,14 @@ class CapsNetConfig:
         return cls(**d)
 
 
+def decoded_backward(dv, per_image):
+    """The K decoder passes of each image (rows n K .. n K + K - 1) add up on its capsules:
+    (N K, J, D) -> (N, J, D)."""
+    if per_image == 1:
+        return dv
+    return dv.reshape((-1, per_image) + dv.shape[1:]).sum(axis=1)
+
+
 def _is_int(value):
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
@@ -279,9 +287,15 @@ class CapsNet:
         return r, caches
 
     def forward(self, x, y=None, coupling=None, decode=True, training=None, check_values=True,
-                host_losses=True):
+                host_losses=True, targets=None):
         """Run the network. With labels y the decoder sees the label's capsule
         (training); without, the longest capsule (inference).
+
+        y (N, K) gives K different classes present in each image (MultiMNIST: the two
+        digits): all K count as present in the margin loss, and the decoder runs once per
+        label, on that capsule alone, reconstructing ``targets`` (N, K, H, W, C) in [0, 1]
+        (each digit alone); the reconstruction loss sums the K squared errors, and
+        out["reconstruction"] is (N, K, H*W*C).
 
         Returns (out, caches); out holds "lengths", "v", "coupling" and, with a
         decoder, "reconstruction"; with y also "margin_loss",
@@ -314,16 +328,20 @@ class CapsNet:
             y = self._check_y(y, N, check_values)
             losses["margin_loss"], caches["margin"] = margin_loss_forward(     # eq. 4
                 lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)
-            mask = one_hot(y, cfg.num_classes, self.dtype)
+            decoded = y if y.ndim == 2 else y[:, None]        # (N, K): the capsules to decode
         else:
-            mask = one_hot(lengths.argmax(axis=1), cfg.num_classes, self.dtype)
+            decoded = lengths.argmax(axis=1)[:, None]
         if cfg.use_decoder and decode:
-            r, decoder_caches = self.decode(v, mask)
+            K = decoded.shape[1]                  # one decoder pass per label, as one batch
+            mask = one_hot(decoded.reshape(-1), cfg.num_classes, self.dtype)    # (N K, J)
+            r, decoder_caches = self.decode(v if K == 1 else self.xp.repeat(v, K, axis=0), mask)
             caches.update(decoder_caches)
-            out["reconstruction"] = r
+            caches["decoded_per_image"] = K
+            out["reconstruction"] = r if K == 1 else r.reshape(N, K, -1)
             if y is not None:
+                target = x if targets is None else self._check_targets(targets, N, K)
                 losses["reconstruction_loss"], caches["recon"] = reconstruction_loss_forward(
-                    r, x.reshape(N, -1))
+                    r.reshape(N, -1), target.reshape(N, -1))
         if losses and not host_losses:
             out.update(losses)
             out["loss"] = losses["margin_loss"] + cfg.recon_weight * losses.get("reconstruction_loss", 0.0)
@@ -343,13 +361,14 @@ class CapsNet:
         dv = length_backward(dlengths, caches["lengths"])
         if cfg.use_decoder:
             dr = reconstruction_loss_backward(cfg.recon_weight, caches["recon"])
-            dr = sigmoid_backward(dr, caches["sigmoid"])
+            dr = sigmoid_backward(dr.reshape(caches["sigmoid"].shape), caches["sigmoid"])
             n_dec = len(cfg.decoder_sizes) + 1
             for k in range(n_dec, 0, -1):
                 if k < n_dec:
                     dr = relu_backward(dr, caches[f"dec{k}.relu"])
                 dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, caches[f"dec{k}"])
-            dv = dv + mask_backward(dr, caches["mask"])      # v feeds the margin and the decoder
+            dv = dv + decoded_backward(mask_backward(dr, caches["mask"]),   # v feeds the margin
+                                       caches["decoded_per_image"])         # and the decoder
         predictions, routing = caches["digit"]
         du_hat = routing_backward(dv, routing)
         du, grads["digit.W"] = predictions_backward(du_hat, predictions)
@@ -361,20 +380,21 @@ class CapsNet:
         _, grads["conv1.W"], grads["conv1.b"] = conv2d_backward(dh, caches["conv1"])
         return {name: grads[name] for name in self.params}
 
-    def loss_and_grads(self, x, y, coupling=None, check_values=True, host_losses=True):
+    def loss_and_grads(self, x, y, coupling=None, check_values=True, host_losses=True,
+                       targets=None):
         """(loss, grads, out): total loss as a float, a gradient per parameter, and
-        forward's outputs. Masks the decoder input by the label. check_values and
-        host_losses as in forward (with host_losses=False the loss is a 0-d array on
-        the model's device)."""
+        forward's outputs. Masks the decoder input by the label. check_values,
+        host_losses and targets as in forward (with host_losses=False the loss is a 0-d
+        array on the model's device)."""
         if y is None:
             raise ValueError("loss_and_grads needs labels y")
         out, caches = self.forward(x, y, coupling, check_values=check_values,
-                                   host_losses=host_losses)
+                                   host_losses=host_losses, targets=targets)
         return out["loss"], self.backward(caches, free=True), out
 
-    def loss(self, x, y, coupling=None):
+    def loss(self, x, y, coupling=None, targets=None):
         """The total loss alone (what the gradient checker differentiates)."""
-        return self.forward(x, y, coupling)[0]["loss"]
+        return self.forward(x, y, coupling, targets=targets)[0]["loss"]
 
     def predict(self, x, batch_size=256):
         """Predicted classes (N,) as a NumPy int array: the longest digit capsule."""
@@ -505,11 +525,24 @@ class CapsNet:
                                  f"{low:g}..{high:g}{hint}")
         return x
 
+    def _check_targets(self, targets, n, k):
+        """What the K decoder passes reconstruct: (N, K, H, W, C) or (N, K, H*W*C) in [0, 1]."""
+        size = math.prod(self.config.input_shape)
+        if (not hasattr(targets, "shape") or targets.ndim < 2 or tuple(targets.shape[:2]) != (n, k)
+                or math.prod(targets.shape[2:]) != size or targets.dtype.kind != "f"):
+            raise ValueError(f"targets must be floats of shape ({n}, {k}, "
+                             f"{', '.join(map(str, self.config.input_shape))}): the image each "
+                             f"of the {k} labels' capsules reconstructs, got "
+                             f"{getattr(targets, 'dtype', type(targets).__name__)} "
+                             f"{tuple(getattr(targets, 'shape', ()))}")
+        return backend.to_device(targets, self.device).astype(self.dtype, copy=False)
+
     def _check_y(self, y, n, check_values=True):
         if not hasattr(y, "shape"):
             y = np.asarray(y)
-        if y.ndim != 1 or y.shape[0] != n:
-            raise ValueError(f"y must have shape ({n},) to match x, got {tuple(y.shape)}")
+        if y.ndim not in (1, 2) or y.shape[0] != n or (y.ndim == 2 and y.shape[1] < 1):
+            raise ValueError(f"y must have shape ({n},) to match x (or ({n}, K): K classes "
+                             f"in each image), got {tuple(y.shape)}")
         if y.dtype.kind not in "iu":
             raise ValueError(f"y must hold integer class labels, got dtype {y.dtype}")
         y = backend.to_device(y, self.device)
@@ -518,6 +551,11 @@ class CapsNet:
         lo, hi = (int(bound) for bound in backend.to_numpy(self.xp.stack([y.min(), y.max()])))
         if lo < 0 or hi >= self.config.num_classes:
             raise ValueError(f"labels must be in 0..{self.config.num_classes - 1}, got values in {lo}..{hi}")
+        if y.ndim == 2 and y.shape[1] > 1:
+            same = self.xp.sort(y, axis=1)
+            if bool((same[:, 1:] == same[:, :-1]).any()):
+                raise ValueError("each image's labels must be different classes (a class is "
+                                 "present or not)")
         return y
 
     def __getnewargs_ex__(self):          # a copy (or pickle) keeps its class

@@ -16,7 +16,7 @@ import contextlib
 import numpy as np
 
 from .. import backend
-from ..model import CapsNet
+from ..model import CapsNet, decoded_backward
 from . import conv_fft
 from . import (conv2d_forward, conv2d_backward, relu_forward, relu_backward, dense_backward,
                sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
@@ -151,13 +151,15 @@ class FastCapsNet(CapsNet):
         dv = length_backward(dlengths, take("lengths"))
         if cfg.use_decoder:
             dr = reconstruction_loss_backward(cfg.recon_weight, take("recon"))
-            dr = sigmoid_backward(dr, take("sigmoid"))
+            sigmoid = take("sigmoid")
+            dr = sigmoid_backward(dr.reshape(sigmoid.shape), sigmoid)
             n_dec = len(cfg.decoder_sizes) + 1
             for k in range(n_dec, 0, -1):
                 if k < n_dec:
                     dr = relu_backward(dr, take(f"dec{k}.relu"), out=dr)
                 dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, take(f"dec{k}"))
-            dv = dv + mask_backward(dr, take("mask"))
+            dv = dv + decoded_backward(mask_backward(dr, take("mask")),
+                                       take("decoded_per_image"))
         du, grads["digit.W"] = digit_capsules_backward(dv, take("digit"))
         dh = primary_capsules_backward(du, take("caps"))
         del du

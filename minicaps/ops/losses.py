@@ -3,14 +3,19 @@ from ..backend import get_xp
 
 
 def one_hot(y, num_classes, dtype):
+    """T[n, k] = 1 where class k is y[n], else 0; for y (N, K) of K different classes per
+    image (MultiMNIST's two digits), 1 for each of them."""
     xp = get_xp(y)
+    if y.ndim == 2:
+        return (y[:, :, None] == xp.arange(num_classes)).any(axis=1).astype(dtype)
     return (y[:, None] == xp.arange(num_classes)[None, :]).astype(dtype)
 
 
 def margin_loss_forward(lengths, y, m_plus=0.9, m_minus=0.1, lam=0.5):
     """L = mean_n sum_k T_k max(0, m+ - |v_k|)^2 + lam (1 - T_k) max(0, |v_k| - m-)^2.
 
-    lengths: (N, J), y: (N,) ints -> scalar loss (eq. 4).
+    lengths: (N, J), y: (N,) ints, or (N, K) for K classes present in each image
+    -> scalar loss (eq. 4).
     """
     xp = get_xp(lengths)
     T = one_hot(y, lengths.shape[1], lengths.dtype)
