@@ -219,3 +219,21 @@ def bbox_overlap(first, second):
     area_b = (b[:, 1] - b[:, 0]) * (b[:, 3] - b[:, 2])
     smaller = np.minimum(area_a, area_b)
     return np.divide(height * width, smaller, out=np.zeros(len(a)), where=smaller > 0)
+
+
+# --- scoring ---------------------------------------------------------------------------------
+
+def pair_scores(lengths, labels):
+    """How the paper counts MultiMNIST (section 6): a pair is right when its two labels are
+    the two longest capsules. lengths (N, J), labels (N, 2) -> {"both": fraction of pairs
+    with both right, "one or more": fraction with at least one of the two longest among the
+    labels, "n"}. NumPy or CuPy; the numbers come back as floats."""
+    from .backend import get_xp, to_numpy
+    xp = get_xp(lengths)
+    if lengths.ndim != 2 or labels.ndim != 2 or labels.shape != (lengths.shape[0], 2):
+        raise ValueError(f"need lengths (N, J) and labels (N, 2), got {tuple(lengths.shape)} "
+                         f"and {tuple(labels.shape)}")
+    top2 = xp.argsort(-lengths, axis=1)[:, :2]                             # (N, 2)
+    hits = (top2[:, :, None] == labels[:, None, :]).any(axis=2).sum(axis=1)  # 0, 1 or 2
+    both, some = (float(v) for v in to_numpy(xp.stack([(hits == 2).mean(), (hits >= 1).mean()])))
+    return {"both": both, "one or more": some, "n": int(lengths.shape[0])}

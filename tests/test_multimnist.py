@@ -199,3 +199,23 @@ def test_overlap_on_real_mnist_is_the_papers_measure():
     relative = mm.make_pairs(x_test, y_test, *plan)
     near = mm.bbox_overlap(relative.digits[:, 0], relative.digits[:, 1]).mean()
     assert near == pytest.approx(0.80, abs=0.01)
+
+
+def test_pair_scores_against_a_loop():
+    from minicaps.multimnist import pair_scores
+    rng = np.random.default_rng(5)
+    lengths = rng.random((200, 10))
+    labels = np.stack([rng.choice(10, 2, replace=False) for _ in range(200)])
+    # make some pairs right on purpose: their labels the two longest
+    lengths[:60][np.arange(60)[:, None], labels[:60]] += 1.0
+    both = one = 0
+    for row, pair in zip(lengths, labels):
+        longest = sorted(range(10), key=lambda j: -row[j])[:2]
+        right = sum(j in pair for j in longest)
+        both += right == 2
+        one += right >= 1
+    scores = pair_scores(lengths, labels)
+    assert scores == {"both": both / 200, "one or more": one / 200, "n": 200}
+    assert scores["both"] >= 0.3
+    with pytest.raises(ValueError, match=r"labels \(N, 2\)"):
+        pair_scores(lengths, labels[:, :1])
