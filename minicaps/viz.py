@@ -79,6 +79,34 @@ def reconstructions(model, x, batch_size=256):
     return np.concatenate(preds), np.concatenate(recons)
 
 
+def pair_reconstructions(model, x, batch_size=256):
+    """MultiMNIST (the paper's fig. 5): (the two longest capsules' classes (N, 2), longest
+    first, and each one's reconstruction (N, 2, H, W)) as NumPy: the decoder sees one
+    capsule at a time, so each reconstruction shows what that capsule took from the pair."""
+    x = _batch(model, x)
+    J = model.config.num_classes
+    preds, recons = [], []
+    with model.fixed_weights(x.shape[0]):
+        for k in range(0, x.shape[0], batch_size):
+            out, _ = model.forward(x[k:k + batch_size], decode=False)
+            top2 = model.xp.argsort(-out["lengths"], axis=1)[:, :2]
+            pictures = [_images(decode(model, out["v"], model.xp.eye(J, dtype=model.dtype)[top2[:, i]]),
+                                model) for i in range(2)]
+            preds.append(backend.to_numpy(top2))
+            recons.append(np.stack(pictures, axis=1))
+    return np.concatenate(preds), np.concatenate(recons)
+
+
+def overlay(image, red, green):
+    """The pair in gray, one digit's reconstruction in red and the other's in green over
+    it (where both are, yellow): (H, W) in [0, 1] each -> (H, W, 3)."""
+    base = 0.35 * np.clip(image, 0, 1)
+    rgb = np.stack([base, base, base], axis=-1)
+    rgb[..., 0] = np.maximum(rgb[..., 0], np.clip(red, 0, 1))
+    rgb[..., 1] = np.maximum(rgb[..., 1], np.clip(green, 0, 1))
+    return rgb
+
+
 def perturbation_grid(model, x, label=None, nudges=NUDGES):
     """Fig. 4 of the paper for one image x (H, W, C): (D, len(nudges), H, W) decoded images.
 
@@ -337,6 +365,36 @@ def plot_reconstructions(model, x, labels, path, dpi=100, weights=None, notes=()
         _show(axes[2 * r + 1, c], recons[k], "reconstruction")
     fig.suptitle(_titled("Each input over its reconstruction: the decoder sees only the "
                          "longest capsule (the prediction)", weights), fontsize=9)
+    return _save(fig, path, _warned(warn, None, notes))
+
+
+def plot_pairs(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None):
+    """The paper's fig. 5: each MultiMNIST pair, then the reconstructions from its two
+    longest capsules, red and green over it, titled with the true labels (labels (N, 2))
+    and the two predicted (longest capsules), "right" or "wrong" as the paper counts.
+    n pairs in columns of up to 8: (1.5 cols) x (3 rows + 0.6) inches."""
+    x_np = backend.to_numpy(_batch(model, x))
+    preds, recons = pair_reconstructions(model, x_np)
+    n = len(preds)
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    fig = _figure(1.5 * cols, 3.0 * rows + 0.6, dpi)
+    axes = fig.subplots(2 * rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for k in range(n):
+        r, c = divmod(k, cols)
+        truth = sorted(int(t) for t in labels[k])
+        guess = [int(p) for p in preds[k]]
+        verdict = "right" if sorted(guess) == truth else "wrong"
+        _show(axes[2 * r, c], _one(x_np, k), f"true {truth[0]} and {truth[1]}")
+        axes[2 * r + 1, c].imshow(overlay(_one(x_np, k), recons[k, 0], recons[k, 1]),
+                                  interpolation="nearest")
+        axes[2 * r + 1, c].set_title(f"red {guess[0]}, green {guess[1]}: {verdict}",
+                                     fontsize=8, color="black" if verdict == "right" else "darkred")
+    fig.suptitle(_titled("Two overlapping digits (top); below, the reconstructions from the "
+                         "two longest capsules,\none in red and one in green over the pair "
+                         "(gray): each capsule took one digit", weights), fontsize=9)
     return _save(fig, path, _warned(warn, None, notes))
 
 

@@ -531,3 +531,36 @@ def test_the_data_behind_the_plots_is_the_same_from_a_gpu_model(tiny):
     on_cpu, on_gpu = viz.routing_couplings(tiny, x[:1]), viz.routing_couplings(gpu, x[:1])
     for key, value in on_cpu.items():
         np.testing.assert_allclose(on_gpu[key], value, rtol=1e-12, atol=1e-15)
+
+
+# --- MultiMNIST pairs (fig. 5) -------------------------------------------------------------------
+
+def test_pair_reconstructions_decode_the_two_longest_capsules(tiny, images):
+    preds, recons = viz.pair_reconstructions(tiny, images)
+    lengths = tiny.predict_lengths(images)
+    for n in range(len(images)):
+        longest = sorted(range(3), key=lambda j: -lengths[n, j])[:2]
+        assert list(preds[n]) == longest
+        v = tiny.forward(images[n:n + 1], decode=False)[0]["v"]
+        for i, j in enumerate(longest):
+            mask = np.zeros((1, 3))
+            mask[0, j] = 1
+            np.testing.assert_allclose(recons[n, i], tiny.decode(v, mask)[0].reshape(10, 10),
+                                       rtol=1e-12)
+
+
+def test_overlay_colours():
+    image, red, green = np.zeros((2, 2)), np.zeros((2, 2)), np.zeros((2, 2))
+    image[0, 0], red[0, 1], green[1, 0], red[1, 1], green[1, 1] = 1, 1, 1, 1, 1
+    rgb = viz.overlay(image, red, green)
+    np.testing.assert_allclose(rgb[0, 0], [0.35, 0.35, 0.35])     # the pair, dimmed gray
+    np.testing.assert_allclose(rgb[0, 1], [1, 0, 0])              # one digit's: red
+    np.testing.assert_allclose(rgb[1, 0], [0, 1, 0])              # the other's: green
+    np.testing.assert_allclose(rgb[1, 1], [1, 1, 0])              # both: yellow
+
+
+def test_plot_pairs_is_a_png_of_its_size(tiny, images, tmp_path):
+    labels = np.array([[0, 1], [1, 2], [0, 2], [2, 1], [0, 1]])
+    path = viz.plot_pairs(tiny, images, labels, tmp_path / "pairs.png", dpi=DPI)
+    with Image.open(path) as image:
+        assert image.size == (round(1.5 * 5 * DPI), round((3.0 + 0.6) * DPI))
