@@ -6,8 +6,11 @@ One checkpoint is one .npz file, written without pickle:
     optim/m/<name>    Adam's first and second moments, keyed like the parameters
     optim/v/<name>
     average/<name>    the parameters' moving average, when the run keeps one
-    meta              UTF-8 JSON as a uint8 array: the network's config, dtype, epoch, step,
-                      Adam's hyper-parameters, the RNG's bit_generator state, metrics, extra
+    meta              UTF-8 JSON as a uint8 array: the kind of network ("model": "capsnet"
+                      or "cnn"; a file without it holds a CapsNet), its config, dtype,
+                      epoch, step, Adam's hyper-parameters, the RNG's bit_generator state,
+                      metrics, extra; for a CNN also where its dropout masks go on
+                      ("dropout": {"seed", "step"}, see cnn.BaselineCNN)
 
 JSON keeps the big integers of a PCG64 state exactly. Loading uses
 ``np.load(path, allow_pickle=False)``, so a checkpoint cannot run code.
@@ -28,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from .cnn import BaselineCNN, CNNConfig
 from .model import CapsNet, CapsNetConfig
 from .optim import Adam, ParameterAverage
 
@@ -40,12 +44,32 @@ META_KEYS = ("format", "format_version", "config", "dtype", "epoch", "step", "op
 
 WEIGHT_CHOICES = ("auto", "average", "trained")   # Checkpoint.model_with
 
+# The networks a checkpoint or weights file can hold, by the "model" tag of its metadata:
+# (config class, network class). A file without the tag, written before the CNN
+# baselines came, holds a CapsNet.
+MODELS = {"capsnet": (CapsNetConfig, CapsNet), "cnn": (CNNConfig, BaselineCNN)}
+DEFAULT_MODEL = "capsnet"
+
+
+def model_kind(network):
+    """The tag of a network, or of its config: "capsnet" or "cnn"."""
+    config = getattr(network, "config", network)
+    for kind, (config_class, _) in MODELS.items():
+        if isinstance(config, config_class):
+            return kind
+    raise ValueError(f"not a minicaps network or config: {type(network).__name__}")
+
+
+def build_model(config, **kw):
+    """The network ``config`` describes: CapsNet(config, **kw) or BaselineCNN(config, **kw)."""
+    return MODELS[model_kind(config)][1](config, **kw)
+
 
 @dataclass
 class Checkpoint:
     """What load_checkpoint returns; ``rng()`` rebuilds the random generator."""
     path: Path
-    model: CapsNet
+    model: CapsNet          # or a cnn.BaselineCNN: the kind the file's "model" tag names
     optimizer: Adam
     epoch: int
     step: int
@@ -96,11 +120,14 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
         rng_state = rng_state.bit_generator.state
     hyper, moments = optimizer.state_dict()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "minicaps_version": __version__,
-            "config": model.config.to_dict(), "dtype": model.dtype.name,
+            "model": model_kind(model), "config": model.config.to_dict(),
+            "dtype": model.dtype.name,
             "epoch": int(epoch), "step": int(step),
             "optimizer": {"name": type(optimizer).__name__, **hyper},
             "rng_state": rng_state, "metrics": metrics or {}, "extra": extra or {},
             "average": None if average is None else {"decay": average.decay}}
+    if isinstance(model, BaselineCNN):      # its masks are default_rng((tag, seed, step))'s
+        meta["dropout"] = {"seed": model.seed, "step": model.dropout_step}
     try:
         meta_bytes = json.dumps(meta).encode("utf-8")
     except TypeError as e:
@@ -152,9 +179,12 @@ def _write_atomically(path, arrays):
 def load_checkpoint(path, device=None, model=None):
     """Read a checkpoint written by save_checkpoint into a Checkpoint.
 
-    The model is rebuilt from the stored config on ``device`` (None: $MINICAPS_DEVICE or
-    cpu); or, when ``model`` is given, the parameters go into that model, whose config must
-    be the checkpoint's. Anything wrong with the file raises a ValueError naming it.
+    The model, a CapsNet or a BaselineCNN as the file's "model" tag says, is rebuilt from
+    the stored config on ``device`` (None: $MINICAPS_DEVICE or cpu); or, when ``model`` is
+    given, the parameters go into that model, whose kind and config must be the
+    checkpoint's. A CNN's dropout goes on with the masks the saved run would have drawn
+    next (its seed and dropout_step restored). Anything wrong with the file raises a
+    ValueError naming it.
     """
     path = Path(path)
     if not path.is_file():
@@ -163,10 +193,13 @@ def load_checkpoint(path, device=None, model=None):
     config = _config_from(meta, path)
     if model is None:
         try:
-            model = CapsNet(config, dtype=meta["dtype"], device=device, params=params)
+            model = build_model(config, dtype=meta["dtype"], device=device, params=params)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
     else:
+        if model_kind(model) != model_kind(config):
+            raise ValueError(f"{path} holds a {model_kind(config)} network, the model is a "
+                             f"{model_kind(model)}")
         differences = _config_differences(model.config, config)
         if differences:
             raise ValueError(f"{path} holds a different network than the model: "
@@ -175,6 +208,8 @@ def load_checkpoint(path, device=None, model=None):
             model.set_params(params)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
+    if isinstance(model, BaselineCNN) and "dropout" in meta:
+        model.seed, model.dropout_step = meta["dropout"]["seed"], meta["dropout"]["step"]
     optimizer = _optimizer_from(meta, moments, model, path)
     average = _average_from(meta, averages, model, path)
     try:
@@ -418,7 +453,23 @@ def _check_meta(meta, path):
     if average is not None and not (isinstance(average, dict) and _is_number(average.get("decay"))
                                     and 0 < average["decay"] < 1):
         raise bad("average", average, "null or {\"decay\": a number in (0, 1)}")
+    _check_kind(meta, path)
+    dropout = meta.get("dropout")
+    if dropout is not None and not (isinstance(dropout, dict) and set(dropout) == {"seed", "step"}
+                                    and all(_is_int(v) and v >= 0 for v in dropout.values())):
+        raise bad("dropout", dropout, "{\"seed\": an integer >= 0, \"step\": an integer >= 0}")
     return meta
+
+
+def _check_kind(meta, path):
+    """The network kind the metadata names ("capsnet" when it names none): one of MODELS,
+    else a ValueError naming the file and the kinds this minicaps reads."""
+    kind = meta.get("model", DEFAULT_MODEL)
+    if not isinstance(kind, str) or kind not in MODELS:
+        raise ValueError(f"{path}: holds a network of kind {str(kind)[:80]!r}, which this "
+                         f"minicaps does not know (it reads {', '.join(map(repr, MODELS))}); "
+                         f"a newer minicaps may read it")
+    return kind
 
 
 def _damaged(path, field, value, what):
@@ -441,8 +492,11 @@ def _is_number(x):
 
 
 def _config_from(meta, path):
+    """The config of the network the metadata's "model" tag names (a CapsNetConfig for a
+    file without one, a CNNConfig), from its "config" fields."""
+    config_class = MODELS[_check_kind(meta, path)][0]
     try:
-        return CapsNetConfig.from_dict(meta["config"])
+        return config_class.from_dict(meta["config"])
     except (ValueError, TypeError) as e:
         raise ValueError(f"{path}: bad network config in checkpoint ({e})") from e
 

@@ -12,7 +12,16 @@ DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb")
 PRESETS = {"paper": {"config": {}, "epochs": 1, "lr": 1e-3},
            "quick": {"config": {"conv1_channels": 64, "primary_maps": 16}, "epochs": 2,
                      "lr": 2e-3}}
+# --preset with --model cnn: the paper's CNN baselines (minicaps/cnn.py), fitted to the
+# data's input size and classes: "paper", three 5x5 SAME convolutions of 256, 256, 128
+# channels, fc 328-192, dropout (35.4 M parameters at 28x28); "pooled", a 2x2 max-pool
+# after conv1 and conv2 and fc 847-192 (the affNIST experiment's baseline: CapsNet's size
+# at 40x40, 7.9 M parameters at 28x28). "model" is train()'s name of the network.
+CNN_PRESETS = {"paper": {"model": "cnn", "config": {}, "epochs": 1, "lr": 1e-3},
+               "pooled": {"model": "cnn-pooled", "config": {}, "epochs": 1, "lr": 1e-3}}
+MODELS = ("capsnet", "cnn")                       # --model
 PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion")
+CAPSULE_KINDS = ("reconstructions", "perturbation", "routing", "lengths")   # a CapsNet's only
 WEIGHTS = {"average": "moving average of the parameters", "trained": "trained parameters"}
 
 
@@ -28,6 +37,26 @@ def cmd_gradcheck(args):
     return 1 if bad else 0
 
 
+def _network_options(args):
+    """(preset, config fields) of --model and --preset: a CapsNet preset with the routing
+    options, or a CNN preset (which takes none)."""
+    presets = CNN_PRESETS if args.model == "cnn" else PRESETS
+    if args.preset not in presets:
+        raise ValueError(f"--preset {args.preset} is not a preset of --model {args.model}; "
+                         f"give {' or '.join(presets)}")
+    preset = presets[args.preset]
+    if args.model == "cnn":
+        given = [option for option, value in (("--routing-iters", args.routing_iters),
+                                              ("--routing-grad", args.routing_grad))
+                 if value is not None]
+        if given:
+            raise ValueError(f"{' and '.join(given)}: the CNN baseline has no routing; "
+                             f"these are options of --model capsnet")
+        return preset, dict(preset["config"])
+    return preset, {"routing_iters": 3 if args.routing_iters is None else args.routing_iters,
+                    "routing_grad": args.routing_grad or "full", **preset["config"]}
+
+
 def cmd_train(args):
     from .train import check_before_loading, config_for_data, train
     out = args.out
@@ -35,7 +64,7 @@ def cmd_train(args):
         name = Path(args.data_dir).name if args.data_dir else args.dataset
         out = (Path(args.resume).parent if args.resume
                else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
-    preset = PRESETS[args.preset]
+    preset, fields = _network_options(args)
     args.epochs = preset["epochs"] if args.epochs is None else args.epochs
     args.lr = preset["lr"] if args.lr is None else args.lr
     check_before_loading(epochs=args.epochs, out_dir=out, resume=args.resume,
@@ -46,11 +75,12 @@ def cmd_train(args):
                          average=None if args.no_average else args.average)
     data = _training_data(args)
     crop = (data.info or {}).get("crop") if args.crop is None else (args.crop or None)
-    config = config_for_data(data, crop, routing_iters=args.routing_iters,
-                             routing_grad=args.routing_grad, **preset["config"])
-    print(f"training on {data.name or args.dataset} ({len(data.y_train)} training images, "
-          f"{config.num_classes} classes, input {'x'.join(map(str, config.input_shape))}), "
-          f"writing to {out}")
+    config = config_for_data(data, crop, preset.get("model", "capsnet"), **fields)
+    network = ("" if args.model == "capsnet" else
+               f"the CNN baseline (--preset {args.preset}, {config.num_params():,} parameters) ")
+    print(f"training {network}on {data.name or args.dataset} ({len(data.y_train)} training "
+          f"images, {config.num_classes} classes, input "
+          f"{'x'.join(map(str, config.input_shape))}), writing to {out}")
     try:
         result = train(config, epochs=args.epochs, out_dir=out, batch_size=args.batch_size,
                        lr=args.lr, lr_decay=args.lr_decay, decay_steps=args.decay_steps,
@@ -157,11 +187,14 @@ def cmd_evaluate(args):
     print(f"  accuracy            {scores['accuracy']:.4f} "
           f"({round(scores['accuracy'] * scores['n'])}/{scores['n']}, "
           f"error {100 * (1 - scores['accuracy']):.2f}%)")
-    print(f"  margin loss         {scores['margin_loss']:.5f}")
-    if scores["reconstruction_loss"] is not None:
-        print(f"  reconstruction loss {scores['reconstruction_loss']:.4f} "
-              "(sum of squared pixel errors per image, decoder masked by the prediction)")
-    print(f"  total loss          {scores['loss']:.5f}")
+    if "cross_entropy" in scores:                 # the CNN baseline: its whole loss
+        print(f"  cross-entropy       {scores['cross_entropy']:.5f} (the CNN baseline's loss)")
+    else:
+        print(f"  margin loss         {scores['margin_loss']:.5f}")
+        if scores["reconstruction_loss"] is not None:
+            print(f"  reconstruction loss {scores['reconstruction_loss']:.4f} "
+                  "(sum of squared pixel errors per image, decoder masked by the prediction)")
+        print(f"  total loss          {scores['loss']:.5f}")
     if classes:
         width = max(len(str(c)) for c in classes)
         print(f"  per class: {'class':{width}}  images  accuracy")
@@ -173,11 +206,24 @@ def cmd_evaluate(args):
 
 def cmd_plot(args):
     from . import viz
+    from .checkpoint import model_kind
     from .data import to_model_input
     from .pretrained import metrics_beside
     ckpt = _load(args)
     metrics = metrics_beside(args.checkpoint)
     kinds = args.kind or [k for k in PLOT_KINDS if k != "curves" or metrics.exists()]
+    if model_kind(ckpt.model) != "capsnet":
+        # capsule pictures need capsules: a CNN has curves and a confusion matrix to draw
+        capsules = [k for k in kinds if k in CAPSULE_KINDS]
+        if args.kind and capsules:
+            raise ValueError(f"{args.checkpoint} holds the CNN baseline, which has no "
+                             f"capsules: the capsule pictures ({', '.join(capsules)}) need "
+                             f"a CapsNet; for a CNN give --kind curves or --kind confusion")
+        if capsules:
+            print(f"minicaps plot: {args.checkpoint} holds the CNN baseline: drawing "
+                  f"{' and '.join(k for k in kinds if k not in capsules)} only; the capsule "
+                  f"pictures ({', '.join(capsules)}) need a CapsNet", file=sys.stderr)
+        kinds = [k for k in kinds if k not in capsules]
     model = x = labels = weights = accuracy = None
     dataset = args.dataset or "mnist"
     if any(k != "curves" for k in kinds):
@@ -205,8 +251,14 @@ def cmd_plot(args):
 def cmd_predict(args):
     from .backend import to_numpy
     from .images import load_digit, save_gray
+    from .checkpoint import model_kind
     ckpt = _load(args)
     model, _ = ckpt.model_with(args.weights)
+    capsnet = model_kind(model) == "capsnet"
+    if args.save_reconstruction is not None and not capsnet:
+        raise ValueError(f"{args.checkpoint} holds the CNN baseline, which has no decoder: "
+                         f"there is no reconstruction to save (--save-reconstruction needs a "
+                         f"CapsNet with its decoder)")
     if args.save_reconstruction is not None and not model.config.use_decoder:
         raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
     settings = ckpt.extra.get("settings", {}) or {}
@@ -220,12 +272,15 @@ def cmd_predict(args):
         print(f"minicaps predict: error: {e}", file=sys.stderr)
         return 2
     x = x[None].astype(model.dtype)
-    out, _ = model.forward(x, decode=args.save_reconstruction is not None)
-    lengths = to_numpy(out["lengths"])[0]
+    if args.save_reconstruction is not None:
+        out, _ = model.forward(x)
+        lengths = to_numpy(out["lengths"])[0]
+    else:                       # the capsules' lengths, or the CNN's softmax probabilities
+        lengths = model.predict_lengths(x, batch_size=1)[0]
     pred = int(lengths.argmax())
     print(f"{args.image}: predicted {classes[pred]}" + (f" (class {pred})" if classes[pred] != str(pred) else ""))
     width = max(5, max(len(str(c)) for c in classes))
-    print(f"{'class':>{width}}  length")
+    print(f"{'class':>{width}}  {'length' if capsnet else 'probability'}")
     for j, length in enumerate(lengths):
         bar = "#" * round(40 * min(float(length), 1.0))
         print(f"{str(classes[j]):>{width}}  {length:.4f}  {bar}{'  <- predicted' if j == pred else ''}")
@@ -376,9 +431,12 @@ def build_parser():
 
     p = sub.add_parser("gradcheck", help="prove every backward pass against finite differences",
                        description="Check every op and every parameter of small CapsNets "
-                                   "(routing 'full' with 1 and 3 iterations, 'stop' with 3) "
-                                   "against central finite differences in float64 and print "
-                                   "the relative errors. Exit status 1 if any is above tolerance.")
+                                   "(routing 'full' with 1 and 3 iterations, 'stop' with 3), "
+                                   "and of the CNN baseline's layers (SAME convolution, "
+                                   "max-pooling, dropout, softmax cross-entropy) and two small "
+                                   "CNN baselines, against central finite differences in "
+                                   "float64 and print the relative errors. Exit status 1 if "
+                                   "any is above tolerance.")
     p.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
     p.set_defaults(func=cmd_gradcheck)
 
@@ -391,11 +449,20 @@ def build_parser():
                     "is 50 epochs (--epochs 50; measured: 99.69% at best, at epoch 21; the authors' "
                     "code trains 300,000 steps); on a 2-core CPU one epoch of 60000 images "
                     "takes 5 to 13 minutes (measured: 290-796 s, 75-207 img/s), so start with e.g. "
-                    "--epochs 1 --limit-train 10000.")
-    p.add_argument("--preset", choices=tuple(PRESETS), default="paper",
-                   help="paper: the paper's network; quick: a smaller CapsNet (64 conv1 "
-                        "channels, 16 primary maps) at lr 0.002 for 2 epochs, 99%% in "
-                        "minutes (default: paper)")
+                    "--epochs 1 --limit-train 10000. --model cnn trains the paper's CNN "
+                    "baseline instead, with the same data, loop, checkpoints and options "
+                    "(its loss: softmax cross-entropy, with dropout).")
+    p.add_argument("--model", choices=MODELS, default="capsnet",
+                   help="capsnet: a CapsNet; cnn: the paper's CNN baseline (section 5), "
+                        "fitted to the data's input size and classes (default: capsnet)")
+    p.add_argument("--preset", choices=tuple(dict.fromkeys([*PRESETS, *CNN_PRESETS])),
+                   default="paper",
+                   help="paper: the paper's network (with --model cnn: its CNN baseline, "
+                        "256-256-128 5x5 convolutions, fc 328-192, dropout); quick: a smaller "
+                        "CapsNet (64 conv1 channels, 16 primary maps) at lr 0.002 for 2 "
+                        "epochs, 99%% in minutes; pooled (--model cnn): the max-pooling "
+                        "baseline of the affNIST experiment, a 2x2 max-pool after conv1 and "
+                        "conv2, fc 847-192 (default: paper)")
     p.add_argument("--epochs", type=nonnegative_int, default=None,
                    help="train until this many epochs are done in all (with --resume: "
                         "counting those in the checkpoint) (default: 1; 2 with --preset quick)")
@@ -409,11 +476,12 @@ def build_parser():
     p.add_argument("--shift", type=nonnegative_int, default=2,
                    help="random shift of each training image by up to this many pixels "
                         "(0: no augmentation)")
-    p.add_argument("--routing-iters", type=positive_int, default=3,
-                   help="iterations of dynamic routing")
-    p.add_argument("--routing-grad", choices=("full", "stop"), default="full",
+    p.add_argument("--routing-iters", type=positive_int, default=None,
+                   help="iterations of dynamic routing (CapsNet) (default: 3)")
+    p.add_argument("--routing-grad", choices=("full", "stop"), default=None,
                    help="'full': backpropagate through all routing iterations; 'stop': "
-                        "treat the coupling coefficients as constants")
+                        "treat the coupling coefficients as constants (CapsNet) "
+                        "(default: full)")
     add_device_option(p)
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="floating-point type of parameters and activations")
@@ -470,7 +538,8 @@ def build_parser():
     p = sub.add_parser(
         "evaluate", formatter_class=defaults, help="test accuracy and losses of a checkpoint",
         description="Load a checkpoint and print its accuracy, margin loss and reconstruction "
-                    "loss on the test set (decoder masked by the predicted class).")
+                    "loss on the test set (decoder masked by the predicted class); for a CNN "
+                    "baseline its accuracy and cross-entropy.")
     p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
                    help="a .npz file written by train (or by export-weights)")
     p.add_argument("--pretrained", action="store_true",
@@ -494,7 +563,8 @@ def build_parser():
                     "paper's fig. 4: each pose dimension nudged over -0.25..0.25), routing "
                     "(coupling coefficients per routing iteration), lengths (capsule lengths "
                     "per class), curves (loss and accuracy per epoch from metrics.jsonl beside "
-                    "the checkpoint), confusion (confusion matrix on the test set). Needs "
+                    "the checkpoint), confusion (confusion matrix on the test set). A CNN "
+                    "baseline has no capsules: curves and confusion only. Needs "
                     "matplotlib: pip install \"minicaps[viz]\".")
     p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
                    help="a .npz file written by train (or by export-weights)")
@@ -523,8 +593,9 @@ def build_parser():
         description="Read a picture (PNG or anything Pillow reads; any size, gray, RGB or "
                     "RGBA), prepare it like MNIST (gray, white ink on black, cropped to the ink, "
                     "fitted into 20x20 keeping the aspect ratio, centred by centre of mass in "
-                    "28x28) and print the length of every class capsule and the predicted "
-                    "class. Needs Pillow: pip install \"minicaps[viz]\".")
+                    "28x28) and print the length of every class capsule (a CNN baseline: "
+                    "the probability of every class) and the predicted class. Needs "
+                    "Pillow: pip install \"minicaps[viz]\".")
     p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
                    help="a .npz file written by train (or by export-weights)")
     p.add_argument("--pretrained", action="store_true",
@@ -533,7 +604,8 @@ def build_parser():
     p.add_argument("image", metavar="IMAGE", help="the picture, e.g. digit.png")
     p.add_argument("--save-reconstruction", metavar="PNG", default=None,
                    help="also write what the network saw beside the decoder's reconstruction "
-                        "(masked by the predicted class) to this PNG, 4x enlarged")
+                        "(masked by the predicted class) to this PNG, 4x enlarged (a CapsNet "
+                        "with a decoder; a CNN baseline has none)")
     add_device_option(p)
     add_weights_option(p)
     p.set_defaults(func=cmd_predict)

@@ -198,17 +198,19 @@ class BaselineCNN:
 
     out holds "logits" (N, K), "probabilities" = softmax(logits) and, under the name the
     loop reads a CapsNet's class scores by, "lengths" = the probabilities (argmax: the
-    prediction, as the longest capsule is); with labels also "cross_entropy", "loss" (the
-    same: there is no other term) and "margin_loss" (the same again: the name under which
-    train.train_epoch reads the classification loss).
+    prediction, as the longest capsule is); with labels also "cross_entropy" and "loss"
+    (the same: there is no other term). ``loss_terms`` names the terms for the training
+    loop's metrics, where a CapsNet has its margin and reconstruction losses, and
+    ``evaluation_losses`` is what train.evaluate computes on a batch.
 
     Dropout is on in loss_and_grads only. Its mask at training step t comes from
     np.random.default_rng((DROPOUT_STREAM, seed, t)): a pure function of the model's
     ``seed`` and t, so a resumed run draws the masks the uninterrupted one would have, as
-    long as it knows both. ``dropout_step`` counts the training passes (the next one
-    uses it); loss_and_grads(step=t) uses t and sets it to t + 1.
+    long as it knows both (a checkpoint keeps them). ``dropout_step`` counts the training
+    passes (the next one uses it); loss_and_grads(step=t) uses t and sets it to t + 1.
     """
     impl = "reference"     # one implementation: the reference ops
+    loss_terms = ("cross_entropy",)     # the loss's terms, as out and the metrics name them
 
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None):
         self.config = config if config is not None else CNNConfig()
@@ -261,8 +263,14 @@ class BaselineCNN:
             loss, caches["cross_entropy"] = softmax_cross_entropy_forward(logits, y)
             if host_losses:
                 loss = float(backend.to_numpy(loss))
-            out.update(cross_entropy=loss, margin_loss=loss, loss=loss)
+            out.update(cross_entropy=loss, loss=loss)
         return out, caches
+
+    def evaluation_losses(self, out, x, y):
+        """(cross-entropy, None) of an evaluation batch, from forward's ``out`` without
+        labels (dropout off), on the device: what train.evaluate adds up. None: there is
+        no reconstruction term. x is not needed (a CapsNet's decoder reads it)."""
+        return softmax_cross_entropy_forward(out["logits"], y)[0], None
 
     def backward(self, caches, free=False):
         """Gradients of the cross-entropy for every parameter, from forward's caches (with

@@ -98,15 +98,23 @@ def check_model(model, x, y, h=1e-6, rng=None, **kw):
     """{parameter name: relative error} of model.loss_and_grads (as training calls it)
     against finite differences of model.loss. With routing_grad="stop" the finite
     differences hold the coupling coefficients at their routed values, which is the
-    function that mode differentiates."""
+    function that mode differentiates. A BaselineCNN's hold its dropout mask: the one of
+    the training step checked (its dropout_step), as loss_and_grads drew it."""
+    from .cnn import BaselineCNN
     if model.dtype != np.float64:
         raise ValueError("gradient checks need a float64 model (dtype='float64')")
-    coupling = None
-    if model.config.routing_grad == "stop":
-        coupling = model.forward(x, y)[0]["coupling"]
-    _, grads, _ = model.loss_and_grads(x, y)
+    if isinstance(model, BaselineCNN):
+        step = model.dropout_step
+        _, grads, _ = model.loss_and_grads(x, y, step=step)
+        loss = lambda: model.loss(x, y, step=step)
+    else:
+        coupling = None
+        if model.config.routing_grad == "stop":
+            coupling = model.forward(x, y)[0]["coupling"]
+        _, grads, _ = model.loss_and_grads(x, y)
+        loss = lambda: model.loss(x, y, coupling)
     rng = rng if rng is not None else np.random.default_rng(0)
-    return {name: check_array(lambda: model.loss(x, y, coupling), p, grads[name], h, rng=rng, **kw)
+    return {name: check_array(loss, p, grads[name], h, rng=rng, **kw)
             for name, p in model.params.items()}
 
 
@@ -131,11 +139,18 @@ def routing_v(u_hat, *args, **kw):
     return v, cache
 
 
+def _distinct(rng, shape, gap=0.01):
+    """Values at least ``gap`` apart (a shuffled ramp): no tie in a max-pooling window
+    within a finite difference's step."""
+    n = int(np.prod(shape))
+    return rng.permutation((np.arange(n) - n / 2 + 0.5) * gap).reshape(shape)
+
+
 def op_cases(rng, device="cpu"):
-    """(op name, forward, backward, inputs, input names) for every reference op
-    (minicaps.ops), small shapes; the inputs and the constants the forwards hold (labels,
-    coupling, mask, target) on ``device``, so the same seed gives the same cases on the CPU
-    and on the GPU."""
+    """(op name, forward, backward, inputs, input names) for every reference op of the
+    capsule network (minicaps.ops), small shapes; the inputs and the constants the
+    forwards hold (labels, coupling, mask, target) on ``device``, so the same seed gives
+    the same cases on the CPU and on the GPU."""
     from . import ops
     from .backend import to_device
     x = rng.standard_normal((2, 7, 6, 3))
@@ -177,6 +192,36 @@ def op_cases(rng, device="cpu"):
          [rng.standard_normal((2, 3, 4))], ["v"]),
         ("reconstruction loss", lambda r: ops.reconstruction_loss_forward(r, target),
          ops.reconstruction_loss_backward, [rng.uniform(0, 1, (3, 5))], ["reconstruction"]),
+    ]
+    return [(what, fwd, bwd, [to_device(a, device) for a in inputs], names)
+            for what, fwd, bwd, inputs, names in cases]
+
+
+def cnn_op_cases(rng, device="cpu"):
+    """Cases like op_cases for the layers of the CNN baseline (minicaps/ops/cnn_layers.py):
+    zero padding, SAME convolution (an odd and an even kernel, which pads one more zero
+    after), 2x2 max-pooling (odd sizes leave a row and a column out; no ties), dropout
+    with its mask held (a Generator seeded the same at each call), softmax cross-entropy."""
+    from . import ops
+    from .backend import to_device
+    y = to_device(np.array([2, 0, 1, 2]), device)
+    cases = [
+        ("pad (zeros framing x)", lambda x: ops.pad_forward(x, (1, 2), (0, 3)),
+         ops.pad_backward, [rng.standard_normal((2, 3, 4, 2))], ["x"]),
+        ("conv2d SAME (3x3)", ops.conv2d_same_forward, ops.conv2d_same_backward,
+         [rng.standard_normal((2, 5, 4, 3)), rng.standard_normal((3, 3, 3, 2)),
+          rng.standard_normal(2)], ["x", "W", "b"]),
+        ("conv2d SAME (2x4, even: a zero more after)", ops.conv2d_same_forward,
+         ops.conv2d_same_backward, [rng.standard_normal((2, 4, 5, 2)),
+                                    rng.standard_normal((2, 4, 2, 3)), rng.standard_normal(3)],
+         ["x", "W", "b"]),
+        ("max-pool 2x2 (5x7: last row, column out)", ops.max_pool_forward,
+         ops.max_pool_backward, [_distinct(rng, (2, 5, 7, 3))], ["x"]),
+        ("dropout 0.4 (mask held)",
+         lambda x: ops.dropout_forward(x, 0.4, np.random.default_rng(7)),
+         ops.dropout_backward, [rng.standard_normal((4, 6))], ["x"]),
+        ("softmax cross-entropy", lambda z: ops.softmax_cross_entropy_forward(z, y),
+         ops.softmax_cross_entropy_backward, [3 * rng.standard_normal((4, 3))], ["logits"]),
     ]
     return [(what, fwd, bwd, [to_device(a, device) for a in inputs], names)
             for what, fwd, bwd, inputs, names in cases]
@@ -228,6 +273,23 @@ def tiny_config(**overrides):
     return CapsNetConfig(**cfg)
 
 
+def tiny_cnn_config(**overrides):
+    """A CNN baseline small enough to check element by element: two 3x3 SAME convolutions,
+    a max-pool after the first, two dense layers, dropout 0.3, 3 classes."""
+    from .cnn import CNNConfig
+    cfg = dict(input_shape=(6, 6, 2), conv_channels=(3, 4), conv_kernel=3, pool_after=(1,),
+               fc_sizes=(5, 4), dropout=0.3, num_classes=3)
+    cfg.update(overrides)
+    return CNNConfig(**cfg)
+
+
+# The CNN baselines report() checks: (what the rows say, tiny_cnn_config's overrides)
+CNN_MODELS = (("BaselineCNN (3x3, pool 1, dropout 0.3)", {}),
+              ("BaselineCNN (2x2 even, 7x5 in, pools 1 and 2, dropout 0.5)",
+               {"conv_kernel": 2, "input_shape": (7, 5, 1), "pool_after": (1, 2),
+                "fc_sizes": (8, 6), "dropout": 0.5}))
+
+
 def randomize_params(model, rng):
     """Parameters of order one, biases included, for gradient checks.
 
@@ -244,11 +306,15 @@ def randomize_params(model, rng):
 
 def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("full", 3), ("stop", 3))):
     """Rows (what, input, error, tolerance) for every reference op, the fast ops that do
-    more than their twin, and every parameter of tiny models, reference and fast."""
+    more than their twin, the CNN baseline's layers, and every parameter of tiny models:
+    CapsNets, reference and fast, and CNN baselines (CNN_MODELS), each at a training step
+    with its dropout mask."""
+    from .cnn import BaselineCNN
     from .model import CapsNet
     rng = np.random.default_rng(seed)
     rows = []
-    for what, fwd, bwd, inputs, names in op_cases(rng) + fast_op_cases(rng):
+    for what, fwd, bwd, inputs, names in (op_cases(rng) + fast_op_cases(rng)
+                                          + cnn_op_cases(rng)):
         for name, err in check_op(fwd, bwd, inputs, names, rng=rng).items():
             rows.append((what, name, err, op_tol))
     for mode, iters in model_routing:
@@ -260,4 +326,12 @@ def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("fu
         for model in (reference, CapsNet(config, dtype="float64", params=reference.params)):
             for name, err in check_model(model, x, y, rng=rng).items():
                 rows.append((f"CapsNet {model.impl} ({mode}, {iters} it.)", name, err, model_tol))
+    for what, overrides in CNN_MODELS:
+        model = randomize_params(BaselineCNN(tiny_cnn_config(**overrides), seed=seed,
+                                             dtype="float64"), rng)
+        model.dropout_step = 3                  # a mask of a later step than the first
+        x = rng.uniform(0, 1, (3,) + model.config.input_shape)
+        y = np.array([0, 2, 1])
+        for name, err in check_model(model, x, y, rng=rng).items():
+            rows.append((what, name, err, model_tol))
     return rows

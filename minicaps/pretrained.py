@@ -9,9 +9,10 @@ the parameters are enough, and float16 halves them again:
 
 A weights file is an .npz like a checkpoint (read by the same allow-list reader,
 checkpoint.read_archive): ``param/<name>`` arrays (float16, float32 or float64) and a
-``meta`` JSON member {"format": "minicaps-weights", "config", "dtype", "weights",
-"provenance"}, where provenance says how they were made (command, seed, epochs, test
-accuracy).
+``meta`` JSON member {"format": "minicaps-weights", "model", "config", "dtype", "weights",
+"provenance"}, where model is the kind of network ("capsnet" or "cnn", as a checkpoint's;
+a file without it holds a CapsNet) and provenance says how they were made (command,
+seed, epochs, test accuracy).
 
 minicaps ships one: the paper's network trained on MNIST (SHIPPED, with the run's
 metrics.jsonl beside it for the curves picture), which ``--pretrained`` loads in
@@ -24,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import (ARRAY_DTYPES, _check_meta_field, _write_atomically, load_checkpoint,
-                         read_archive)
+from .checkpoint import (ARRAY_DTYPES, _check_meta_field, _config_from, _write_atomically,
+                         build_model, load_checkpoint, model_kind, read_archive)
 from .model import CapsNet
 
 FORMAT = "minicaps-weights"
@@ -40,7 +41,7 @@ class Weights:
     """What load_weights returns: the model, which weights it holds ("average" or
     "trained") and how they were made. ``model_with`` answers like a Checkpoint's."""
     path: Path
-    model: CapsNet
+    model: CapsNet          # or a cnn.BaselineCNN, as the file's "model" tag says
     weights: str
     provenance: dict = field(default_factory=dict)
 
@@ -95,7 +96,7 @@ def export_weights(checkpoint, out, weights="auto", dtype="float16", provenance=
     made = {"checkpoint": str(checkpoint), "epoch": ckpt.epoch, "step": ckpt.step,
             "settings": ckpt.extra.get("settings", {}), **(provenance or {})}
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION,
-            "config": model.config.to_dict(), "dtype": dtype.name, "weights": used,
+            "model": model_kind(model), "config": model.config.to_dict(), "dtype": dtype.name, "weights": used,
             "provenance": made}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     _write_atomically(Path(out), arrays)
@@ -103,17 +104,17 @@ def export_weights(checkpoint, out, weights="auto", dtype="float16", provenance=
 
 
 def load_weights(path, device=None, dtype="float32"):
-    """A Weights with the network of the weights file at ``path``, computing in ``dtype``
-    on ``device``. ValueError naming the file for anything wrong in it."""
+    """A Weights with the network of the weights file at ``path`` (a CapsNet or a
+    BaselineCNN, as its "model" tag says), computing in ``dtype`` on ``device``.
+    ValueError naming the file for anything wrong in it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such weights file")
     meta, arrays = read_archive(path, _check_weights_meta, ("param",), dtypes=WEIGHT_DTYPES)
     params = {k[len("param/"):]: a.astype(dtype) for k, a in arrays.items()}
-    from .model import CapsNetConfig
     try:
-        model = CapsNet(CapsNetConfig.from_dict(meta["config"]), dtype=dtype, device=device,
-                        params=params)
+        model = build_model(_config_from(meta, path), dtype=dtype, device=device,
+                            params=params)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
     return Weights(path, model, meta["weights"], meta["provenance"])

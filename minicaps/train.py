@@ -12,6 +12,10 @@ Every random draw after the network's initialisation (shuffling, shifts) comes f
 numpy Generator seeded by ``seed``; its state is saved with each checkpoint, so
 ``resume=`` continues a run exactly: on the CPU two epochs in one go and one epoch, save,
 resume, one more epoch give bit-for-bit the same parameters.
+
+The same loop trains the paper's CNN baseline (model="cnn", minicaps.cnn): its loss is
+the cross-entropy alone, its dropout masks a function of (seed, step), so a resumed CNN
+run is exact too.
 """
 import json
 import math
@@ -22,7 +26,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, runfolder
-from .checkpoint import load_checkpoint, read_epoch, save_checkpoint
+from .checkpoint import build_model, load_checkpoint, model_kind, read_epoch, save_checkpoint
+from .cnn import CNNConfig
 from .augment import center_crop, check_crop, crop_images, draw_crops, draw_flips, flip_images
 from .data import Dataset, draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
 from .model import CapsNet, CapsNetConfig
@@ -36,6 +41,10 @@ LAST, BEST = "last.npz", "best.npz"
 RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
                    "dataset", "val_size", "limit_train", "n_train", "crop", "flip",
                    "classes")
+# The networks train builds by name (model=...) when it is given no config: their configs.
+NETWORKS = {"capsnet": CapsNetConfig,          # the paper's CapsNet
+            "cnn": CNNConfig.paper,            # its CNN baseline (section 5), 35.4 M at 28x28
+            "cnn-pooled": CNNConfig.pooled}    # the max-pooling baseline of section 5.2
 
 
 def learning_rate(step, lr0=1e-3, decay_rate=0.96, decay_steps=2000):
@@ -77,17 +86,21 @@ def as_dataset(data):
     return Dataset(*data)
 
 
-def config_for_data(data, crop=None, **fields):
-    """A CapsNetConfig (the paper's sizes, or ``fields``) whose input and classes are the
-    data's: input_shape (H, W, C) of its images (crop x crop with a crop), num_classes
-    as many as it names (else one more than its largest label)."""
+def config_for_data(data, crop=None, model="capsnet", **fields):
+    """The config of the network ``model`` names (NETWORKS: a CapsNetConfig, or a
+    CNNConfig as CNNConfig.paper() or .pooled() make it), with the paper's sizes or
+    ``fields``, whose input and classes are the data's: input_shape (H, W, C) of its
+    images (crop x crop with a crop), num_classes as many as it names (else one more than
+    its largest label)."""
+    if model not in NETWORKS:
+        raise ValueError(f"model must be one of {', '.join(NETWORKS)}, got {model!r}")
     data = as_dataset(data)
     images = np.asarray(data.x_train)
     h, w = images.shape[1:3] if crop is None else (crop, crop)
     channels = images.shape[3] if images.ndim == 4 else 1
     labels = np.asarray(data.y_train)
     classes = len(data.classes) or int(labels.max()) + 1
-    return CapsNetConfig(**{**fields, "input_shape": (h, w, channels), "num_classes": classes})
+    return NETWORKS[model](**{**fields, "input_shape": (h, w, channels), "num_classes": classes})
 
 
 def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, limit_test=None,
@@ -139,13 +152,42 @@ def _check_shape(split, config, name, crop=None):
 
 # --- evaluation ------------------------------------------------------------------------------
 
+def loss_terms(model):
+    """The names of the terms of ``model``'s loss, as its forward's out, train_epoch's and
+    evaluate's results and the metrics carry them: model.loss_terms (BaselineCNN:
+    "cross_entropy"), else a CapsNet's "margin_loss" and "reconstruction_loss". The first
+    is the classification loss; the total, "loss", adds config.recon_weight times the
+    reconstruction loss (0 for the CNN, which has none)."""
+    return getattr(model, "loss_terms", ("margin_loss", "reconstruction_loss"))
+
+
+def _loss_totals(model):
+    return {"loss": 0.0, **dict.fromkeys(loss_terms(model), 0.0)}
+
+
+def _evaluation_losses(model, out, x, y):
+    """(classification loss, reconstruction loss or None) of an evaluation batch, on the
+    device, from forward's ``out`` without labels: model.evaluation_losses when the model
+    has one (BaselineCNN: the cross-entropy), else a CapsNet's: the margin loss (eq. 4) of
+    the lengths and the reconstruction loss of the decoder masked by the prediction."""
+    if hasattr(model, "evaluation_losses"):
+        return model.evaluation_losses(out, x, y)
+    cfg = model.config
+    margin = margin_loss_forward(out["lengths"], y, cfg.m_plus, cfg.m_minus, cfg.lam)[0]
+    recon = (reconstruction_loss_forward(out["reconstruction"], x.reshape(len(y), -1))[0]
+             if "reconstruction" in out else None)
+    return margin, recon
+
+
 def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate", log=print,
              per_class=False):
     """Accuracy and mean losses of ``model`` on uint8 ``images`` with true ``labels``.
 
     The decoder is masked by the predicted class, as at test time in the paper, and no
-    gradients are computed. Returns a dict: accuracy, margin_loss, reconstruction_loss
-    (None without a decoder), loss (margin + recon_weight * reconstruction), n; with
+    gradients are computed (nor dropout applied). Returns a dict: accuracy, the mean of
+    each term of the loss by its name (loss_terms: a CapsNet's margin_loss and
+    reconstruction_loss, None without a decoder; the CNN's cross_entropy), loss (their
+    total: margin + recon_weight * reconstruction, or the cross-entropy), n; with
     ``per_class``, also per_class: (images, accuracy) of each true class (accuracy None
     for a class without images).
     """
@@ -165,26 +207,25 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
             x = to_model_input(images[start:start + batch_size], model.dtype)
             y = labels[start:start + batch_size]
             out, _ = model.forward(x, check_values=False)   # pixels from uint8: finite
-            lengths, m = out["lengths"], len(y)
-            predicted = lengths.argmax(axis=1)
+            predicted = out["lengths"].argmax(axis=1)
             correct = correct + (predicted == y).sum()
             if per_class:
                 predictions.append(predicted)
-            margin = margin_loss_forward(lengths, y, cfg.m_plus, cfg.m_minus, cfg.lam)[0]
-            recon = (reconstruction_loss_forward(out["reconstruction"], x.reshape(m, -1))[0]
-                     if "reconstruction" in out else None)
-            pending.append((m, margin, recon))
-            bar.update(m)
+            pending.append((len(y), *_evaluation_losses(model, out, x, y)))
+            bar.update(len(y))
             if bar.lines and bar.wants_stats():
                 bar.show()
     # The losses are batch means: weighted by the batch size for the mean over all n.
-    totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0}
+    totals, name = _loss_totals(model), loss_terms(model)[0]
     _add_losses(totals, pending, model)
-    margin, recon, correct = totals["margin_loss"], totals["reconstruction_loss"], int(correct)
+    correct = int(correct)
     bar.close()
-    result = {"accuracy": correct / n, "margin_loss": margin / n,
-              "reconstruction_loss": recon / n if cfg.use_decoder else None, "n": n}
-    result["loss"] = result["margin_loss"] + cfg.recon_weight * (recon / n)
+    result = {"accuracy": correct / n, name: totals[name] / n}
+    recon = totals.get("reconstruction_loss", 0.0) / n
+    if "reconstruction_loss" in totals:
+        result["reconstruction_loss"] = recon if cfg.use_decoder else None
+    result["n"] = n
+    result["loss"] = result[name] + cfg.recon_weight * recon
     if per_class:
         truth = backend.to_numpy(labels)
         right = backend.to_numpy(model.xp.concatenate(predictions)) == truth
@@ -248,8 +289,9 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     transfer from the host per batch on a GPU. ``average``: a ParameterAverage to update
     after every step.
 
-    stats: mean loss, margin loss, reconstruction loss and accuracy over the epoch's
-    images (each batch's value weighted by its size), seconds, images per second.
+    stats: the mean loss and each of its terms (loss_terms: margin and reconstruction
+    loss, or the cross-entropy) and the accuracy over the epoch's images (each batch's
+    value weighted by its size), seconds, images per second.
     """
     device, n = model.device, len(train)
     order, draws = epoch_plan(n, batch_size, rng, shift, train.images.shape[1:3], crop, flip)
@@ -257,7 +299,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     draws = {key: backend.to_device(value, device) for key, value in draws.items()}
     images = backend.to_device(train.images, device)
     labels = model._check_y(backend.to_device(train.labels, device), n)   # the range, once
-    totals = {"loss": 0.0, "margin_loss": 0.0, "reconstruction_loss": 0.0}
+    totals, name = _loss_totals(model), loss_terms(model)[0]
     # The batches' losses and correct counts stay on the device and are read when the bar
     # shows them (every 10 steps) or at the end of the epoch: on a GPU the host queues
     # batch after batch without waiting for one (images made from uint8 pixels and
@@ -275,7 +317,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         if average is not None:
             average.update(model.params, optimizer.t)
         step += 1
-        pending.append((len(idx), out["margin_loss"], out.get("reconstruction_loss"), step))
+        pending.append((len(idx), out[name], out.get("reconstruction_loss"), step))
         correct = correct + (out["lengths"].argmax(axis=1) == y).sum()
         bar.update(len(idx))
         # On the CPU the losses are read every step (they are host numbers already), so a
@@ -301,11 +343,11 @@ class DivergedError(ValueError):
 
 
 def _add_losses(totals, pending, model):
-    """Bring the ``pending`` batches' losses (size, margin, reconstruction or None[, the
-    step]; on the device) to the host in one transfer and add them, weighted by the batch
-    size, to ``totals`` as floats: the total loss as forward's host_losses computes it.
-    Empties ``pending``; returns the number of images added. A non-finite loss raises
-    DivergedError naming its step."""
+    """Bring the ``pending`` batches' losses (size, classification loss, reconstruction
+    or None[, the step]; on the device) to the host in one transfer and add them, weighted
+    by the batch size, to ``totals`` (_loss_totals: keyed by loss_terms) as floats: the
+    total loss as forward's host_losses computes it. Empties ``pending``; returns the
+    number of images added. A non-finite loss raises DivergedError naming its step."""
     added = sum(entry[0] for entry in pending)
     if pending:
         xp, zero = model.xp, model.xp.zeros((), dtype=model.dtype)
@@ -320,12 +362,14 @@ def _add_losses(totals, pending, model):
                 f"diverged (a learning rate too high for this network?), so it stopped "
                 f"without saving this epoch; its last checkpoint is as the last good epoch "
                 f"left it. Try a smaller --lr")
-        for (m, _, recon, *_), (margin, reconstruction) in zip(pending, values):
-            margin = float(margin)
+        name = loss_terms(model)[0]
+        for (m, _, recon, *_), (first, reconstruction) in zip(pending, values):
+            first = float(first)
             reconstruction = 0.0 if recon is None else float(reconstruction)
-            totals["loss"] += m * (margin + model.config.recon_weight * reconstruction)
-            totals["margin_loss"] += m * margin
-            totals["reconstruction_loss"] += m * reconstruction
+            totals["loss"] += m * (first + model.config.recon_weight * reconstruction)
+            totals[name] += m * first
+            if "reconstruction_loss" in totals:
+                totals["reconstruction_loss"] += m * reconstruction
         pending.clear()
     return added
 
@@ -335,7 +379,7 @@ def _add_losses(totals, pending, model):
 @dataclass
 class TrainResult:
     """Where a run stands: the model and optimizer, and what this call did."""
-    model: CapsNet
+    model: CapsNet                                 # or a cnn.BaselineCNN
     optimizer: Adam
     rng: np.random.Generator
     epoch: int
@@ -354,19 +398,23 @@ class TrainResult:
         return self.out_dir / BEST
 
 
-def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
+def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
           data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, crop=None,
           flip=None, average=0.999, resume=None, overwrite=False, progress=True, log=print):
-    """Train a CapsNet until ``epochs`` epochs are done in all; returns a TrainResult.
+    """Train a CapsNet, or the paper's CNN baseline, until ``epochs`` epochs are done in
+    all; returns a TrainResult.
 
-    config: a CapsNetConfig (None: the checkpoint's with ``resume``, else the paper's
-    network fitted to the data by config_for_data). data: a data.Dataset (load_dataset,
-    folder.load_image_folder) or (x_train, y_train, x_test, y_test) with uint8 images,
-    else ``dataset`` is loaded (load_data) from ``data_root``. ``crop``: train on random
-    crop x crop squares and test on the centre one; ``flip``: mirror half the training
-    images at random; None takes each from the data's info (smallNORB's crop), 0 and
-    False turn them off. The class names go into the checkpoints. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
+    config: a CapsNetConfig or a CNNConfig (None: the checkpoint's with ``resume``, else
+    the network ``model`` names fitted to the data by config_for_data). model: a name of
+    NETWORKS, "capsnet" (None: the default), "cnn" (CNNConfig.paper()) or "cnn-pooled"
+    (CNNConfig.pooled()); given with a config or a checkpoint, it must be their kind of
+    network. data: a data.Dataset (load_dataset, folder.load_image_folder) or (x_train,
+    y_train, x_test, y_test) with uint8 images, else ``dataset`` is loaded (load_data)
+    from ``data_root``. ``crop``: train on random crop x crop squares and test on the
+    centre one; ``flip``: mirror half the training images at random; None takes each from
+    the data's info (smallNORB's crop), 0 and False turn them off. The class names go into
+    the checkpoints. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
     accuracy if val_size is 0) is the best so far, the average's when there is one.
     ``resume``: a checkpoint path to continue from; the settings that change the
@@ -384,6 +432,12 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
     step; a loss that becomes NaN or infinite stops the run with a ValueError, the last
     checkpoint left as the last good epoch wrote it.
     """
+    if model is not None and model not in NETWORKS:
+        raise ValueError(f"model must be one of {', '.join(NETWORKS)}, got {model!r}")
+    kind = None if model is None else model_kind(NETWORKS[model]())
+    if config is not None and kind not in (None, model_kind(config)):
+        raise ValueError(f"model={model!r} builds a {kind} network, but the config "
+                         f"describes a {model_kind(config)} ({type(config).__name__})")
     check_before_loading(epochs=epochs, out_dir=out_dir, resume=resume, overwrite=overwrite,
                          batch_size=batch_size, lr=lr, lr_decay=lr_decay,
                          decay_steps=decay_steps, seed=seed, limit_train=limit_train,
@@ -402,8 +456,9 @@ def train(config=None, *, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.9
                 "crop": crop, "flip": flip, "classes": list(data.classes) or None,
                 "data_info": info}
     if config is None and resume is None:
-        config = config_for_data(data, crop)
-    run = _start(config, settings, device, Path(out_dir), resume, log, epochs)
+        config = config_for_data(data, crop, model or "capsnet")
+    run = _start(config, settings, device, Path(out_dir), resume, log, epochs, kind)
+    settings["model"] = model_kind(run.model)      # into the checkpoints, for evaluate & co.
     _check_classes(data, run.model.config)
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
         if split is not None:
@@ -438,7 +493,7 @@ def check_before_loading(*, epochs, out_dir, resume, overwrite, **settings):
 def _check_classes(data, config):
     if data.classes and len(data.classes) != config.num_classes:
         raise ValueError(f"the data has {len(data.classes)} classes but the network "
-                         f"{config.num_classes} (CapsNetConfig.num_classes)")
+                         f"{config.num_classes} ({type(config).__name__}.num_classes)")
 
 
 def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log):
@@ -522,19 +577,23 @@ def _checkpoint_bytes(run):
     return copies * run.model.num_params() * run.model.dtype.itemsize
 
 
-def _start(config, settings, device, out_dir, resume, log, epochs):
-    """A fresh run (initial weights and generator from the seed), or one resumed. Nothing in
-    ``out_dir`` changes when a resumed run has no epochs left to train."""
+def _start(config, settings, device, out_dir, resume, log, epochs, kind=None):
+    """A fresh run (initial weights, dropout masks and generator from the seed), or one
+    resumed (a CNN's dropout going on from the checkpoint's step: load_checkpoint). Nothing
+    in ``out_dir`` changes when a resumed run has no epochs left to train. ``kind``: the
+    kind of network asked for ("capsnet", "cnn"; None: any), checked against the
+    checkpoint's."""
     decay = settings["average"]
     if resume is None:
         if config is None:
-            raise ValueError("train needs a CapsNetConfig (or resume=CHECKPOINT)")
-        model = CapsNet(config, seed=settings["seed"], dtype=settings["dtype"], device=device)
+            raise ValueError("train needs a CapsNetConfig or CNNConfig (or resume=CHECKPOINT)")
+        model = build_model(config, seed=settings["seed"], dtype=settings["dtype"],
+                            device=device)
         return TrainResult(model, Adam(lr=settings["lr"]),
                            np.random.default_rng(settings["seed"]), 0, 0, out_dir,
                            average=None if decay is None else ParameterAverage(model.params, decay))
     ckpt = load_checkpoint(resume, device=device)
-    _check_resume(ckpt, config, settings)
+    _check_resume(ckpt, config, settings, kind)
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
     if ckpt.epoch < epochs:
         _check_nothing_overwritten(out_dir, resume, ckpt.epoch)
@@ -575,8 +634,12 @@ def _epoch_line(m, epochs, is_best):
             f"acc {m['train_accuracy']:.4f} | ")
     if "val_accuracy" in m:
         line += f"val acc {m['val_accuracy']:.4f} | "
-    line += (f"test acc {m['test_accuracy']:.4f} margin {m['test_margin_loss']:.4f} "
-             f"recon {m['test_reconstruction_loss'] or 0:.2f} | ")
+    line += f"test acc {m['test_accuracy']:.4f} "
+    if "test_margin_loss" in m:           # a CapsNet's two terms
+        line += (f"margin {m['test_margin_loss']:.4f} "
+                 f"recon {m['test_reconstruction_loss'] or 0:.2f} | ")
+    else:                                 # the CNN's cross-entropy: its whole loss
+        line += f"loss {m['test_loss']:.4f} | "
     if "avg_test_accuracy" in m:
         line += f"average: test acc {m['avg_test_accuracy']:.4f} | "
     line += (f"lr {m['lr']:.2e} | "
@@ -584,8 +647,14 @@ def _epoch_line(m, epochs, is_best):
     return line + (" (best)" if is_best else "")
 
 
-def _check_resume(ckpt, config, settings):
+def _check_resume(ckpt, config, settings, kind=None):
     """A resumed run must compute what the original would have: same network, same settings."""
+    have = model_kind(ckpt.model)
+    for asked in (kind, None if config is None else model_kind(config)):
+        if asked not in (None, have):
+            raise ValueError(f"{ckpt.path} holds a {have} network, not a {asked}; to resume "
+                             f"it, train a {have} (minicaps train --model {have}, and the "
+                             f"options of the original run)")
     problems = []
     if config is not None:
         a, b = config.to_dict(), ckpt.model.config.to_dict()

@@ -57,5 +57,7 @@ def test_gradcheck_command_prints_every_row_within_tolerance():
     for param in ("conv1.W", "primary.W", "digit.W", "dec1.W", "dec2.b"):
         assert param in result.stdout
     for what in ("CapsNet reference (full, 3 it.)", "CapsNet fast (stop, 3 it.)",
-                 "fast conv2d by DFT", "fast predictions + routing in chunks"):
+                 "fast conv2d by DFT", "fast predictions + routing in chunks",
+                 "conv2d SAME", "max-pool 2x2", "dropout 0.4 (mask held)",
+                 "softmax cross-entropy", "BaselineCNN (3x3, pool 1, dropout 0.3) | fc1.W"):
         assert what in result.stdout, what
