@@ -3,6 +3,8 @@
     python bench/bench.py                 # batches 32 and 128, numpy (+ cupy, + torch CPU/CUDA if present)
     python bench/bench.py --quick         # tiny network, a few seconds (the smoke test)
     python bench/bench.py --scaling       # time and memory against batch size and routing iterations
+    python bench/bench.py --no-cpu --batches 100 128 --json-lines r.jsonl   # the GPU's rows, each
+                                          # appended to r.jsonl as soon as it is measured
     bench_main(["--quick"])               # the same from Python (``minicaps bench`` calls this)
 
 What is measured (medians of --repeats runs after --warmup runs):
@@ -565,6 +567,10 @@ def parse_args(argv=None):
                          "type, torch's allow_tf32); without it both compute strict float32")
     ap.add_argument("--json", metavar="PATH", help="where to write the results "
                                                      "(default bench/results/bench-<device>.json)")
+    ap.add_argument("--json-lines", metavar="PATH",
+                    help="append every number to PATH as soon as it is measured, one JSON "
+                         "object a line (kind: start, gemm_peak, measurement, result), so a "
+                         "run stopped midway keeps what it measured")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     defaults = dict(batches=[8] if args.quick else [32, 128], repeats=2 if args.quick else 5,
@@ -585,6 +591,14 @@ def parse_args(argv=None):
     return args
 
 
+def emit(args, kind, **record):
+    """Append one record to --json-lines (nothing without it), flushed at once."""
+    if args.json_lines:
+        os.makedirs(os.path.dirname(os.path.abspath(args.json_lines)), exist_ok=True)
+        with open(args.json_lines, "a") as f:
+            f.write(json.dumps(dict(kind=kind, tf32=bool(args.tf32), **record)) + "\n")
+
+
 def run(args):
     cfg = CapsNetConfig(**QUICK_CONFIG) if args.quick else CapsNetConfig()
     devices = (([] if args.no_cpu else ["cpu"])
@@ -598,8 +612,13 @@ def run(args):
                              "(or --no-gpu was given)")
         backend.set_tf32(True)      # for the GPU's GEMM peak too
     with_torch = not args.no_torch and torch_available()
+    emit(args, "start", devices=devices, batches=args.batches, rounds=args.rounds,
+         repeats=args.repeats, warmup=args.warmup, conv_method=args.conv, quick=bool(args.quick),
+         machine=machine_info(), gpu=backend.gpu_summary() if "gpu" in devices else None)
     n = 512 if args.quick else 4096
     peaks = {d: gemm_peak(d, n) for d in devices}
+    for d, gflops in peaks.items():
+        emit(args, "gemm_peak", device=d, n=n, gflops=gflops, when="start")
     results, ratios = [], []
     for batch in args.batches:
         for device in devices:
@@ -608,6 +627,7 @@ def run(args):
             for k in range(args.rounds):       # alternate the order: load that comes and goes
                 for lib in (libs if k % 2 == 0 else libs[::-1]):
                     rounds[lib].append(measure(lib, device, batch, cfg, args))
+                    emit(args, "measurement", round=k + 1, **rounds[lib][-1])
             rows = {lib: _median_row(rs) for lib, rs in rounds.items()}
             results.extend(rows.values())
             if "torch" in rows:
@@ -616,7 +636,10 @@ def run(args):
                                    train_speed=mc["train_img_s"] / tr["train_img_s"],
                                    infer_speed=mc["infer_img_s"] / tr["infer_img_s"],
                                    train_memory=mc["train_peak_delta_mb"] / max(tr["train_peak_delta_mb"], 1e-9)))
-    peaks = {d: max(peaks[d], gemm_peak(d, n)) for d in devices}
+    for d in devices:
+        again = gemm_peak(d, n)
+        emit(args, "gemm_peak", device=d, n=n, gflops=again, when="end")
+        peaks[d] = max(peaks[d], again)
     for r in results:
         r["train_peak_fraction"] = r["train_gflops"] / peaks[r["device"]]
     result = dict(device="gpu" if "gpu" in devices else "cpu", quick=bool(args.quick),
@@ -641,6 +664,7 @@ def bench_main(argv=None):
         print(json.dumps(_worker(json.loads(args._worker))))
         return 0
     result = run(args)
+    emit(args, "result", **{k: v for k, v in result.items() if k != "tf32"})
     print(format_report(result))
     path = args.json or os.path.join(HERE, "results", f"bench-{result['device']}.json")
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -6,6 +6,7 @@ so the same code runs on both.
 """
 import ctypes
 import os
+import re
 import sys
 
 # OpenBLAS's worker threads spin for 2^28 cycles (about 0.1 s) after each of its calls
@@ -25,43 +26,142 @@ import numpy as np  # noqa: E402
 
 DEVICES = ("cpu", "gpu")
 
-_cupy = None          # the cupy module once imported successfully
+_cupy = None          # the cupy module once imported and proven on the GPU
 _cupy_error = None    # why it could not be used, as a sentence
+
+GPU_INSTALL = "README.md, section Install"
+
+
+def _cupy_package():
+    """The name of the installed CuPy distribution (such as cupy-cuda12x), or None."""
+    try:
+        from importlib.metadata import packages_distributions
+        names = packages_distributions().get("cupy") or []
+    except Exception:       # no metadata: a CuPy built from source, or an old Python
+        names = []
+    return names[0] if names else None
+
+
+def _missing_library_advice(e, cupy=None):
+    """What to install when the exception ``e`` (from importing CuPy or its first use)
+    names a shared library that the loader could not find ("libcublas.so.12: cannot open
+    shared object file"), as a sentence; None when it names none."""
+    found = re.search(r"\b(lib[A-Za-z0-9_+-]+\.so(?:\.[0-9]+)*)", str(e))
+    if found is None:
+        return None
+    lib = found.group(1)
+    if lib.startswith("libcuda.so"):
+        return (f"{lib} is the NVIDIA driver's library, which pip cannot install: install the "
+                f"GPU's driver (nvidia-smi then works)")
+    package = _cupy_package()
+    if package is None:
+        major = None
+        try:
+            major = int(cupy.cuda.runtime.runtimeGetVersion()) // 1000
+        except Exception:
+            pass
+        package = f"cupy-cuda{major or 12}x"
+    return (f"{lib} is missing: CuPy's wheel does not ship CUDA's libraries. Install them with "
+            f"`pip install \"{package}[ctk]\"` (CuPy 14's extra; `pip install -e \".[gpu]\"` "
+            f"brings it), or install the CUDA toolkit of that version and put its lib64 folder "
+            f"on LD_LIBRARY_PATH (see {GPU_INSTALL})")
+
+
+def _prove_gpu(cupy):
+    """Compute on the GPU once and read it back: a small matrix product (cuBLAS) and an
+    elementwise kernel (compiled at first use by NVRTC), each compared with NumPy; None when
+    both agree, else why not as a sentence that names a missing library and its fix.
+
+    CuPy imports and counts devices without loading either library, so a machine without
+    CUDA's libraries fails only here, before any data loads, instead of at the first
+    product of a training step. Small integers: exact in float32, and in TF32 too."""
+    a_host = np.arange(12, dtype=np.float32).reshape(3, 4) % 5
+    b_host = np.arange(8, dtype=np.float32).reshape(4, 2) % 3
+    stage = "copying a 3 x 4 array to the GPU"
+    try:
+        a, b = cupy.asarray(a_host), cupy.asarray(b_host)
+        stage = "a 3 x 4 by 4 x 2 matrix product (cuBLAS)"
+        product = cupy.asnumpy(a @ b)
+        stage = "an elementwise kernel (compiled by NVRTC)"
+        elementwise = cupy.asnumpy(a * 2 + 1)
+    except Exception as e:
+        advice = _missing_library_advice(e, cupy)
+        return (f"CuPy is installed and sees a GPU, but {stage} failed there "
+                f"({type(e).__name__}: {e}). " + (advice + ". " if advice else "")
+                + "Or use device='cpu'.")
+    for what, got, want in (("matrix product", product, a_host @ b_host),
+                            ("elementwise kernel", elementwise, a_host * 2 + 1)):
+        if not np.array_equal(got, want):
+            return (f"CuPy's test {what} on the GPU gave {got.tolist()} instead of "
+                    f"{want.tolist()}: this GPU or its CUDA libraries compute wrongly. "
+                    "Use device='cpu'.")
+    return None
 
 
 def _load_cupy():
-    """Import cupy once and check that a GPU answers; remember why if not."""
+    """Import cupy once, check that a GPU answers and prove that it computes (_prove_gpu);
+    remember why not, as a sentence that says what to install."""
     global _cupy, _cupy_error
     if _cupy is not None or _cupy_error is not None:
         return _cupy
     try:
         import cupy
     except Exception as e:  # ImportError, or a broken CUDA install
+        advice = _missing_library_advice(e)
         _cupy_error = (f"CuPy is not installed or cannot be imported ({type(e).__name__}: {e}). "
-                       "Install it with `pip install \"minicaps[gpu]\"` (a CuPy wheel for CUDA 12), "
-                       "or use device='cpu'.")
+                       + (advice + ". " if advice else
+                          "Install it with `pip install \"minicaps[gpu]\"` (CuPy for CUDA 12 "
+                          f"with CUDA's libraries; see {GPU_INSTALL}), ")
+                       + "or use device='cpu'.")
         return None
     try:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             raise RuntimeError("no CUDA device found")
     except Exception as e:
+        advice = _missing_library_advice(e, cupy)
         _cupy_error = (f"CuPy is installed but no GPU can be used ({type(e).__name__}: {e}). "
-                       "Use device='cpu'.")
+                       + (advice + ". " if advice else "") + "Use device='cpu'.")
         return None
-    _cupy = cupy
+    _cupy_error = _prove_gpu(cupy)
+    if _cupy_error is None:
+        _cupy = cupy
     return _cupy
 
 
+def gpu_summary():
+    """What runs on the GPU, for a log: CuPy's version, CUDA's runtime and driver versions,
+    the device's name and memory ({} without a usable GPU; a field that cannot be read is
+    left out)."""
+    if _load_cupy() is None:
+        return {}
+    cuda, info = _cupy.cuda, {"cupy": _cupy.__version__, "package": _cupy_package()}
+    reads = {"cuda_runtime": lambda: cuda.runtime.runtimeGetVersion(),
+             "cuda_driver": lambda: cuda.runtime.driverGetVersion(),
+             "devices": lambda: cuda.runtime.getDeviceCount(),
+             "name": lambda: cuda.runtime.getDeviceProperties(0)["name"].decode(),
+             "compute_capability": lambda: cuda.Device(0).compute_capability,
+             "memory_gib": lambda: round(cuda.runtime.memGetInfo()[1] / 2 ** 30, 1)}
+    for key, read in reads.items():
+        try:
+            info[key] = read()
+        except Exception:
+            pass
+    return info
+
+
 def gpu_available():
-    """True when CuPy imports and sees at least one GPU."""
+    """True when CuPy imports, sees a GPU and computes on it (a matrix product and an
+    elementwise kernel, checked once)."""
     return _load_cupy() is not None
 
 
 def resolve_device(device=None):
     """'cpu' or 'gpu': the argument, else $MINICAPS_DEVICE, else 'cpu'.
 
-    Asking for the GPU when CuPy or a GPU is missing raises a RuntimeError
-    that says what to install, never an ImportError traceback.
+    Asking for the GPU when CuPy, a GPU or CUDA's libraries are missing raises a
+    RuntimeError that says what to install (naming a missing library, such as
+    libcublas.so.12), never an ImportError traceback; the GPU is tried once first, on a
+    small matrix product and an elementwise kernel (_prove_gpu).
     """
     if device is None:
         device = os.environ.get("MINICAPS_DEVICE", "cpu") or "cpu"

@@ -15,7 +15,13 @@ What it checks is the discipline those paths need, not CuPy's numerics:
 
 ``made`` counts the device arrays made, by dtype, so a test can see that a float32 model
 does no float64 work on the GPU; ``waits`` counts what makes the host wait for the device
-(``get``, ``asnumpy``, ``float``, ``int``, ``bool``, ``item``).
+(``get``, ``asnumpy``, ``float``, ``int``, ``bool``, ``item``); ``launches`` counts the
+kernels CuPy would launch, by kind, and ``launched`` by operation (see count_launch): on a
+GPU a small step is bound by how many it launches, not by its arithmetic.
+
+``broken`` makes the stand-in fail the way CuPy does on a machine that lacks part of CUDA
+(an ImportError naming libcublas.so.12 at the first matrix product, a CUDARuntimeError
+from getDeviceCount without a GPU), for the tests of the backend's GPU check.
 
 The numbers come from NumPy underneath, so parity with the CPU is exact; tests against the
 real CuPy (tests marked ``gpu`` on a machine with one) check the numerics.
@@ -30,6 +36,7 @@ import types
 import numpy as np
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
+__version__ = "0+stand-in"     # not NumPy's, which every other name passes on
 HOST_MIX = "Unsupported type <class 'numpy.ndarray'>: a device array met a NumPy array"
 
 
@@ -49,6 +56,68 @@ def _unwrap(value):
 made = collections.Counter()
 # what made the host wait for the device -> how often (get, asnumpy, float, int, bool, item)
 waits = collections.Counter()
+# kernels a GPU would launch: by kind (elementwise, reduction, matmul, fft, copy, fill, gather,
+# transfer) and by operation name ("multiply", "matmul", "setitem", ...); tests clear them
+launches = collections.Counter()
+launched = collections.Counter()
+# kind ("matmul", "elementwise", ...) or "device" -> the exception that the next such call
+# raises, as real CuPy fails where CUDA's libraries or the GPU are missing; tests set it
+# with monkeypatch.setitem, so it is empty again after them
+broken = {}
+
+# What launches what. Views (reshape, transpose, slicing, as_strided) and allocations
+# (empty) launch nothing; an operation whose result is a view of its inputs launches
+# nothing either (reshape of a contiguous array), and one that must copy launches a copy
+# (reshape of a transposed one), as on CuPy. A host-to-device copy (asarray of NumPy data)
+# counts as a "transfer": no kernel, but a call into CUDA like one.
+KINDS = {name: kind for kind, names in {
+    "matmul": "matmul dot einsum tensordot inner vdot",
+    "reduction": "sum mean max min amax amin argmax argmin prod any all std var cumsum cumprod "
+                 "norm count_nonzero nonzero",
+    "fill": "zeros ones full zeros_like ones_like full_like arange linspace eye identity fill",
+    "copy": "copy astype ascontiguousarray asfortranarray concatenate stack vstack hstack "
+            "tile repeat pad take take_along_axis copyto put place putmask reshape ravel "
+            "flatten transpose swapaxes moveaxis broadcast_to",
+}.items() for name in names.split()}
+NO_LAUNCH = {"empty", "empty_like"}
+IN_PLACE = {"fill", "copyto", "put", "place", "putmask", "sort"}   # give None, launch anyway
+
+
+def _raw_arrays(values):
+    """The NumPy arrays in (nested lists and tuples of) call arguments or results."""
+    if isinstance(values, np.ndarray):
+        yield values
+    elif isinstance(values, (list, tuple)):
+        for v in values:
+            yield from _raw_arrays(v)
+
+
+def count_launch(kind, name):
+    """One kernel of ``kind`` launched by operation ``name`` (or the planted failure)."""
+    if kind in broken:
+        raise broken[kind]
+    launches[kind] += 1
+    launched[name] += 1
+
+
+def _count_call(fn, args, kwargs, result, this=None, kind=None):
+    """Count the kernel (if any) that CuPy launches for ``fn(*args, **kwargs) -> result``,
+    all NumPy data already; ``this``: the array a method was called on."""
+    if isinstance(fn, np.ufunc):
+        count_launch("matmul" if fn is np.matmul else "elementwise", fn.__name__)
+        return
+    name = getattr(fn, "__name__", "call")
+    if name in NO_LAUNCH:
+        return
+    outs = list(_raw_arrays(result))
+    if not outs:
+        if result is None and name in IN_PLACE:
+            count_launch(KINDS.get(name, "copy"), name)
+        return                                  # shapes, dtypes, Python numbers
+    ins = list(_raw_arrays([this, args, [v for k, v in kwargs.items() if k != "out"]]))
+    if all(any(np.may_share_memory(o, i) for i in ins) for o in outs):
+        return                                  # a view of its inputs
+    count_launch(kind or KINDS.get(name, "elementwise"), name)
 
 
 def _wrap(value):
@@ -65,9 +134,12 @@ def _wrap(value):
     return value
 
 
-def _device_call(fn):
+def _device_call(fn, this=None, kind=None):
     def call(*args, **kwargs):
-        return _wrap(fn(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        args, kwargs = _unwrap(args), {k: _unwrap(v) for k, v in kwargs.items()}
+        result = fn(*args, **kwargs)
+        _count_call(fn, args, kwargs, result, this, kind)
+        return _wrap(result)
     call.__name__ = getattr(fn, "__name__", "call")
     return call
 
@@ -96,12 +168,15 @@ class ndarray(NDArrayOperatorsMixin):
         if out is not None:
             kwargs["out"] = tuple(_unwrap(o) for o in out)
         result = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
+        count_launch("matmul" if ufunc is np.matmul else
+                     "elementwise" if method in ("__call__", "outer", "at") else "reduction",
+                     ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}")
         if out is not None:
             return out[0] if len(out) == 1 else out
         return _wrap(result)
 
     def __array_function__(self, func, types_, args, kwargs):
-        return _wrap(func(*_unwrap(args), **{k: _unwrap(v) for k, v in kwargs.items()}))
+        return _device_call(func)(*args, **kwargs)
 
     def get(self):
         waits["get"] += 1
@@ -117,13 +192,17 @@ class ndarray(NDArrayOperatorsMixin):
         value = getattr(self._a, name)
         if name in ("item", "tolist"):
             waits[name] += 1
-        return _device_call(value) if callable(value) else _wrap(value)
+        return _device_call(value, this=self._a) if callable(value) else _wrap(value)
 
     def __getitem__(self, key):
-        return _wrap(self._a[_index(key)])
+        value = self._a[_index(key)]
+        if isinstance(value, np.ndarray) and not np.may_share_memory(value, self._a):
+            count_launch("gather", "getitem")     # integer or boolean arrays as indices
+        return _wrap(value)
 
     def __setitem__(self, key, value):
         self._a[_index(key)] = _unwrap(value)
+        count_launch("copy", "setitem")           # a fill or a copy kernel
 
     def __len__(self):
         return len(self._a)
@@ -156,6 +235,7 @@ def asarray(a, dtype=None, order=None):
     """Host data is copied to the "device"; device data stays (cast if asked)."""
     if isinstance(a, ndarray):
         return a if dtype is None or a.dtype == np.dtype(dtype) else a.astype(dtype)
+    count_launch("transfer", "asarray")
     return _wrap(np.array(a, dtype=dtype, order=order or "K", copy=True))
 
 
@@ -187,17 +267,17 @@ def __getattr__(name):
     return value
 
 
-def _namespace(source, **extra):
+def _namespace(source, kind=None, **extra):
     ns = types.SimpleNamespace(**extra)
     for name in dir(source):
         if not name.startswith("_"):
             value = getattr(source, name)
             if callable(value):
-                setattr(ns, name, _device_call(value))
+                setattr(ns, name, _device_call(value, kind=kind))
     return ns
 
 
-fft = _namespace(np.fft)
+fft = _namespace(np.fft, kind="fft")           # cuFFT: one plan's launch per call
 linalg = _namespace(np.linalg)
 lib = types.SimpleNamespace(stride_tricks=types.SimpleNamespace(
     as_strided=lambda a, shape=None, strides=None: _wrap(
@@ -243,10 +323,23 @@ class _Cublas:
 # unless a test sets less.
 device_memory = [80 << 30, 80 << 30]
 
+class CUDARuntimeError(RuntimeError):
+    """cupy.cuda.runtime.CUDARuntimeError: what a failed CUDA runtime call raises, such as
+    "cudaErrorNoDevice: no CUDA-capable device is detected"."""
+
+
+def _device_count():
+    if "device" in broken:
+        raise broken["device"]
+    return 1
+
+
 _stream = types.SimpleNamespace(synchronize=lambda: None)
 cuda = types.SimpleNamespace(
-    runtime=types.SimpleNamespace(getDeviceCount=lambda: 1,
-                                  memGetInfo=lambda: tuple(device_memory)),
+    runtime=types.SimpleNamespace(getDeviceCount=_device_count,
+                                  memGetInfo=lambda: tuple(device_memory),
+                                  runtimeGetVersion=lambda: 12080,      # CUDA 12.8
+                                  CUDARuntimeError=CUDARuntimeError),
     Stream=types.SimpleNamespace(null=_stream),
     get_current_stream=lambda: _stream,
     cublas=_Cublas(),

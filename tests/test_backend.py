@@ -1,5 +1,6 @@
 """Device selection, host/device moves, and NumPy vs CuPy parity (needs a GPU)."""
 import os
+import re
 import subprocess
 import sys
 
@@ -28,6 +29,61 @@ def test_asking_for_a_missing_gpu_is_a_clear_error():
         backend.resolve_device("gpu")
     with pytest.raises(RuntimeError, match="cpu"):
         mc.CapsNet(tiny_config(), device="gpu")
+
+
+# ---- choosing the GPU proves it computes: CuPy's own failures, planted in the stand-in --------
+@pytest.fixture
+def cupy_to_import(monkeypatch):
+    """The stand-in as the module `import cupy` finds, nothing of the GPU checked yet."""
+    import cupy_stand_in
+    monkeypatch.setitem(sys.modules, "cupy", cupy_stand_in)
+    monkeypatch.setattr(backend, "_cupy", None)
+    monkeypatch.setattr(backend, "_cupy_error", None)
+    cupy_stand_in.launches.clear()
+    return cupy_stand_in
+
+
+def test_choosing_the_gpu_runs_a_product_and_an_elementwise_kernel_first(cupy_to_import):
+    assert backend.resolve_device("gpu") == "gpu" and backend._cupy is cupy_to_import
+    # two arrays sent, one product (cuBLAS), a * 2 + 1 (two kernels): read back and compared
+    assert cupy_to_import.launches == {"transfer": 2, "matmul": 1, "elementwise": 2}
+    summary = backend.gpu_summary()
+    assert summary["cupy"] == "0+stand-in" and summary["devices"] == 1
+    assert summary["cuda_runtime"] == 12080
+
+
+MISSING = "cannot open shared object file: No such file or directory"
+
+
+@pytest.mark.parametrize("where, error, said", [
+    # CuPy 14 without CUDA's libraries: import and getDeviceCount work, the first product fails
+    ("matmul", ImportError(f"libcublas.so.12: {MISSING}"),
+     [r"matrix product \(cuBLAS\) failed", "libcublas.so.12 is missing",
+      r'pip install "cupy-cuda1\dx\[ctk\]"', "README.md, section Install"]),
+    ("elementwise", RuntimeError(f"CuPy failed to load libnvrtc.so.12: OSError: libnvrtc.so.12: "
+                                 f"{MISSING}"),
+     [r"elementwise kernel \(compiled by NVRTC\)", "libnvrtc.so.12 is missing", r"\[ctk\]"]),
+    ("device", "cudaErrorNoDevice: no CUDA-capable device is detected",
+     ["no GPU can be used", "CUDARuntimeError: cudaErrorNoDevice"]),
+    ("device", ImportError(f"libcuda.so.1: {MISSING}"), ["NVIDIA driver's library"]),
+])
+def test_a_gpu_that_cannot_compute_is_said_before_any_data_loads(cupy_to_import, monkeypatch,
+                                                                  tmp_path, where, error, said):
+    from minicaps.train import train
+    if isinstance(error, str):
+        error = cupy_to_import.cuda.runtime.CUDARuntimeError(error)
+    monkeypatch.setitem(cupy_to_import.broken, where, error)
+    for attempt in range(2):                        # the verdict is kept, not tried again
+        with pytest.raises(RuntimeError, match="device='cpu'") as e:
+            backend.resolve_device("gpu")
+        for sentence in said:
+            assert re.search(sentence, str(e.value)), (sentence, str(e.value))
+    assert backend._cupy is None and not backend.gpu_available()
+    with pytest.raises(RuntimeError, match=said[0]):
+        mc.CapsNet(tiny_config(), device="gpu")
+    with pytest.raises(RuntimeError, match=said[0]):  # not a missing-data error: said first
+        train(epochs=1, out_dir=tmp_path / "run", device="gpu",
+              data_root=tmp_path / "no-data-here")
 
 
 def test_numpy_arrays_stay_numpy():

@@ -5,6 +5,12 @@ the numbers themselves depend on the machine. The torch rows are expected only w
 imports.
 """
 import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -131,3 +137,60 @@ def test_the_gpu_worker_times_every_phase_and_layer():
         assert backend.tf32_enabled()
     finally:
         backend.set_tf32(False)
+
+
+def test_every_number_is_written_as_soon_as_it_is_measured(tmp_path, monkeypatch):
+    # --json-lines appends each record when it exists: a run stopped midway (the GPU
+    # script's time limit) keeps what it measured before.
+    path = tmp_path / "bench.jsonl"
+    argv = ["--quick", "--no-gpu", "--no-torch", "--json-lines", str(path),
+            "--json", str(tmp_path / "bench.json")]
+    assert bench.bench_main(argv + ["--batches", "4"]) == 0
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["kind"] for r in lines] == ["start", "gemm_peak", "measurement", "gemm_peak",
+                                          "result"]
+    assert lines[2]["batch"] == 4 and lines[2]["train_sec"] > 0 and lines[2]["round"] == 1
+    assert lines[-1]["results"][0]["train_sec"] == lines[2]["train_sec"]    # one round
+    measured, measure = [], bench.measure
+
+    def stopped_at_the_second(*args):
+        if measured:
+            raise KeyboardInterrupt("stopped at its time limit")
+        measured.append(measure(*args))
+        return measured[-1]
+
+    monkeypatch.setattr(bench, "measure", stopped_at_the_second)
+    path.unlink()
+    with pytest.raises(KeyboardInterrupt):
+        bench.bench_main(argv + ["--batches", "4", "8"])
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["kind"] for r in lines] == ["start", "gemm_peak", "measurement"]
+    assert lines[2]["batch"] == 4 and lines[2]["tf32"] is False
+
+
+GPU_CHECK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                         "bench", "gpu_check.sh")
+
+
+def test_the_gpu_script_fits_in_nine_minutes():
+    # Each step's default limit, and the 5 s between timeout's TERM and KILL.
+    with open(GPU_CHECK) as f:
+        limits = [int(m) for m in re.findall(r"\bstep [\w-]+ [\w.]+ (\d+) ", f.read())]
+    assert len(limits) == 5 and sum(limits) + 5 * len(limits) <= 9 * 60
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None,
+                    reason="runs the script with bash and coreutils' timeout")
+def test_the_gpu_script_stops_at_once_and_says_why_without_a_gpu(tmp_path):
+    from minicaps import backend
+    if backend.gpu_available():
+        pytest.skip("a GPU is here: the script would run all of its 9 minutes")
+    env = {k: v for k, v in os.environ.items() if k not in ("OUT", "MINICAPS_DATA", "STEPS")}
+    start = time.monotonic()
+    done = subprocess.run(["bash", GPU_CHECK, str(tmp_path / "out")], env=dict(
+        env, PYTHON=sys.executable), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and time.monotonic() - start < 60
+    assert sorted(os.listdir(tmp_path / "out")) == ["smoke.txt", "summary.txt"]
+    smoke = (tmp_path / "out" / "smoke.txt").read_text()
+    assert "GPU CHECK FAILED" in smoke and "device='cpu'" in smoke and "numpy" in smoke
+    assert "stopping: the GPU cannot be used" in (tmp_path / "out" / "summary.txt").read_text()

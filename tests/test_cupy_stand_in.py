@@ -44,3 +44,21 @@ def test_reductions_give_zero_dimensional_device_arrays():
         cp.waits.clear()
         assert bool(same) is True and cp.waits["bool"] == 1     # reading it makes the host wait
     assert bool(cp.array_equal(a, a + 1)) is False
+
+
+def test_views_launch_nothing_and_copies_launch_one_kernel():
+    # What CuPy launches a kernel for (tests/test_gpu_launches.py counts a training step's).
+    a = cp.asarray(np.arange(24.0, dtype=np.float32).reshape(2, 3, 4))
+    cp.launches.clear()
+    views = (a.reshape(6, 4), a.transpose(2, 0, 1), a[1], a[:, 1:], a.T, a.astype(np.float32,
+             copy=False), cp.ascontiguousarray(a), cp.empty_like(a))
+    assert len(views) == 8 and sum(cp.launches.values()) == 0
+    a.transpose(2, 0, 1).reshape(-1)                  # must copy: not contiguous
+    a * 2
+    a.sum(axis=0)
+    a[0] @ a[1].T
+    a[cp.asarray(np.array([1, 0]))]                   # a gather; the index's transfer too
+    a[0] = 0
+    cp.multiply(a, 2, out=a)                          # in place is a kernel as well
+    assert cp.launches == {"copy": 2, "elementwise": 2, "reduction": 1, "matmul": 1,
+                           "gather": 1, "transfer": 1}
