@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist")
 # --preset: the network and the recipe. "paper": the paper's network and learning rate;
 # "quick": a smaller CapsNet (64 conv1 channels, 16 primary capsule maps: 2.8 M parameters
 # against 8.2 M, about 3x the images per second) at twice the learning rate, 2 epochs.
@@ -20,8 +20,10 @@ PRESETS = {"paper": {"config": {}, "epochs": 1, "lr": 1e-3},
 CNN_PRESETS = {"paper": {"model": "cnn", "config": {}, "epochs": 1, "lr": 1e-3},
                "pooled": {"model": "cnn-pooled", "config": {}, "epochs": 1, "lr": 1e-3}}
 MODELS = ("capsnet", "cnn")                       # --model
-PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion")
-CAPSULE_KINDS = ("reconstructions", "perturbation", "routing", "lengths")   # a CapsNet's only
+PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion",
+              "pairs")
+CAPSULE_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "pairs")   # a CapsNet's only
+PAIR_KINDS = ("pairs", "curves")            # what a MultiMNIST network draws
 WEIGHTS = {"average": "moving average of the parameters", "trained": "trained parameters"}
 
 
@@ -65,6 +67,8 @@ def cmd_train(args):
         out = (Path(args.resume).parent if args.resume
                else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     preset, fields = _network_options(args)
+    if args.shift is None:     # MultiMNIST's pairs come shifted by up to 4 pixels already
+        args.shift = 0 if args.dataset == "multimnist" and args.data_dir is None else 2
     args.epochs = preset["epochs"] if args.epochs is None else args.epochs
     args.lr = preset["lr"] if args.lr is None else args.lr
     check_before_loading(epochs=args.epochs, out_dir=out, resume=args.resume,
@@ -111,7 +115,10 @@ def _training_data(args):
     """The data train reads: an image folder (--data-dir) or a named dataset."""
     from .train import load_data
     if args.data_dir is None:
-        return load_data(args.dataset, args.data_root)
+        data = load_data(args.dataset, args.data_root)
+        if args.dataset == "multimnist":
+            data = data._replace(info={"pairs_per_digit": args.pairs_per_digit})
+        return data
     from .folder import load_image_folder
     return load_image_folder(args.data_dir, image_size=args.image_size, color=args.color,
                              test_fraction=args.test_fraction, seed=args.seed,
@@ -133,6 +140,8 @@ def _test_data(args, ckpt):
                                  seed=info.get("seed", 0), bad_images="skip")
     else:
         data = load_data(args.dataset or settings.get("dataset", "mnist"), args.data_root)
+        if settings.get("pairs_per_digit") and args.dataset in (None, "multimnist"):
+            data = data._replace(info={"pairs_per_digit": settings["pairs_per_digit"]})
     classes = settings.get("classes") or list(data.classes)
     if data.classes and classes and list(data.classes) != list(classes):
         raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but the "
@@ -180,22 +189,29 @@ def cmd_evaluate(args):
     ckpt = _load(args)
     model, weights = ckpt.model_with(args.weights)
     test, classes, dataset = _test_data(args, ckpt)
+    pairs = test.targets is not None
     scores = evaluate(model, test.images, test.labels, batch_size=args.batch_size,
-                      progress=not args.no_progress, desc="test set", per_class=True)
+                      progress=not args.no_progress, desc="test set", per_class=not pairs,
+                      targets=test.targets)
     print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}, {WEIGHTS[weights]}) on "
-          f"{scores['n']} {dataset} test images:")
+          f"{scores['n']} {dataset} test {'pairs' if pairs else 'images'}:")
     print(f"  accuracy            {scores['accuracy']:.4f} "
           f"({round(scores['accuracy'] * scores['n'])}/{scores['n']}, "
-          f"error {100 * (1 - scores['accuracy']):.2f}%)")
+          f"error {100 * (1 - scores['accuracy']):.2f}%)"
+          + ("; a pair is right when its two digits are the two longest capsules" if pairs else ""))
+    if pairs:
+        print(f"  one or more right   {scores['one_or_more']:.4f}")
     if "cross_entropy" in scores:                 # the CNN baseline: its whole loss
         print(f"  cross-entropy       {scores['cross_entropy']:.5f} (the CNN baseline's loss)")
     else:
         print(f"  margin loss         {scores['margin_loss']:.5f}")
         if scores["reconstruction_loss"] is not None:
             print(f"  reconstruction loss {scores['reconstruction_loss']:.4f} "
-                  "(sum of squared pixel errors per image, decoder masked by the prediction)")
+                  + ("(sum of squared pixel errors per pair, each digit from its label's "
+                     "capsule)" if pairs else "(sum of squared pixel errors per image, "
+                     "decoder masked by the prediction)"))
         print(f"  total loss          {scores['loss']:.5f}")
-    if classes:
+    if classes and not pairs:
         width = max(len(str(c)) for c in classes)
         print(f"  per class: {'class':{width}}  images  accuracy")
         for name, (n, accuracy) in zip(classes, scores["per_class"]):
@@ -224,6 +240,21 @@ def cmd_plot(args):
                   f"{' and '.join(k for k in kinds if k not in capsules)} only; the capsule "
                   f"pictures ({', '.join(capsules)}) need a CapsNet", file=sys.stderr)
         kinds = [k for k in kinds if k not in capsules]
+    settings = ckpt.extra.get("settings", {}) or {}
+    if settings.get("pairs_per_digit") and args.dataset in (None, "multimnist"):
+        # MultiMNIST: its picture is the paper's fig. 5; the others read one label a picture
+        single = [k for k in kinds if k not in PAIR_KINDS]
+        if args.kind and single:
+            raise ValueError(f"{args.checkpoint} was trained on MultiMNIST pairs: "
+                             f"{', '.join(single)} need one digit a picture; give --kind "
+                             f"pairs or --kind curves")
+        kinds = [k for k in kinds if k in PAIR_KINDS] if args.kind else (
+            ["pairs"] + (["curves"] if metrics.exists() else []))
+    elif args.kind and "pairs" in args.kind:
+        raise ValueError("--kind pairs draws MultiMNIST pairs: it needs a network trained "
+                         "with --dataset multimnist")
+    else:
+        kinds = [k for k in kinds if k != "pairs"]
     model = x = labels = weights = accuracy = None
     dataset = args.dataset or "mnist"
     if any(k != "curves" for k in kinds):
@@ -473,9 +504,13 @@ def build_parser():
                    help="the learning rate is multiplied by this every --decay-steps steps "
                         "(continuously)")
     p.add_argument("--decay-steps", type=positive_int, default=2000, help="see --lr-decay")
-    p.add_argument("--shift", type=nonnegative_int, default=2,
+    p.add_argument("--shift", type=nonnegative_int, default=None,
                    help="random shift of each training image by up to this many pixels "
-                        "(0: no augmentation)")
+                        "(0: no augmentation) (default: 2; 0 for multimnist, whose pairs "
+                        "are shifted by up to 4 as they are made)")
+    p.add_argument("--pairs-per-digit", type=positive_int, metavar="K", default=1,
+                   help="with --dataset multimnist: each epoch pairs every training digit K "
+                        "times with a digit of another class (the paper: 1000)")
     p.add_argument("--routing-iters", type=positive_int, default=None,
                    help="iterations of dynamic routing (CapsNet) (default: 3)")
     p.add_argument("--routing-grad", choices=("full", "stop"), default=None,

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, runfolder
+from . import backend, multimnist, runfolder
 from .checkpoint import build_model, load_checkpoint, model_kind, read_epoch, save_checkpoint
 from .cnn import CNNConfig
 from .augment import center_crop, check_crop, crop_images, draw_crops, draw_flips, flip_images
@@ -40,7 +40,7 @@ LAST, BEST = "last.npz", "best.npz"
 # Settings that change what a resumed run computes: they must match the checkpoint's.
 RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
                    "dataset", "val_size", "limit_train", "n_train", "crop", "flip",
-                   "classes")
+                   "classes", "pairs_per_digit")
 # The networks train builds by name (model=...) when it is given no config: their configs.
 NETWORKS = {"capsnet": CapsNetConfig,          # the paper's CapsNet
             "cnn": CNNConfig.paper,            # its CNN baseline (section 5), 35.4 M at 28x28
@@ -57,9 +57,11 @@ def learning_rate(step, lr0=1e-3, decay_rate=0.96, decay_steps=2000):
 
 @dataclass
 class Split:
-    """Labelled uint8 images (N, H, W) or (N, H, W, C) with int labels (N,)."""
+    """Labelled uint8 images (N, H, W) or (N, H, W, C) with int labels (N,). MultiMNIST's
+    test pairs: labels (N, 2) and ``targets`` (N, 2, H, W), each digit alone."""
     images: np.ndarray
     labels: np.ndarray
+    targets: np.ndarray = None
 
     def __len__(self):
         return len(self.labels)
@@ -69,6 +71,9 @@ def load_data(dataset="mnist", data_root=None):
     """The dataset named ``dataset`` as a data.Dataset (datasets.DATASETS lists the names),
     from ``data_root`` (see data.load_mnist for where files are looked for)."""
     from .datasets import FASHION_CLASSES, MNIST_CLASSES, load_dataset
+    if dataset == "multimnist":       # pairs made from MNIST's digits as training goes
+        return Dataset(*load_mnist(root=data_root, dataset="mnist")[:4], classes=MNIST_CLASSES,
+                       name="multimnist", info={"pairs_per_digit": 1})
     if dataset in ("mnist", "fashion-mnist"):
         classes = MNIST_CLASSES if dataset == "mnist" else FASHION_CLASSES
         return Dataset(*load_mnist(root=data_root, dataset=dataset)[:4], classes=classes,
@@ -97,10 +102,18 @@ def config_for_data(data, crop=None, model="capsnet", **fields):
     data = as_dataset(data)
     images = np.asarray(data.x_train)
     h, w = images.shape[1:3] if crop is None else (crop, crop)
+    if pairs_per_digit(data):
+        h, w = h + 2 * multimnist.MAX_SHIFT, w + 2 * multimnist.MAX_SHIFT   # 28 -> 36
     channels = images.shape[3] if images.ndim == 4 else 1
     labels = np.asarray(data.y_train)
     classes = len(data.classes) or int(labels.max()) + 1
     return NETWORKS[model](**{**fields, "input_shape": (h, w, channels), "num_classes": classes})
+
+
+def pairs_per_digit(data):
+    """MultiMNIST (data.info["pairs_per_digit"] = K): each epoch pairs every training digit
+    K times with a digit of another class (multimnist.iterate_epoch). 0 otherwise."""
+    return int((data.info or {}).get("pairs_per_digit", 0))
 
 
 def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, limit_test=None,
@@ -137,13 +150,22 @@ def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, l
     if len(y_train) == 0 or len(y_test) == 0:
         raise ValueError(f"need at least one training and one test image, "
                          f"got {len(y_train)} and {len(y_test)}")
+    if pairs_per_digit(data):
+        if val_size or crop:
+            raise ValueError("MultiMNIST takes no --val-size and no --crop: its test set is "
+                             "a fixed, seeded set of pairs from MNIST's test digits")
+        test = multimnist.make_test_set(x_test, y_test)         # 10,000 pairs, seeded
+        cut = slice(None, limit_test)
+        return Split(x_train, y_train), None, Split(test.images[cut], test.labels[cut],
+                                                    test.digits[cut])
     return Split(x_train, y_train), val, Split(center_crop(x_test, crop), y_test)
 
 
-def _check_shape(split, config, name, crop=None):
+def _check_shape(split, config, name, crop=None, pad=0):
     shape = split.images.shape[1:] + ((1,) if split.images.ndim == 3 else ())
     if crop is not None:
         shape = (crop, crop) + tuple(shape[2:])
+    shape = (shape[0] + 2 * pad, shape[1] + 2 * pad) + tuple(shape[2:])
     if tuple(shape) != tuple(config.input_shape):
         cut = f", cut to {crop}x{crop}," if crop is not None else ""
         raise ValueError(f"{name} images{cut} are {tuple(shape)} (H, W, C) but the network "
@@ -180,7 +202,7 @@ def _evaluation_losses(model, out, x, y):
 
 
 def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate", log=print,
-             per_class=False):
+             per_class=False, targets=None):
     """Accuracy and mean losses of ``model`` on uint8 ``images`` with true ``labels``.
 
     The decoder is masked by the predicted class, as at test time in the paper, and no
@@ -189,11 +211,14 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     reconstruction_loss, None without a decoder; the CNN's cross_entropy), loss (their
     total: margin + recon_weight * reconstruction, or the cross-entropy), n; with
     ``per_class``, also per_class: (images, accuracy) of each true class (accuracy None
-    for a class without images).
+    for a class without images). Labels (N, 2) with ``targets``: MultiMNIST pairs
+    (evaluate_pairs).
     """
     cfg, n = model.config, len(labels)
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
+    if np.ndim(labels) == 2:
+        return evaluate_pairs(model, images, labels, targets, batch_size, progress, desc, log)
     if len(images) != n:
         raise ValueError(f"{len(images)} images but {n} labels: evaluate needs one label per image")
     # Everything goes to the device once and every batch's results stay there until the
@@ -234,6 +259,48 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
         result["per_class"] = [(int(c), float(h / c) if c else None)
                                for c, h in zip(counts, hits)]
     return result
+
+
+def evaluate_pairs(model, images, labels, targets, batch_size=256, progress=False,
+                   desc="evaluate", log=print):
+    """MultiMNIST: accuracy as the paper counts it (a pair is right when its two labels
+    are the two longest capsules: multimnist.pair_scores), the rate with at least one of
+    them right ("one_or_more"), and the losses with both classes present, each digit
+    reconstructed from its own label's capsule (targets (N, 2, H, W): each digit alone)."""
+    n = len(labels)
+    if targets is None or len(targets) != n or len(images) != n:
+        raise ValueError("MultiMNIST evaluation needs images, labels (N, 2) and targets "
+                         "(N, 2, H, W) of one length")
+    totals, both, some = _loss_totals(model), 0.0, 0.0
+    pending = []
+    bar = Progress(n, desc, enabled=progress, log=log)
+    with model.fixed_weights(n):
+        for start in range(0, n, batch_size):
+            cut = slice(start, start + batch_size)
+            x, y, t = _pair_batch(model, images[cut], labels[cut], targets[cut])
+            out, _ = model.forward(x, y, targets=t, check_values=False, host_losses=False)
+            scores = multimnist.pair_scores(out["lengths"], y)
+            both += scores["both"] * len(y)
+            some += scores["one or more"] * len(y)
+            pending.append((len(y), out[loss_terms(model)[0]], out.get("reconstruction_loss")))
+            bar.update(len(y))
+    _add_losses(totals, pending, model)
+    bar.close()
+    result = {"accuracy": both / n, "one_or_more": some / n}
+    result.update({key: value / n for key, value in totals.items()})
+    result["n"] = n
+    return result
+
+
+def _pair_batch(model, images, labels, digits):
+    """x (M, 36, 36, 1), labels (M, 2) and targets (M, 2, 36, 36, 1) on the model's device
+    in its dtype, from MultiMNIST's uint8 pictures."""
+    m = len(labels)
+    images, digits = (backend.to_device(a, model.device) for a in (images, digits))
+    x = to_model_input(images, model.dtype)
+    targets = to_model_input(digits.reshape((2 * m,) + digits.shape[2:]), model.dtype)
+    y = backend.to_device(np.asarray(labels), model.device)
+    return x, y, targets.reshape((m, 2) + targets.shape[1:])
 
 
 # --- one epoch -------------------------------------------------------------------------------
@@ -280,7 +347,7 @@ def augment_batch(batch, draws, k, m, shift, crop):
 
 def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
                 shift, crop=None, flip=False, average=None, progress=True, desc="train",
-                log=print):
+                log=print, pairs_per_digit=0):
     """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
 
     The epoch's random draws are made first (epoch_plan); the images, the order and the
@@ -292,7 +359,16 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     stats: the mean loss and each of its terms (loss_terms: margin and reconstruction
     loss, or the cross-entropy) and the accuracy over the epoch's images (each batch's
     value weighted by its size), seconds, images per second.
+
+    ``pairs_per_digit`` K > 0: MultiMNIST. The epoch is K rounds of pairs, each training
+    digit once the first of a pair whose second is of another class, both shifted by up to
+    4 pixels on 36x36 (multimnist.iterate_epoch, drawn from ``rng``); both classes are
+    present in the margin loss and each digit is reconstructed from its own capsule; the
+    accuracy counts a pair right when its labels are the two longest capsules.
     """
+    if pairs_per_digit:
+        return _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_decay,
+                                  decay_steps, pairs_per_digit, average, progress, desc, log)
     device, n = model.device, len(train)
     order, draws = epoch_plan(n, batch_size, rng, shift, train.images.shape[1:3], crop, flip)
     order = backend.to_device(order, device)
@@ -330,6 +406,40 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
                         "running acc": int(correct) / seen})
     _add_losses(totals, pending, model)
     correct = int(correct)
+    bar.close()
+    seconds = time.perf_counter() - start
+    stats = {key: value / n for key, value in totals.items()}
+    stats.update(accuracy=correct / n, seconds=seconds,
+                 images_per_second=n / seconds if seconds > 0 else None)
+    return step, stats
+
+
+def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_decay,
+                       decay_steps, pairs, average, progress, desc, log):
+    """train_epoch for MultiMNIST: the pairs made on the host as the epoch goes."""
+    n = len(train) * pairs
+    totals, name = _loss_totals(model), loss_terms(model)[0]
+    pending, correct, seen = [], 0.0, 0
+    start = time.perf_counter()
+    bar = Progress(n, desc, enabled=progress, log=log)
+    for batch in multimnist.iterate_epoch(train.images, train.labels, pairs, batch_size, rng):
+        x, y, targets = _pair_batch(model, batch.images, batch.labels, batch.digits)
+        _, grads, out = model.loss_and_grads(x, y, targets=targets, check_values=False,
+                                             host_losses=False)
+        optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
+        optimizer.step(model.params, grads)
+        if average is not None:
+            average.update(model.params, optimizer.t)
+        step += 1
+        pending.append((len(y), out[name], out.get("reconstruction_loss"), step))
+        correct += multimnist.pair_scores(out["lengths"], y)["both"] * len(y)
+        bar.update(len(y))
+        show = bar.wants_stats(step)
+        if model.device == "cpu" or show:
+            seen += _add_losses(totals, pending, model)
+        if show:
+            bar.show(**{"running loss": totals["loss"] / seen, "running acc": correct / seen})
+    _add_losses(totals, pending, model)
     bar.close()
     seconds = time.perf_counter() - start
     stats = {key: value / n for key, value in totals.items()}
@@ -447,6 +557,10 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     info = data.info or {}
     crop = info.get("crop") if crop is None else (crop or None)
     flip = bool(info.get("flip", False)) if flip is None else bool(flip)
+    pairs = pairs_per_digit(data)
+    if pairs and shift:
+        raise ValueError("MultiMNIST's pairs are shifted by up to 4 pixels as they are made: "
+                         "give shift=0 (--shift 0)")
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
                                                 limit_test, val_size, seed, crop)
     settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,
@@ -454,7 +568,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
                 "dataset": data.name or dataset, "val_size": val_size,
                 "limit_train": limit_train, "n_train": len(train_set), "average": average,
                 "crop": crop, "flip": flip, "classes": list(data.classes) or None,
-                "data_info": info}
+                "data_info": info, "pairs_per_digit": pairs}
     if config is None and resume is None:
         config = config_for_data(data, crop, model or "capsnet")
     run = _start(config, settings, device, Path(out_dir), resume, log, epochs, kind)
@@ -462,7 +576,9 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     _check_classes(data, run.model.config)
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
         if split is not None:
-            _check_shape(split, run.model.config, name, crop if split is train_set else None)
+            is_train = split is train_set
+            _check_shape(split, run.model.config, name, crop if is_train else None,
+                         multimnist.MAX_SHIFT if pairs and is_train else 0)
     if run.epoch >= epochs:
         return run                       # nothing to do: nothing claimed, nothing changed
     run.model.check_batch_fits(batch_size, training=True)
@@ -506,6 +622,7 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
                                       batch_size=batch_size, lr=lr, lr_decay=lr_decay,
                                       decay_steps=decay_steps, shift=shift,
                                       crop=settings["crop"], flip=settings["flip"],
+                                      pairs_per_digit=settings["pairs_per_digit"],
                                       average=run.average,
                                       progress=progress, desc=f"epoch {run.epoch}/{epochs}",
                                       log=log)
@@ -520,14 +637,15 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
         for prefix, split in (("val", val_set), ("test", test_set)):
             if split is not None:
                 scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
-                                  progress=progress, desc=f"{prefix} set", log=log)
+                                  progress=progress, desc=f"{prefix} set", log=log,
+                                  targets=split.targets)
                 metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
                 if run.average is not None:
                     trained, run.model.params = run.model.params, run.average.params
                     try:
                         scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
                                           progress=progress, desc=f"{prefix} set, average",
-                                          log=log)
+                                          log=log, targets=split.targets)
                     finally:
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})

@@ -615,8 +615,10 @@ def plot_confusion(counts, path, dpi=100, weights=None, notes=(), warn=None):
 
 # --- every plot of a checkpoint (what `minicaps plot` runs) -------------------------------------
 
-KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion")
-DEFAULT_COUNT = {"reconstructions": 8, "perturbation": 2, "routing": 1, "lengths": 4}
+KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion",
+         "pairs")
+DEFAULT_COUNT = {"reconstructions": 8, "perturbation": 2, "routing": 1, "lengths": 4,
+                 "pairs": 8}
 
 
 def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indices=None,
@@ -657,11 +659,24 @@ def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indice
             counts = confusion_matrix(labels, model.predict(x), model.config.num_classes)
             draw(plot_confusion, "confusion.png", counts, weights=weights)
             continue
+        if kind == "pairs" and indices is None:     # the first 8 pairs, and 8 it gets wrong
+            labels = np.asarray(labels)
+            top2 = np.argsort(-model.predict_lengths(x), axis=1)[:, :2]
+            wrong = np.flatnonzero(np.sort(top2, axis=1) != np.sort(labels, axis=1))
+            wrong = np.unique(wrong)[:DEFAULT_COUNT["pairs"]]
+            draw(plot_pairs, "pairs.png", model, x[:DEFAULT_COUNT["pairs"]],
+                 labels[:DEFAULT_COUNT["pairs"]], weights=weights)
+            if len(wrong):
+                draw(plot_pairs, "pairs-wrong.png", model, x[wrong], labels[wrong],
+                     weights=weights)
+            continue
         picked = list(range(min(DEFAULT_COUNT[kind], len(x)))) if indices is None else list(indices)
         if not picked or max(picked) >= len(x) or min(picked) < 0:
             raise ValueError(f"image indices must be in 0..{len(x) - 1}, got {picked}")
         chosen = None if labels is None else np.asarray(labels)[picked]
-        if kind == "reconstructions":
+        if kind == "pairs":
+            draw(plot_pairs, "pairs.png", model, x[picked], chosen, weights=weights)
+        elif kind == "reconstructions":
             draw(plot_reconstructions, f"{kind}.png", model, x[picked], chosen, weights=weights)
         elif kind == "lengths":
             draw(plot_lengths, f"{kind}.png", model, x[picked], chosen, weights=weights)
