@@ -97,6 +97,12 @@ def pair_reconstructions(model, x, batch_size=256):
     return np.concatenate(preds), np.concatenate(recons)
 
 
+def wrong_pairs(lengths, labels):
+    """The indices of the pairs whose two labels (N, 2) are not the two longest capsules."""
+    top2 = np.argsort(-np.asarray(lengths), axis=1)[:, :2]
+    return np.flatnonzero((np.sort(top2, axis=1) != np.sort(labels, axis=1)).any(axis=1))
+
+
 def overlay(image, red, green):
     """The pair in gray, one digit's reconstruction in red and the other's in green over
     it (where both are, yellow): (H, W) in [0, 1] each -> (H, W, 3)."""
@@ -392,9 +398,10 @@ def plot_pairs(model, x, labels, path, dpi=100, weights=None, notes=(), warn=Non
                                   interpolation="nearest")
         axes[2 * r + 1, c].set_title(f"red {guess[0]}, green {guess[1]}: {verdict}",
                                      fontsize=8, color="black" if verdict == "right" else "darkred")
-    fig.suptitle(_titled("Two overlapping digits (top); below, the reconstructions from the "
-                         "two longest capsules,\none in red and one in green over the pair "
-                         "(gray): each capsule took one digit", weights), fontsize=9)
+    fig.suptitle(_titled("Two overlapping digits (top); below, over the pair in gray, what "
+                         "the two longest capsules reconstruct,\neach decoded alone: the "
+                         "longest in red, the second in green (yellow where both draw)",
+                         weights), fontsize=9)
     return _save(fig, path, _warned(warn, None, notes))
 
 
@@ -661,9 +668,7 @@ def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indice
             continue
         if kind == "pairs" and indices is None:     # the first 8 pairs, and 8 it gets wrong
             labels = np.asarray(labels)
-            top2 = np.argsort(-model.predict_lengths(x), axis=1)[:, :2]
-            wrong = np.flatnonzero(np.sort(top2, axis=1) != np.sort(labels, axis=1))
-            wrong = np.unique(wrong)[:DEFAULT_COUNT["pairs"]]
+            wrong = wrong_pairs(model.predict_lengths(x), labels)[:DEFAULT_COUNT["pairs"]]
             draw(plot_pairs, "pairs.png", model, x[:DEFAULT_COUNT["pairs"]],
                  labels[:DEFAULT_COUNT["pairs"]], weights=weights)
             if len(wrong):

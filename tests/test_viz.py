@@ -564,3 +564,14 @@ def test_plot_pairs_is_a_png_of_its_size(tiny, images, tmp_path):
     path = viz.plot_pairs(tiny, images, labels, tmp_path / "pairs.png", dpi=DPI)
     with Image.open(path) as image:
         assert image.size == (round(1.5 * 5 * DPI), round((3.0 + 0.6) * DPI))
+
+
+def test_wrong_pairs_against_a_loop():
+    rng = np.random.default_rng(2)
+    lengths = rng.random((50, 10))
+    labels = np.stack([rng.choice(10, 2, replace=False) for _ in range(50)])
+    lengths[:20][np.arange(20)[:, None], labels[:20]] += 1          # these 20 are right
+    expected = [n for n in range(50)
+                if set(np.argsort(-lengths[n])[:2].tolist()) != set(labels[n].tolist())]
+    assert viz.wrong_pairs(lengths, labels).tolist() == expected
+    assert min(expected) >= 20
