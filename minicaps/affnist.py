@@ -314,7 +314,8 @@ def affnist_test(mnist=None, root=None, seed=GENERATED_SEED, copies=1, generate=
 def affnist_dataset(mnist=None, root=None, seed=EXPANDED_SEED, test_seed=GENERATED_SEED,
                     copies=1, generate=True):
     """Section 5.2 as one Dataset: train on expanded MNIST (expanded_mnist's training
-    split), test on affNIST (affnist_test). Its name is the test set's: "affnist" or
+    split), validate on expanded MNIST's test split (the paper stopped training at about
+    99.2% there), test on affNIST (affnist_test). Its name is the test set's: "affnist" or
     "affnist-generated"; info says which (test, test_info: affnist_test's info) and how
     the training set was placed (train_seed)."""
     if mnist is None:
@@ -325,7 +326,7 @@ def affnist_dataset(mnist=None, root=None, seed=EXPANDED_SEED, test_seed=GENERAT
     info = {"train": "expanded-mnist", "canvas": CANVAS, "max_offset": MAX_OFFSET,
             "train_seed": seed, "test": test.name, "test_info": test.info}
     return Dataset(train.x_train, train.y_train, test.images, test.labels, CLASSES,
-                   test.name, info)
+                   test.name, info, x_val=train.x_test, y_val=train.y_test)
 
 
 # --- helpers ---------------------------------------------------------------------------------

@@ -5,7 +5,7 @@ import sys
 import time
 from pathlib import Path
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist", "affnist")
 # --preset: the network and the recipe. "paper": the paper's network and learning rate;
 # "quick": a smaller CapsNet (64 conv1 channels, 16 primary capsule maps: 2.8 M parameters
 # against 8.2 M, about 3x the images per second) at twice the learning rate, 2 epochs.

@@ -171,6 +171,8 @@ class Dataset(NamedTuple):
     classes: tuple = ()
     name: str = ""
     info: dict = None     # None: nothing to say
+    x_val: np.ndarray = None    # a validation set of its own (affNIST's: expanded MNIST's
+    y_val: np.ndarray = None    # test digits), which best.npz then goes by
 
 
 def data_root(root=None):

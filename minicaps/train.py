@@ -71,6 +71,10 @@ def load_data(dataset="mnist", data_root=None):
     """The dataset named ``dataset`` as a data.Dataset (datasets.DATASETS lists the names),
     from ``data_root`` (see data.load_mnist for where files are looked for)."""
     from .datasets import FASHION_CLASSES, MNIST_CLASSES, load_dataset
+    if dataset in ("affnist", "affnist-generated"):    # section 5.2: expanded MNIST to train,
+        # affNIST to test: the real files when they are there, else the generated stand-in
+        from .affnist import affnist_dataset
+        return affnist_dataset(load_mnist(root=data_root, dataset="mnist")[:4], root=data_root)
     if dataset == "multimnist":       # pairs made from MNIST's digits as training goes
         return Dataset(*load_mnist(root=data_root, dataset="mnist")[:4], classes=MNIST_CLASSES,
                        name="multimnist", info={"pairs_per_digit": 1})
@@ -140,6 +144,11 @@ def prepare_data(data=None, dataset="mnist", data_root=None, limit_train=None, l
     if val_size >= len(y_train):
         raise ValueError(f"val_size={val_size} (--val-size) leaves no training images: the "
                          f"training set has {len(y_train)}; hold out fewer")
+    if val_size and data.x_val is not None:
+        raise ValueError(f"{data.name or 'the data'} has a validation set of its own: give no "
+                         f"--val-size")
+    if data.x_val is not None:
+        val = Split(center_crop(np.asarray(data.x_val), crop), np.asarray(data.y_val))
     if val_size:
         x_train, y_train, x_val, y_val = train_val_split(x_train, y_train, val_size, seed)
         val = Split(center_crop(x_val, crop), y_val)
