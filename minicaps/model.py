@@ -439,8 +439,11 @@ class CapsNet:
             if tuple(params[name].shape) != tuple(shape):
                 raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, "
                                  f"the config needs {shape}")
-        self.params = {name: backend.to_device(params[name], self.device).astype(self.dtype, copy=False)
-                       for name in expected}
+        # One flat buffer holds them all, the dict's arrays its views (backend.FlatArrays):
+        # Adam and the parameters' average update the buffer whole (on the GPU one kernel).
+        self.params = backend.FlatArrays(
+            {name: backend.to_device(params[name], self.device).astype(self.dtype, copy=False)
+             for name in expected})
 
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
@@ -448,7 +451,7 @@ class CapsNet:
     def to(self, device):
         """Move the model to 'cpu' or 'gpu' (in place); returns self."""
         self._place_on(device)
-        self.params = backend.params_to_device(self.params, self.device)
+        self.params = backend.FlatArrays(backend.params_to_device(self.params, self.device))
         return self
 
     def _place_on(self, device):

@@ -267,6 +267,61 @@ def __getattr__(name):
     return value
 
 
+class ElementwiseKernel:
+    """cupy.ElementwiseKernel(in_params, out_params, operation, name): the body, CUDA C for
+    one element, run here on the whole arrays as NumPy expressions, statement by
+    statement (the subset the library writes: ``x = expression;`` with + - * /,
+    parentheses and sqrt, which reads the same in C and in Python), each scalar argument
+    cast to the type of its parameter first as CUDA does; one launch, of kind
+    "elementwise", named after the kernel. Outputs are passed in and updated in place."""
+
+    FUNCTIONS = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "fabs": np.abs}
+
+    def __init__(self, in_params, out_params, operation, name="kernel", options=(), **kwargs):
+        self.ins, self.outs = self._params(in_params), self._params(out_params)
+        self.statements = [s.strip() for s in operation.split(";") if s.strip()]
+        self.name, self.options = name, tuple(options)
+
+    @staticmethod
+    def _params(spec):
+        """[(type, name)] of "T g, float32 x"."""
+        return [tuple(p.split()) for p in spec.split(",") if p.strip()]
+
+    def __call__(self, *args):
+        params = self.ins + self.outs
+        if len(args) != len(params):
+            raise TypeError(f"{self.name} takes {len(params)} arguments, got {len(args)}")
+        values = [_unwrap(a) for a in args]
+        types = {}
+        for (kind, _), v in zip(params, values):
+            if isinstance(v, np.ndarray):
+                types.setdefault(kind, v.dtype)
+        scope = dict(self.FUNCTIONS)
+        for (kind, name), v in zip(params, values):
+            scope[name] = v if isinstance(v, np.ndarray) else np.dtype(types.get(kind, kind)).type(v)
+        for statement in self.statements:
+            exec(statement, {"__builtins__": {}}, scope)
+        for (_, name), out in zip(self.outs, values[len(self.ins):]):
+            if scope[name] is not out:
+                np.copyto(out, scope[name], casting="same_kind")
+        count_launch("elementwise", self.name)
+        return args[len(self.ins)] if len(self.outs) == 1 else args[len(self.ins):]
+
+
+def fuse(*args, kernel_name=None):
+    """cupy.fuse: the function run on the NumPy arrays underneath, one launch."""
+    def decorate(fn):
+        def fused(*call_args):
+            result = fn(*_unwrap(call_args))
+            count_launch("elementwise", kernel_name or fn.__name__)
+            return _wrap(result)
+        fused.__name__ = kernel_name or fn.__name__
+        return fused
+    if len(args) == 1 and callable(args[0]):
+        return decorate(args[0])
+    return decorate
+
+
 def _namespace(source, kind=None, **extra):
     ns = types.SimpleNamespace(**extra)
     for name in dir(source):

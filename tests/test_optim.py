@@ -122,3 +122,115 @@ def test_parameter_average_is_the_weighted_sum_of_the_iterates(monkeypatch, shap
     assert average.params["w"] is not iterates[0]          # a copy: the start is untouched
     with pytest.raises(ValueError, match="decay"):
         ParameterAverage({"w": iterates[0]}, decay=1.0)
+
+
+# ------------------------------------------------------------ flat buffers (backend.FlatArrays)
+def _some_params(rng, dtype=np.float32):
+    shapes = {"a.W": (3, 4), "a.b": (4,), "big": (2 * mc.Adam.BLOCK + 5,), "c.W": (2, 3, 5)}
+    return {k: rng.standard_normal(s).astype(dtype) for k, s in shapes.items()}
+
+
+def test_flat_arrays_are_views_of_one_buffer_in_order_and_copies_keep_that():
+    import copy
+    import pickle
+    from minicaps.backend import FlatArrays, flat_buffer, same_layout
+    rng = np.random.default_rng(0)
+    arrays = _some_params(rng)
+    flat = FlatArrays(arrays)
+    assert list(flat) == list(arrays) and flat.flat.size == sum(a.size for a in arrays.values())
+    k = 0
+    for name, a in arrays.items():          # each array a view of its slice, the values copied
+        np.testing.assert_array_equal(flat[name], a)
+        assert flat[name].base is flat.flat and flat[name] is not a
+        assert np.array_equal(flat.flat[k:k + a.size], a.reshape(-1))
+        k += a.size
+    flat.flat[:] = 7                        # writing the buffer writes every view
+    assert all(np.all(v == 7) for v in flat.values())
+    for other in (copy.deepcopy(flat), pickle.loads(pickle.dumps(flat))):
+        assert isinstance(other, FlatArrays) and other.flat_buffer() is other.flat
+        assert not np.shares_memory(other.flat, flat.flat) and same_layout(other, flat)
+        other.flat[:] = 1
+        assert all(np.all(v == 1) for v in other.values())
+    flat["a.b"] = np.zeros(4, np.float32)   # an entry replaced: no longer the buffer's
+    assert flat_buffer(flat) is None and flat_buffer(dict(arrays)) is None
+    with pytest.raises(ValueError, match="one dtype"):
+        FlatArrays({"a": np.zeros(2, np.float32), "b": np.zeros(2)})
+
+
+def test_a_model_holds_its_parameters_in_one_buffer():
+    model = mc.CapsNet(mc.CapsNetConfig(conv1_channels=8, primary_maps=2, digit_dims=4,
+                                        decoder_sizes=(8, 16)), seed=0)
+    assert model.params.flat_buffer() is model.params.flat
+    assert model.params.flat.size == model.num_params()
+    params = {k: v.copy() for k, v in model.params.items()}
+    params["conv1.b"][:] = 3
+    model.set_params(params)               # copied into a new buffer, the views still intact
+    assert model.params.flat_buffer() is not None and np.all(model.params["conv1.b"] == 3)
+    assert not np.shares_memory(model.params["conv1.b"], params["conv1.b"])
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_adam_and_average_on_flat_parameters_equal_them_array_by_array(monkeypatch, threads):
+    """Flat parameters (and moments, and the average) change how the arrays are laid out
+    and walked, never a bit of the result; moments loaded per name (a checkpoint) go on
+    from where they were."""
+    from minicaps.backend import FlatArrays
+    from minicaps.optim import ParameterAverage
+    monkeypatch.setenv("MINICAPS_THREADS", threads)
+    rng = np.random.default_rng(2)
+    p0 = _some_params(rng)
+    steps = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in p0.items()}
+             for _ in range(4)]
+    plain, flat = {k: v.copy() for k, v in p0.items()}, FlatArrays(p0)
+    opts = mc.Adam(lr=0.01), mc.Adam(lr=0.01)
+    averages = ParameterAverage(plain), ParameterAverage(flat)
+    assert isinstance(averages[1].params, FlatArrays)
+    for t, g in enumerate(steps, start=1):
+        if t == 3:                          # the flat run's moments come back per name
+            hyper, arrays = opts[1].state_dict()
+            opts = opts[0], mc.Adam()
+            opts[1].load_state_dict(hyper, {k: v.copy() for k, v in arrays.items()})
+        for params, opt, average in zip((plain, flat), opts, averages):
+            opt.step(params, g)
+            average.update(params, opt.t)
+    assert flat.flat_buffer() is not None and opts[1].m.flat_buffer() is not None
+    for name in p0:
+        np.testing.assert_array_equal(flat[name], plain[name])
+        np.testing.assert_array_equal(opts[1].v[name], opts[0].v[name])
+        np.testing.assert_array_equal(averages[1].params[name], averages[0].params[name])
+
+
+@pytest.mark.parametrize("flat", [True, False])
+def test_adam_and_average_on_the_gpu_are_one_kernel_each_and_the_cpus_numbers(stand_in, flat):
+    """On the GPU (the stand-in) the update of flat parameters is two launches (the
+    gradients gathered into one buffer, then the fused kernel) and the average's one,
+    whatever the number of arrays; the kernels' CUDA C body, run by the stand-in as NumPy
+    expressions, gives the CPU's numbers bit for bit."""
+    from minicaps import backend
+    from minicaps.backend import FlatArrays
+    from minicaps.optim import ParameterAverage
+    rng = np.random.default_rng(3)
+    p0 = _some_params(rng)
+    steps = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in p0.items()}
+             for _ in range(3)]
+    cpu = FlatArrays(p0)
+    gpu = backend.params_to_device(p0, "gpu")
+    gpu = FlatArrays(gpu) if flat else gpu
+    cpu_opt, gpu_opt = mc.Adam(lr=0.01), mc.Adam(lr=0.01)
+    cpu_avg, gpu_avg = ParameterAverage(cpu), ParameterAverage(gpu)
+    for g in steps:
+        cpu_opt.step(cpu, g)
+        cpu_avg.update(cpu, cpu_opt.t)
+        g_gpu = backend.params_to_device(g, "gpu")
+        stand_in.launches.clear()
+        gpu_opt.step(gpu, g_gpu)
+        adam = sum(stand_in.launches.values())
+        gpu_avg.update(gpu, gpu_opt.t)
+        average = sum(stand_in.launches.values()) - adam
+    P = len(p0)
+    assert (adam, average) == ((2, 1) if flat else (P, P))
+    assert stand_in.launches["transfer"] == 0
+    for name in p0:
+        np.testing.assert_array_equal(backend.to_numpy(gpu[name]), cpu[name])
+        np.testing.assert_array_equal(backend.to_numpy(gpu_opt.m[name]), cpu_opt.m[name])
+        np.testing.assert_array_equal(backend.to_numpy(gpu_avg.params[name]), cpu_avg.params[name])
