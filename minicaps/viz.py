@@ -555,7 +555,8 @@ CURVE_LABELS = {"": "trained parameters", "avg_": "moving average of the paramet
 
 
 def plot_curves(metrics, path, dpi=100, notes=(), warn=None):
-    """Loss and accuracy per epoch from read_metrics' list: the training set's running
+    """Loss (a CapsNet's margin + weighted reconstruction, the CNN baseline's cross-entropy)
+    and accuracy per epoch from read_metrics' list: the training set's running
     mean over each epoch (measured while the weights change), and the test (and
     validation) set measured after the epoch with the trained parameters (solid) and with
     their moving average (dashed) when the run kept one. 10 x 4.5 inches."""
@@ -582,8 +583,9 @@ def plot_curves(metrics, path, dpi=100, notes=(), warn=None):
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.set_xticks(epochs if len(epochs) <= 12 else epochs[::math.ceil(len(epochs) / 12)])
-        ax.set_title(what + (" (margin + weighted reconstruction)" if what == "loss" else ""),
-                     fontsize=9)
+        cnn = any("train_cross_entropy" in m for m in metrics)     # the CNN baseline's run
+        loss = " (cross-entropy)" if cnn else " (margin + weighted reconstruction)"
+        ax.set_title(what + (loss if what == "loss" else ""), fontsize=9)
         ax.grid(alpha=0.3)
         if ax.get_lines():
             ax.legend(fontsize=7)

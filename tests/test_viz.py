@@ -575,3 +575,13 @@ def test_wrong_pairs_against_a_loop():
                 if set(np.argsort(-lengths[n])[:2].tolist()) != set(labels[n].tolist())]
     assert viz.wrong_pairs(lengths, labels).tolist() == expected
     assert min(expected) >= 20
+
+
+def test_curves_name_the_loss_of_the_network(tmp_path, drawn):
+    capsnet = [{"epoch": 1, "train_loss": 0.5, "train_margin_loss": 0.4, "test_loss": 0.4}]
+    cnn = [{"epoch": 1, "train_loss": 0.5, "train_cross_entropy": 0.5, "test_loss": 0.4}]
+    viz.plot_curves(capsnet, tmp_path / "a.png", DPI)
+    viz.plot_curves(cnn, tmp_path / "b.png", DPI)
+    assert "margin + weighted reconstruction" in texts(drawn["a.png"])
+    assert "cross-entropy" in texts(drawn["b.png"])
+    assert "margin" not in texts(drawn["b.png"])
