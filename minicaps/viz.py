@@ -582,6 +582,12 @@ def plot_curves(metrics, path, dpi=100, notes=(), warn=None):
                         label=f"{label} (last {points[-1][1]:.4f})")
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
+        seen = images_seen(metrics)
+        if seen is not None:            # how far a run got, whatever its epochs' size
+            top = ax.secondary_xaxis("top")
+            ticks = epochs if len(epochs) <= 6 else epochs[::math.ceil(len(epochs) / 6)]
+            top.set_xticks(ticks, [_count(seen[epochs.index(e)]) for e in ticks], fontsize=7)
+            top.set_xlabel("images seen in training", fontsize=8)
         ax.set_xticks(epochs if len(epochs) <= 12 else epochs[::math.ceil(len(epochs) / 12)])
         cnn = any("train_cross_entropy" in m for m in metrics)     # the CNN baseline's run
         loss = " (cross-entropy)" if cnn else " (margin + weighted reconstruction)"
@@ -593,6 +599,24 @@ def plot_curves(metrics, path, dpi=100, notes=(), warn=None):
                  "change;\ntest after it, with the trained parameters (solid) and their "
                  "moving average (dashed)", fontsize=9)
     return _save(fig, path, _warned(warn, None, notes))
+
+
+def images_seen(metrics):
+    """The training images (or pairs) seen by the end of each epoch: the running sum of
+    each epoch's images per second times its seconds (its size); None when a line lacks
+    them."""
+    try:
+        sizes = [round(m["images_per_second"] * m["epoch_seconds"]) for m in metrics]
+    except (KeyError, TypeError):
+        return None
+    return list(np.cumsum(sizes))
+
+
+def _count(n):
+    """60000 -> "60k", 1500000 -> "1.5M"."""
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}k" if n >= 1e3 else str(int(n))
 
 
 def plot_confusion(counts, path, dpi=100, weights=None, notes=(), warn=None):

@@ -585,3 +585,13 @@ def test_curves_name_the_loss_of_the_network(tmp_path, drawn):
     assert "margin + weighted reconstruction" in texts(drawn["a.png"])
     assert "cross-entropy" in texts(drawn["b.png"])
     assert "margin" not in texts(drawn["b.png"])
+
+
+def test_images_seen_is_the_running_sum_of_the_epochs_sizes(tmp_path, drawn):
+    metrics = [{"epoch": e, "images_per_second": 100.0 + e, "epoch_seconds": 600 / (100.0 + e),
+                "train_loss": 1 / e, "test_accuracy": 0.9} for e in (1, 2, 3)]
+    assert viz.images_seen(metrics) == [600, 1200, 1800]
+    assert viz.images_seen([{"epoch": 1}]) is None
+    viz.plot_curves(metrics, tmp_path / "c.png", DPI)
+    assert "images seen in training" in texts(drawn["c.png"])
+    assert "1.8k" in texts(drawn["c.png"])
