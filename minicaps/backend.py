@@ -517,3 +517,23 @@ class ElementwiseKernel:
             self._kernel = _cupy.ElementwiseKernel(in_params, out_params, body, name,
                                                    options=self.OPTIONS)
         return self._kernel(*args)
+
+
+class ReductionKernel:
+    """One reduction kernel on the GPU: CuPy's ReductionKernel(in_params, out_params,
+    map_expr, reduce_expr, post_map_expr, identity, name), compiled at its first call,
+    with ElementwiseKernel's options (--fmad=false); called as ``kernel(*arrays, axis=,
+    keepdims=)``. A map and its sum in one launch (``(a * b).sum(axis)`` takes two). Only
+    for GPU arrays."""
+    OPTIONS = ElementwiseKernel.OPTIONS
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                 identity, name):
+        self.spec = (in_params, out_params, map_expr, reduce_expr, post_map_expr, identity,
+                     name)
+        self._kernel = None
+
+    def __call__(self, *args, axis=None, keepdims=False):
+        if self._kernel is None:
+            self._kernel = _cupy.ReductionKernel(*self.spec, options=self.OPTIONS)
+        return self._kernel(*args, axis=axis, keepdims=keepdims)

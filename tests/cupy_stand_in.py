@@ -30,6 +30,7 @@ real CuPy (tests marked ``gpu`` on a machine with one) check the numerics.
     monkeypatch.setattr(backend, "_cupy", cupy_stand_in)    # what conftest does
 """
 import collections
+import re
 import sys
 import types
 
@@ -270,17 +271,28 @@ def __getattr__(name):
 class ElementwiseKernel:
     """cupy.ElementwiseKernel(in_params, out_params, operation, name): the body, CUDA C for
     one element, run here on the whole arrays as NumPy expressions, statement by
-    statement (the subset the library writes: ``x = expression;`` with + - * /,
-    parentheses and sqrt, which reads the same in C and in Python), each scalar argument
-    cast to the type of its parameter first as CUDA does; one launch, of kind
-    "elementwise", named after the kernel. Outputs are passed in and updated in place."""
+    statement (the subset the library writes: ``x = expression;`` or ``T x = expression;``
+    (a local of the kernel's type) with + - * /, comparisons, parentheses, sqrt, exp, log and
+    fabs, which read the same in C and in Python, and ``x = cond ? a : b;``, run as
+    where(cond, a, b)), each scalar argument cast to the type of its parameter first as
+    CUDA does; one launch, of kind "elementwise", named after the kernel. Outputs are
+    passed in and updated in place."""
 
-    FUNCTIONS = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "fabs": np.abs}
+    FUNCTIONS = {"sqrt": np.sqrt, "exp": np.exp, "log": np.log, "fabs": np.abs,
+                 "where": np.where}
+    LOCAL = re.compile(r"^(?:const\s+)?(?:T|float|double)\s+(?=\w+\s*=)")
+    TERNARY = re.compile(r"^(\w+)\s*=\s*([^?]+?)\s*\?\s*([^:]+?)\s*:\s*(.+)$")
 
     def __init__(self, in_params, out_params, operation, name="kernel", options=(), **kwargs):
         self.ins, self.outs = self._params(in_params), self._params(out_params)
-        self.statements = [s.strip() for s in operation.split(";") if s.strip()]
+        self.statements = [self._python(s.strip()) for s in operation.split(";") if s.strip()]
         self.name, self.options = name, tuple(options)
+
+    @classmethod
+    def _python(cls, statement):
+        """The C statement as Python: a local's type dropped, a ?: as where()."""
+        statement = cls.LOCAL.sub("", statement)
+        return cls.TERNARY.sub(r"\1 = where(\2, \3, \4)", statement)
 
     @staticmethod
     def _params(spec):
@@ -306,6 +318,40 @@ class ElementwiseKernel:
                 np.copyto(out, scope[name], casting="same_kind")
         count_launch("elementwise", self.name)
         return args[len(self.ins)] if len(self.outs) == 1 else args[len(self.ins):]
+
+
+class ReductionKernel:
+    """cupy.ReductionKernel(in_params, out_params, map_expr, reduce_expr, post_map_expr,
+    identity, name): the map expression run on the whole arrays as NumPy (as
+    ElementwiseKernel's bodies), then reduced with NumPy's sum (the one reduce_expr the
+    library writes, ``a + b``, identity 0, post_map_expr ``y = a``) over ``axis``; one
+    launch, of kind "reduction", named after the kernel. So ``(a * b).sum(axis)`` on the
+    host gives its result to the bit."""
+
+    def __init__(self, in_params, out_params, map_expr, reduce_expr, post_map_expr,
+                 identity, name="reduce_kernel", reduce_type=None, options=(), **kwargs):
+        if reduce_expr.replace(" ", "") != "a+b" or str(identity).strip() != "0":
+            raise NotImplementedError(f"the stand-in sums only (a + b, 0), not {reduce_expr!r}")
+        self.ins = ElementwiseKernel._params(in_params)
+        self.outs = ElementwiseKernel._params(out_params)
+        if post_map_expr.replace(" ", "") != f"{self.outs[0][1]}=a":
+            raise NotImplementedError(f"the stand-in's post map is y = a, not {post_map_expr!r}")
+        self.map_expr, self.name, self.options = map_expr, name, tuple(options)
+
+    def __call__(self, *args, axis=None, keepdims=False):
+        if len(args) != len(self.ins):
+            raise TypeError(f"{self.name} takes {len(self.ins)} inputs, got {len(args)}")
+        values = [_unwrap(a) for a in args]
+        types = {}
+        for (kind, _), v in zip(self.ins, values):
+            if isinstance(v, np.ndarray):
+                types.setdefault(kind, v.dtype)
+        scope = dict(ElementwiseKernel.FUNCTIONS)
+        for (kind, name), v in zip(self.ins, values):
+            scope[name] = v if isinstance(v, np.ndarray) else np.dtype(types.get(kind, kind)).type(v)
+        mapped = eval(self.map_expr, {"__builtins__": {}}, scope)
+        count_launch("reduction", self.name)
+        return _wrap(np.sum(mapped, axis=axis, keepdims=keepdims))
 
 
 def fuse(*args, kernel_name=None):

@@ -310,3 +310,22 @@ def test_the_reference_model_runs_on_the_gpu_as_on_the_cpu():
     if made is not None:
         assert made[np.dtype(np.float32)] > 50
         assert not {d: k for d, k in made.items() if d in (np.float64, np.complex128)}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decoder", [True, False])
+def test_the_fast_model_with_its_fused_kernels_runs_on_the_gpu_as_the_reference(decoder):
+    """The fast model on the GPU (its fused kernels, fast/fused.py, the first coupling a
+    fill, the whole batch one chunk) against the reference model on the CPU, float64."""
+    reference, _ = the_two_models(tiny_config(routing_iters=3, use_decoder=decoder))
+    fast_gpu = mc.CapsNet(reference.config, dtype="float64", device="gpu",
+                          params=reference.params, impl="fast")
+    rng = np.random.default_rng(4)
+    x, y = rng.uniform(0, 1, (3, 10, 10, 1)), rng.integers(0, 3, 3)
+    loss_r, grads_r, out_r = reference.loss_and_grads(x, y)
+    loss_f, grads_f, out_f = fast_gpu.loss_and_grads(x, y)
+    assert abs(loss_f - loss_r) <= 1e-10 * abs(loss_r)
+    for name in set(out_r) & {"lengths", "v", "coupling", "reconstruction"}:
+        assert_close(backend.to_numpy(out_f[name]), out_r[name], name)
+    for name in grads_r:
+        assert_close(backend.to_numpy(grads_f[name]), grads_r[name], name)

@@ -5,7 +5,8 @@ Each fast op computes the function of its reference twin in ``minicaps.ops`` (th
 compare them in float64 to 1e-10), only faster: the convolution in chunks of images or
 through the DFT (conv.py, conv_fft.py), predictions and routing a chunk of the batch at a
 time on every core with the logits laid out for BLAS (capsules.py), results written in
-place (inplace.py). docs/fast-path.md sets each trick beside the op it replaces.
+place (inplace.py), and on the GPU elementwise chains fused into one kernel each
+(fused.py). docs/fast-path.md sets each trick beside the op it replaces.
 
 This package holds every op the fast model calls: the fast twins, and the reference ops
 that need none (squash, lengths, primary capsules, dense, sigmoid, the losses), the same

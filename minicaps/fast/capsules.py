@@ -1,8 +1,8 @@
 """The capsule part of ops/capsules.py made fast: predictions written in place, routing
 with its logits laid out (N, J, I) in memory, every gradient to u_hat gathered into one
 product (outer_sums), and predictions + routing run a chunk of the batch at a time on
-every core (digit_capsules_forward). Squash, lengths and the primary capsules are the
-reference ops themselves.
+every core (digit_capsules_forward). Squash and the softmax's gradient are fused.py's: the
+reference ops on the CPU, one kernel each (and a reduction) on the GPU.
 
 Shape letters: N batch, I input capsules, J output capsules, D_in and D_out
 capsule dimensions. u (N, I, D_in), u_hat (N, I, J, D_out), v (N, J, D_out),
@@ -10,7 +10,9 @@ logits b and coupling c (N, I, J) (as views of (N, J, I) arrays).
 """
 from .. import backend
 from ..backend import get_xp
-from ..ops.capsules import SQUASH_EPS, squash_forward, squash_backward
+from ..ops.capsules import SQUASH_EPS
+from .fused import SHIFTED_EXP_KERNEL, squash_forward, squash_backward
+from .fused import softmax_backward as fused_softmax_backward
 from .inplace import matmul_into
 
 
@@ -54,14 +56,17 @@ def predictions_backward(du_hat, cache):
 def softmax_forward(b, axis=-1):
     """c = exp(b) / sum exp(b) along axis (shifted by the max for stability)."""
     xp = get_xp(b)
-    e = xp.exp(b - b.max(axis=axis, keepdims=True))
+    if backend.is_gpu_array(b):                         # exp(b - max) one kernel
+        e = SHIFTED_EXP_KERNEL(b, b.max(axis=axis, keepdims=True), xp.empty_like(b))
+    else:
+        e = xp.exp(b - b.max(axis=axis, keepdims=True))
     e /= e.sum(axis=axis, keepdims=True)
     return e
 
 
 def softmax_backward(dc, c, axis=-1):
-    """db = c * (dc - sum_k c_k dc_k)."""
-    return c * (dc - (c * dc).sum(axis=axis, keepdims=True))
+    """db = c * (dc - sum_k c_k dc_k) (on the GPU the sum and one kernel, fused.softmax_backward)."""
+    return fused_softmax_backward(dc, c, axis)
 
 
 def weighted_sum(c, u_hat):
@@ -120,15 +125,29 @@ def routing_forward(u_hat, iters=3, routing_grad="full", eps=SQUASH_EPS, couplin
     if iters < 1:
         raise ValueError(f"routing needs at least 1 iteration, got {iters}")
     N, I, J, D = u_hat.shape
-    b = xp.zeros((N, J, I), dtype=u_hat.dtype).transpose(0, 2, 1)
+    # On the GPU the first softmax, of b = 0, is the array 1/J that it computes (exp(0) = 1,
+    # the sum of J ones is J exactly): one fill instead of a fill and four launches, and
+    # b_2 = b_1 + a_1 is a_1 itself (only a zero's sign may differ, which no exp sees).
+    uniform = backend.is_gpu_array(u_hat)
+    b = None if uniform else xp.zeros((N, J, I), dtype=u_hat.dtype).transpose(0, 2, 1)
     steps = []
     for t in range(iters):
-        c = softmax_forward(b, axis=2)
+        c = uniform_coupling(u_hat) if b is None else softmax_forward(b, axis=2)
         v, sq = squash_forward(weighted_sum(c, u_hat), eps)
         steps.append((c, sq, v))
         if t < iters - 1:
-            b = b + agreement(u_hat, v)
+            a = agreement(u_hat, v)
+            b = a if b is None else b + a
     return (v, c), (u_hat, steps, routing_grad)
+
+
+def uniform_coupling(u_hat):
+    """softmax_forward(0) for the logits of u_hat (N, I, J, D): c = 1/J everywhere,
+    (N, I, J) laid out (N, J, I), as the division 1/J rounds in u_hat's dtype."""
+    xp = get_xp(u_hat)
+    N, I, J, _ = u_hat.shape
+    one_over_j = u_hat.dtype.type(1) / u_hat.dtype.type(J)
+    return xp.full((N, J, I), one_over_j, dtype=u_hat.dtype).transpose(0, 2, 1)
 
 
 def routing_backward(dv, cache):
@@ -153,7 +172,7 @@ def routing_backward(dv, cache):
             ds = squash_backward(weighted_sum(db, u_hat), sq)
             alphas.append(c)
             betas.append(ds)
-            db = db + softmax_backward(agreement(u_hat, ds), c, axis=2)
+            db = fused_softmax_backward(agreement(u_hat, ds), c, axis=2, before=db)
     return outer_sums(alphas, betas, like=u_hat)
 
 
@@ -198,8 +217,11 @@ def digit_capsules_forward(u, W, iters=3, routing_grad="full", eps=SQUASH_EPS, c
         return v, c, (rows, pred_cache, (steps, grad))
 
     parts = backend.parallel_map(one_chunk, capsule_chunks(u.shape[0], chunk, gpu), on_gpu=gpu)
-    v = xp.concatenate([v for v, _, _ in parts])
-    c = xp.concatenate([c for _, c, _ in parts])
+    if gpu and len(parts) == 1:                      # the whole batch: nothing to gather
+        v, c, _ = parts[0]
+    else:
+        v = xp.concatenate([v for v, _, _ in parts])
+        c = xp.concatenate([c for _, c, _ in parts])
     return (v, c), (u.shape, [cache for _, _, cache in parts])
 
 
@@ -208,17 +230,23 @@ def digit_capsules_backward(dv, cache):
     per chunk; dW sums over the chunks."""
     xp = get_xp(dv)
     u_shape, caches = cache
+    gpu = backend.is_gpu_array(dv)
     du = xp.empty(u_shape, dtype=dv.dtype)
 
     def one_chunk(chunk_cache):
+        nonlocal du
         rows, pred_cache, (steps, grad) = chunk_cache
         u_hat, _ = predictions_forward(*pred_cache)
         du_hat = routing_backward(dv[rows], (u_hat, steps, grad))
         del u_hat
-        du[rows], dW = predictions_backward(du_hat, pred_cache)
+        du_rows, dW = predictions_backward(du_hat, pred_cache)
+        if gpu and len(caches) == 1:                 # the whole batch: no copy into du
+            du = du_rows
+        else:
+            du[rows] = du_rows
         return dW
 
-    dWs = backend.parallel_map(one_chunk, caches, on_gpu=backend.is_gpu_array(dv))
+    dWs = backend.parallel_map(one_chunk, caches, on_gpu=gpu)
     dW = dWs[0]
     for d in dWs[1:]:
         dW += d

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import backend
 from ..backend import get_xp
+from .fused import RELU_BACKWARD_KERNEL
 
 
 def matmul_into(a, b, out):
@@ -31,4 +32,6 @@ def relu_forward(x, out=None):
 def relu_backward(dout, cache, out=None):
     """d max(0, x)/dx = 1 where x > 0, else 0 (0 at the kink). ``out=dout`` works in place."""
     xp = get_xp(dout)
+    if backend.is_gpu_array(dout):                      # one kernel, not a compare and a multiply
+        return RELU_BACKWARD_KERNEL(dout, cache, xp.empty_like(dout) if out is None else out)
     return xp.multiply(dout, cache > 0, out=out)

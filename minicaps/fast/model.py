@@ -18,10 +18,11 @@ import numpy as np
 from .. import backend
 from ..model import CapsNet, decoded_backward
 from . import conv_fft
-from . import (conv2d_forward, conv2d_backward, relu_forward, relu_backward, dense_backward,
-               sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
-               digit_capsules_forward, digit_capsules_backward, length_backward,
-               margin_loss_backward, mask_backward, reconstruction_loss_backward)
+from . import (conv2d_forward, conv2d_backward, relu_forward, relu_backward, dense_forward,
+               dense_backward, mask_forward, mask_backward, digit_capsules_forward,
+               digit_capsules_backward)
+from .fused import (primary_capsules_forward, primary_capsules_backward, sigmoid_forward,
+                    margin_length_backward, recon_sigmoid_backward)
 
 CONV_METHODS = ("auto", "gemm")
 
@@ -141,25 +142,47 @@ class FastCapsNet(CapsNet):
         return digit_capsules_forward(u, self.params["digit.W"], cfg.routing_iters,
                                       cfg.routing_grad, cfg.squash_eps, coupling)
 
+    def decode(self, v, mask):
+        """The decoder of CapsNet.decode, its ReLUs in place and its sigmoid one kernel on
+        the GPU (fused.sigmoid_forward)."""
+        cfg, p, caches = self.config, self.params, {}
+        if not cfg.use_decoder:
+            raise ValueError("this network has no decoder (use_decoder=False)")
+        r, caches["mask"] = mask_forward(v, mask)
+        n_dec = len(cfg.decoder_sizes) + 1
+        for k in range(1, n_dec + 1):
+            r, caches[f"dec{k}"] = dense_forward(r, p[f"dec{k}.W"], p[f"dec{k}.b"])
+            if k < n_dec:
+                r, caches[f"dec{k}.relu"] = relu_forward(r, out=r)
+        r, caches["sigmoid"] = sigmoid_forward(r)
+        return r, caches
+
     def backward(self, caches, free=False):
         """Gradients of the total loss for every parameter, from forward's caches.
         free=True drops each cache from the dict once it is used, so its memory comes
-        back during the backward pass (loss_and_grads does this)."""
+        back during the backward pass (loss_and_grads does this). On the GPU the margin
+        loss's, the lengths' and the mask's gradients are one kernel, the reconstruction
+        loss's and the sigmoid's another (fused.py)."""
         cfg, grads = self.config, {}
         take = caches.pop if free else caches.__getitem__
-        dlengths = margin_loss_backward(1.0, take("margin"))
-        dv = length_backward(dlengths, take("lengths"))
+        margin, lengths = take("margin"), take("lengths")
+        dv = None
         if cfg.use_decoder:
-            dr = reconstruction_loss_backward(cfg.recon_weight, take("recon"))
             sigmoid = take("sigmoid")
-            dr = sigmoid_backward(dr.reshape(sigmoid.shape), sigmoid)
+            dr = recon_sigmoid_backward(cfg.recon_weight, take("recon"), sigmoid)
             n_dec = len(cfg.decoder_sizes) + 1
             for k in range(n_dec, 0, -1):
                 if k < n_dec:
                     dr = relu_backward(dr, take(f"dec{k}.relu"), out=dr)
                 dr, grads[f"dec{k}.W"], grads[f"dec{k}.b"] = dense_backward(dr, take(f"dec{k}"))
-            dv = dv + decoded_backward(mask_backward(dr, take("mask")),
-                                       take("decoded_per_image"))
+            mask, per_image = take("mask"), take("decoded_per_image")
+            if per_image == 1:                  # dv of the margin, the lengths and the mask
+                dv = margin_length_backward(margin, lengths, dr, mask)
+            else:
+                dv = margin_length_backward(margin, lengths) + decoded_backward(
+                    mask_backward(dr, mask), per_image)
+        if dv is None:
+            dv = margin_length_backward(margin, lengths)
         du, grads["digit.W"] = digit_capsules_backward(dv, take("digit"))
         dh = primary_capsules_backward(du, take("caps"))
         del du
