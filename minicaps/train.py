@@ -396,12 +396,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         idx = order[k:k + batch_size]
         batch = augment_batch(images[idx], draws, k, len(idx), shift, crop)
         x, y = to_model_input(batch, model.dtype), labels[idx]
-        _, grads, out = model.loss_and_grads(x, y, check_values=False, host_losses=False)
-        optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
-        optimizer.step(model.params, grads)
-        if average is not None:
-            average.update(model.params, optimizer.t)
-        step += 1
+        step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y)
         pending.append((len(idx), out[name], out.get("reconstruction_loss"), step))
         correct = correct + (out["lengths"].argmax(axis=1) == y).sum()
         bar.update(len(idx))
@@ -413,14 +408,31 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         if show:
             bar.show(**{"running loss": totals["loss"] / seen,
                         "running acc": int(correct) / seen})
+    return step, _epoch_stats(totals, pending, model, int(correct), n, start, bar)
+
+
+def _step(model, optimizer, average, step, schedule, x, y, targets=None):
+    """One training step: the gradients, Adam at the scheduled rate (schedule: lr, decay
+    rate, decay steps), the average; returns (the step count after it, forward's out)."""
+    more = {} if targets is None else {"targets": targets}
+    _, grads, out = model.loss_and_grads(x, y, check_values=False, host_losses=False, **more)
+    optimizer.lr = learning_rate(step, *schedule)
+    optimizer.step(model.params, grads)
+    if average is not None:
+        average.update(model.params, optimizer.t)
+    return step + 1, out
+
+
+def _epoch_stats(totals, pending, model, correct, n, start, bar):
+    """The epoch's mean losses and accuracy, seconds and images per second (the pending
+    losses brought in first)."""
     _add_losses(totals, pending, model)
-    correct = int(correct)
     bar.close()
     seconds = time.perf_counter() - start
     stats = {key: value / n for key, value in totals.items()}
     stats.update(accuracy=correct / n, seconds=seconds,
                  images_per_second=n / seconds if seconds > 0 else None)
-    return step, stats
+    return stats
 
 
 def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_decay,
@@ -433,13 +445,8 @@ def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_de
     bar = Progress(n, desc, enabled=progress, log=log)
     for batch in multimnist.iterate_epoch(train.images, train.labels, pairs, batch_size, rng):
         x, y, targets = _pair_batch(model, batch.images, batch.labels, batch.digits)
-        _, grads, out = model.loss_and_grads(x, y, targets=targets, check_values=False,
-                                             host_losses=False)
-        optimizer.lr = learning_rate(step, lr, lr_decay, decay_steps)
-        optimizer.step(model.params, grads)
-        if average is not None:
-            average.update(model.params, optimizer.t)
-        step += 1
+        step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y,
+                          targets)
         pending.append((len(y), out[name], out.get("reconstruction_loss"), step))
         correct += multimnist.pair_scores(out["lengths"], y)["both"] * len(y)
         bar.update(len(y))
@@ -448,13 +455,7 @@ def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_de
             seen += _add_losses(totals, pending, model)
         if show:
             bar.show(**{"running loss": totals["loss"] / seen, "running acc": correct / seen})
-    _add_losses(totals, pending, model)
-    bar.close()
-    seconds = time.perf_counter() - start
-    stats = {key: value / n for key, value in totals.items()}
-    stats.update(accuracy=correct / n, seconds=seconds,
-                 images_per_second=n / seconds if seconds > 0 else None)
-    return step, stats
+    return step, _epoch_stats(totals, pending, model, correct, n, start, bar)
 
 
 class DivergedError(ValueError):

@@ -352,18 +352,25 @@ def _one(x_np, k):
     return x_np[k, ..., 0] if x_np.shape[-1] == 1 else x_np[k]
 
 
+def _two_row_grid(n, title_inches, dpi):
+    """A figure of n cells in columns of up to 8, each an input over a picture made from
+    it: (figure, axes (2 rows, cols), cols), 1.5 x 3 inches a cell, axes off."""
+    cols = min(n, 8)
+    rows = math.ceil(n / cols)
+    fig = _figure(1.5 * cols, 3.0 * rows + title_inches, dpi)
+    axes = fig.subplots(2 * rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    return fig, axes, cols
+
+
 def plot_reconstructions(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None):
     """Inputs (top) over their reconstructions (below), titled with the true and the
     predicted class. n images in columns of up to 8: (1.5 cols) x (3 rows + 0.5) inches."""
     x_np = backend.to_numpy(_batch(model, x))
     preds, recons = reconstructions(model, x_np)
     n = len(preds)
-    cols = min(n, 8)
-    rows = math.ceil(n / cols)
-    fig = _figure(1.5 * cols, 3.0 * rows + 0.5, dpi)
-    axes = fig.subplots(2 * rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes, cols = _two_row_grid(n, 0.5, dpi)
     for k in range(n):
         r, c = divmod(k, cols)
         truth = "?" if labels is None else int(labels[k])
@@ -382,12 +389,7 @@ def plot_pairs(model, x, labels, path, dpi=100, weights=None, notes=(), warn=Non
     x_np = backend.to_numpy(_batch(model, x))
     preds, recons = pair_reconstructions(model, x_np)
     n = len(preds)
-    cols = min(n, 8)
-    rows = math.ceil(n / cols)
-    fig = _figure(1.5 * cols, 3.0 * rows + 0.6, dpi)
-    axes = fig.subplots(2 * rows, cols, squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
+    fig, axes, cols = _two_row_grid(n, 0.6, dpi)
     for k in range(n):
         r, c = divmod(k, cols)
         truth = sorted(int(t) for t in labels[k])
