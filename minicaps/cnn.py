@@ -42,7 +42,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import backend
-from .model import CapsNet, DTYPES, _is_int, _is_real
+from .model import CapsNet, DTYPES, _is_int, _is_real, glorot_uniform
 from .ops import (dense_forward, dense_backward, relu_forward, relu_backward, softmax_forward,
                   conv2d_same_forward, conv2d_same_backward, max_pool_forward,
                   max_pool_backward, dropout_forward, dropout_backward,
@@ -182,10 +182,7 @@ def init_params(config, seed=0, dtype="float32"):
         if name.endswith(".b"):
             p = np.zeros(shape)
         else:
-            fan_in = math.prod(shape[:-1])
-            fan_out = shape[-1] * (math.prod(shape[:-2]) if len(shape) == 4 else 1)
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            p = rng.uniform(-limit, limit, size=shape)
+            p = glorot_uniform(shape, rng)
         params[name] = p.astype(dtype)
     return params
 

@@ -199,12 +199,18 @@ def init_params(config, seed=0, dtype="float32"):
         elif name == "digit.W":
             p = rng.normal(0.0, 0.01, size=shape)
         else:
-            fan_in = math.prod(shape[:-1])
-            fan_out = shape[-1] * (math.prod(shape[:-2]) if len(shape) == 4 else 1)
-            limit = math.sqrt(6.0 / (fan_in + fan_out))
-            p = rng.uniform(-limit, limit, size=shape)
+            p = glorot_uniform(shape, rng)
         params[name] = p.astype(dtype)
     return params
+
+
+def glorot_uniform(shape, rng):
+    """Weights uniform in +-sqrt(6 / (fan_in + fan_out)) (Glorot & Bengio), as TensorFlow
+    initialises dense (D_in, D_out) and convolution (kh, kw, C_in, C_out) kernels."""
+    fan_in = math.prod(shape[:-1])
+    fan_out = shape[-1] * (math.prod(shape[:-2]) if len(shape) == 4 else 1)
+    limit = math.sqrt(6.0 / (fan_in + fan_out))
+    return rng.uniform(-limit, limit, size=shape)
 
 
 class CapsNet:
