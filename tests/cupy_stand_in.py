@@ -93,6 +93,100 @@ def _raw_arrays(values):
             yield from _raw_arrays(v)
 
 
+# What real CuPy launches around a matrix product besides it (see _matmul_launches):
+# (place in the library, operand "a"/"b"/"out" copied or "ptrs" for the pointer arrays,
+# shape, strides in elements) -> how many kernels; tests and reports read it.
+matmul_copies = collections.Counter()
+
+
+def _caller():
+    """file:line of the innermost frame in the library (minicaps/) that led here, and of
+    its caller when that is a helper (fast/inplace.py's matmul_into)."""
+    frame, places = sys._getframe(1), []
+    while frame is not None:
+        path = frame.f_code.co_filename.replace("\\", "/")
+        if "/minicaps/" in path:
+            places.append(f"{path[path.rindex('/minicaps/') + 1:]}:{frame.f_lineno}")
+            if not path.endswith("/inplace.py"):
+                break
+        frame = frame.f_back
+    return " <- ".join(places) or "?"
+
+
+def _elements(a):
+    return tuple(s // a.itemsize for s in a.strides)
+
+
+def _matmul_launches(a, b, out=None):
+    """The kernels real CuPy launches for matmul(a, b, out=out) besides the product itself,
+    as [(kind, name, operand)], following cupy/_core/_routines_linalg.pyx (CuPy 13 to 15,
+    checked against cupy/cupy 6b6d956, 15.0.0a1; cupy.matmul is the _GUFunc of
+    cupy/linalg/_product.py, whose _try_fastcall_matmul calls _core.matmul directly):
+
+    * both operands at most 2-D: matmul() calls dot(a, b, out) -> tensordot_core(), which
+      hands each operand, as the (k, n) / (k, m) matrix cuBLAS reads, to
+      _mat_to_cublas_contiguous(): used as it is (transposed or not) when C- or
+      F-contiguous, otherwise ``a.copy()``: one copy kernel. So a 2-D operand is copied
+      unless it is C- or F-contiguous (a transposed view is free, a sliced one is not).
+      An ``out`` that is not C-contiguous (or of another dtype) gets a fresh C result
+      and elementwise_copy(c, out) (matmul(), ndim <= 2 branch); one that may share
+      memory bounds with an operand the same (tensordot_core, copy_to_out).
+    * either operand 3-D or more (batched): matmul() calls ``ascontiguousarray(a, dtype)``
+      and ``ascontiguousarray(b, dtype)`` (cupy/_core/core.pyx: returns the array itself
+      only when C-contiguous and of the dtype, else elementwise_copy to a new one): one
+      copy per operand that is not C-contiguous -- F-contiguous or transposed views are
+      copied too, cuBLAS is called with transa = transb = 0. Operands of fewer dimensions
+      get leading axes of length 1 first (views; contiguity as NumPy's relaxed flags,
+      CuPy's internal.get_c_contiguity likewise ignores axes of length 1). ``out`` is
+      written directly only when C-contiguous, of the dtype and not sharing bounds with
+      the (possibly copied) operands; otherwise a fresh c and elementwise_copy(c, out).
+      When a batch axis is broadcast (length 1 in one operand, > 1 in the result) the
+      product is sgemmBatched on pointer arrays, and _mat_ptrs() builds each of the three
+      (a, b, c) with the cupy_mat_ptrs ElementwiseKernel, once per batch axis: 3 * (ndim -
+      2) elementwise kernels; without broadcasting gemmStridedBatchedEx needs none.
+
+    Only what the library's float paths reach is modelled (no integer kernels, no float16
+    casts, no 1 x 1 products, which CuPy turns into a reduction)."""
+    launches_ = []
+    one_d = a.ndim == 1, b.ndim == 1
+    a2 = a.reshape(1, -1) if one_d[0] else a
+    b2 = b.reshape(-1, 1) if one_d[1] else b
+    dtype = np.promote_types(a.dtype, b.dtype)
+    fresh = []
+    if max(a.ndim, b.ndim) <= 2:
+        for operand, m in (("a", a2), ("b", b2)):
+            if not (m.flags.c_contiguous or m.flags.f_contiguous):
+                launches_.append(("copy", "matmul_operand_copy", operand))
+                fresh.append(operand)
+    else:
+        for operand, m in (("a", a2), ("b", b2)):
+            if not m.flags.c_contiguous or m.dtype != dtype:
+                launches_.append(("copy", "matmul_operand_copy", operand))
+                fresh.append(operand)
+        ndim = max(a2.ndim, b2.ndim)
+        sa = (1,) * (ndim - a2.ndim) + a2.shape[:-2]
+        sb = (1,) * (ndim - b2.ndim) + b2.shape[:-2]
+        if any(x != y and 0 not in (x, y) for x, y in zip(sa, sb)):
+            launches_ += [("elementwise", "cupy_mat_ptrs", "ptrs")] * (3 * (ndim - 2))
+    if out is not None:
+        shares = any(np.may_share_memory(out, m) for operand, m in (("a", a), ("b", b))
+                     if operand not in fresh)
+        if not out.flags.c_contiguous or out.dtype != dtype or shares:
+            launches_.append(("copy", "matmul_out_copy", "out"))
+    return launches_
+
+
+def _count_matmul(a, b, out=None):
+    """The product's launch and the copies (and pointer arrays) CuPy makes around it."""
+    count_launch("matmul", "matmul")
+    arrays = {"a": a, "b": b, "out": out}
+    for kind, name, operand in _matmul_launches(a, b, out):
+        count_launch(kind, name)
+        m = arrays.get(operand)
+        matmul_copies[(_caller(), operand, None if m is None else m.shape,
+                       None if m is None else _elements(m))] += 1
+
+
 def count_launch(kind, name):
     """One kernel of ``kind`` launched by operation ``name`` (or the planted failure)."""
     if kind in broken:
@@ -104,6 +198,10 @@ def count_launch(kind, name):
 def _count_call(fn, args, kwargs, result, this=None, kind=None):
     """Count the kernel (if any) that CuPy launches for ``fn(*args, **kwargs) -> result``,
     all NumPy data already; ``this``: the array a method was called on."""
+    if fn is np.matmul:
+        out = kwargs.get("out")
+        _count_matmul(*args[:2], out[0] if isinstance(out, tuple) else out)
+        return
     if isinstance(fn, np.ufunc):
         count_launch("matmul" if fn is np.matmul else "elementwise", fn.__name__)
         return
@@ -169,6 +267,9 @@ class ndarray(NDArrayOperatorsMixin):
         if out is not None:
             kwargs["out"] = tuple(_unwrap(o) for o in out)
         result = getattr(ufunc, method)(*_unwrap(inputs), **kwargs)
+        if ufunc is np.matmul and method == "__call__":
+            _count_matmul(*_unwrap(inputs), kwargs["out"][0] if out is not None else None)
+            return out[0] if out is not None else _wrap(result)
         count_launch("matmul" if ufunc is np.matmul else
                      "elementwise" if method in ("__call__", "outer", "at") else "reduction",
                      ufunc.__name__ if method == "__call__" else f"{ufunc.__name__}.{method}")
