@@ -119,8 +119,8 @@ def _elements(a):
 
 def _matmul_launches(a, b, out=None):
     """The kernels real CuPy launches for matmul(a, b, out=out) besides the product itself,
-    as [(kind, name, operand)], following cupy/_core/_routines_linalg.pyx (CuPy 13 to 15,
-    checked against cupy/cupy 6b6d956, 15.0.0a1; cupy.matmul is the _GUFunc of
+    as [(kind, name, operand)], following cupy/_core/_routines_linalg.pyx (read at cupy/cupy
+    v14.0.0rc1, v14.0.1 and 6b6d956 = 15.0.0a1, the same there; CuPy 13 not read; cupy.matmul is the _GUFunc of
     cupy/linalg/_product.py, whose _try_fastcall_matmul calls _core.matmul directly):
 
     * both operands at most 2-D: matmul() calls dot(a, b, out) -> tensordot_core(), which
