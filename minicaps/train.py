@@ -571,6 +571,13 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     if pairs and shift:
         raise ValueError("MultiMNIST's pairs are shifted by up to 4 pixels as they are made: "
                          "give shift=0 (--shift 0)")
+    if pairs and flip:
+        raise ValueError("MultiMNIST's digits are not mirrored: give no --flip")
+    if pairs and (model not in (None, "capsnet") or
+                  (config is not None and model_kind(config) != "capsnet")):
+        raise ValueError("MultiMNIST trains a CapsNet (two classes present, each digit "
+                         "reconstructed from its own capsule); the CNN baseline of Table 1 "
+                         "is not built for pairs here: give --model capsnet")
     train_set, val_set, test_set = prepare_data(data, dataset, data_root, limit_train,
                                                 limit_test, val_size, seed, crop)
     settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,

@@ -102,3 +102,13 @@ def test_the_cli_trains_evaluates_and_plots_pairs(tmp_path, capsys, monkeypatch)
     assert "pairs.png" in printed and "curves.png" in printed
     assert cli.main(["plot", str(out / "last.npz"), "--kind", "confusion"]) == 2
     assert "need one digit a picture" in capsys.readouterr().err
+
+
+def test_flips_and_the_cnn_are_refused_for_pairs(tmp_path):
+    with pytest.raises(ValueError, match="not mirrored"):
+        run(tmp_path, "c", flip=True)
+    from minicaps.gradcheck import tiny_cnn_config
+    with pytest.raises(ValueError, match="trains a CapsNet"):
+        train(tiny_cnn_config(input_shape=(36, 36, 1), num_classes=10), epochs=1,
+              out_dir=tmp_path / "d", batch_size=16, lr=0.01, shift=0, data=pairs_data(),
+              **QUIET)
