@@ -472,7 +472,7 @@ def build_parser():
     p.set_defaults(func=cmd_gradcheck)
 
     p = sub.add_parser(
-        "train", formatter_class=defaults, help="train a CapsNet on MNIST or Fashion-MNIST",
+        "train", formatter_class=defaults, help="train a CapsNet (or the CNN baseline) on a dataset or your own images",
         description="Train the paper's CapsNet (3 routing iterations, decoder, margin loss) "
                     "with Adam, learning rate lr * 0.96^(step/2000) and random shifts of up to "
                     "2 pixels. Each epoch prints the test accuracy, appends a line to "
@@ -624,12 +624,14 @@ def build_parser():
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(
-        "predict", help="classify your own picture of a digit",
+        "predict", help="classify your own picture (a digit, or an image like the training data)",
         description="Read a picture (PNG or anything Pillow reads; any size, gray, RGB or "
-                    "RGBA), prepare it like MNIST (gray, white ink on black, cropped to the ink, "
-                    "fitted into 20x20 keeping the aspect ratio, centred by centre of mass in "
-                    "28x28) and print the length of every class capsule (a CNN baseline: "
-                    "the probability of every class) and the predicted class. Needs "
+                    "RGBA), prepare it as the network's training images were (for MNIST and "
+                    "Fashion-MNIST: gray, white ink on black, cropped to the ink, fitted into "
+                    "20x20 keeping the aspect ratio, centred by centre of mass in 28x28; for "
+                    "other data: resized to its size and colour, centre-cropped where it was "
+                    "cropped) and print the length of every class capsule (a CNN baseline: "
+                    "the probability of every class) and the predicted class, by name. Needs "
                     "Pillow: pip install \"minicaps[viz]\".")
     p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
                    help="a .npz file written by train (or by export-weights)")
