@@ -82,8 +82,11 @@ def cmd_train(args):
     config = config_for_data(data, crop, preset.get("model", "capsnet"), **fields)
     network = ("" if args.model == "capsnet" else
                f"the CNN baseline (--preset {args.preset}, {config.num_params():,} parameters) ")
-    print(f"training {network}on {data.name or args.dataset} ({len(data.y_train)} training "
-          f"images, {config.num_classes} classes, input "
+    pairs = (data.info or {}).get("pairs_per_digit")
+    seen = (f"{len(data.y_train)} training digits, {len(data.y_train) * pairs} pairs an epoch"
+            if pairs else f"{len(data.y_train)} training images")
+    print(f"training {network}on {data.name or args.dataset} ({seen}, "
+          f"{config.num_classes} classes, input "
           f"{'x'.join(map(str, config.input_shape))}), writing to {out}")
     try:
         result = train(config, epochs=args.epochs, out_dir=out, batch_size=args.batch_size,

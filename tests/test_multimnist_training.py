@@ -91,6 +91,7 @@ def test_the_cli_trains_evaluates_and_plots_pairs(tmp_path, capsys, monkeypatch)
                      "20", "--pairs-per-digit", "2", "--out", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "input 36x36x1" in printed and "epoch 1/1" in printed
+    assert "40 training digits, 80 pairs an epoch" in printed
     metrics = json.loads((out / "metrics.jsonl").read_text())
     assert metrics["step"] == 4                              # 40 digits x 2 pairs / 20
     assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
