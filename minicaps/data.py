@@ -42,6 +42,19 @@ class DataNotFoundError(DataError):
     """The files are not on disk, and downloading is off or every mirror failed."""
 
 
+def read_exactly(f, n_bytes, path, what):
+    """Read ``n_bytes`` from a stream in pieces (memory follows the data, not a header's
+    promise); a DataError naming the file if it ends early."""
+    data = bytearray()
+    while len(data) < n_bytes:
+        chunk = f.read(min(_CHUNK, n_bytes - len(data)))
+        if not chunk:
+            raise DataError(f"{path}: truncated: {what} needs {n_bytes} bytes, "
+                            f"the stream ends after {len(data)}")
+        data += chunk
+    return data
+
+
 def read_idx(path, max_bytes=MAX_IDX_BYTES):
     """Read an IDX file (gzip-compressed or not) into an array of its native dtype.
 
@@ -95,13 +108,7 @@ def _parse_idx(f, path, file_size, max_bytes):
         what = "truncated" if have < n_bytes else f"{have - n_bytes} bytes of extra data"
         raise DataError(f"{path}: {what}: shape {dims} needs {n_bytes} data bytes, "
                         f"the file has {have}")
-    data = bytearray()
-    while len(data) < n_bytes:
-        chunk = f.read(min(_CHUNK, n_bytes - len(data)))
-        if not chunk:
-            raise DataError(f"{path}: truncated: shape {dims} needs {n_bytes} data bytes, "
-                            f"the stream ends after {len(data)}")
-        data += chunk
+    data = read_exactly(f, n_bytes, path, f"shape {dims}")
     if f.read(1):
         raise DataError(f"{path}: extra data after the {n_bytes} bytes that shape {dims} needs")
     digest = hashlib.sha256(magic + dims_raw)

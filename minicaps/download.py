@@ -10,6 +10,7 @@ import os
 import tempfile
 
 from .data import DOWNLOAD_TIMEOUT, ChecksumError, DataError, DataNotFoundError  # noqa: F401
+from .data import read_exactly  # noqa: F401  (the readers of every format use it)
 
 _CHUNK = 1 << 24        # read and hash in 16 MiB pieces
 
@@ -112,14 +113,3 @@ def check_size(path, limit, dataset):
     return size
 
 
-def read_exactly(f, n_bytes, path, what):
-    """Read ``n_bytes`` from a stream in pieces (memory follows the data, not a header's
-    promise); a DataError naming the file if it ends early."""
-    data = bytearray()
-    while len(data) < n_bytes:
-        chunk = f.read(min(_CHUNK, n_bytes - len(data)))
-        if not chunk:
-            raise DataError(f"{path}: truncated: {what} needs {n_bytes} bytes, "
-                            f"the stream ends after {len(data)}")
-        data += chunk
-    return data
