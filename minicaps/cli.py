@@ -431,6 +431,15 @@ def add_data_options(p):
                    help="evaluate on the first N test images only (default: all 10000)")
 
 
+def add_checkpoint_options(p):
+    """CHECKPOINT or --pretrained: the network evaluate, plot and predict read (_load)."""
+    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
+                   help="a .npz file written by train (or by export-weights)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="use the network that ships with minicaps (the paper's, trained on "
+                        "MNIST) instead of a CHECKPOINT")
+
+
 def add_folder_options(p):
     p.add_argument("--data-dir", metavar="DIR", type=folder, default=None,
                    help="your own images: DIR holds one subfolder per class (DIR/cat/*.png, "
@@ -578,11 +587,7 @@ def build_parser():
         description="Load a checkpoint and print its accuracy, margin loss and reconstruction "
                     "loss on the test set (decoder masked by the predicted class); for a CNN "
                     "baseline its accuracy and cross-entropy.")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
-                   help="a .npz file written by train (or by export-weights)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="use the network that ships with minicaps (the paper's, trained on "
-                        "MNIST) instead of a CHECKPOINT")
+    add_checkpoint_options(p)
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
@@ -604,11 +609,7 @@ def build_parser():
                     "the checkpoint), confusion (confusion matrix on the test set). A CNN "
                     "baseline has no capsules: curves and confusion only. Needs "
                     "matplotlib: pip install \"minicaps[viz]\".")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
-                   help="a .npz file written by train (or by export-weights)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="use the network that ships with minicaps (the paper's, trained on "
-                        "MNIST) instead of a CHECKPOINT")
+    add_checkpoint_options(p)
     p.add_argument("--kind", choices=PLOT_KINDS, action="append", default=None,
                    help="what to draw; repeat for several (default: all, curves only if "
                         "metrics.jsonl is there)")
@@ -636,11 +637,7 @@ def build_parser():
                     "cropped) and print the length of every class capsule (a CNN baseline: "
                     "the probability of every class) and the predicted class, by name. Needs "
                     "Pillow: pip install \"minicaps[viz]\".")
-    p.add_argument("checkpoint", metavar="CHECKPOINT", nargs="?", default=None,
-                   help="a .npz file written by train (or by export-weights)")
-    p.add_argument("--pretrained", action="store_true",
-                   help="use the network that ships with minicaps (the paper's, trained on "
-                        "MNIST) instead of a CHECKPOINT")
+    add_checkpoint_options(p)
     p.add_argument("image", metavar="IMAGE", help="the picture, e.g. digit.png")
     p.add_argument("--save-reconstruction", metavar="PNG", default=None,
                    help="also write what the network saw beside the decoder's reconstruction "
