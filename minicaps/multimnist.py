@@ -233,7 +233,15 @@ def pair_scores(lengths, labels):
     if lengths.ndim != 2 or labels.ndim != 2 or labels.shape != (lengths.shape[0], 2):
         raise ValueError(f"need lengths (N, J) and labels (N, 2), got {tuple(lengths.shape)} "
                          f"and {tuple(labels.shape)}")
-    top2 = xp.argsort(-lengths, axis=1)[:, :2]                             # (N, 2)
-    hits = (top2[:, :, None] == labels[:, None, :]).any(axis=2).sum(axis=1)  # 0, 1 or 2
+    hits = pair_hits(lengths, labels)
     both, some = (float(v) for v in to_numpy(xp.stack([(hits == 2).mean(), (hits >= 1).mean()])))
     return {"both": both, "one or more": some, "n": int(lengths.shape[0])}
+
+
+def pair_hits(lengths, labels):
+    """How many of each pair's two labels are among its two longest capsules: (N,) of 0, 1
+    or 2, on the device the lengths are on (no wait for the host)."""
+    from .backend import get_xp
+    xp = get_xp(lengths)
+    top2 = xp.argsort(-lengths, axis=1)[:, :2]                             # (N, 2)
+    return (top2[:, :, None] == labels[:, None, :]).any(axis=2).sum(axis=1)
