@@ -16,9 +16,12 @@ PRESETS = {"paper": {"config": {}, "epochs": 1, "lr": 1e-3},
 # data's input size and classes: "paper", three 5x5 SAME convolutions of 256, 256, 128
 # channels, fc 328-192, dropout (35.4 M parameters at 28x28); "pooled", a 2x2 max-pool
 # after conv1 and conv2 and fc 847-192 (the affNIST experiment's baseline: CapsNet's size
-# at 40x40, 7.9 M parameters at 28x28). "model" is train()'s name of the network.
+# at 40x40, 7.9 M parameters at 28x28); "released", the authors' released baseline, 5x5
+# convolutions of 512 and 256 channels each with a 2x2 max-pool, fc 1024 (Table 1's
+# MultiMNIST CNN: 24.5 M parameters at 36x36). "model" is train()'s name of the network.
 CNN_PRESETS = {"paper": {"model": "cnn", "config": {}, "epochs": 1, "lr": 1e-3},
-               "pooled": {"model": "cnn-pooled", "config": {}, "epochs": 1, "lr": 1e-3}}
+               "pooled": {"model": "cnn-pooled", "config": {}, "epochs": 1, "lr": 1e-3},
+               "released": {"model": "cnn-released", "config": {}, "epochs": 1, "lr": 1e-3}}
 MODELS = ("capsnet", "cnn")                       # --model
 PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion",
               "pairs")
@@ -251,8 +254,9 @@ def cmd_plot(args):
             raise ValueError(f"{args.checkpoint} was trained on MultiMNIST pairs: "
                              f"{', '.join(single)} need one digit a picture; give --kind "
                              f"pairs or --kind curves")
+        capsnet = model_kind(ckpt.model) == "capsnet"     # a CNN draws no pairs (no decoder)
         kinds = [k for k in kinds if k in PAIR_KINDS] if args.kind else (
-            ["pairs"] + (["curves"] if metrics.exists() else []))
+            (["pairs"] if capsnet else []) + (["curves"] if metrics.exists() else []))
     elif args.kind and "pairs" in args.kind:
         raise ValueError("--kind pairs draws MultiMNIST pairs: it needs a network trained "
                          "with --dataset multimnist")
@@ -505,7 +509,9 @@ def build_parser():
                         "CapsNet (64 conv1 channels, 16 primary maps) at lr 0.002 for 2 "
                         "epochs, 99%% in minutes; pooled (--model cnn): the max-pooling "
                         "baseline of the affNIST experiment, a 2x2 max-pool after conv1 and "
-                        "conv2, fc 847-192 (default: paper)")
+                        "conv2, fc 847-192; released (--model cnn): the authors' released "
+                        "baseline, Table 1's for MultiMNIST, 512-256 5x5 convolutions each "
+                        "with a 2x2 max-pool, fc 1024 (default: paper)")
     p.add_argument("--epochs", type=nonnegative_int, default=None,
                    help="train until this many epochs are done in all (with --resume: "
                         "counting those in the checkpoint) (default: 1; 2 with --preset quick)")

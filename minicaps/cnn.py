@@ -31,9 +31,19 @@ has 7,942,617 parameters (CapsNet: 8,215,568). The authors' released baseline
 (tensorflow/models, research/capsules/models/conv_model.py) is another such network:
 5x5 convolutions of 512 and 256 channels, each followed by a 2x2 max-pool, fc 1024, fc 10.
 
+CNNConfig.released(), the MultiMNIST baseline of Table 1: that released network, 5x5 SAME
+convolutions of 512 and 256 channels each followed by a 2x2 max-pool, fc 1024, no dropout:
+24,535,306 parameters at 36 x 36 (the paper: "24.56M parameters", against CapsNet's
+11.36M). For pairs it is trained with both labels in its cross-entropy (T = 1/2 on each,
+ops/cnn_layers.py) and read as CapsNet is: right when its two most probable classes are
+the two labels.
+
 Parameters live in one dict keyed by name ("conv1.W", "fc1.b", "softmax.W", ...), like
 CapsNet's, so Adam, the parameter average and the gradient checker walk the same keys.
-There is one implementation, the reference ops (minicaps.ops and ops/cnn_layers.py).
+Two implementations, as for CapsNet: BaselineCNN(config, impl="reference") composes the
+reference ops (minicaps.ops and ops/cnn_layers.py), read it to learn the network; the
+default impl="fast" (minicaps/fast/cnn.py) swaps in the fast convolution (im2col + GEMM in
+chunks, or the DFT route), the same function to rounding (tests/test_cnn.py).
 """
 import math
 from dataclasses import dataclass, asdict, fields
@@ -42,7 +52,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import backend
-from .model import CapsNet, DTYPES, _is_int, _is_real, glorot_uniform
+from .model import CapsNet, DTYPES, IMPLS, _is_int, _is_real, glorot_uniform
 from .ops import (dense_forward, dense_backward, relu_forward, relu_backward, softmax_forward,
                   conv2d_same_forward, conv2d_same_backward, max_pool_forward,
                   max_pool_backward, dropout_forward, dropout_backward,
@@ -81,6 +91,13 @@ class CNNConfig:
         count at 40 x 40: 13,471,833 (see the module's docstring for the choice)."""
         return cls(**{"input_shape": (40, 40, 1), "pool_after": (1, 2),
                       "fc_sizes": (847, 192), **overrides})
+
+    @classmethod
+    def released(cls, **overrides):
+        """The authors' released baseline, Table 1's MultiMNIST CNN: 24,535,306 parameters
+        at 36 x 36 (see the module's docstring)."""
+        return cls(**{"input_shape": (36, 36, 1), "conv_channels": (512, 256),
+                      "pool_after": (1, 2), "fc_sizes": (1024,), "dropout": 0.0, **overrides})
 
     def __post_init__(self):
         for name in ("input_shape", "conv_channels", "pool_after", "fc_sizes"):
@@ -206,10 +223,21 @@ class BaselineCNN:
     long as it knows both (a checkpoint keeps them). ``dropout_step`` counts the training
     passes (the next one uses it); loss_and_grads(step=t) uses t and sets it to t + 1.
     """
-    impl = "reference"     # one implementation: the reference ops
+    impl = "reference"     # the reference ops; BaselineCNN(config) builds fast.cnn's twin
     loss_terms = ("cross_entropy",)     # the loss's terms, as out and the metrics name them
 
-    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None):
+    def __new__(cls, *args, impl="fast", **kwargs):
+        if impl not in IMPLS:
+            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+        if cls is BaselineCNN and impl == "fast":
+            from .fast.cnn import FastBaselineCNN
+            cls = FastBaselineCNN
+        elif impl != cls.impl:
+            raise ValueError(f"{cls.__name__} is impl={cls.impl!r}, not {impl!r}")
+        return super().__new__(cls)
+
+    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None, *,
+                 impl="reference"):
         self.config = config if config is not None else CNNConfig()
         if not isinstance(self.config, CNNConfig):
             raise ValueError(f"BaselineCNN needs a CNNConfig, got {type(self.config).__name__}")
@@ -226,9 +254,20 @@ class BaselineCNN:
         self.set_params(params)
 
     # ------------------------------------------------------------ forward / backward
+    # The convolution, as a method so that the fast twin can swap it (fast/cnn.py).
+    def conv_forward(self, x, W, b, training=False):
+        return conv2d_same_forward(x, W, b)
+
+    def conv_backward(self, dout, cache, need_dx=True):
+        return conv2d_same_backward(dout, cache)
+
     def forward(self, x, y=None, *, training=False, step=None, check_values=True,
-                host_losses=True):
+                host_losses=True, targets=None):
         """Run the network: (out, caches), out as in the class's docstring.
+
+        y: labels (N,), or (N, 2) for MultiMNIST's pairs (both in the cross-entropy).
+        ``targets``, the pictures a CapsNet's decoder redraws, are accepted and unused:
+        the CNN reconstructs nothing.
 
         ``training``: dropout on, with the mask of training step ``step`` (default
         dropout_step; forward itself never advances it). check_values and host_losses
@@ -240,7 +279,8 @@ class BaselineCNN:
         h = self._check_x(x, check_values)
         N = h.shape[0]
         for l, (*_, pooled) in enumerate(cfg.conv_layers(), start=1):
-            h, caches[f"conv{l}"] = conv2d_same_forward(h, p[f"conv{l}.W"], p[f"conv{l}.b"])
+            h, caches[f"conv{l}"] = self.conv_forward(h, p[f"conv{l}.W"], p[f"conv{l}.b"],
+                                                      training)
             h, caches[f"relu{l}"] = relu_forward(h)
             if pooled:
                 h, caches[f"pool{l}"] = max_pool_forward(h)
@@ -285,13 +325,15 @@ class BaselineCNN:
             if l in cfg.pool_after:
                 dh = max_pool_backward(dh, caches[f"pool{l}"])
             dh = relu_backward(dh, caches[f"relu{l}"])
-            dh, grads[f"conv{l}.W"], grads[f"conv{l}.b"] = conv2d_same_backward(
-                dh, caches[f"conv{l}"])
+            dh, grads[f"conv{l}.W"], grads[f"conv{l}.b"] = self.conv_backward(
+                dh, caches[f"conv{l}"], need_dx=l > 1)     # no one needs the image's gradient
         return {name: grads[name] for name in self.params}
 
-    def loss_and_grads(self, x, y, *, check_values=True, host_losses=True, step=None):
+    def loss_and_grads(self, x, y, *, check_values=True, host_losses=True, step=None,
+                       targets=None):
         """(loss, grads, out) of one training pass, dropout on: the mask of ``step``
-        (default dropout_step), after which dropout_step is step + 1."""
+        (default dropout_step), after which dropout_step is step + 1. ``targets``: unused,
+        as in forward."""
         if y is None:
             raise ValueError("loss_and_grads needs labels y")
         step = self.dropout_step if step is None else step
@@ -342,7 +384,7 @@ class BaselineCNN:
     def with_params(self, params):
         """A model like this one (seed, dtype, device) holding ``params``."""
         return type(self)(self.config, seed=self.seed, dtype=self.dtype, device=self.device,
-                          params=params)
+                          params=params, impl=self.impl)
 
     def batch_bytes(self, batch_size, training=True):
         """About the most memory one step over ``batch_size`` images takes beyond the

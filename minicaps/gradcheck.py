@@ -201,10 +201,12 @@ def cnn_op_cases(rng, device="cpu"):
     """Cases like op_cases for the layers of the CNN baseline (minicaps/ops/cnn_layers.py):
     zero padding, SAME convolution (an odd and an even kernel, which pads one more zero
     after), 2x2 max-pooling (odd sizes leave a row and a column out; no ties), dropout
-    with its mask held (a Generator seeded the same at each call), softmax cross-entropy."""
+    with its mask held (a Generator seeded the same at each call), softmax cross-entropy
+    with one label and with two (MultiMNIST's pairs)."""
     from . import ops
     from .backend import to_device
     y = to_device(np.array([2, 0, 1, 2]), device)
+    pairs = to_device(np.array([[2, 0], [0, 1], [1, 2], [2, 1]]), device)
     cases = [
         ("pad (zeros framing x)", lambda x: ops.pad_forward(x, (1, 2), (0, 3)),
          ops.pad_backward, [rng.standard_normal((2, 3, 4, 2))], ["x"]),
@@ -222,6 +224,9 @@ def cnn_op_cases(rng, device="cpu"):
          ops.dropout_backward, [rng.standard_normal((4, 6))], ["x"]),
         ("softmax cross-entropy", lambda z: ops.softmax_cross_entropy_forward(z, y),
          ops.softmax_cross_entropy_backward, [3 * rng.standard_normal((4, 3))], ["logits"]),
+        ("softmax cross-entropy, two labels each", lambda z: ops.softmax_cross_entropy_forward(
+            z, pairs), ops.softmax_cross_entropy_backward, [3 * rng.standard_normal((4, 3))],
+         ["logits"]),
     ]
     return [(what, fwd, bwd, [to_device(a, device) for a in inputs], names)
             for what, fwd, bwd, inputs, names in cases]
@@ -327,11 +332,15 @@ def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("fu
             for name, err in check_model(model, x, y, rng=rng).items():
                 rows.append((f"CapsNet {model.impl} ({mode}, {iters} it.)", name, err, model_tol))
     for what, overrides in CNN_MODELS:
-        model = randomize_params(BaselineCNN(tiny_cnn_config(**overrides), seed=seed,
-                                             dtype="float64"), rng)
-        model.dropout_step = 3                  # a mask of a later step than the first
-        x = rng.uniform(0, 1, (3,) + model.config.input_shape)
-        y = np.array([0, 2, 1])
-        for name, err in check_model(model, x, y, rng=rng).items():
-            rows.append((what, name, err, model_tol))
+        reference = randomize_params(BaselineCNN(tiny_cnn_config(**overrides), seed=seed,
+                                                 dtype="float64", impl="reference"), rng)
+        x = rng.uniform(0, 1, (3,) + reference.config.input_shape)
+        labels = (np.array([0, 2, 1]), np.array([[0, 2], [2, 1], [1, 0]]))   # one, two each
+        for model in (reference, BaselineCNN(reference.config, seed=seed, dtype="float64",
+                                             params=reference.params)):
+            for y in labels:
+                model.dropout_step = 3          # a mask of a later step than the first
+                for name, err in check_model(model, x, y, rng=rng).items():
+                    rows.append((f"{what}, {model.impl}, {y.ndim} label{'s' * (y.ndim > 1)}",
+                                 name, err, model_tol))
     return rows

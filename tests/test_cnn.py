@@ -192,15 +192,31 @@ def test_softmax_cross_entropy_gradient(rng):
                           [3 * rng.standard_normal((4, 3))], ["logits"], rng=rng))
 
 
+def test_two_labels_cross_entropy_is_the_mean_of_the_two(rng):
+    """With labels (N, 2) the target puts 1/2 on each: the mean of the two single-label
+    cross-entropies, and its gradient p - T with T the labels' distribution."""
+    z, pairs = 3 * rng.standard_normal((5, 4)), np.array([[0, 3], [1, 2], [3, 1], [2, 0], [1, 3]])
+    loss, _ = ops.softmax_cross_entropy_forward(z, pairs)
+    first = cross_entropy_loop(z, pairs[:, 0])
+    second = cross_entropy_loop(z, pairs[:, 1])
+    assert loss == pytest.approx((first + second) / 2, rel=1e-13)
+    assert_grads(check_op(lambda z: ops.softmax_cross_entropy_forward(z, pairs),
+                          ops.softmax_cross_entropy_backward, [z], ["logits"], rng=rng))
+    # one label given as (N, 1) is the single-label loss
+    assert ops.softmax_cross_entropy_forward(z, pairs[:, :1])[0] == pytest.approx(
+        first, rel=1e-13)
+
+
 # ------------------------------------------------------------------ the network's gradients
 @pytest.mark.parametrize("overrides", [
     {},                                                      # pool after conv1, dropout
     {"pool_after": (1, 2), "conv_kernel": 2, "dropout": 0.0, "input_shape": (7, 5, 1)},
     {"pool_after": (), "fc_sizes": (), "conv_channels": (2,)},   # conv -> dropout -> softmax
 ])
-def test_whole_network_gradients_against_finite_differences(overrides):
+@pytest.mark.parametrize("impl", ["reference", "fast"])
+def test_whole_network_gradients_against_finite_differences(overrides, impl):
     rng = np.random.default_rng(5)
-    model = BaselineCNN(tiny(**overrides), seed=3, dtype="float64")
+    model = BaselineCNN(tiny(**overrides), seed=3, dtype="float64", impl=impl)
     randomize_params(model, rng)            # biases too: ReLU inputs away from 0
     x = rng.uniform(0, 1, (3,) + model.config.input_shape)
     y = np.array([0, 2, 1])
@@ -266,6 +282,15 @@ def test_the_pooled_baseline_has_about_capsnets_parameter_count_at_40x40():
     at_28 = CNNConfig.pooled(input_shape=(28, 28, 1)).num_params()
     assert at_28 == conv_params(5, (256, 256, 128)) + dense_params((7 * 7 * 128, 847, 192, 10))
     assert at_28 == 7_942_617
+
+
+def test_the_released_baseline_has_table_1s_24_56_million_parameters():
+    # 36 -> 18 (pool after conv1) -> 9 (pool after conv2): fc1 sees 9 * 9 * 256 values
+    expected = conv_params(5, (512, 256)) + dense_params((9 * 9 * 256, 1024, 10))
+    assert expected == 24_535_306
+    assert CNNConfig.released().num_params() == expected
+    assert abs(expected - 24.56e6) <= 0.03e6          # the paper: "24.56M parameters"
+    assert CNNConfig.released().dropout == 0.0        # the released network has none
 
 
 def test_model_parameters_follow_the_config():
@@ -441,3 +466,36 @@ def test_train_epoch_trains_it_unchanged():
     assert history[-1]["cross_entropy"] == history[-1]["loss"]   # the cross-entropy, alone
     assert "margin_loss" not in history[-1] and "reconstruction_loss" not in history[-1]
     assert history[-1]["accuracy"] > history[0]["accuracy"]
+
+
+# ------------------------------------------------------------------ the fast twin
+@pytest.mark.parametrize("overrides, batch", [
+    ({}, 3),                                                   # small: im2col + GEMM
+    ({"input_shape": (12, 12, 1), "conv_channels": (16, 16), "conv_kernel": 5,
+      "pool_after": (1,), "fc_sizes": (8,), "dropout": 0.4}, 24),   # conv2 by the DFT
+])
+def test_the_fast_cnn_computes_the_reference_function(overrides, batch):
+    from minicaps.fast import conv_fft
+    from minicaps.fast.cnn import FastBaselineCNN
+    cfg = tiny(**overrides)
+    rng = np.random.default_rng(8)
+    fast = BaselineCNN(cfg, seed=2, dtype="float64")
+    assert isinstance(fast, FastBaselineCNN) and fast.impl == "fast"
+    randomize_params(fast, rng)
+    reference = BaselineCNN(cfg, seed=2, dtype="float64", impl="reference", params=fast.params)
+    assert type(reference) is BaselineCNN
+    assert type(reference.with_params(fast.params)) is BaselineCNN
+    assert type(fast.with_params(fast.params)) is FastBaselineCNN
+    if overrides:       # the second convolution takes the DFT route in training
+        h, w, c_in, c_out, _ = cfg.conv_layers()[1]
+        assert conv_fft.fft_pays((batch, h + 4, w + 4, c_in), (5, 5, c_in, c_out), 1)
+    x = rng.uniform(0, 1, (batch,) + cfg.input_shape)
+    y = rng.integers(0, cfg.num_classes, batch)
+    loss_f, grads_f, out_f = fast.loss_and_grads(x, y, step=4)
+    loss_r, grads_r, out_r = reference.loss_and_grads(x, y, step=4)
+    assert loss_f == pytest.approx(loss_r, rel=1e-10)
+    for name in reference.params:
+        np.testing.assert_allclose(grads_f[name], grads_r[name], rtol=1e-10,
+                                   atol=1e-10 * float(np.abs(grads_r[name]).max()), err_msg=name)
+    np.testing.assert_allclose(fast.predict_probabilities(x), reference.predict_probabilities(x),
+                               rtol=1e-10, atol=1e-12)

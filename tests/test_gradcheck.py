@@ -59,5 +59,7 @@ def test_gradcheck_command_prints_every_row_within_tolerance():
     for what in ("CapsNet reference (full, 3 it.)", "CapsNet fast (stop, 3 it.)",
                  "fast conv2d by DFT", "fast predictions + routing in chunks",
                  "conv2d SAME", "max-pool 2x2", "dropout 0.4 (mask held)",
-                 "softmax cross-entropy", "BaselineCNN (3x3, pool 1, dropout 0.3) | fc1.W"):
+                 "softmax cross-entropy", "softmax cross-entropy, two labels each",
+                 "BaselineCNN (3x3, pool 1, dropout 0.3), reference, 1 label | fc1.W",
+                 "BaselineCNN (3x3, pool 1, dropout 0.3), fast, 2 labels | conv1.W"):
         assert what in result.stdout, what

@@ -105,11 +105,29 @@ def test_the_cli_trains_evaluates_and_plots_pairs(tmp_path, capsys, monkeypatch)
     assert "need one digit a picture" in capsys.readouterr().err
 
 
-def test_flips_and_the_cnn_are_refused_for_pairs(tmp_path):
+def test_flips_are_refused_for_pairs(tmp_path):
     with pytest.raises(ValueError, match="not mirrored"):
         run(tmp_path, "c", flip=True)
+
+
+def test_the_cnn_baseline_trains_on_pairs_with_both_labels(tmp_path):
+    """Table 1's baseline: the two labels in its cross-entropy, read as CapsNet is (the two
+    most probable classes), the pictures of each digit alone ignored."""
     from minicaps.gradcheck import tiny_cnn_config
-    with pytest.raises(ValueError, match="trains a CapsNet"):
-        train(tiny_cnn_config(input_shape=(36, 36, 1), num_classes=10), epochs=1,
-              out_dir=tmp_path / "d", batch_size=16, lr=0.01, shift=0, data=pairs_data(),
-              **QUIET)
+    result = train(tiny_cnn_config(input_shape=(36, 36, 1), num_classes=10), epochs=2,
+                   out_dir=tmp_path / "d", batch_size=16, lr=0.01, shift=0, data=pairs_data(),
+                   **QUIET)
+    model = result.model
+    _, _, test = prepare_data(pairs_data())
+    scores = evaluate(model, test.images, test.labels, batch_size=7, targets=test.targets)
+    probabilities = model.predict_probabilities(to_model_input(test.images))
+    top2 = np.argsort(-probabilities, axis=1)[:, :2]
+    right = np.array([len(set(a.tolist()) & set(b.tolist())) for a, b in zip(top2, test.labels)])
+    assert scores["accuracy"] == pytest.approx(np.mean(right == 2))
+    assert scores["one_or_more"] == pytest.approx(np.mean(right >= 1))
+    # its loss: the mean over pairs of the two labels' mean cross-entropy, dropout off
+    logp = np.log(probabilities)
+    expected = -np.mean([(row[a] + row[b]) / 2 for row, (a, b) in zip(logp, test.labels)])
+    assert scores["cross_entropy"] == pytest.approx(expected, rel=1e-4)
+    metrics = [json.loads(line) for line in (tmp_path / "d" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["epoch"] for m in metrics] == [1, 2] and metrics[-1]["step"] == 8

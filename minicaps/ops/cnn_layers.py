@@ -133,20 +133,27 @@ def softmax_cross_entropy_forward(logits, y):
     """The mean over the batch of the cross-entropy of softmax(logits) with the labels:
 
         p_nk = exp(z_nk) / sum_j exp(z_nj)
-        L = -(1/N) sum_n log p_{n, y_n} = (1/N) sum_n (log sum_j exp(z_nj) - z_{n, y_n})
+        L = -(1/N) sum_n sum_k T_nk log p_nk,   T_n the labels' distribution:
 
-    computed from z - max_j z_nj (the same p and L, and exp never overflows: the largest
-    term is exp(0) = 1, so the log never sees 0). logits (N, K), y (N,) ints -> scalar.
+    T_nk = 1 for k = y_n (L = (1/N) sum_n (log sum_j exp(z_nj) - z_{n, y_n})); with M
+    different classes per image, y (N, M) as MultiMNIST's pairs, T_nk = 1/M for each of
+    them, so L is the mean of the M cross-entropies and the network learns to give each
+    present class an equal share. Computed from z - max_j z_nj (the same p and L, and exp
+    never overflows: the largest term is exp(0) = 1, so the log never sees 0).
+    logits (N, K), y (N,) or (N, M) ints -> scalar.
     """
     xp = get_xp(logits)
     N, K = logits.shape
     z = logits - logits.max(axis=1, keepdims=True)
     log_p = z - xp.log(xp.exp(z).sum(axis=1, keepdims=True))
     T = one_hot(y, K, logits.dtype)
+    if y.ndim == 2:
+        T = T / T.sum(axis=1, keepdims=True)
     return -(T * log_p).sum() / N, (xp.exp(log_p), T)
 
 
 def softmax_cross_entropy_backward(dloss, cache):
-    """dL/dz_nk = (p_nk - T_nk) / N: the softmax's Jacobian and the log's 1/p cancel."""
+    """dL/dz_nk = (p_nk - T_nk) / N: the softmax's Jacobian and the log's 1/p cancel
+    (sum_k T_nk = 1)."""
     p, T = cache
     return (dloss / p.shape[0]) * (p - T)
