@@ -86,8 +86,10 @@ def cmd_train(args):
     network = ("" if args.model == "capsnet" else
                f"the CNN baseline (--preset {args.preset}, {config.num_params():,} parameters) ")
     pairs = (data.info or {}).get("pairs_per_digit")
-    seen = (f"{len(data.y_train)} training digits, {len(data.y_train) * pairs} pairs an epoch"
-            if pairs else f"{len(data.y_train)} training images")
+    n_train = len(data.y_train) if args.limit_train is None else min(args.limit_train,
+                                                                     len(data.y_train))
+    seen = (f"{n_train} training digits, {n_train * pairs} pairs an epoch"
+            if pairs else f"{n_train} training images")
     print(f"training {network}on {data.name or args.dataset} ({seen}, "
           f"{config.num_classes} classes, input "
           f"{'x'.join(map(str, config.input_shape))}), writing to {out}")
@@ -191,6 +193,7 @@ def cmd_export_weights(args):
 
 
 def cmd_evaluate(args):
+    from .checkpoint import model_kind
     from .train import evaluate, prepare_data
     ckpt = _load(args)
     model, weights = ckpt.model_with(args.weights)
@@ -204,7 +207,9 @@ def cmd_evaluate(args):
     print(f"  accuracy            {scores['accuracy']:.4f} "
           f"({round(scores['accuracy'] * scores['n'])}/{scores['n']}, "
           f"error {100 * (1 - scores['accuracy']):.2f}%)"
-          + ("; a pair is right when its two digits are the two longest capsules" if pairs else ""))
+          + (f"; a pair is right when its two digits are the two "
+             f"{'longest capsules' if model_kind(model) == 'capsnet' else 'most probable classes'}"
+             if pairs else ""))
     if pairs:
         print(f"  one or more right   {scores['one_or_more']:.4f}")
     if "cross_entropy" in scores:                 # the CNN baseline: its whole loss
@@ -283,6 +288,62 @@ def cmd_plot(args):
         return 2
     for path in paths:
         print(path)
+    return 0
+
+
+def cmd_compare(args):
+    """Two networks on one test set: each one's accuracy, where they differ, compare.png."""
+    import numpy as np
+    from . import viz
+    from .backend import to_numpy
+    from .checkpoint import model_kind
+    from .data import to_model_input
+    from .pretrained import load_any
+    loaded = []
+    for path in (args.first, args.second):
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        ckpt = load_any(path, device=args.device)
+        model, weights = ckpt.model_with(args.weights)
+        loaded.append((path, ckpt, model, weights))
+    (path_a, ckpt_a, model_a, _), (path_b, ckpt_b, model_b, _) = loaded
+    datasets = [(c.extra.get("settings", {}) or {}).get("dataset") for c in (ckpt_a, ckpt_b)]
+    if args.dataset is None and datasets[0] != datasets[1]:
+        raise ValueError(f"{path_a} was trained on {datasets[0]} and {path_b} on "
+                         f"{datasets[1]}: give --dataset to test both on one test set")
+    if (model_a.config.input_shape != model_b.config.input_shape
+            or model_a.config.num_classes != model_b.config.num_classes):
+        raise ValueError(f"the two networks take different inputs or classes "
+                         f"({model_a.config.input_shape}, {model_a.config.num_classes} classes "
+                         f"against {model_b.config.input_shape}, {model_b.config.num_classes}):"
+                         f" they cannot read one test set")
+    args.data_dir = None
+    test, _, dataset = _test_data(args, ckpt_a)
+    if test.targets is not None:
+        raise ValueError("compare reads one label a picture; for MultiMNIST pairs run "
+                         "`minicaps evaluate` on each checkpoint")
+    x = to_model_input(test.images, model_a.dtype)
+    names = []
+    for path, _, model, _ in loaded:
+        name = "CapsNet" if model_kind(model) == "capsnet" else "CNN"
+        names.append(name if name not in names else f"{name} ({Path(path).parent.name})")
+    predictions = [model_a.predict(x), model_b.predict(x)]
+    groups = viz.agreement(test.labels, *predictions)
+    n = len(test.labels)
+    print(f"{n} {dataset} test images:")
+    for (path, _, model, weights), name, pred in zip(loaded, names, predictions):
+        print(f"  {name:<10} {np.mean(pred == test.labels):.4f}  ({path}, "
+              f"{model.num_params():,} parameters, {WEIGHTS[weights]})")
+    print(f"  both right {len(groups['both'])}, only {names[0]} {len(groups['only_first'])}, "
+          f"only {names[1]} {len(groups['only_second'])}, neither {len(groups['neither'])}")
+    out = Path(args.out) if args.out else Path(path_a).parent / "plots"
+    try:
+        path = viz.plot_compare(to_numpy(x), test.labels, predictions, names,
+                                out / "compare.png", dpi=args.dpi)
+    except ImportError as e:
+        print(f"minicaps compare: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
     return 0
 
 
@@ -652,6 +713,25 @@ def build_parser():
     add_device_option(p)
     add_weights_option(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser(
+        "compare", help="two networks on one test set: accuracies, where they differ, a picture",
+        description="Test two checkpoints (e.g. a CapsNet and the CNN baseline trained for "
+                    "affNIST) on the same test set: print each one's accuracy and how many "
+                    "images both, only one or neither get right, and draw compare.png: test "
+                    "images only the first gets right, only the second, and neither, with "
+                    "both predictions. Needs matplotlib for the picture.")
+    p.add_argument("first", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("second", metavar="OTHER", help="another, trained on the same data")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="which test set (default: the one both were trained on)")
+    add_data_options(p)
+    add_device_option(p)
+    add_weights_option(p)
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for compare.png (default: plots/ beside the first checkpoint)")
+    p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNG")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser(
         "export-weights", help="write a checkpoint's weights alone (float16: 1/8 of its size)",

@@ -648,6 +648,71 @@ def plot_confusion(counts, path, dpi=100, weights=None, notes=(), warn=None):
     return _save(fig, path, _warned(warn, None, notes))
 
 
+# --- two networks on one test set (what `minicaps compare` draws) ---------------------------------
+
+def agreement(labels, first, second):
+    """Where two networks' predictions (N,) are right on the same test images: index arrays
+    "both", "only_first", "only_second", "neither" (each in increasing order)."""
+    labels, first, second = (np.asarray(a).reshape(-1) for a in (labels, first, second))
+    if not len(labels) == len(first) == len(second):
+        raise ValueError(f"labels and both predictions need one length, got {len(labels)}, "
+                         f"{len(first)} and {len(second)}")
+    a, b = first == labels, second == labels
+    return {"both": np.flatnonzero(a & b), "only_first": np.flatnonzero(a & ~b),
+            "only_second": np.flatnonzero(~a & b), "neither": np.flatnonzero(~a & ~b)}
+
+
+def plot_compare(x, labels, predictions, names, path, per_row=8, dpi=100, notes=(), warn=None):
+    """Test images and two networks' predictions on them: a row of images only the first
+    gets right, a row only the second gets right, a row both get wrong (up to ``per_row``
+    each, the first in the test set's order). Each image is titled with its class and the
+    two predictions, a wrong one in red. x (N, H, W, C) in [0, 1], labels (N,),
+    predictions: two (N,) arrays, names: the two networks' names.
+    (1.5 per_row) x (2.2 rows + 1) inches."""
+    x, labels = np.asarray(x), np.asarray(labels)
+    groups = agreement(labels, *predictions)
+    counts = {key: len(value) for key, value in groups.items()}
+    rows = [(f"only {names[0]} right", groups["only_first"]),
+            (f"only {names[1]} right", groups["only_second"]),
+            ("both wrong", groups["neither"])]
+    rows = [(title, picked[:per_row]) for title, picked in rows if len(picked)]
+    n = len(labels)
+    title = (f"{n} test images: {names[0]} {(counts['both'] + counts['only_first']) / n:.2%} "
+             f"right, {names[1]} {(counts['both'] + counts['only_second']) / n:.2%}; both right "
+             f"{counts['both']}, only {names[0]} {counts['only_first']}, only {names[1]} "
+             f"{counts['only_second']}, neither {counts['neither']}")
+    if not rows:
+        rows = [("both right", groups["both"][:per_row])]
+    fig = _figure(1.5 * per_row, 2.2 * len(rows) + 1.0, dpi)
+    axes = fig.subplots(len(rows), per_row, squeeze=False)
+    for r, (row_title, picked) in enumerate(rows):
+        for c in range(per_row):
+            ax = axes[r, c]
+            ax.axis("off")
+            if c >= len(picked):
+                continue
+            k = picked[c]
+            _show(ax, _one(x, k))
+            lines = [f"class {int(labels[k])}"]
+            for name, pred in zip(names, predictions):
+                lines.append(f"{name}: {int(pred[k])}")
+            ax.set_title("\n".join(lines), fontsize=7)
+            if c == 0:
+                ax.text(-0.15, 0.5, row_title, transform=ax.transAxes, rotation=90,
+                        ha="right", va="center", fontsize=8)
+            wrong = [name for name, pred in zip(names, predictions) if pred[k] != labels[k]]
+            ax.set_xlabel("wrong: " + ", ".join(wrong) if wrong else "", fontsize=7,
+                          color="darkred")
+            if wrong:
+                ax.axis("on")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                for spine in ax.spines.values():
+                    spine.set_visible(False)
+    fig.suptitle(title, fontsize=9)
+    return _save(fig, path, _warned(warn, None, notes))
+
+
 # --- every plot of a checkpoint (what `minicaps plot` runs) -------------------------------------
 
 KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion",

@@ -418,3 +418,55 @@ def test_the_cnn_layers_and_models_pass_the_gradient_checker_and_a_broken_one_fa
     monkeypatch.setattr(minicaps.cnn, "dropout_backward", lambda dout, scale: dout)
     errors = check_model(model, x, y, rng=rng)
     assert errors["fc1.W"] > 1e-3
+
+
+# --- compare: a CapsNet and the CNN on one test set -----------------------------------------------
+
+def test_agreement_sorts_each_image_by_who_gets_it_right():
+    from minicaps.viz import agreement
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    first = np.array([0, 1, 9, 9, 4, 9])
+    second = np.array([0, 9, 2, 9, 9, 5])
+    groups = agreement(labels, first, second)
+    expected = {"both": [], "only_first": [], "only_second": [], "neither": []}
+    for k in range(6):                        # the same sorting, one image at a time
+        a, b = first[k] == labels[k], second[k] == labels[k]
+        key = "both" if a and b else "only_first" if a else "only_second" if b else "neither"
+        expected[key].append(k)
+    assert {k: v.tolist() for k, v in groups.items()} == expected
+    with pytest.raises(ValueError, match="one length"):
+        agreement(labels, first[:5], second)
+
+
+def test_compare_tests_two_networks_on_one_test_set(tmp_path, capsys, cnn_cli, monkeypatch):
+    x_test, y_test = cnn_cli[2:]
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {
+        "conv1_channels": 8, "primary_maps": 4, "decoder_sizes": (16,)}, "epochs": 1, "lr": 1e-3})
+    caps, cnn = tmp_path / "caps", tmp_path / "cnn"
+    assert cli.main(["train", "--preset", "tiny", "--out", str(caps), "--no-progress"]) == 0
+    assert cli.main(["train", "--model", "cnn", "--preset", "tiny", "--out", str(cnn),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(caps / "last.npz"), str(cnn / "last.npz"), "--weights",
+                     "trained", "--out", str(tmp_path / "pics")]) == 0
+    printed = capsys.readouterr().out
+    x = to_model_input(x_test)
+    right = []
+    for path in (caps, cnn):
+        model = load_checkpoint(path / "last.npz").model
+        right.append(model.predict(x) == y_test)
+    a, b = right
+    assert f"CapsNet    {a.mean():.4f}" in printed and f"CNN        {b.mean():.4f}" in printed
+    assert (f"both right {np.sum(a & b)}, only CapsNet {np.sum(a & ~b)}, only CNN "
+            f"{np.sum(~a & b)}, neither {np.sum(~a & ~b)}") in printed
+    if (tmp_path / "pics" / "compare.png").exists():          # matplotlib present
+        assert str(tmp_path / "pics" / "compare.png") in printed
+    # networks that cannot read one test set are refused, naming why
+    other = tmp_path / "other"
+    assert cli.main(["train", "--model", "cnn", "--preset", "tiny", "--dataset", "multimnist",
+                     "--out", str(other), "--no-progress", "--shift", "0"]) == 0
+    capsys.readouterr()
+    assert cli.main(["compare", str(caps / "last.npz"), str(other / "last.npz")]) == 2
+    assert "trained on mnist" in capsys.readouterr().err
+    assert cli.main(["compare", str(caps / "last.npz"), str(tmp_path / "nothing.npz")]) == 2
+    assert "no such checkpoint file" in capsys.readouterr().err
