@@ -122,3 +122,50 @@ def test_the_cpu_takes_the_reference_ops_untouched(rng):
     v, cache = fused.squash_forward(s)
     assert len(cache) == 5 and cache[2] is not None       # the reference op's own cache
     np.testing.assert_array_equal(v, ops.squash_forward(s)[0])
+
+
+# ------------------------------------------------------------------ the GPU's layouts
+def close(got, want, tol=1e-12):
+    got = host(got)
+    assert got.shape == want.shape and got.dtype == want.dtype
+    assert np.abs(got - want).max() <= tol * max(1.0, np.abs(want).max())
+
+
+@pytest.mark.parametrize("stride, H", [(2, 12), (1, 9)])
+def test_the_dft_convolutions_gpu_route_is_the_reference_convolution(stand_in, rng, stride, H):
+    """On the GPU the DFT route transforms every row of x (its rows' matrix is zero past
+    the U rows the convolution reads: stride 2 on 12 rows reads 11) and repeats the DFT
+    matrices over the batch (conv_fft.batched): forward, dx and dW as ops.conv2d's."""
+    from minicaps.fast import conv2d_forward, conv2d_backward, conv_fft
+    x = rng.normal(0, 1, (3, H, 10, 4))
+    W, b = rng.normal(0, 1, (5, 4, 4, 6)), rng.normal(0, 1, 6)
+    out, cache = ops.conv2d_forward(x, W, b, stride)
+    dout = rng.normal(0, 1, out.shape)
+    dx, dW, db = ops.conv2d_backward(dout, cache)
+    got, got_cache = conv2d_forward(gpu(x), gpu(W), gpu(b), stride, method="fft")
+    assert got_cache[0] == "fft"
+    close(got, out)
+    gdx, gdW, gdb = conv2d_backward(gpu(dout), got_cache)
+    for g, want in ((gdx, dx), (gdW, dW), (gdb, db)):
+        close(g, want)
+    if stride == 2:
+        U = conv_fft.fft_grid(x.shape, W.shape, stride)[0]
+        assert U < H and np.all(host(gdx)[:, U:] == 0)       # rows no window reads
+
+
+def test_predictions_in_the_gpu_layout_are_the_reference_predictions(stand_in, rng):
+    """u_hat on the GPU is a (N, I, J, D) view of (N, J, I, D) memory, so that routing's
+    products read contiguous (I, D) matrices; the values and both gradients are the
+    reference's."""
+    u, W = rng.normal(0, 1, (4, 6, 3)), rng.normal(0, 1, (6, 5, 2, 3))
+    u_hat, cache = ops.predictions_forward(u, W)
+    du_hat = rng.normal(0, 1, u_hat.shape)
+    du, dW = ops.predictions_backward(du_hat, cache)
+    got, got_cache = capsules.predictions_forward(gpu(u), gpu(W))
+    assert got.shape == (4, 6, 5, 2) and got.transpose(0, 2, 1, 3).flags.c_contiguous
+    close(got, u_hat)
+    again, _ = capsules.predictions_forward(*got_cache)       # the backward pass's remake
+    close(again, u_hat)
+    gdu, gdW = capsules.predictions_backward(gpu(du_hat), got_cache)
+    close(gdu, du)
+    close(gdW, dW)

@@ -5,11 +5,18 @@ the host's time, whatever its size), not by its arithmetic. The stand-in counts 
 would launch (elementwise ops, reductions, matrix products, copies and fills; no views),
 and these tests print the count of one step: the model's loss_and_grads, Adam's step and the
 parameters' moving average, as train_epoch runs them. Measured here: the paper's network at
-batch 100, fast path, 199 + 2 + 1 = 202 kernels a step; reference path 720 + 2 + 1 = 723.
+batch 100, fast path, 143 + 2 + 1 = 146 kernels a step; reference path 720 + 2 + 1 = 723.
+From 202 to 146 by layouts on the GPU: the DFT matrices repeated over the batch
+(conv_fft.batched: no pointer arrays of broadcast batched products, 30, nor copies of
+transposed ones, 4), u_hat laid out (N, J, I, D) in memory (fast/capsules.py
+predictions_gpu: routing's products read it without the 10 copies), matmul_into writing a
+C-contiguous out directly, the DFT reading all rows of x (no copy of a slice; no zero
+fill, no copy into a slice of dx) and the GEMM route's dW one product on the GPU.
 The fast path's count includes what real CuPy launches around its matrix products
-(cupy_stand_in._matmul_launches): 26 copies of operands that are not C-contiguous (batched)
-or neither C- nor F-contiguous (2-D), and 30 cupy_mat_ptrs kernels of the broadcast batched
-products; before those were counted it was 143 + 2 + 1 = 146 (elementwise 61, copies 17).
+(cupy_stand_in._matmul_launches): copies of operands that are not C-contiguous (batched)
+or neither C- nor F-contiguous (2-D), now 4 (26 before the layouts), and cupy_mat_ptrs
+kernels of broadcast batched products, now none (30); before those were counted the step
+was 146 too (elementwise 61, copies 17), by chance.
 Before the parameters lived in one flat buffer (backend.FlatArrays) and Adam and the
 average became one fused kernel each (optim.ADAM_KERNEL, AVERAGE_KERNEL): 262 + 132 + 33 =
 427 and 720 + 132 + 33 = 885 (12 and 3 kernels per parameter array). Before the fast
@@ -43,7 +50,7 @@ from minicaps.optim import ParameterAverage
 NARROW = dict(conv1_channels=16, primary_maps=4, digit_dims=8, decoder_sizes=(16, 32))
 WIDER = dict(conv1_channels=32, primary_maps=8, digit_dims=8, decoder_sizes=(32, 64))
 ADAM_KERNELS, AVERAGE_KERNELS = 2, 1      # a step's, whatever the number of parameter arrays
-FAST_STEP_LAUNCHES = 202                  # a fast training step's kernels, at most (146 before CuPy's matmul copies were counted; 265 before that)
+FAST_STEP_LAUNCHES = 146                  # a fast training step's kernels, at most (the target: 150; 202 before the GPU layouts)
 
 
 def step_launches(stand_in, config, batch, impl="fast", steps=2):

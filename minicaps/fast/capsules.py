@@ -17,14 +17,17 @@ from .inplace import matmul_into
 
 
 # ---------------------------------------------------------------- predictions (eq. 2)
-def predictions_forward(u, W):
+def predictions_forward(u, W, u_t=None):
     """u_hat[n, i, j] = W[i, j] @ u[n, i].
 
     u: (N, I, D_in), W: (I, J, D_out, D_in) -> u_hat (N, I, J, D_out).
     One batched matmul over i, (N, D_in) @ (D_in, J*D_out): W is never tiled
     over the batch. Each product is written straight into its (N, J*D_out)
-    slice of a contiguous u_hat.
+    slice of a contiguous u_hat. On the GPU: predictions_gpu (``u_t``: its cache's
+    transposed u, made once).
     """
+    if backend.is_gpu_array(u):
+        return predictions_gpu(u, W, u_t)
     xp = get_xp(u, W)
     N, I, D_in = u.shape
     _, J, D_out, _ = W.shape
@@ -37,6 +40,8 @@ def predictions_forward(u, W):
 
 def predictions_backward(du_hat, cache):
     """du[n, i] = sum_j W[i, j]^T du_hat[n, i, j];  dW[i, j] = sum_n du_hat[n, i, j] u[n, i]^T."""
+    if backend.is_gpu_array(du_hat):
+        return predictions_gpu_backward(du_hat, cache)
     xp = get_xp(du_hat)
     u, W = cache
     N, I, D_in = u.shape
@@ -46,6 +51,38 @@ def predictions_backward(du_hat, cache):
     du = xp.matmul(g, W2).transpose(1, 0, 2)                          # (N, I, D_in)
     dW = xp.matmul(g.transpose(0, 2, 1), u.transpose(1, 0, 2))        # (I, J*D_out, D_in)
     return du, dW.reshape(W.shape)
+
+
+# On the GPU u_hat is laid out (N, J, I, D_out) in memory (the (N, I, J, D_out) array
+# is a transposed view of it), so that routing's products (weighted_sum, agreement,
+# outer_sums) read each (n, j)'s (I, D) matrix as a C-contiguous batch: CuPy's batched
+# matmul copies any operand that is not C-contiguous, ten copies of u_hat a step in the
+# CPU's layout. The CPU keeps (N, I, J, D_out), which its chunks and BLAS read as they are.
+def predictions_gpu(u, W, u_t=None):
+    """predictions_forward on the GPU: (I, J D_out, D_in) @ (I, D_in, N), one product,
+    u transposed to (I, D_in, N) once (``u_t``, kept in the cache for the backward pass's
+    second forward) and the result copied once into u_hat's routing layout."""
+    xp = get_xp(u, W)
+    N, I, D_in = u.shape
+    _, J, D_out, _ = W.shape
+    if u_t is None:
+        u_t = xp.ascontiguousarray(u.transpose(1, 2, 0))                   # (I, D_in, N)
+    R = xp.matmul(W.reshape(I, J * D_out, D_in), u_t)                       # (I, J D_out, N)
+    u_hat = xp.ascontiguousarray(R.reshape(I, J, D_out, N).transpose(3, 1, 0, 2))  # (N, J, I, D)
+    return u_hat.transpose(0, 2, 1, 3), (u, W, u_t)
+
+
+def predictions_gpu_backward(du_hat, cache):
+    """predictions_backward on the GPU, from du_hat in u_hat's routing layout: one copy
+    of it as (I, J D_out, N), then du^T = W^T G and dW = G u, a product each."""
+    xp = get_xp(du_hat)
+    u, W, _ = cache
+    N, I, D_in = u.shape
+    _, J, D_out, _ = W.shape
+    G = xp.ascontiguousarray(du_hat.transpose(1, 2, 3, 0)).reshape(I, J * D_out, N)
+    du = xp.matmul(W.reshape(I, J * D_out, D_in).transpose(0, 2, 1), G)     # (I, D_in, N)
+    dW = xp.matmul(G, u.transpose(1, 0, 2))                                 # (I, J D_out, D_in)
+    return du.transpose(2, 0, 1), dW.reshape(W.shape)
 
 
 # ---------------------------------------------------------------- routing (Procedure 1)

@@ -134,15 +134,21 @@ def conv2d_backward(dout, cache, need_dx=True):
     K = kh * kw * C_in
     W2 = W.reshape(K, C_out)
     N, Ho, Wo, _ = dout.shape
-    dW = xp.zeros((K, C_out), dtype=W.dtype)
+    gpu = backend.is_gpu_array(dout)
+    dW = None
     dx = xp.zeros(x.shape, dtype=x.dtype) if need_dx else None
     buf = xp.empty((chunk, Ho, Wo, kh, kw, C_in), dtype=x.dtype)   # windows, then their gradient
     for n0 in range(0, N, chunk):
         n1 = min(N, n0 + chunk)
         cols = im2col(x[n0:n1], kh, kw, stride, out=buf[:n1 - n0]).reshape(-1, K)
         d = dout[n0:n1].reshape(-1, C_out)
-        # The longer side of dW as the GEMM's rows: BLAS crawls on a few rows with a long K.
-        dW += cols.T @ d if K >= C_out else (d.T @ cols).T
+        # The longer side of dW as the GEMM's rows: BLAS crawls on a few rows with a long K
+        # (the CPU's; cuBLAS takes either, and cols.T @ d needs no copy after it).
+        part = cols.T @ d if K >= C_out or gpu else (d.T @ cols).T
+        if dW is None:       # the first chunk's product is dW so far (on the GPU the only one)
+            dW = xp.ascontiguousarray(part)
+        else:
+            dW += part
         if need_dx:
             dcols = xp.matmul(d, W2.T, out=buf[:n1 - n0].reshape(-1, K))   # windows used up
             col2im(dcols.reshape(n1 - n0, Ho, Wo, kh, kw, C_in), x[n0:n1].shape, stride,

@@ -103,6 +103,7 @@ def inverse_real_dft(U, V, rows, cols):
 def _plan_numpy(H, W, kh, kw, stride, dtype):
     U, V, Ho, Wo = fft_grid((1, H, W, 1), (kh, kw), stride)
     mats = dict(image_cols=real_dft(V, W), image_rows=complex_dft(U, U),
+                image_rows_all=complex_dft(U, H),      # every row (zero columns past U): GPU
                 weight_cols=real_dft(V, kw), weight_rows=complex_dft(U, kh),
                 inverse=inverse_real_dft(U, V, np.arange(Ho) * stride, np.arange(Wo) * stride))
     return {k: np.ascontiguousarray(a, dtype=dtype) for k, a in mats.items()}
@@ -111,6 +112,27 @@ def _plan_numpy(H, W, kh, kw, stride, dtype):
 @functools.lru_cache(maxsize=32)
 def _plan_gpu(*key):
     return backend.params_to_device(_plan_numpy(*key), "gpu")
+
+
+def batched(plan, name, batch, transpose=False):
+    """plan[name] (or its transpose) as the left operand of a product over the batch
+    axes ``batch``: on the CPU the matrix itself (NumPy broadcasts it, no copy); on the
+    GPU the matrix repeated over ``batch``, C-contiguous, made once per batch shape and
+    kept with the plan. CuPy runs a product with a broadcast batch axis as a batched GEMM
+    on pointer arrays, three elementwise kernels per batch axis to build them, and copies a
+    transposed operand first: 30 + 4 kernels a training step of the paper's network (the
+    DFT route of the primary capsules), which a plain strided batch does not need."""
+    m = plan[name].T if transpose else plan[name]
+    if not backend.is_gpu_array(m):
+        return m
+    kept = plan.setdefault("batched", {})
+    key = (name, transpose, tuple(batch))
+    if key not in kept:
+        if len(kept) >= 16:          # many batch sizes (predictions of any length): start over
+            kept.clear()
+        xp = get_xp(m)
+        kept[key] = xp.ascontiguousarray(xp.broadcast_to(m, tuple(batch) + m.shape))
+    return kept[key]
 
 
 def dft_plan(x_shape, w_shape, stride, like):
@@ -133,10 +155,15 @@ def dft_plan(x_shape, w_shape, stride, like):
 def image_spectrum(x, plan):
     """(N, H, W, C) images -> (N, 2 bins, C) spectra on the U x V grid (rows >= U unread)."""
     xp = get_xp(x)
-    N, _, _, C = x.shape
+    N, H, _, C = x.shape
     U2, two_vf = plan["image_rows"].shape[0], plan["image_cols"].shape[0]
-    Z = xp.matmul(plan["image_cols"], x[:, :U2 // 2])                   # (N, U, 2 Vf, C)
-    X = xp.matmul(plan["image_rows"], Z.reshape(N, U2, two_vf // 2 * C))  # (N, 2 U, Vf C)
+    if backend.is_gpu_array(x):    # all H rows, the rows' transform zero past U: x itself,
+        # C-contiguous, is the batched operand (CuPy would copy the slice of U rows)
+        Z = xp.matmul(batched(plan, "image_cols", (N, H)), x)                # (N, H, 2 Vf, C)
+        X = xp.matmul(batched(plan, "image_rows_all", (N,)), Z.reshape(N, 2 * H, -1))
+        return X.reshape(N, U2 * two_vf // 2, C)
+    Z = xp.matmul(batched(plan, "image_cols", (N, U2 // 2)), x[:, :U2 // 2])   # (N, U, 2 Vf, C)
+    X = xp.matmul(batched(plan, "image_rows", (N,)), Z.reshape(N, U2, two_vf // 2 * C))  # (N, 2 U, Vf C)
     return X.reshape(N, U2 * two_vf // 2, C)
 
 
@@ -146,10 +173,16 @@ def image_spectrum_adjoint(dX, plan, x_shape):
     xp = get_xp(dX)
     N, H, W, C = x_shape
     U2, two_vf = plan["image_rows"].shape[0], plan["image_cols"].shape[0]
-    dZ = xp.matmul(plan["image_rows"].T, dX.reshape(N, U2, two_vf // 2 * C))
+    if backend.is_gpu_array(dX):   # image_spectrum's GPU route backwards: rows past U get 0
+        dZ = xp.matmul(batched(plan, "image_rows_all", (N,), transpose=True),
+                       dX.reshape(N, U2, two_vf // 2 * C))                   # (N, 2 H, Vf C)
+        return xp.matmul(batched(plan, "image_cols", (N, H), transpose=True),
+                         dZ.reshape(N, H, two_vf, C))
+    dZ = xp.matmul(batched(plan, "image_rows", (N,), transpose=True),
+                   dX.reshape(N, U2, two_vf // 2 * C))
     dx = (xp.empty if U2 // 2 == H else xp.zeros)(x_shape, dtype=dX.dtype)
-    matmul_into(plan["image_cols"].T, dZ.reshape(N, U2 // 2, two_vf, C),
-                        out=dx[:, :U2 // 2])
+    matmul_into(batched(plan, "image_cols", (N, U2 // 2), transpose=True),
+                dZ.reshape(N, U2 // 2, two_vf, C), out=dx[:, :U2 // 2])
     return dx
 
 
@@ -173,7 +206,7 @@ def weight_spectrum(W, plan):
     xp = get_xp(W)
     kh, kw, C, O = W.shape
     two_vf, two_u = plan["weight_cols"].shape[0], plan["weight_rows"].shape[0]
-    Z = xp.matmul(plan["weight_cols"], W.reshape(kh, kw, C * O))    # (kh, 2 Vf, C O): (p, r, v)
+    Z = xp.matmul(batched(plan, "weight_cols", (kh,)), W.reshape(kh, kw, C * O))  # (kh, 2 Vf, C O)
     Wf = xp.matmul(plan["weight_rows"], Z.reshape(2 * kh, two_vf // 2 * C * O))  # (r, u, v, c, o)
     Wf = Wf.reshape(2, two_u // 2 * two_vf // 2, C, O)
     return Wf[0], Wf[1]
@@ -187,8 +220,8 @@ def weight_spectrum_adjoint(dWf, plan, w_shape):
     two_vf, two_u = plan["weight_cols"].shape[0], plan["weight_rows"].shape[0]
     dZ = xp.matmul(plan["weight_rows"].T, dWf.reshape(two_u, -1))          # (2 kh, Vf C O)
     dW = xp.empty(w_shape, dtype=dWf.dtype)
-    matmul_into(plan["weight_cols"].T, dZ.reshape(kh, two_vf, C * O),
-                        out=dW.reshape(kh, kw, C * O))
+    matmul_into(batched(plan, "weight_cols", (kh,), transpose=True),
+                dZ.reshape(kh, two_vf, C * O), out=dW.reshape(kh, kw, C * O))
     return dW
 
 
@@ -222,7 +255,7 @@ def conv2d_fft_forward(x, W, b, stride=1, spectrum=None):
         XWi = xp.matmul(X[k], Wi[k])                                   # [Xr Wi; Xi Wi]
         xp.add(XWr[:, :N], XWi[:, N:], out=Y[:, 0, k].transpose(1, 0, 2))
         xp.subtract(XWr[:, N:], XWi[:, :N], out=Y[:, 1, k].transpose(1, 0, 2))
-    out = xp.matmul(plan["inverse"], Y.reshape(N, 2 * bins, O))       # (N, Ho Wo, O)
+    out = xp.matmul(batched(plan, "inverse", (N,)), Y.reshape(N, 2 * bins, O))   # (N, Ho Wo, O)
     out += b
     # The cache keeps X (as big as x) and the weights' spectrum, in a dict that the
     # backward pass empties so the spectrum is freed as soon as dx no longer needs it.
@@ -237,7 +270,8 @@ def conv2d_fft_backward(dout, cache, need_dx=True):
     N, Ho, Wo, _ = dout.shape
     bins = X.shape[0]
     plan = dft_plan(x_shape, w_shape, stride, dout)
-    dY = to_bins(xp.matmul(plan["inverse"].T, dout.reshape(N, Ho * Wo, O)))   # [dYr; dYi]
+    dY = to_bins(xp.matmul(batched(plan, "inverse", (N,), transpose=True),
+                           dout.reshape(N, Ho * Wo, O)))                # [dYr; dYi]
     # The forward pass's spectrum, taken out of the cache so that it is freed once dx
     # is made (and made again if a backward pass over the same cache took it already).
     Wf = kept.pop("Wf", None)

@@ -10,9 +10,11 @@ from .fused import RELU_BACKWARD_KERNEL
 
 def matmul_into(a, b, out):
     """out[...] = a @ b, written in place. NumPy hands ``out`` (any strides with a
-    unit last stride) straight to BLAS; on CuPy the product is computed and copied
-    in, the safe path for a strided ``out``."""
+    unit last stride) straight to BLAS; CuPy writes a C-contiguous ``out`` directly and
+    otherwise computes the product and copies it in, the safe path for a strided one."""
     if backend.is_gpu_array(out):
+        if out.flags.c_contiguous:      # (CuPy itself copies when out overlaps an operand)
+            return get_xp(out).matmul(a, b, out=out)
         out[...] = get_xp(out).matmul(a, b)
         return out
     return np.matmul(a, b, out=out)
