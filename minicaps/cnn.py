@@ -254,12 +254,19 @@ class BaselineCNN:
         self.set_params(params)
 
     # ------------------------------------------------------------ forward / backward
-    # The convolution, as a method so that the fast twin can swap it (fast/cnn.py).
-    def conv_forward(self, x, W, b, training=False):
+    # The convolution and the pooling, as methods so that the fast twin can swap them
+    # (fast/cnn.py).
+    def conv_forward(self, x, W, b, training=False, name=None):
         return conv2d_same_forward(x, W, b)
 
     def conv_backward(self, dout, cache, need_dx=True):
         return conv2d_same_backward(dout, cache)
+
+    def pool_forward(self, x):
+        return max_pool_forward(x)
+
+    def pool_backward(self, dout, cache):
+        return max_pool_backward(dout, cache)
 
     def forward(self, x, y=None, *, training=False, step=None, check_values=True,
                 host_losses=True, targets=None):
@@ -280,10 +287,10 @@ class BaselineCNN:
         N = h.shape[0]
         for l, (*_, pooled) in enumerate(cfg.conv_layers(), start=1):
             h, caches[f"conv{l}"] = self.conv_forward(h, p[f"conv{l}.W"], p[f"conv{l}.b"],
-                                                      training)
+                                                      training, f"conv{l}")
             h, caches[f"relu{l}"] = relu_forward(h)
             if pooled:
-                h, caches[f"pool{l}"] = max_pool_forward(h)
+                h, caches[f"pool{l}"] = self.pool_forward(h)
         caches["flatten"] = h.shape
         h = h.reshape(N, -1)                              # (N, H W C), NHWC order
         for l in range(1, len(cfg.fc_sizes) + 1):
@@ -323,7 +330,7 @@ class BaselineCNN:
         dh = dh.reshape(caches["flatten"])
         for l in range(len(cfg.conv_channels), 0, -1):
             if l in cfg.pool_after:
-                dh = max_pool_backward(dh, caches[f"pool{l}"])
+                dh = self.pool_backward(dh, caches[f"pool{l}"])
             dh = relu_backward(dh, caches[f"relu{l}"])
             dh, grads[f"conv{l}.W"], grads[f"conv{l}.b"] = self.conv_backward(
                 dh, caches[f"conv{l}"], need_dx=l > 1)     # no one needs the image's gradient
@@ -362,8 +369,9 @@ class BaselineCNN:
         """Class probabilities (N, num_classes) as NumPy, in batches, dropout off."""
         self.check_batch_fits(batch_size, training=False, option="batch_size=")
         x = self._check_x(x)           # the values once here, not again per batch
-        parts = [self.forward(x[k:k + batch_size], check_values=False)[0]["probabilities"]
-                 for k in range(0, x.shape[0], batch_size)]
+        with self.fixed_weights(x.shape[0]):
+            parts = [self.forward(x[k:k + batch_size], check_values=False)[0]["probabilities"]
+                     for k in range(0, x.shape[0], batch_size)]
         return backend.to_numpy(self.xp.concatenate(parts))
 
     predict_lengths = predict_probabilities    # the name CapsNet's callers use

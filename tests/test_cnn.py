@@ -499,3 +499,43 @@ def test_the_fast_cnn_computes_the_reference_function(overrides, batch):
                                    atol=1e-10 * float(np.abs(grads_r[name]).max()), err_msg=name)
     np.testing.assert_allclose(fast.predict_probabilities(x), reference.predict_probabilities(x),
                                rtol=1e-10, atol=1e-12)
+
+
+@given(seed=seeds, h=st.integers(2, 7), w=st.integers(2, 7), ties=st.booleans())
+def test_the_fast_max_pool_is_the_reference_pool_ties_included(seed, h, w, ties):
+    """Three maxima and winners found by comparing again: the reference's values and its
+    gradient, the first maximum in reading order taking a tied window's gradient."""
+    from minicaps.fast.cnn import max_pool_forward, max_pool_backward
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 3, (2, h, w, 3)).astype(float) if ties else rng.standard_normal((2, h, w, 3))
+    out, cache = ops.max_pool_forward(x)
+    dout = rng.standard_normal(out.shape)
+    got, got_cache = max_pool_forward(x)
+    np.testing.assert_array_equal(got, out)
+    np.testing.assert_array_equal(max_pool_backward(dout, got_cache),
+                                  ops.max_pool_backward(dout, cache))
+
+
+def test_the_fast_cnn_makes_the_weights_spectrum_once_for_evaluation(monkeypatch):
+    """Inside fixed_weights a convolution for which the DFT pays at inference takes it with
+    the spectrum made at the start; the probabilities are the reference's, and weights
+    changed inside the block are refused."""
+    from minicaps.fast import conv_fft
+    cfg = tiny(input_shape=(12, 12, 1), conv_channels=(32, 32), conv_kernel=5, pool_after=(1,),
+               fc_sizes=(8,), dropout=0.0)
+    fast = BaselineCNN(cfg, seed=1, dtype="float64")
+    reference = BaselineCNN(cfg, seed=1, dtype="float64", impl="reference", params=fast.params)
+    x = np.random.default_rng(2).uniform(0, 1, (64,) + cfg.input_shape)
+    assert conv_fft.fft_pays((64, 10, 10, 32), (5, 5, 32, 32), 1, training=False)   # conv2
+    assert not conv_fft.fft_pays((64, 16, 16, 1), (5, 5, 1, 32), 1, training=False)  # conv1
+    made = []
+    real = conv_fft.weight_spectrum
+    monkeypatch.setattr(conv_fft, "weight_spectrum", lambda *a: made.append(1) or real(*a))
+    probabilities = fast.predict_probabilities(x, batch_size=16)         # 4 batches
+    assert made == [1]                                 # conv2's spectrum, once for the block
+    np.testing.assert_allclose(probabilities, reference.predict_probabilities(x), rtol=1e-10,
+                               atol=1e-13)
+    with pytest.raises(RuntimeError, match="changed inside"):
+        with fast.fixed_weights(64):
+            fast.params["conv2.W"][0, 0, 0, 0] += 1.0
+            fast.forward(x[:16])
