@@ -3,6 +3,7 @@
     python bench/bench.py                 # batches 32 and 128, numpy (+ cupy, + torch CPU/CUDA if present)
     python bench/bench.py --quick         # tiny network, a few seconds (the smoke test)
     python bench/bench.py --scaling       # time and memory against batch size and routing iterations
+    python bench/bench.py --cnn pooled    # the CNN baseline (--preset pooled) against PyTorch's
     python bench/bench.py --no-cpu --batches 100 128 --json-lines r.jsonl   # the GPU's rows, each
                                           # appended to r.jsonl as soon as it is measured
     bench_main(["--quick"])               # the same from Python (``minicaps bench`` calls this)
@@ -59,6 +60,7 @@ from minicaps import backend  # noqa: E402
 import numpy as np  # noqa: E402
 
 from minicaps.model import CapsNet, CapsNetConfig, init_params  # noqa: E402
+from minicaps.cnn import BaselineCNN, CNNConfig  # noqa: E402
 
 QUICK_CONFIG = dict(input_shape=(12, 12, 1), conv1_channels=16, conv1_kernel=3, primary_maps=4,
                     primary_dims=4, primary_kernel=3, primary_stride=2, num_classes=4,
@@ -101,7 +103,26 @@ def flop_counts(cfg):
             "decoder": (dec, 2 * dec)}
 
 
+def cnn_flop_counts(cfg):
+    """CNNConfig's FLOPs per image, {layer: (forward, backward)}: SAME convolutions
+    2 H W k k C_in C_out forward, twice that backward (dW and dx; conv1 needs no dx);
+    dense layers 2 (in*out) forward, twice backward. Pooling, ReLU, dropout, softmax: not
+    counted."""
+    k, out = cfg.conv_kernel, {}
+    for l, (h, w, c_in, c_out, _) in enumerate(cfg.conv_layers(), start=1):
+        f = 2 * h * w * k * k * c_in * c_out
+        out[f"conv{l}"] = (f, f if l == 1 else 2 * f)
+    sizes = (int(np.prod(cfg.feature_shape)),) + tuple(cfg.fc_sizes) + (cfg.num_classes,)
+    for l, (a, b) in enumerate(zip(sizes[:-1], sizes[1:]), start=1):
+        out[f"fc{l}"] = (2 * a * b, 4 * a * b)
+    return out
+
+
 def flops_per_image(cfg):
+    if isinstance(cfg, CNNConfig):
+        f = cnn_flop_counts(cfg)
+        fwd, bwd = sum(a for a, _ in f.values()), sum(b for _, b in f.values())
+        return {"forward": fwd, "backward": bwd, "train": fwd + bwd, "inference": fwd}
     f = flop_counts(cfg)
     fwd = sum(a for a, _ in f.values())
     return {"forward": fwd, "backward": sum(b for _, b in f.values()), "train": fwd + sum(b for _, b in f.values()),
@@ -287,12 +308,20 @@ def layer_times(model, x, y, repeats=3, warmup=1):
 
 
 # ------------------------------------------------------------------ workers (one per child)
+def _spec_config(spec):
+    return (CNNConfig.from_dict(spec["config"]) if spec.get("cnn")
+            else CapsNetConfig(**spec["config"]))
+
+
 def _run_minicaps(spec):
     from minicaps.optim import Adam
-    cfg = CapsNetConfig(**spec["config"])
+    cfg = _spec_config(spec)
     device = spec["device"]
-    model = CapsNet(cfg, seed=0, dtype="float32", device=device,
-                    conv_method=spec.get("conv", "auto"))
+    if spec.get("cnn"):          # the CNN baseline (fast path: its default)
+        model = BaselineCNN(cfg, seed=0, dtype="float32", device=device)
+    else:
+        model = CapsNet(cfg, seed=0, dtype="float32", device=device,
+                        conv_method=spec.get("conv", "auto"))
     opt = Adam()
     x, y = _data(cfg, spec["batch"])
     sync = lambda: backend.synchronize()
@@ -335,14 +364,18 @@ def _run_torch(spec):
         torch.backends.cudnn.allow_tf32 = bool(spec.get("tf32"))
         torch.backends.cuda.matmul.allow_tf32 = bool(spec.get("tf32"))
     dev = torch.device("cuda" if gpu else "cpu")
-    cfg = CapsNetConfig(**spec["config"])
+    cfg = _spec_config(spec)
     # malloc keeps freed memory for PyTorch as for minicaps (a CPU CapsNet asks for it), so
     # the ratios compare the libraries, not the allocator's settings; it speeds PyTorch's
     # batch-128 step up too (0.78-0.84x the time). MINICAPS_KEEP_FREED_MEMORY=0: neither.
     backend.keep_freed_memory()
-    params = init_params(cfg, seed=0, dtype="float32")
-    model = tc.load_minicaps_params(tc.TorchCapsNet(**tc.config_from_minicaps(spec["config"])),
-                                    params).to(dev)
+    if spec.get("cnn"):
+        import torch_cnn
+        model = torch_cnn.TorchCNN(cfg).to(dev)
+    else:
+        params = init_params(cfg, seed=0, dtype="float32")
+        model = tc.load_minicaps_params(tc.TorchCapsNet(**tc.config_from_minicaps(spec["config"])),
+                                        params).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = _data(cfg, spec["batch"])
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
@@ -405,17 +438,27 @@ def _config_dict(cfg):
     return d
 
 
+def cnn_config(preset, quick=False):
+    """The CNN baseline ``preset`` (cli's --model cnn --preset) on MNIST-sized input (the
+    pooled and released presets on the 40x40 and 36x36 inputs they were made for);
+    --quick: a tiny one."""
+    if quick:
+        return CNNConfig(input_shape=(12, 12, 1), conv_channels=(8, 8), conv_kernel=3,
+                         pool_after=(1,), fc_sizes=(16,), num_classes=4)
+    return getattr(CNNConfig, preset)()
+
+
 def measure(library, device, batch, cfg, args):
     """Train, inference (and per-layer, minicaps only) numbers for one library and batch."""
     common = dict(library=library, device=device, batch=batch, config=_config_dict(cfg),
                   repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                   conv=args.conv, infer_batches=args.infer_batches,
-                  tf32=bool(args.tf32 and device == "gpu"))
+                  tf32=bool(args.tf32 and device == "gpu"), cnn=args.cnn)
+    layers = ["layers"] if library == "minicaps" and not args.cnn else []
     if args.quick:                    # one child: inference, then training
-        phases = ["infer", "train"] + (["layers"] if library == "minicaps" else [])
-        r = run_child(dict(common, phases=phases))
+        r = run_child(dict(common, phases=["infer", "train"] + layers))
     else:
-        r = run_child(dict(common, phases=["train"] + (["layers"] if library == "minicaps" else [])))
+        r = run_child(dict(common, phases=["train"] + layers))
         r.update({k: v for k, v in run_child(dict(common, phases=["infer"])).items()
                   if k == "infer"})
     f = flops_per_image(cfg)
@@ -495,7 +538,7 @@ def _fmt(v, nd=1):
 
 
 def format_report(result):
-    lines = []
+    lines = [f"network: {result.get('network', 'CapsNet')}"]
     peak = result["gemm_peak_gflops"]
     lines.append(f"GEMM peak (float32 matmul): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
     fl = result["flops_per_image"]
@@ -571,6 +614,10 @@ def parse_args(argv=None):
                     help="append every number to PATH as soon as it is measured, one JSON "
                          "object a line (kind: start, gemm_peak, measurement, result), so a "
                          "run stopped midway keeps what it measured")
+    ap.add_argument("--cnn", choices=("paper", "pooled", "released"), default=None,
+                    help="time the CNN baseline of this preset (as `minicaps train --model cnn "
+                         "--preset`; pooled at 40x40, released at 36x36) against the same "
+                         "network in PyTorch, instead of the CapsNet")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     defaults = dict(batches=[8] if args.quick else [32, 128], repeats=2 if args.quick else 5,
@@ -588,6 +635,8 @@ def parse_args(argv=None):
         ap.error("--no-cpu and --no-gpu together leave nothing to time")
     if args.no_cpu and args.scaling:
         ap.error("--scaling times the CPU only: leave out --no-cpu")
+    if args.cnn and args.scaling:
+        ap.error("--scaling times the CapsNet's batch sizes and routing: leave out --cnn")
     return args
 
 
@@ -600,7 +649,10 @@ def emit(args, kind, **record):
 
 
 def run(args):
-    cfg = CapsNetConfig(**QUICK_CONFIG) if args.quick else CapsNetConfig()
+    if args.cnn:
+        cfg = cnn_config(args.cnn, args.quick)
+    else:
+        cfg = CapsNetConfig(**QUICK_CONFIG) if args.quick else CapsNetConfig()
     devices = (([] if args.no_cpu else ["cpu"])
                + (["gpu"] if not args.no_gpu and backend.gpu_available() else []))
     if not devices:
@@ -651,7 +703,8 @@ def run(args):
                   conv_method=args.conv, tf32=bool(args.tf32),
                   keep_freed_memory=backend.keep_freed_memory(),
                   openblas_thread_timeout=backend.blas_thread_timeout(),
-                  results=results, ratios=ratios, scaling=None)
+                  results=results, ratios=ratios, scaling=None,
+                  network=f"CNN baseline --preset {args.cnn}" if args.cnn else "CapsNet")
     if args.scaling:
         result["scaling"] = scaling(cfg, args)
     return result

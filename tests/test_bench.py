@@ -59,6 +59,34 @@ def test_quick_run_writes_the_expected_json(tmp_path, capsys):
             assert layers["total"]["forward_ms"] > 0 and layers["total"]["backward_ms"] > 0
 
 
+def test_flop_counts_of_the_cnn_baselines_match_a_hand_count():
+    from minicaps.cnn import CNNConfig
+    f = bench.flops_per_image(CNNConfig.pooled())             # 40x40, pools after conv1, conv2
+    conv = [2 * 40 * 40 * 25 * 1 * 256, 2 * 20 * 20 * 25 * 256 * 256, 2 * 10 * 10 * 25 * 256 * 128]
+    dense = [2 * 12800 * 847, 2 * 847 * 192, 2 * 192 * 10]
+    assert f["forward"] == sum(conv) + sum(dense) == f["inference"]
+    assert f["backward"] == conv[0] + 2 * (conv[1] + conv[2]) + 2 * sum(dense)   # conv1: no dx
+    released = bench.flops_per_image(CNNConfig.released())    # 36x36 -> 18 -> 9
+    assert released["forward"] == (2 * 36 * 36 * 25 * 512 + 2 * 18 * 18 * 25 * 512 * 256
+                                   + 2 * 9 * 9 * 256 * 1024 + 2 * 1024 * 10)
+
+
+def test_the_cnn_baseline_is_timed_against_the_same_network_in_pytorch(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert bench.bench_main(["--quick", "--cnn", "pooled", "--json", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("network: CNN baseline --preset pooled") and "per layer" not in out
+    result = json.loads(path.read_text())
+    assert result["network"] == "CNN baseline --preset pooled"
+    assert result["config"]["conv_channels"] == [8, 8]
+    libraries = {r["library"] for r in result["results"]}
+    assert libraries == ({"minicaps", "torch"} if bench.torch_available() else {"minicaps"})
+    for r in result["results"]:
+        assert r["train_img_s"] > 0 and r["infer_img_s"] > 0 and "layers" not in r
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--cnn", "pooled", "--scaling"])
+
+
 def test_scaling_table(tmp_path):
     args = bench.parse_args(["--quick", "--no-torch"])
     rows = bench.scaling(bench.CapsNetConfig(**bench.QUICK_CONFIG), args)
