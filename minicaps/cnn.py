@@ -52,7 +52,7 @@ from typing import ClassVar
 import numpy as np
 
 from . import backend
-from .model import CapsNet, DTYPES, IMPLS, _is_int, _is_real, glorot_uniform
+from .model import CapsNet, DTYPES, _is_int, _is_real, glorot_uniform, implementation
 from .ops import (dense_forward, dense_backward, relu_forward, relu_backward, softmax_forward,
                   conv2d_same_forward, conv2d_same_backward, max_pool_forward,
                   max_pool_backward, dropout_forward, dropout_backward,
@@ -227,14 +227,7 @@ class BaselineCNN:
     loss_terms = ("cross_entropy",)     # the loss's terms, as out and the metrics name them
 
     def __new__(cls, *args, impl="fast", **kwargs):
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
-        if cls is BaselineCNN and impl == "fast":
-            from .fast.cnn import FastBaselineCNN
-            cls = FastBaselineCNN
-        elif impl != cls.impl:
-            raise ValueError(f"{cls.__name__} is impl={cls.impl!r}, not {impl!r}")
-        return super().__new__(cls)
+        return super().__new__(implementation(cls, BaselineCNN, impl, "cnn", "FastBaselineCNN"))
 
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None, *,
                  impl="reference"):

@@ -36,6 +36,20 @@ DTYPES = ("float32", "float64")
 IMPLS = ("fast", "reference")
 
 
+def implementation(cls, base, impl, module, fast_name):
+    """The class that ``cls(..., impl=impl)`` builds, for a reference class ``base`` whose
+    fast twin is minicaps.fast.<module>.<fast_name>: the twin for base itself with
+    impl="fast" (the default), else cls, whose impl must then be the one asked for."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+    if cls is base and impl == "fast":
+        import importlib
+        return getattr(importlib.import_module(f"minicaps.fast.{module}"), fast_name)
+    if impl != cls.impl:
+        raise ValueError(f"{cls.__name__} is impl={cls.impl!r}, not {impl!r}")
+    return cls
+
+
 @dataclass
 class CapsNetConfig:
     """Every size of the network. The defaults are the paper's MNIST model."""
@@ -228,14 +242,7 @@ class CapsNet:
     impl = "reference"
 
     def __new__(cls, *args, impl="fast", **kwargs):
-        if impl not in IMPLS:
-            raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
-        if cls is CapsNet and impl == "fast":
-            from .fast.model import FastCapsNet
-            cls = FastCapsNet
-        elif impl != cls.impl:
-            raise ValueError(f"{cls.__name__} is impl={cls.impl!r}, not {impl!r}")
-        return super().__new__(cls)
+        return super().__new__(implementation(cls, CapsNet, impl, "model", "FastCapsNet"))
 
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
                  conv_method="auto", *, impl="reference"):
