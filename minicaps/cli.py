@@ -139,7 +139,8 @@ def _test_data(args, ckpt):
     from .train import load_data, prepare_data
     settings = ckpt.extra.get("settings", {}) or {}
     info = settings.get("data_info") or {}
-    folder = args.data_dir or (info.get("folder") if args.dataset is None else None)
+    folder = getattr(args, "data_dir", None) or (info.get("folder") if args.dataset is None
+                                                 else None)
     if folder:
         from .folder import load_image_folder
         data = load_image_folder(folder, image_size=info.get("image_size"),
@@ -317,7 +318,6 @@ def cmd_compare(args):
                          f"({model_a.config.input_shape}, {model_a.config.num_classes} classes "
                          f"against {model_b.config.input_shape}, {model_b.config.num_classes}):"
                          f" they cannot read one test set")
-    args.data_dir = None
     test, _, dataset = _test_data(args, ckpt_a)
     if test.targets is not None:
         raise ValueError("compare reads one label a picture; for MultiMNIST pairs run "

@@ -46,15 +46,13 @@ SOFTMAX_BACKWARD_ADD_KERNEL = backend.ElementwiseKernel(
     "minicaps_softmax_backward_add")
 # margin_loss_backward then length_backward (then + mask_backward of the decoder's dv):
 # dv = dL/d|v| / |v| v (+ dr mask)
+_MARGIN_IN = "T t, T present, T absent, T length, T v, T scale, T two_lam"
+_DLENGTH = "T dlength = scale * (-2 * t * present + two_lam * (1 - t) * absent);"
 MARGIN_LENGTH_BACKWARD_KERNEL = backend.ElementwiseKernel(
-    "T t, T present, T absent, T length, T v, T scale, T two_lam", "T dv",
-    "T dlength = scale * (-2 * t * present + two_lam * (1 - t) * absent);"
-    "dv = dlength / length * v;",
+    _MARGIN_IN, "T dv", _DLENGTH + "dv = dlength / length * v;",
     "minicaps_margin_length_backward")
 MARGIN_LENGTH_MASK_BACKWARD_KERNEL = backend.ElementwiseKernel(
-    "T t, T present, T absent, T length, T v, T scale, T two_lam, T dr, T mask", "T dv",
-    "T dlength = scale * (-2 * t * present + two_lam * (1 - t) * absent);"
-    "dv = dlength / length * v + dr * mask;",
+    _MARGIN_IN + ", T dr, T mask", "T dv", _DLENGTH + "dv = dlength / length * v + dr * mask;",
     "minicaps_margin_length_mask_backward")
 # reconstruction_loss_backward then sigmoid_backward: dr = (2 dL / N) diff y (1 - y)
 RECON_SIGMOID_BACKWARD_KERNEL = backend.ElementwiseKernel(
@@ -97,10 +95,7 @@ def primary_capsules_forward(conv_out, dims, eps=SQUASH_EPS):
     """ops.capsules.primary_capsules_forward with this module's squash."""
     if not backend.is_gpu_array(conv_out):
         return ref_capsules.primary_capsules_forward(conv_out, dims, eps)
-    N, H, W, C = conv_out.shape
-    if C % dims:
-        raise ValueError(f"primary conv has {C} channels, not a multiple of {dims} capsule dims")
-    u, cache = squash_forward(conv_out.reshape(N, H * W * (C // dims), dims), eps)
+    u, cache = squash_forward(ref_capsules.as_capsules(conv_out, dims), eps)
     return u, (conv_out.shape, cache)
 
 

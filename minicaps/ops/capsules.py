@@ -59,11 +59,16 @@ def primary_capsules_forward(conv_out, dims, eps=SQUASH_EPS):
     Channel = map*dims + dim, and capsule index i = (row*W + col)*maps + map:
     a plain reshape of the NHWC conv output.
     """
+    u, cache = squash_forward(as_capsules(conv_out, dims), eps)
+    return u, (conv_out.shape, cache)
+
+
+def as_capsules(conv_out, dims):
+    """(N, H, W, maps*dims) -> (N, H*W*maps, dims): the conv output read as capsules."""
     N, H, W, C = conv_out.shape
     if C % dims:
         raise ValueError(f"primary conv has {C} channels, not a multiple of {dims} capsule dims")
-    u, cache = squash_forward(conv_out.reshape(N, H * W * (C // dims), dims), eps)
-    return u, (conv_out.shape, cache)
+    return conv_out.reshape(N, H * W * (C // dims), dims)
 
 
 def primary_capsules_backward(du, cache):
