@@ -86,10 +86,12 @@ def cmd_train(args):
     network = ("" if args.model == "capsnet" else
                f"the CNN baseline (--preset {args.preset}, {config.num_params():,} parameters) ")
     pairs = (data.info or {}).get("pairs_per_digit")
-    n_train = len(data.y_train) if args.limit_train is None else min(args.limit_train,
-                                                                     len(data.y_train))
+    n_train = max(len(data.y_train) - args.val_size, 0)     # --val-size's share held out first
+    if args.limit_train is not None:
+        n_train = min(args.limit_train, n_train)
+    held_out = f", {args.val_size} held out for validation" if args.val_size else ""
     seen = (f"{n_train} training digits, {n_train * pairs} pairs an epoch"
-            if pairs else f"{n_train} training images")
+            if pairs else f"{n_train} training images{held_out}")
     print(f"training {network}on {data.name or args.dataset} ({seen}, "
           f"{config.num_classes} classes, input "
           f"{'x'.join(map(str, config.input_shape))}), writing to {out}")

@@ -288,3 +288,19 @@ def test_the_quick_preset_trains_the_smaller_network_at_its_rate(tmp_path, capsy
     assert (config.conv1_channels, config.primary_maps) == (64, 16)
     assert config.num_primary_caps == 6 * 6 * 16
     assert ckpt.epoch == 2 and ckpt.extra["settings"]["lr"] == 0.002
+
+
+@pytest.mark.parametrize("limit", [None, 5])
+def test_the_first_line_counts_the_images_left_after_the_validation_share(tmp_path, capsys,
+                                                                         fake_mnist, limit):
+    data, _ = fake_mnist
+    out = tmp_path / "run"
+    cut = [] if limit is None else ["--limit-train", str(limit)]
+    assert cli.main(["train", "--preset", "quick", "--epochs", "1", "--val-size", "4", *cut,
+                     "--out", str(out), "--no-progress"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    trained_on = load_checkpoint(out / "last.npz").extra["settings"]["n_train"]
+    expected = min(len(data[1]) - 4, limit or len(data[1]))
+    assert trained_on == expected
+    assert f"({expected} training images, 4 held out for validation, 10 classes" in first
+
