@@ -5,14 +5,17 @@
 
 The layout torchvision's ImageFolder reads: the class names are the subfolders' names, in
 sorted order (label 0 is the first), and every .png, .jpg or .jpeg file under a class's
-folder (its subfolders too) is one of its images, read in sorted order. Without DIR/train
-and DIR/test, a seeded ``test_fraction`` of each class is held out for testing; the split
+folder (its subfolders too) is one of its images. With DIR/train and DIR/test (or DIR/val
+in place of test) those are the split, and a DIR/val beside both is the validation set;
+otherwise a seeded ``test_fraction`` of each class is held out for testing, and the split
 (seed, fraction, a hash of the test files' names) is kept in Dataset.info and so with the
-run.
+run. Each split comes in an order shuffled with ``seed`` (not class by class), so the first
+N images (--limit-train, --limit-test, plots) hold every class.
 
 Every image is converted to one size and one colour mode: ``image_size`` (default: the
 size they all have; mixed sizes need it) and ``color`` "gray" or "rgb" (default: rgb if any
-image is in colour). Pixels come out as uint8, gray as (N, H, W) and colour as (N, H, W, 3),
+image is in colour; a palette of grays counts as gray). A JPEG's EXIF orientation is
+applied, as a photo viewer shows it. Pixels come out as uint8, gray as (N, H, W) and colour as (N, H, W, 3),
 as MNIST's come out of load_mnist. Before any pixel is decoded, every header is read and
 the memory the arrays need checked against what is free. Reading one picture is bounded as
 in images.read_grayscale (its decoding needs at most images.MAX_BYTES). A file that cannot
@@ -34,6 +37,8 @@ SUFFIXES = (".png", ".jpg", ".jpeg")
 COLORS = ("gray", "rgb")
 BAD_IMAGES = ("error", "skip")
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
+VAL_DIRS = ("val", "valid", "validation")     # a validation (or test) folder's names
+EXIF_ORIENTATION = 0x0112      # 1: as stored; 5-8: a quarter turn, so height and width swap
 MEMORY_SHARE = 0.5     # the images may take at most this share of the free memory
 
 
@@ -47,18 +52,9 @@ def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed
     """
     root = Path(root).expanduser()
     size = _check_options(root, image_size, color, test_fraction, seed, bad_images)
-    own_split = (root / "train").is_dir() and (root / "test").is_dir()
-    if own_split:
-        classes, train_files = _scan(root / "train", log)
-        test_classes, test_files = _scan(root / "test", log)
-        unknown = sorted(set(test_classes) - set(classes))
-        if unknown:
-            raise DataError(f"{root / 'test'} has class folders that {root / 'train'} does "
-                            f"not: {', '.join(unknown)}; the test classes must be training "
-                            f"classes (same folder names)")
-        # test labels are positions among the training classes
-        test_files = [(path, classes.index(test_classes[label])) for path, label in test_files]
-        files = train_files + test_files
+    folders = split_folders(root)
+    if folders:
+        classes, files, part_of = _scan_split(root, folders, log)
     else:
         classes, files = _scan(root, log)
     headers, files = _read_headers(files, bad_images, log)
@@ -70,26 +66,96 @@ def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed
         f"reading {len(files)} images of {size[0]}x{size[1]}x{channels} from {root}",
         "give a smaller --image-size, use gray (--color gray), or train on fewer images")
     images, labels, paths = _decode_all(files, size, color, bad_images, log)
-    if own_split:
-        is_test = np.array([p.is_relative_to(root / "test") for p in paths], dtype=bool)
-        info = {"split": "train/ and test/ folders"}
+    skipped = len(files) - len(paths)
+    if folders:
+        part = np.array([part_of(p) for p in paths])
+        info = {"split": " and ".join(f"{f.name}/" for f in folders if f is not None) +
+                " folders", "seed": seed}
     else:
-        is_test = _seeded_split(labels, len(classes), test_fraction, seed)
-        names = sorted(str(p.relative_to(root)) for p, t in zip(paths, is_test) if t)
+        part = np.where(_seeded_split(labels, len(classes), test_fraction, seed), "test", "train")
         info = {"split": "seeded", "test_fraction": test_fraction, "seed": seed,
-                "test_files_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
-    for part, mask in (("training", ~is_test), ("test", is_test)):
-        missing = sorted(set(range(len(classes))) - set(labels[mask].tolist()))
-        if not mask.any():
-            raise DataError(f"{root}: no {part} images are left (the others were skipped)")
-        if missing and part == "training":
-            raise DataError(f"{root}: no {part} images of class "
+                "test_files_sha256": test_files_sha256(root, paths, part == "test")}
+    for name, what in (("train", "training"), ("test", "test")):
+        missing = sorted(set(range(len(classes))) - set(labels[part == name].tolist()))
+        if not (part == name).any():
+            why = (f" ({skipped} images were skipped)" if skipped else
+                   " (each class has a single image, and that one is trained on)"
+                   if not folders else "")
+            raise DataError(f"{root}: no {what} images are left{why}; add images"
+                            + ("" if folders else ", or give DIR/train and DIR/test folders"))
+        if missing and name == "train":
+            raise DataError(f"{root}: no {what} images of class "
                             f"{', '.join(classes[c] for c in missing)} are left")
     info.update(image_size=list(size), color=color, folder=str(root.resolve()))
-    log(f"{root}: {len(classes)} classes, {int((~is_test).sum())} training and "
-        f"{int(is_test.sum())} test images of {size[0]}x{size[1]} {color}")
-    return Dataset(images[~is_test], labels[~is_test], images[is_test], labels[is_test],
-                   classes=tuple(classes), name=str(root), info=info)
+    counts = {name: int((part == name).sum()) for name in ("train", "test", "val")}
+    log(f"{root}: {len(classes)} classes ({_some(classes)}), {counts['train']} training"
+        + (f", {counts['val']} validation" if counts["val"] else "")
+        + f" and {counts['test']} test images of {size[0]}x{size[1]} {color}")
+    split = {name: _shuffled(np.flatnonzero(part == name), seed) for name in counts}
+    val = split["val"] if counts["val"] else None
+    return Dataset(images[split["train"]], labels[split["train"]],
+                   images[split["test"]], labels[split["test"]],
+                   classes=tuple(classes), name=str(root), info=info,
+                   x_val=None if val is None else images[val],
+                   y_val=None if val is None else labels[val])
+
+
+def split_folders(root):
+    """(train, test, val or None) when ``root`` holds a split of its own: DIR/train with
+    DIR/test, or with DIR/val (valid, validation), which then is the test set; with all
+    three, val is the validation set. None when ``root``'s subfolders are the classes
+    (a lone DIR/train is then a class, such as CIFAR-100's)."""
+    root = Path(root)
+    train = root / "train"
+    test = root / "test" if (root / "test").is_dir() else None
+    val = next((root / name for name in VAL_DIRS if (root / name).is_dir()), None)
+    if not train.is_dir() or (test is None and val is None):
+        return None
+    return (train, test, val) if test is not None else (train, val, None)
+
+
+def test_files_sha256(root, paths, is_test):
+    """SHA-256 of the held-out files' names (relative to ``root``, sorted): what says a
+    seeded split is the one a run was trained with. Names that are not UTF-8 count by
+    their bytes."""
+    names = sorted(str(p.relative_to(root)) for p, t in zip(paths, is_test) if t)
+    return hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _shuffled(index, seed):
+    """``index`` in an order drawn with ``seed`` (its own stream, apart from the split's)."""
+    return index[np.random.default_rng([seed, 1]).permutation(len(index))]
+
+
+def _some(names, n=4):
+    return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
+
+
+def _scan_split(root, folders, log):
+    """(class names, [(path, label)], part_of) for DIR/train + DIR/test (+ DIR/val):
+    the classes are train's; part_of(path) says "train", "test" or "val"."""
+    train, test, val = folders
+    classes, files = _scan(train, log)
+    parts = [(train, "train"), (test, "test")] + ([(val, "val")] if val is not None else [])
+    for folder, _ in parts[1:]:
+        other_classes, other_files = _scan(folder, log, min_classes=1)
+        unknown = sorted(set(other_classes) - set(classes))
+        if unknown:
+            raise DataError(f"{folder} has class folders that {train} does not: "
+                            f"{', '.join(unknown)}; its classes must be training classes "
+                            f"(the same folder names)")
+        # their labels are positions among the training classes
+        files += [(path, classes.index(other_classes[label])) for path, label in other_files]
+    used = {folder.name for folder, _ in parts}
+    others = sorted(p.name for p in root.iterdir()
+                    if p.is_dir() and not p.name.startswith(".") and p.name not in used)
+    log(f"{root}: the split is its own: {train.name}/ to train on, {test.name}/ to test on"
+        + (f", {val.name}/ to validate on" if val is not None else "")
+        + (f"; ignoring the other folders ({_some(others)})" if others else ""))
+
+    def part_of(path):
+        return next(name for folder, name in parts if path.is_relative_to(folder))
+    return classes, files, part_of
 
 
 def parse_image_size(value):
@@ -129,7 +195,7 @@ def _check_options(root, image_size, color, test_fraction, seed, bad_images):
     return parse_image_size(image_size)
 
 
-def _scan(folder, log):
+def _scan(folder, log, min_classes=2):
     """(class names, [(path, label)]) from folder's subfolders, in sorted order."""
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     class_dirs = [p for p in entries if p.is_dir()]
@@ -139,9 +205,19 @@ def _scan(folder, log):
                 else "has no subfolders")
         raise DataError(f"{folder} {what}: put each class's images into a subfolder named "
                         f"after the class ({folder}/<class>/image.png)")
-    if len(class_dirs) < 2:
+    if len(class_dirs) < min_classes:
+        hint = (f"; if {class_dirs[0]} holds the class folders, put a test/ (or val/) folder "
+                f"of them beside it, or move them up into {folder} for a seeded split"
+                if class_dirs[0].name in ("train", "test") + VAL_DIRS else "")
         raise DataError(f"{folder} has one class folder ({class_dirs[0].name}): a classifier "
-                        f"needs at least 2 classes")
+                        f"needs at least 2 classes{hint}")
+    for class_dir in class_dirs:
+        try:
+            class_dir.name.encode("utf-8")
+        except UnicodeEncodeError:
+            raise DataError(f"the class folder {class_dir.name.encode('utf-8', 'surrogateescape')!r} "
+                            f"in {folder} has a name that is not UTF-8: rename it (class "
+                            f"names go into the run's checkpoints as text)") from None
     if loose:
         log(f"{folder}: ignoring {len(loose)} images outside the class folders "
             f"(such as {loose[0].name})")
@@ -181,18 +257,46 @@ def _read_headers(files, bad_images, log):
             _bad(path, str(e).replace(f"{path}: ", ""), bad_images, log)
             continue
         with image:
-            headers.append(((image.size[1], image.size[0]), image.mode))
+            w, h = image.size
+            mode = "L" if _gray_palette(image) else image.mode
+            headers.append(((w, h) if _turned(image) else (h, w), mode))
         kept.append((path, label))
     if not kept:
         raise DataError("none of the images could be read")
     return headers, kept
 
 
+def _orientation(image):
+    """A JPEG's EXIF orientation (1..8; 1 when it has none). Other formats keep theirs
+    after the pixels, so they are read as stored."""
+    if image.format not in ("JPEG", "MPO"):
+        return 1
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:        # a damaged EXIF block: the picture as stored
+        return 1
+    return value if value in range(1, 9) else 1
+
+
+def _turned(image):
+    """True when the orientation turns the picture a quarter: height and width swap."""
+    return _orientation(image) in (5, 6, 7, 8)
+
+
+def _gray_palette(image):
+    """True for a palette image whose colours are all grays."""
+    if image.mode not in ("P", "PA"):
+        return False
+    palette = image.getpalette() or []
+    return bool(palette) and palette[0::3] == palette[1::3] == palette[2::3]
+
+
 def _common_size(headers, root):
     sizes = Counter(size for size, _ in headers)
     if len(sizes) == 1:
         return next(iter(sizes))
-    common = ", ".join(f"{h}x{w} ({n} images)" for (h, w), n in sizes.most_common(3))
+    common = ", ".join(f"{h}x{w} ({n} image{'s' if n > 1 else ''})"
+                       for (h, w), n in sizes.most_common(3))
     raise DataError(f"{root}: the images have {len(sizes)} different sizes (HxW: {common}"
                     f"{', ...' if len(sizes) > 3 else ''}); give the size to resize them all "
                     f"to (--image-size 32, or 32x48 for H x W)")
@@ -233,8 +337,9 @@ def read_image(path, size, color):
     with image:
         h, w = size
         coefficients = _jpeg_coefficient_bytes(image, path)
-        if image.format in ("JPEG", "MPO"):
-            image.draft("L" if color == "gray" else "RGB", (w, h))   # decode at 1/2..1/8 scale
+        orientation = _orientation(image)
+        if image.format in ("JPEG", "MPO"):        # decode at 1/2..1/8 scale, as stored
+            image.draft("L" if color == "gray" else "RGB", (h, w) if _turned(image) else (w, h))
         need = _bytes_to_decode(image) + coefficients
         if need > MAX_BYTES:
             raise ValueError(f"{image.size[0]} x {image.size[1]} pixels would take "
@@ -242,6 +347,8 @@ def read_image(path, size, color):
                              f"({MAX_BYTES / 1e6:.0f} MB); shrink the picture first")
         try:
             image.load()
+            if orientation != 1:
+                image = _ImageOps().exif_transpose(image)
             image = _to_mode(image, color)
             if image.size != (w, h):
                 image = image.resize((w, h), Image.BILINEAR)
@@ -255,10 +362,13 @@ def _to_mode(image, color):
     """``image`` as 8-bit "L" or "RGB"."""
     from PIL import Image
     if image.mode.startswith("I") or image.mode == "F":
-        a = np.asarray(image, dtype=np.float64)
+        a = np.asarray(image, dtype=np.float32)
         if not np.isfinite(a).all():
             raise ValueError("the picture has pixels that are NaN or infinite")
-        a = np.clip(a / (257.0 if a.max() > 255 else 1.0), 0, 255)
+        # 16 bits (a PNG's "I" too, in older Pillow) always by 257, so that every picture
+        # of a folder scales alike; 32-bit and float gray by 257 only past 255
+        sixteen = image.mode.startswith("I;16") or (image.mode == "I" and image.format == "PNG")
+        a = np.clip(a / (257.0 if sixteen or a.max() > 255 else 1.0), 0, 255)
         image = Image.fromarray(np.round(a).astype(np.uint8), "L")
     if color == "gray":
         return image if image.mode == "L" else image.convert("L")
@@ -276,3 +386,8 @@ def _seeded_split(labels, n_classes, fraction, seed):
         k = min(max(round(fraction * n), 1), n - 1) if n >= 2 else 0
         is_test[members[rng.permutation(n)[:k]]] = True
     return is_test
+
+
+def _ImageOps():
+    from PIL import ImageOps
+    return ImageOps

@@ -37,8 +37,16 @@ def write(folder, images, labels, names=("h", "v", "d"), suffix=".png"):
 
 
 def class_major(images, labels):
-    """The order a folder is read in: by class, then by file name (here: the index)."""
+    """The order a folder is found in: by class, then by file name (here: the index)."""
     order = np.argsort(labels, kind="stable")
+    return images[order], labels[order]
+
+
+def folder_order(images, labels, seed=0):
+    """The order a folder's split comes back in: class_major, shuffled as documented (a
+    permutation from numpy's default_rng([seed, 1]))."""
+    images, labels = class_major(images, labels)
+    order = np.random.default_rng([seed, 1]).permutation(len(labels))
     return images[order], labels[order]
 
 
@@ -52,11 +60,57 @@ def test_train_and_test_folders_come_back_as_written(tmp_path):
     relabel = np.array([1, 2, 0])                  # bars' label -> position of its name
     for got_x, got_y, want_x, want_y in ((data.x_train, data.y_train, x, relabel[y]),
                                          (data.x_test, data.y_test, xt, relabel[yt])):
-        want_x, want_y = class_major(want_x, want_y)
+        want_x, want_y = folder_order(want_x, want_y)
         np.testing.assert_array_equal(got_x, want_x)
         np.testing.assert_array_equal(got_y, want_y)
         assert got_x.dtype == np.uint8 and got_y.dtype == np.int64
     assert data.info["split"] == "train/ and test/ folders" and data.info["color"] == "gray"
+    # not class by class: the first images hold every class, so --limit-train 9 does too
+    assert set(data.y_train[:9].tolist()) == {0, 1, 2}
+    assert set(data.y_test[:9].tolist()) == {0, 1, 2}
+
+
+def test_limits_on_a_folder_keep_every_class(tmp_path):
+    from minicaps.train import prepare_data
+    x, y = bars(60, 0)
+    write(tmp_path, x, y)
+    train, _, test = prepare_data(load_image_folder(tmp_path, test_fraction=0.5, **QUIET),
+                                  limit_train=12, limit_test=12)
+    assert np.bincount(train.labels, minlength=3).min() >= 2
+    assert np.bincount(test.labels, minlength=3).min() >= 2
+
+
+def test_train_and_val_folders_are_a_split_and_val_beside_test_validates(tmp_path):
+    x, y = bars(30, 0)
+    xv, yv = bars(12, 1)
+    xt, yt = bars(15, 2)
+    write(tmp_path / "train", x, y)
+    write(tmp_path / "val", xv, yv)
+    lines = []
+    data = load_image_folder(tmp_path, log=lines.append)
+    assert data.classes == ("d", "h", "v") and data.x_val is None
+    assert sorted(map(bytes, data.x_test)) == sorted(map(bytes, xv))
+    assert "val/ to test on" in lines[-2] and "12 test images" in lines[-1]
+    write(tmp_path / "test", xt, yt)
+    (tmp_path / "extra").mkdir()
+    lines = []
+    data = load_image_folder(tmp_path, log=lines.append)
+    assert sorted(map(bytes, data.x_test)) == sorted(map(bytes, xt))
+    assert sorted(map(bytes, data.x_val)) == sorted(map(bytes, xv))
+    assert sorted(map(bytes, data.x_train)) == sorted(map(bytes, x))
+    np.testing.assert_array_equal(data.y_val, np.array([1, 2, 0])[yv][  # by the images
+        [next(k for k in range(12) if (xv[k] == img).all()) for img in data.x_val]])
+    assert "val/ to validate on" in lines[-2] and "ignoring the other folders (extra)" in lines[-2]
+
+
+def test_a_lone_train_folder_is_a_class_and_says_what_to_add(tmp_path):
+    x, y = bars(9, 0)
+    write(tmp_path / "train", x, y)
+    with pytest.raises(DataError, match=r"one class folder \(train\).*put a test/ \(or val/\)"):
+        load_image_folder(tmp_path, **QUIET)
+    write(tmp_path, x[:3], [0, 0, 0], names=("bus",))    # CIFAR-100 has a class "train"
+    data = load_image_folder(tmp_path, test_fraction=0.4, **QUIET)
+    assert data.classes == ("bus", "train")
 
 
 def test_a_test_folder_may_lack_a_class_but_not_add_one(tmp_path):
@@ -84,7 +138,7 @@ def test_the_seeded_split_holds_out_a_share_of_every_class(tmp_path):
     assert a.info["test_files_sha256"] == b.info["test_files_sha256"]
     assert a.info["test_files_sha256"] != c.info["test_files_sha256"]
     # the recorded hash is of the held-out files' names: recomputed from the images
-    everything, _ = class_major(x, np.array([1, 2, 0])[y])
+    everything = x
     names = sorted(f"{('h', 'v', 'd')[label]}/{k:05d}.png"
                    for k, label in enumerate(y)
                    if any((img == x[k]).all() for img in a.x_test))
@@ -142,6 +196,85 @@ def test_sixteen_bit_alpha_and_jpeg(tmp_path):
     Image.fromarray(smooth).save(tmp_path / "smooth.jpg", quality=95)
     back = read_image(tmp_path / "smooth.jpg", (64, 64), "gray").astype(int)
     assert np.abs(back - smooth).max() <= 4                    # lossy, but close
+
+
+def test_sixteen_bits_scale_alike_in_every_picture(tmp_path):
+    """A dark 16-bit picture stays dark: 16 bits are always divided by 257, not by what
+    one picture happens to hold."""
+    dark = np.arange(64, dtype=np.uint16).reshape(8, 8) * 4            # 0..252 of 65535
+    bright = dark * 257
+    for name, pixels in (("a", dark), ("b", bright)):
+        for k in range(2):
+            (tmp_path / name).mkdir(exist_ok=True)
+            Image.fromarray(pixels).save(tmp_path / name / f"{k}.png")
+    data = load_image_folder(tmp_path, test_fraction=0.5, **QUIET)
+    images = np.concatenate([data.x_train, data.x_test])
+    labels = np.concatenate([data.y_train, data.y_test])
+    assert (images[labels == 0] == np.round(dark / 257)).all()        # 0 or 1
+    assert (images[labels == 1] == dark).all()
+
+
+def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path):
+    stored = np.tile(np.linspace(0, 255, 16), (8, 1)).astype(np.uint8)   # 8 high, 16 wide
+    stored[:2] = 255                                                       # a bright top
+    exif = Image.Exif()
+    exif[0x0112] = 6                                  # "turn 90 degrees clockwise to view"
+    path = tmp_path / "a" / "phone.jpg"
+    path.parent.mkdir()
+    Image.fromarray(stored).save(path, quality=100, exif=exif)
+    as_stored = np.asarray(Image.open(path).convert("L"))              # Pillow, no EXIF
+    shown = np.rot90(as_stored, k=-1)                                   # clockwise: 16 x 8
+    np.testing.assert_array_equal(read_image(path, (16, 8), "gray"), shown)
+    # in a folder it counts as 16 x 8, the size of the portraits beside it
+    (tmp_path / "b").mkdir()
+    for k in range(2):
+        Image.fromarray(shown).save(tmp_path / "b" / f"{k}.png")
+    Image.fromarray(shown).save(tmp_path / "a" / "plain.png")
+    data = load_image_folder(tmp_path, test_fraction=0.5, **QUIET)
+    assert data.x_train.shape[1:] == (16, 8)
+    images = np.concatenate([data.x_train, data.x_test])
+    assert all((img == shown).all() for img in images)
+
+
+def test_jpeg_capitals_and_subfolders_are_read_and_gray_palettes_stay_gray(tmp_path):
+    rng = np.random.default_rng(0)
+    gray = [rng.integers(0, 256, (6, 6)).astype(np.uint8) for _ in range(4)]
+    (tmp_path / "a" / "deeper").mkdir(parents=True)
+    (tmp_path / "b").mkdir()
+    Image.fromarray(gray[0]).save(tmp_path / "a" / "x.JPG", quality=100)
+    Image.fromarray(gray[1]).save(tmp_path / "a" / "deeper" / "y.jpeg", quality=100)
+    for k in (2, 3):
+        paletted = Image.fromarray(gray[k]).convert("P")       # a palette of grays
+        assert paletted.mode == "P"
+        paletted.save(tmp_path / "b" / f"{k}.PNG")
+    data = load_image_folder(tmp_path, test_fraction=0.5, **QUIET)
+    assert data.info["color"] == "gray" and data.x_train.shape[1:] == (6, 6)
+    images = np.concatenate([data.x_train, data.x_test])
+    labels = np.concatenate([data.y_train, data.y_test])
+    assert np.bincount(labels).tolist() == [2, 2]
+    assert sorted(map(bytes, images[labels == 1])) == sorted(map(bytes, gray[2:]))
+    jpegs = [np.asarray(Image.open(p).convert("L")) for p in
+             (tmp_path / "a" / "x.JPG", tmp_path / "a" / "deeper" / "y.jpeg")]
+    assert sorted(map(bytes, images[labels == 0])) == sorted(map(bytes, jpegs))
+
+
+def test_names_that_are_not_utf8(tmp_path):
+    good = good_folder(tmp_path)
+    odd = os.fsdecode(b"caf\xe9.png")                     # a Latin-1 name on a UTF-8 disk
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(good / "h" / odd)
+    data = load_image_folder(good, **QUIET)              # a file: counted by its bytes
+    assert len(data.y_train) + len(data.y_test) == 13
+    (good / os.fsdecode(b"cl\xe9")).mkdir()
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(good / os.fsdecode(b"cl\xe9") / "0.png")
+    with pytest.raises(DataError, match="not UTF-8: rename it"):
+        load_image_folder(good, **QUIET)
+
+
+def test_one_image_per_class_says_why_none_is_left_to_test(tmp_path):
+    write(tmp_path, np.zeros((2, 8, 8), np.uint8), [0, 1])
+    with pytest.raises(DataError, match="no test images are left .each class has a single "
+                                        "image.*add images, or give DIR/train and DIR/test"):
+        load_image_folder(tmp_path, **QUIET)
 
 
 def test_image_size_parsing():
@@ -258,14 +391,14 @@ def test_options_are_checked(tmp_path):
 
 def test_a_run_on_a_folder_equals_the_run_on_its_arrays(tmp_path):
     """Images written as PNGs and read back train bit for bit as the arrays they came from
-    (in the folder's order: by class, then by name)."""
+    (in the folder's order: by class, then by name, shuffled with the seed)."""
     x, y = bars(60, 0)
     xt, yt = bars(30, 1)
     names = ("c0", "c1", "c2")
     write(tmp_path / "pngs" / "train", x, y, names)
     write(tmp_path / "pngs" / "test", xt, yt, names)
     folder = load_image_folder(tmp_path / "pngs", **QUIET)
-    arrays = Dataset(*class_major(x, y), *class_major(xt, yt), classes=names)
+    arrays = Dataset(*folder_order(x, y), *folder_order(xt, yt), classes=names)
     kw = dict(epochs=1, batch_size=20, lr=0.01, shift=1, **TRAIN_QUIET)
     a = train(tiny_config(), out_dir=tmp_path / "a", data=folder, **kw)
     b = train(tiny_config(), out_dir=tmp_path / "b", data=arrays, **kw)
@@ -290,7 +423,7 @@ def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, mon
                      "--test-fraction", "0.2", "--flip"])
     printed = capsys.readouterr().out
     assert code == 0, printed
-    assert "3 classes, 24 training and 6 test images of 28x28 rgb" in printed
+    assert "3 classes (bird, cat, dog), 24 training and 6 test images of 28x28 rgb" in printed
     assert "input 28x28x3" in printed
     assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
@@ -315,6 +448,6 @@ def test_mnist_written_as_pngs_reads_back_exactly(tmp_path):
     write(tmp_path / "train", x[:500], y[:500], names=tuple(str(k) for k in range(10)))
     write(tmp_path / "test", xt[:200], yt[:200], names=tuple(str(k) for k in range(10)))
     data = load_image_folder(tmp_path, **QUIET)
-    for got, want in ((data.x_train, class_major(x[:500], y[:500])[0]),
-                      (data.x_test, class_major(xt[:200], yt[:200])[0])):
+    for got, want in ((data.x_train, folder_order(x[:500], y[:500])[0]),
+                      (data.x_test, folder_order(xt[:200], yt[:200])[0])):
         np.testing.assert_array_equal(got, want)
