@@ -62,11 +62,31 @@ def _network_options(args):
                     "routing_grad": args.routing_grad or "full", **preset["config"]}
 
 
+def _check_data_options(args):
+    """--dataset or --data-dir, and the folder's options only with --data-dir; then the
+    defaults of those left out."""
+    if args.data_dir is not None and args.dataset is not None:
+        raise ValueError(f"--dataset {args.dataset} and --data-dir {args.data_dir} both name "
+                         f"the data: give one")
+    if args.data_dir is None:
+        given = [flag for flag, value in (("--image-size", args.image_size),
+                                          ("--color", args.color),
+                                          ("--test-fraction", args.test_fraction),
+                                          ("--bad-images", args.bad_images)) if value is not None]
+        if given:
+            raise ValueError(f"{', '.join(given)} read an image folder: give --data-dir DIR "
+                             f"too, or leave {'them' if len(given) > 1 else 'it'} out")
+    args.dataset = args.dataset or "mnist"
+    args.test_fraction = 0.1 if args.test_fraction is None else args.test_fraction
+    args.bad_images = args.bad_images or "error"
+
+
 def cmd_train(args):
     from .train import check_before_loading, config_for_data, train
+    _check_data_options(args)
     out = args.out
     if out is None:
-        name = Path(args.data_dir).name if args.data_dir else args.dataset
+        name = Path(args.data_dir).resolve().name if args.data_dir else args.dataset
         out = (Path(args.resume).parent if args.resume
                else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     preset, fields = _network_options(args)
@@ -149,6 +169,14 @@ def _test_data(args, ckpt):
                                  color=info.get("color"),
                                  test_fraction=info.get("test_fraction", 0.1),
                                  seed=info.get("seed", 0), bad_images="skip")
+        trained = info.get("test_files_sha256")
+        same_folder = info.get("folder") and Path(folder).resolve() == Path(info["folder"])
+        if same_folder and trained and data.info.get("test_files_sha256") != trained:
+            raise ValueError(
+                f"{folder} has changed since the run was trained (files added, removed, "
+                f"renamed or now unreadable): its seeded test share is no longer the one held "
+                f"out, and may hold images the network trained on. Evaluate on a fixed split "
+                f"(DIR/train and DIR/test folders) or on another folder (--data-dir)")
     else:
         data = load_data(args.dataset or settings.get("dataset", "mnist"), args.data_root)
         if settings.get("pairs_per_digit") and args.dataset in (None, "multimnist"):
@@ -365,7 +393,8 @@ def cmd_predict(args):
     settings = ckpt.extra.get("settings", {}) or {}
     classes = settings.get("classes") or [str(j) for j in range(model.config.num_classes)]
     try:
-        if settings.get("dataset", "mnist") in ("mnist", "fashion-mnist"):
+        digits = settings.get("dataset", "mnist") in ("mnist", "fashion-mnist")
+        if digits and not (settings.get("data_info") or {}).get("folder"):
             x = load_digit(args.image, model.config.input_shape)   # prepared as MNIST's digits
         else:
             x = _picture(args.image, model.config, settings)
@@ -626,7 +655,8 @@ def build_parser():
                         "its accuracy. Training itself is unchanged")
     keep.add_argument("--no-average", action="store_true",
                    help="keep no moving average (evaluation then takes half the time)")
-    p.add_argument("--dataset", choices=DATASETS, default="mnist", help="which data set")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="which data set (default: mnist)")
     add_data_options(p)
     add_folder_options(p)
     p.add_argument("--image-size", metavar="N|HxW", type=image_size, default=None,
@@ -635,12 +665,12 @@ def build_parser():
     p.add_argument("--color", choices=("gray", "rgb"), default=None,
                    help="with --data-dir: read the images as gray or RGB (default: rgb if "
                         "any image is in colour)")
-    p.add_argument("--test-fraction", type=fraction, default=0.1,
+    p.add_argument("--test-fraction", type=fraction, default=None,
                    help="with --data-dir and no DIR/train + DIR/test: hold out this share of "
-                        "each class for testing, drawn with --seed")
-    p.add_argument("--bad-images", choices=("error", "skip"), default="error",
+                        "each class for testing, drawn with --seed (default: 0.1)")
+    p.add_argument("--bad-images", choices=("error", "skip"), default=None,
                    help="with --data-dir: stop at an image that cannot be read (error), or "
-                        "leave it out with a warning naming it (skip)")
+                        "leave it out with a warning naming it (skip) (default: error)")
     p.add_argument("--crop", type=nonnegative_int, metavar="N", default=None,
                    help="train on random N x N crops and test on the centre crop (default: "
                         "the dataset's protocol: 32 for smallnorb, none otherwise; 0: none)")
@@ -775,7 +805,7 @@ def main(argv=None):
     try:
         use_math_mode(args)
         return args.func(args)
-    except (ValueError, RuntimeError, OSError) as e:
+    except (ValueError, RuntimeError, OSError, ImportError) as e:
         print(f"minicaps {args.command}: error: {e}", file=sys.stderr)
         return 2
     except MemoryError as e:

@@ -440,6 +440,50 @@ def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, mon
     assert "nope" in err and err.count("\n") == 1
 
 
+def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_refused(
+        tmp_path, capsys, monkeypatch):
+    from minicaps.checkpoint import load_checkpoint
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (20, 28, 28, 3)).astype(np.uint8)
+    write(tmp_path / "mnist", images, np.arange(20) % 2, names=("red", "blue"))
+    out = tmp_path / "run"
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+    assert cli.main(["train", "--data-dir", str(tmp_path / "mnist"), "--preset", "tiny",
+                     "--batch-size", "6", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    picture = tmp_path / "mnist" / "blue" / "00001.png"
+    assert cli.main(["predict", str(out / "last.npz"), str(picture)]) == 0
+    printed = capsys.readouterr().out
+    # the lengths predict prints are the network's on the picture's own RGB pixels
+    model, _ = load_checkpoint(out / "last.npz").model_with("auto")
+    x = np.asarray(Image.open(picture).convert("RGB"))[None] / 255.0
+    lengths = model.predict_lengths(x.astype(model.dtype), batch_size=1)[0]
+    for name, length in zip(("blue", "red"), lengths):
+        assert f"{name}  {length:.4f}" in printed
+    # ten pictures more in a class: it holds out two now, so evaluate refuses the run
+    for k in range(10):
+        Image.fromarray(images[k]).save(tmp_path / "mnist" / "red" / f"new{k}.png")
+    assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 2
+    assert "has changed since the run was trained" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--image-size", "32"], "--image-size read an image folder: give --data-dir"),
+    (["--color", "gray", "--bad-images", "skip"], "--color, --bad-images read an image folder"),
+    (["--test-fraction", "0.2"], "--test-fraction read an image folder"),
+    (["--data-dir", "{folder}", "--dataset", "cifar10"], "both name the data: give one"),
+])
+def test_folder_options_go_with_a_folder(tmp_path, capsys, argv, message):
+    folder = good_folder(tmp_path / "f")
+    argv = [a.replace("{folder}", str(folder)) for a in argv]
+    assert cli.main(["train", *argv, "--out", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.mnist
 @pytest.mark.skipif(not MNIST_ROOT, reason="set MINICAPS_DATA to the MNIST files")
 def test_mnist_written_as_pngs_reads_back_exactly(tmp_path):
