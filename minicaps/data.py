@@ -267,7 +267,8 @@ def _not_found(where, dataset, why):
     return DataNotFoundError(
         f"{dataset} data not found ({why}). Put these four files\n{files}\n"
         f"into {where}, or into a folder named by the MINICAPS_DATA environment variable, "
-        "or call load_mnist(download=True) with network access.")
+        f"or with network access let them download (minicaps train --dataset {dataset}, "
+        f"or load_mnist(download=True)).")
 
 
 def _check_pair(arrays, split, folder):

@@ -70,8 +70,9 @@ def not_found_error(dataset, files, where, why, sources=()):
     got = ("\nGet them from:\n" + "\n".join(f"  {url}" for url in sources)) if sources else ""
     return DataNotFoundError(
         f"{dataset} data not found ({why}). Put these files\n{listed}\ninto {where}, "
-        f"or into a folder named by the MINICAPS_DATA environment variable, or call "
-        f"load_dataset({dataset!r}, download=True) with network access.{got}")
+        f"or into a folder named by the MINICAPS_DATA environment variable, or with network "
+        f"access let them download (minicaps train --dataset {dataset}, or "
+        f"load_dataset({dataset!r}, download=True)).{got}")
 
 
 def sha256_of(path):

@@ -120,8 +120,12 @@ class CapsNetConfig:
                              f"absent below m_minus, present above m_plus), got "
                              f"m_minus={self.m_minus}, m_plus={self.m_plus}")
         if self.primary_grid[0] < 1 or self.primary_grid[1] < 1:
+            # conv1 must leave at least primary_kernel rows: (k2 - 1) s1 + k1 pixels
+            side = (self.primary_kernel - 1) * self.conv1_stride + self.conv1_kernel
             raise ValueError(f"input {self.input_shape} is too small for conv1 kernel "
-                             f"{self.conv1_kernel} and primary kernel {self.primary_kernel}")
+                             f"{self.conv1_kernel} and primary kernel {self.primary_kernel}: "
+                             f"the images need at least {side}x{side} pixels (--image-size "
+                             f"{side} or more)")
 
     @property
     def conv1_out(self):

@@ -369,3 +369,13 @@ def test_tiny_model_overfits_a_small_set():
             break
     assert np.array_equal(model.predict(x), y), f"not fitted after {step + 1} steps"
     assert loss < 0.2 * first_loss
+
+
+@pytest.mark.parametrize("conv1_stride", [1, 2])
+def test_the_smallest_input_is_said_and_is_the_boundary(conv1_stride):
+    """The message names the smallest side; that side builds, one pixel less does not."""
+    side = (9 - 1) * conv1_stride + 9
+    config = mc.CapsNetConfig(input_shape=(side, side, 1), conv1_stride=conv1_stride)
+    assert config.primary_grid == (1, 1)
+    with pytest.raises(ValueError, match=f"at least {side}x{side} pixels"):
+        mc.CapsNetConfig(input_shape=(side - 1, side, 1), conv1_stride=conv1_stride)
