@@ -23,6 +23,7 @@ be read is an error naming it (``bad_images="error"``) or skipped with a warning
 (``"skip"``). Pillow is needed: ``pip install "minicaps[viz]"``.
 """
 import hashlib
+import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -221,11 +222,10 @@ def _scan(folder, log, min_classes=2):
     if loose:
         log(f"{folder}: ignoring {len(loose)} images outside the class folders "
             f"(such as {loose[0].name})")
-    files, ignored = [], []
+    files, ignored, broken = [], [], []
     for label, class_dir in enumerate(class_dirs):
-        found = [p for p in sorted(class_dir.rglob("*"))
-                 if p.is_file() and not any(part.startswith(".")
-                                            for part in p.relative_to(class_dir).parts)]
+        found, dangling = _files_under(class_dir)
+        broken += dangling
         images = [p for p in found if p.suffix.lower() in SUFFIXES]
         ignored += [p for p in found if p.suffix.lower() not in SUFFIXES]
         if not images:
@@ -235,7 +235,28 @@ def _scan(folder, log, min_classes=2):
     if ignored:
         log(f"{folder}: ignoring {len(ignored)} files that are not .png, .jpg or .jpeg "
             f"(such as {ignored[0]})")
+    if broken:
+        log(f"{folder}: ignoring {len(broken)} links that lead nowhere (such as {broken[0]})")
     return [p.name for p in class_dirs], files
+
+
+def _files_under(folder):
+    """(files, broken links) under ``folder``, each sorted: its subfolders too, links to
+    folders followed (each real folder once, so a link to an ancestor ends), hidden files
+    and folders left out."""
+    seen, files, broken = set(), [], []
+    for where, subfolders, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(where)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        for name in names:
+            if not name.startswith("."):
+                path = Path(where) / name
+                (files if path.is_file() else broken).append(path)
+    return sorted(files), sorted(broken)
 
 
 def _bad(path, why, bad_images, log):

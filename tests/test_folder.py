@@ -377,6 +377,24 @@ def test_other_files_and_hidden_ones_are_left_out(tmp_path):
     assert any("ignoring 1 files" in line and "notes.txt" in line for line in said)
 
 
+def test_links_to_folders_are_followed_once_and_broken_ones_said(tmp_path):
+    folder = good_folder(tmp_path / "f")                   # 12 images in 3 classes
+    extra = tmp_path / "elsewhere"
+    x, _ = bars(2, 5)
+    for k in range(2):
+        extra.mkdir(exist_ok=True)
+        Image.fromarray(x[k]).save(extra / f"{k}.png")
+    (folder / "h" / "more").symlink_to(extra, target_is_directory=True)
+    (folder / "h" / "loop").symlink_to(folder / "h", target_is_directory=True)
+    (folder / "v" / "gone.png").symlink_to(tmp_path / "nothing.png")
+    said = []
+    data = load_image_folder(folder, log=said.append)
+    images = np.concatenate([data.x_train, data.x_test])
+    assert len(images) == 14                               # 12, and the 2 behind the link
+    assert sum(any((img == e).all() for img in images) for e in x) == 2
+    assert any("1 links that lead nowhere" in line and "gone.png" in line for line in said)
+
+
 def test_options_are_checked(tmp_path):
     folder = good_folder(tmp_path)
     for kw, message in ((dict(color="cmyk"), "color must be"),
