@@ -77,6 +77,12 @@ def _check_data_options(args):
             raise ValueError(f"{', '.join(given)} read an image folder: give --data-dir DIR "
                              f"too, or leave {'them' if len(given) > 1 else 'it'} out")
     args.dataset = args.dataset or "mnist"
+    if args.test_fraction is not None and args.data_dir is not None:
+        from .folder import split_folders
+        folders = split_folders(args.data_dir)
+        if folders:
+            print(f"note: {args.data_dir} has a split of its own ({folders[0].name}/ and "
+                  f"{folders[1].name}/), so --test-fraction is not used")
     args.test_fraction = 0.1 if args.test_fraction is None else args.test_fraction
     args.bad_images = args.bad_images or "error"
 

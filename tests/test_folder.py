@@ -502,6 +502,35 @@ def test_folder_options_go_with_a_folder(tmp_path, capsys, argv, message):
     assert not (tmp_path / "run").exists()
 
 
+def test_without_pillow_the_cli_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    import minicaps.folder
+
+    def no_pillow():
+        raise ImportError('reading images needs Pillow: pip install "minicaps[viz]"')
+    monkeypatch.setattr(minicaps.folder, "_pil", no_pillow)
+    folder = good_folder(tmp_path / "f")
+    assert cli.main(["train", "--data-dir", str(folder), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err == ('minicaps train: error: reading images needs Pillow: '
+                   'pip install "minicaps[viz]"\n')
+
+
+def test_a_test_fraction_beside_a_split_of_its_own_is_said_unused(tmp_path, capsys,
+                                                                   monkeypatch):
+    x, y = bars(12, 0)
+    write(tmp_path / "f" / "train", x, y)
+    write(tmp_path / "f" / "val", x[:6], y[:6])
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+    assert cli.main(["train", "--data-dir", str(tmp_path / "f"), "--test-fraction", "0.3",
+                     "--image-size", "20", "--preset", "tiny", "--batch-size", "6", "--out", str(tmp_path / "run"),
+                     "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "split of its own (train/ and val/), so --test-fraction is not used" in printed
+    assert "12 training and 6 test images" in printed
+
+
 @pytest.mark.mnist
 @pytest.mark.skipif(not MNIST_ROOT, reason="set MINICAPS_DATA to the MNIST files")
 def test_mnist_written_as_pngs_reads_back_exactly(tmp_path):
