@@ -195,6 +195,13 @@ def _test_data(args, ckpt):
     return test, classes, data.name
 
 
+def _named(classes):
+    """The class names for the pictures, or None where they are just the numbers 0, 1, ..."""
+    if not classes or [str(c) for c in classes] == [str(j) for j in range(len(classes))]:
+        return None
+    return list(classes)
+
+
 def _how_to_go_on(last):
     from .checkpoint import read_epoch
     try:
@@ -304,21 +311,22 @@ def cmd_plot(args):
                          "with --dataset multimnist")
     else:
         kinds = [k for k in kinds if k != "pairs"]
-    model = x = labels = weights = accuracy = None
+    model = x = labels = weights = accuracy = classes = None
     dataset = args.dataset or "mnist"
     if any(k != "curves" for k in kinds):
         model, weights = ckpt.model_with(args.weights)
         # the test accuracy these weights had when the checkpoint was saved
         accuracy = ckpt.metrics.get("avg_test_accuracy" if weights == "average" else "test_accuracy")
-        test, _, dataset = _test_data(args, ckpt)
+        test, classes, dataset = _test_data(args, ckpt)
         x, labels = to_model_input(test.images, model.dtype), test.labels
+        classes = _named(classes)
     out = Path(args.out) if args.out else (
         Path("plots") if args.pretrained else Path(args.checkpoint).parent / "plots")
     try:
         paths = viz.render(kinds, out, model, x, labels,
                            metrics=metrics,
                            indices=args.index, dpi=args.dpi, weights=weights,
-                           accuracy=accuracy, dataset=dataset,
+                           accuracy=accuracy, dataset=dataset, classes=classes,
                            warn=lambda m: print(f"minicaps plot: warning: {m}", file=sys.stderr))
     except ImportError as e:
         print(f"minicaps plot: error: {e}", file=sys.stderr)
@@ -354,7 +362,7 @@ def cmd_compare(args):
                          f"({model_a.config.input_shape}, {model_a.config.num_classes} classes "
                          f"against {model_b.config.input_shape}, {model_b.config.num_classes}):"
                          f" they cannot read one test set")
-    test, _, dataset = _test_data(args, ckpt_a)
+    test, classes, dataset = _test_data(args, ckpt_a)
     if test.targets is not None:
         raise ValueError("compare reads one label a picture; for MultiMNIST pairs run "
                          "`minicaps evaluate` on each checkpoint")
@@ -375,7 +383,7 @@ def cmd_compare(args):
     out = Path(args.out) if args.out else Path(path_a).parent / "plots"
     try:
         path = viz.plot_compare(to_numpy(x), test.labels, predictions, names,
-                                out / "compare.png", dpi=args.dpi)
+                                out / "compare.png", dpi=args.dpi, classes=_named(classes))
     except ImportError as e:
         print(f"minicaps compare: error: {e}", file=sys.stderr)
         return 2

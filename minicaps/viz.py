@@ -339,6 +339,26 @@ def mosaic(images, pad=1, value=1.0):
     return out
 
 
+def _name(classes, j, width=14):
+    """Class j as the pictures say it: its name when the data has names (a folder's,
+    CIFAR-10's), cut to ``width`` characters; else the number j."""
+    if j is None or j == "?":
+        return "?"
+    name = str(classes[int(j)]) if classes is not None and len(classes) else str(int(j))
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+def _class_ticks(ax, classes, n, axis="x"):
+    """Ticks 0..n-1 on ``axis`` labelled with the class names (slanted when long)."""
+    names = [_name(classes, j) for j in range(n)]
+    long = max(len(name) for name in names) > 2
+    if axis == "x":
+        ax.set_xticks(np.arange(n), names, rotation=45 if long else 0,
+                      ha="right" if long else "center")
+    else:
+        ax.set_yticks(np.arange(n), names)
+
+
 def _show(ax, image, title=None, **kw):
     ax.imshow(image, cmap="gray", vmin=0, vmax=1, interpolation="nearest", **kw)
     ax.set_xticks([])
@@ -364,9 +384,11 @@ def _two_row_grid(n, title_inches, dpi):
     return fig, axes, cols
 
 
-def plot_reconstructions(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None):
+def plot_reconstructions(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None,
+                         classes=None):
     """Inputs (top) over their reconstructions (below), titled with the true and the
-    predicted class. n images in columns of up to 8: (1.5 cols) x (3 rows + 0.5) inches."""
+    predicted class (by name, given ``classes``). n images in columns of up to 8:
+    (1.5 cols) x (3 rows + 0.5) inches."""
     x_np = backend.to_numpy(_batch(model, x))
     preds, recons = reconstructions(model, x_np)
     n = len(preds)
@@ -374,7 +396,9 @@ def plot_reconstructions(model, x, labels, path, dpi=100, weights=None, notes=()
     for k in range(n):
         r, c = divmod(k, cols)
         truth = "?" if labels is None else int(labels[k])
-        _show(axes[2 * r, c], _one(x_np, k), f"true {truth}, pred {preds[k]}")
+        _show(axes[2 * r, c], _one(x_np, k),
+              f"true {_name(classes, truth)}\npred {_name(classes, preds[k])}"
+              if classes is not None else f"true {truth}, pred {preds[k]}")
         _show(axes[2 * r + 1, c], recons[k], "reconstruction")
     fig.suptitle(_titled("Each input over its reconstruction: the decoder sees only the "
                          "longest capsule (the prediction)", weights), fontsize=9)
@@ -407,7 +431,8 @@ def plot_pairs(model, x, labels, path, dpi=100, weights=None, notes=(), warn=Non
     return _save(fig, path, _warned(warn, None, notes))
 
 
-def plot_perturbation(model, x, path, label=None, dpi=100, weights=None, notes=(), warn=None):
+def plot_perturbation(model, x, path, label=None, dpi=100, weights=None, notes=(), warn=None,
+                      classes=None):
     """Fig. 4 of the paper: the input and its reconstruction, then one row per dimension of
     the winning capsule, each column a nudge in [-0.25, 0.25] added to that dimension before
     decoding; the framed column (nudge 0) is the reconstruction. A row's label gives the
@@ -425,7 +450,8 @@ def plot_perturbation(model, x, path, label=None, dpi=100, weights=None, notes=(
     top, bottom, rest = left.subplots(3, 1, height_ratios=[1.8, 1.8, max(height - 4.6, 0.1)])
     rest.axis("off")
     _show(top, _one(x_np, 0), "input")
-    _show(bottom, grid[0, zero], f"its reconstruction\n(capsule {label}, no nudge)")
+    named = "" if classes is None else f" ({_name(classes, label)})"
+    _show(bottom, grid[0, zero], f"its reconstruction\n(capsule {label}{named}, no nudge)")
     ax = right.subplots()
     ax.imshow(mosaic(grid), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
     ax.add_patch(Rectangle((zero * (w + 1) - 1, -0.5), w + 1, D * (h + 1) - 1, fill=False,
@@ -437,11 +463,12 @@ def plot_perturbation(model, x, path, label=None, dpi=100, weights=None, notes=(
     ax.set_xlabel("nudge added to that dimension (red frame: 0, the reconstruction)", fontsize=8)
     ax.set_ylabel("dimension nudged (Δ: largest change of a pixel)", fontsize=8)
     fig.suptitle(_titled(f"Pose perturbation (the paper's fig. 4): each of the {D} dimensions "
-                         f"of capsule {label}, nudged and decoded", weights), fontsize=9)
+                         f"of capsule {label}{named}, nudged and decoded", weights), fontsize=9)
     return _save(fig, path, _warned(warn, perturbation_warning(grid), notes))
 
 
-def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), warn=None):
+def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), warn=None,
+                 classes=None):
     """The input, then one row per routing iteration: c(i -> k) for the predicted class k
     on the primary capsule grid (one tile per capsule map, grey between tiles), and how far
     the couplings summed per map and per class are from uniform. The colour scale runs
@@ -459,7 +486,9 @@ def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), wa
     tiles_wide = (per_row * (cols + 1)) / (tile_rows * (rows + 1))    # the map's width / height
     gs = fig.add_gridspec(T, 4, width_ratios=[1.4, min(1.8 * tiles_wide, 5.0), 3.4, 2.2])
     _show(fig.add_subplot(gs[:, 0]), _one(x_np, 0),
-          f"input\npredicted {k} (|v| = {r['lengths'][k]:.2f})")
+          f"input\npredicted {k}"
+          + ("" if classes is None else f" ({_name(classes, k)})")
+          + f"\n(|v| = {r['lengths'][k]:.2f})")
     cmap = colormaps["RdBu_r"].with_extremes(bad=SEPARATOR)
     uniform_map, uniform_class = rows * cols / J, rows * cols * maps / J
     dev_map = r["per_map"] - uniform_map
@@ -521,9 +550,10 @@ def _deviation_bars(ax, deviation, limits, xlabel, ylabel, title, outline=None):
     ax.tick_params(labelsize=6)
 
 
-def plot_lengths(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None):
+def plot_lengths(model, x, labels, path, dpi=100, weights=None, notes=(), warn=None,
+                 classes=None):
     """A row per image: the image and its capsule lengths |v_j| as bars, with the margins
-    m+ and m-. 8 x (1.75 N + 0.75) inches."""
+    m+ and m- (the bars named after ``classes`` when given). 8 x (1.75 N + 0.75) inches."""
     x_np = backend.to_numpy(_batch(model, x))
     lengths = model.predict_lengths(x_np)
     n, J = lengths.shape
@@ -533,7 +563,7 @@ def plot_lengths(model, x, labels, path, dpi=100, weights=None, notes=(), warn=N
     for k in range(n):
         pred = int(lengths[k].argmax())
         truth = None if labels is None else int(labels[k])
-        _show(axes[k, 0], _one(x_np, k), f"true {'?' if truth is None else truth}")
+        _show(axes[k, 0], _one(x_np, k), f"true {_name(classes, truth)}")
         ax = axes[k, 1]
         colors = ["tab:red" if j == pred else "tab:gray" for j in range(J)]
         ax.bar(np.arange(J), lengths[k], color=colors)
@@ -542,10 +572,16 @@ def plot_lengths(model, x, labels, path, dpi=100, weights=None, notes=(), warn=N
         for m in (cfg.m_plus, cfg.m_minus):
             ax.axhline(m, color="black", linestyle=":", linewidth=0.8)
         ax.set_ylim(0, 1)
-        ax.set_xticks(np.arange(J))
+        if classes is None:
+            ax.set_xticks(np.arange(J))
+        elif k == n - 1:                 # the names once, under the last row
+            _class_ticks(ax, classes, J)
+        else:
+            ax.set_xticks(np.arange(J), [""] * J)
         ax.tick_params(labelsize=7)
         ax.set_ylabel("|v_j|", fontsize=8)
-        ax.set_title(f"predicted {pred} (red), true class outlined", fontsize=8)
+        ax.set_title(f"predicted {_name(classes, pred)} (red), true class outlined",
+                     fontsize=8)
     axes[-1, 1].set_xlabel("class j", fontsize=8)
     fig.suptitle(_titled(f"Capsule lengths |v_j|: the probability that class j is present "
                          f"(dotted: margins m+ = {cfg.m_plus}, m- = {cfg.m_minus})", weights),
@@ -621,8 +657,9 @@ def _count(n):
     return f"{n / 1e3:.3g}k" if n >= 1e3 else str(int(n))
 
 
-def plot_confusion(counts, path, dpi=100, weights=None, notes=(), warn=None):
-    """The confusion matrix with its counts written in. 7 x 6.5 inches."""
+def plot_confusion(counts, path, dpi=100, weights=None, notes=(), warn=None, classes=None):
+    """The confusion matrix with its counts written in, its rows and columns named after
+    ``classes`` when given. 7 x 6.5 inches."""
     counts = np.asarray(counts)
     K = counts.shape[0]
     fig = _figure(7.0, 6.5, dpi)
@@ -633,8 +670,8 @@ def plot_confusion(counts, path, dpi=100, weights=None, notes=(), warn=None):
             if counts[t, p]:
                 ax.text(p, t, str(counts[t, p]), ha="center", va="center", fontsize=7,
                         color="white" if counts[t, p] > counts.max() / 3 else "black")
-    ax.set_xticks(np.arange(K))
-    ax.set_yticks(np.arange(K))
+    _class_ticks(ax, classes, K, "x")
+    _class_ticks(ax, classes, K, "y")
     ax.set_xlabel("predicted class")
     ax.set_ylabel("true class")
     total = counts.sum()
@@ -662,7 +699,8 @@ def agreement(labels, first, second):
             "only_second": np.flatnonzero(~a & b), "neither": np.flatnonzero(~a & ~b)}
 
 
-def plot_compare(x, labels, predictions, names, path, per_row=8, dpi=100, notes=(), warn=None):
+def plot_compare(x, labels, predictions, names, path, per_row=8, dpi=100, notes=(), warn=None,
+                 classes=None):
     """Test images and two networks' predictions on them: a row of images only the first
     gets right, a row only the second gets right, a row both get wrong (up to ``per_row``
     each, the first in the test set's order). Each image is titled with its class and the
@@ -693,9 +731,9 @@ def plot_compare(x, labels, predictions, names, path, per_row=8, dpi=100, notes=
                 continue
             k = picked[c]
             _show(ax, _one(x, k))
-            lines = [f"class {int(labels[k])}"]
+            lines = [f"class {_name(classes, labels[k])}"]
             for name, pred in zip(names, predictions):
-                lines.append(f"{name}: {int(pred[k])}")
+                lines.append(f"{name}: {_name(classes, pred[k])}")
             ax.set_title("\n".join(lines), fontsize=7)
             if c == 0:
                 ax.text(-0.15, 0.5, row_title, transform=ax.transAxes, rotation=90,
@@ -722,13 +760,14 @@ DEFAULT_COUNT = {"reconstructions": 8, "perturbation": 2, "routing": 1, "lengths
 
 
 def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indices=None,
-           dpi=100, weights=None, accuracy=None, dataset="mnist", warn=print):
+           dpi=100, weights=None, accuracy=None, dataset="mnist", warn=print, classes=None):
     """Draw each of ``kinds`` into out_dir and return the PNG paths.
 
     x, labels: the images (N, H, W, C) in [0, 1] and their classes (the test set);
     ``indices`` picks the ones drawn (default: the first few, DEFAULT_COUNT per kind;
     confusion always uses all of x). metrics: metrics.jsonl's path, for "curves".
-    Perturbation and routing write one file per image, named after its index.
+    Perturbation and routing write one file per image, named after its index. classes:
+    the class names the pictures use (None: the class numbers).
     weights: "trained" or "average", which of the checkpoint's weights ``model`` holds,
     said in every title (None: not said). accuracy: the test accuracy of those weights
     from the checkpoint's metrics (None: unknown), checked against a linear classifier on
@@ -757,7 +796,7 @@ def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indice
             raise ValueError(f"the {kind} plot needs a model and images")
         if kind == "confusion":
             counts = confusion_matrix(labels, model.predict(x), model.config.num_classes)
-            draw(plot_confusion, "confusion.png", counts, weights=weights)
+            draw(plot_confusion, "confusion.png", counts, weights=weights, classes=classes)
             continue
         if kind == "pairs" and indices is None:     # the first 8 pairs, and 8 it gets wrong
             labels = np.asarray(labels)
@@ -775,11 +814,13 @@ def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indice
         if kind == "pairs":
             draw(plot_pairs, "pairs.png", model, x[picked], chosen, weights=weights)
         elif kind == "reconstructions":
-            draw(plot_reconstructions, f"{kind}.png", model, x[picked], chosen, weights=weights)
+            draw(plot_reconstructions, f"{kind}.png", model, x[picked], chosen, weights=weights,
+                 classes=classes)
         elif kind == "lengths":
-            draw(plot_lengths, f"{kind}.png", model, x[picked], chosen, weights=weights)
+            draw(plot_lengths, f"{kind}.png", model, x[picked], chosen, weights=weights,
+                 classes=classes)
         else:
             plot = plot_perturbation if kind == "perturbation" else plot_routing
             for i in picked:
-                draw(plot, f"{kind}-{i}.png", model, x[i], weights=weights)
+                draw(plot, f"{kind}-{i}.png", model, x[i], weights=weights, classes=classes)
     return paths

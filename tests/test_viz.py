@@ -361,6 +361,32 @@ def test_every_title_says_which_weights(tiny, images, tmp_path, drawn, weights, 
         viz.plot_lengths(tiny, images[:1], None, tmp_path / "l.png", DPI, weights="best")
 
 
+def test_class_names_stand_where_the_numbers_did(tiny, images, tmp_path, drawn):
+    """Given names, each picture says the predicted and true class by name, as the model's
+    own predictions (computed here) give them; without, the numbers."""
+    names = ("cat", "dog", "a very long class name")
+    labels = np.array([0, 1, 2])
+    preds = tiny.predict(images[:3])
+    viz.plot_reconstructions(tiny, images[:3], labels, tmp_path / "r.png", DPI, classes=names)
+    viz.plot_lengths(tiny, images[:3], labels, tmp_path / "l.png", DPI, classes=names)
+    viz.plot_routing(tiny, images[0], tmp_path / "rt.png", dpi=DPI, classes=names)
+    viz.plot_perturbation(tiny, images[0], tmp_path / "p.png", dpi=DPI, classes=names)
+    viz.plot_confusion(viz.confusion_matrix(labels, preds, 3), tmp_path / "m.png", DPI,
+                       classes=names)
+    short = [viz._name(names, j) for j in range(3)]
+    assert short[2] == "a very long c…" and short[:2] == ["cat", "dog"]
+    recon = texts(drawn["r.png"])
+    for k in range(3):
+        assert f"true {short[labels[k]]}\npred {short[preds[k]]}" in recon
+    assert f"predicted {short[preds[0]]} (red)" in texts(drawn["l.png"])
+    assert f"predicted {preds[0]} ({short[preds[0]]})" in texts(drawn["rt.png"])
+    assert f"capsule {preds[0]} ({short[preds[0]]})" in texts(drawn["p.png"])
+    ticks = [t.get_text() for t in drawn["m.png"].axes[0].get_xticklabels()]
+    assert ticks == short
+    viz.plot_reconstructions(tiny, images[:3], labels, tmp_path / "plain.png", DPI)
+    assert f"true 0, pred {preds[0]}" in texts(drawn["plain.png"])
+
+
 def test_curves_show_both_weights_and_the_running_training_accuracy(tmp_path, drawn):
     metrics = [{"epoch": e, "train_loss": 1 / e, "train_accuracy": 0.8 + 0.05 * e,
                 "test_loss": 1.2 / e, "test_accuracy": 0.9 + 0.01 * e,
