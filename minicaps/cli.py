@@ -171,12 +171,15 @@ def _test_data(args, ckpt):
                                                  else None)
     if folder:
         from .folder import load_image_folder
-        data = load_image_folder(folder, image_size=info.get("image_size"),
-                                 color=info.get("color"),
-                                 test_fraction=info.get("test_fraction", 0.1),
-                                 seed=info.get("seed", 0), bad_images="skip")
+        options = dict(image_size=info.get("image_size"), color=info.get("color"),
+                       test_fraction=info.get("test_fraction", 0.1), seed=info.get("seed", 0),
+                       bad_images="skip")
+        data = load_image_folder(folder, only="test", **options)    # the test images alone
         trained = info.get("test_files_sha256")
         same_folder = info.get("folder") and Path(folder).resolve() == Path(info["folder"])
+        if same_folder and trained and data.info.get("test_files_sha256") != trained:
+            # a run that skipped pictures it could not decode drew its split after them
+            data = load_image_folder(folder, **options)
         if same_folder and trained and data.info.get("test_files_sha256") != trained:
             raise ValueError(
                 f"{folder} has changed since the run was trained (files added, removed, "
@@ -191,7 +194,13 @@ def _test_data(args, ckpt):
     if data.classes and classes and list(data.classes) != list(classes):
         raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but the "
                          f"network was trained on {', '.join(classes)}")
-    _, _, test = prepare_data(data, limit_test=args.limit_test, crop=settings.get("crop"))
+    if folder:                  # its training images were not read: the test split as is
+        from .augment import center_crop
+        from .train import Split
+        cut = slice(None, args.limit_test)
+        test = Split(center_crop(data.x_test[cut], settings.get("crop")), data.y_test[cut])
+    else:
+        _, _, test = prepare_data(data, limit_test=args.limit_test, crop=settings.get("crop"))
     return test, classes, data.name
 
 

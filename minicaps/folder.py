@@ -44,13 +44,20 @@ MEMORY_SHARE = 0.5     # the images may take at most this share of the free memo
 
 
 def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed=0,
-                      bad_images="error", log=print):
+                      bad_images="error", log=print, only=None):
     """Read ``root``'s class folders into a data.Dataset (see the module's docstring).
 
     image_size: None, an int (square) or (H, W). color: None, "gray" or "rgb".
     test_fraction: the share of each class held out for testing when root has no
     train/ and test/ folders, in (0, 1), drawn with ``seed``. bad_images: "error" or "skip".
+    only: None, or "test" to decode the test images alone (what evaluating a run needs;
+    the other splits come back empty). A seeded split is then drawn before any pixel is
+    decoded, from the files whose headers read; a training run draws it after decoding,
+    so the two differ only where a picture's pixels failed to decode (its
+    test_files_sha256 then differs too).
     """
+    if only not in (None, "test"):
+        raise ValueError(f"only must be None or 'test', got {only!r}")
     root = Path(root).expanduser()
     size = _check_options(root, image_size, color, test_fraction, seed, bad_images)
     folders = split_folders(root)
@@ -62,21 +69,33 @@ def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed
     size = size or _common_size(headers, root)
     color = color or ("rgb" if any(mode not in GRAY_MODES for _, mode in headers) else "gray")
     channels = 3 if color == "rgb" else 1
+    if folders:
+        info = {"split": " and ".join(f"{f.name}/" for f in folders if f is not None) +
+                " folders", "seed": seed}
+    else:
+        info = {"split": "seeded", "test_fraction": test_fraction, "seed": seed}
+    if only == "test":                   # the split first, from the files; then their pixels
+        found = [path for path, _ in files]
+        part = (np.array([part_of(p) for p in found]) if folders else
+                _seeded_parts(np.array([label for _, label in files]), len(classes),
+                              test_fraction, seed))
+        if not folders:
+            info["test_files_sha256"] = test_files_sha256(root, found, part == "test")
+        files = [f for f, p in zip(files, part) if p == "test"]
     backend.check_fits(
         int(len(files) * size[0] * size[1] * channels / MEMORY_SHARE),
         f"reading {len(files)} images of {size[0]}x{size[1]}x{channels} from {root}",
         "give a smaller --image-size, use gray (--color gray), or train on fewer images")
     images, labels, paths = _decode_all(files, size, color, bad_images, log)
     skipped = len(files) - len(paths)
-    if folders:
+    if only == "test":
+        part = np.full(len(paths), "test")
+    elif folders:
         part = np.array([part_of(p) for p in paths])
-        info = {"split": " and ".join(f"{f.name}/" for f in folders if f is not None) +
-                " folders", "seed": seed}
     else:
-        part = np.where(_seeded_split(labels, len(classes), test_fraction, seed), "test", "train")
-        info = {"split": "seeded", "test_fraction": test_fraction, "seed": seed,
-                "test_files_sha256": test_files_sha256(root, paths, part == "test")}
-    for name, what in (("train", "training"), ("test", "test")):
+        part = _seeded_parts(labels, len(classes), test_fraction, seed)
+        info["test_files_sha256"] = test_files_sha256(root, paths, part == "test")
+    for name, what in (("train", "training"), ("test", "test"))[1 if only else 0:]:
         missing = sorted(set(range(len(classes))) - set(labels[part == name].tolist()))
         if not (part == name).any():
             why = (f" ({skipped} images were skipped)" if skipped else
@@ -89,9 +108,13 @@ def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed
                             f"{', '.join(classes[c] for c in missing)} are left")
     info.update(image_size=list(size), color=color, folder=str(root.resolve()))
     counts = {name: int((part == name).sum()) for name in ("train", "test", "val")}
-    log(f"{root}: {len(classes)} classes ({_some(classes)}), {counts['train']} training"
-        + (f", {counts['val']} validation" if counts["val"] else "")
-        + f" and {counts['test']} test images of {size[0]}x{size[1]} {color}")
+    if only:
+        log(f"{root}: {len(classes)} classes ({_some(classes)}), {counts['test']} test "
+            f"images of {size[0]}x{size[1]} {color} (read alone)")
+    else:
+        log(f"{root}: {len(classes)} classes ({_some(classes)}), {counts['train']} training"
+            + (f", {counts['val']} validation" if counts["val"] else "")
+            + f" and {counts['test']} test images of {size[0]}x{size[1]} {color}")
     split = {name: _shuffled(np.flatnonzero(part == name), seed) for name in counts}
     val = split["val"] if counts["val"] else None
     return Dataset(images[split["train"]], labels[split["train"]],
@@ -394,6 +417,11 @@ def _to_mode(image, color):
     if color == "gray":
         return image if image.mode == "L" else image.convert("L")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def _seeded_parts(labels, n_classes, fraction, seed):
+    """"test" or "train" for each image: _seeded_split's choice."""
+    return np.where(_seeded_split(labels, n_classes, fraction, seed), "test", "train")
 
 
 def _seeded_split(labels, n_classes, fraction, seed):

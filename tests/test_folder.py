@@ -148,6 +148,55 @@ def test_the_seeded_split_holds_out_a_share_of_every_class(tmp_path):
     assert sorted(map(bytes, joined)) == sorted(map(bytes, everything))
 
 
+@pytest.mark.parametrize("own_split", [False, True])
+def test_the_test_images_alone_are_the_test_split_of_the_whole(tmp_path, monkeypatch, own_split):
+    """only="test" (what evaluate reads) gives the test split a full read gives, in the
+    same order and with the same hash, and decodes no other picture."""
+    import minicaps.folder
+    x, y = bars(40, 0)
+    if own_split:
+        write(tmp_path / "train", x[:30], y[:30])
+        write(tmp_path / "test", x[30:], y[30:])
+    else:
+        write(tmp_path, x, y)
+    whole = load_image_folder(tmp_path, test_fraction=0.25, seed=5, **QUIET)
+    decoded, read = [], minicaps.folder.read_image
+    monkeypatch.setattr(minicaps.folder, "read_image",
+                        lambda path, *a: decoded.append(path) or read(path, *a))
+    alone = load_image_folder(tmp_path, test_fraction=0.25, seed=5, only="test", **QUIET)
+    np.testing.assert_array_equal(alone.x_test, whole.x_test)
+    np.testing.assert_array_equal(alone.y_test, whole.y_test)
+    held_out = 10 if own_split else sum(max(1, round(0.25 * n)) for n in np.bincount(y))
+    assert len(decoded) == len(whole.y_test) == held_out
+    assert len(alone.y_train) == 0 and alone.x_train.shape[1:] == whole.x_train.shape[1:]
+    assert alone.info == whole.info
+
+
+def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
+        tmp_path, capsys, monkeypatch):
+    """Trained with --bad-images skip past a picture whose header reads but whose pixels
+    do not: its split was drawn without it, so evaluate, which draws before decoding, must
+    notice and read the folder as the run did."""
+    x, y = bars(30, 0)
+    write(tmp_path / "f", x, y)
+    image = np.random.default_rng(0).integers(0, 256, (10, 10), dtype=np.uint8)
+    cut = tmp_path / "f" / "h" / "00000-cut.png"
+    Image.fromarray(image).save(cut)
+    cut.write_bytes(cut.read_bytes()[:60])                 # the header, not the pixels
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data-dir", str(tmp_path / "f"), "--image-size", "20",
+                     "--bad-images", "skip", "--preset", "tiny", "--batch-size", "9",
+                     "--out", str(out), "--no-progress"]) == 0
+    trained = capsys.readouterr().out
+    assert "skipping" in trained and "27 training and 3 test images" in trained
+    assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "on 3 " in printed
+
+
 def test_colour_gray_and_sizes(tmp_path):
     rng = np.random.default_rng(0)
     rgb = rng.integers(0, 256, (3, 8, 6, 3)).astype(np.uint8)
