@@ -170,22 +170,7 @@ def _test_data(args, ckpt):
     folder = getattr(args, "data_dir", None) or (info.get("folder") if args.dataset is None
                                                  else None)
     if folder:
-        from .folder import load_image_folder
-        options = dict(image_size=info.get("image_size"), color=info.get("color"),
-                       test_fraction=info.get("test_fraction", 0.1), seed=info.get("seed", 0),
-                       bad_images="skip")
-        data = load_image_folder(folder, only="test", **options)    # the test images alone
-        trained = info.get("test_files_sha256")
-        same_folder = info.get("folder") and Path(folder).resolve() == Path(info["folder"])
-        if same_folder and trained and data.info.get("test_files_sha256") != trained:
-            # a run that skipped pictures it could not decode drew its split after them
-            data = load_image_folder(folder, **options)
-        if same_folder and trained and data.info.get("test_files_sha256") != trained:
-            raise ValueError(
-                f"{folder} has changed since the run was trained (files added, removed, "
-                f"renamed or now unreadable): its seeded test share is no longer the one held "
-                f"out, and may hold images the network trained on. Evaluate on a fixed split "
-                f"(DIR/train and DIR/test folders) or on another folder (--data-dir)")
+        data = _read_test_folder(folder, info)
     else:
         data = load_data(args.dataset or settings.get("dataset", "mnist"), args.data_root)
         if settings.get("pairs_per_digit") and args.dataset in (None, "multimnist"):
@@ -202,6 +187,34 @@ def _test_data(args, ckpt):
     else:
         _, _, test = prepare_data(data, limit_test=args.limit_test, crop=settings.get("crop"))
     return test, classes, data.name
+
+
+def _read_test_folder(folder, info):
+    """The test images of an image folder (its training images are not decoded), split as
+    the run recorded in ``info`` (its data_info). A ValueError when it is the run's folder
+    and no longer splits as it did: other split folders, or another seeded test share."""
+    from .folder import load_image_folder
+    options = dict(image_size=info.get("image_size"), color=info.get("color"),
+                   test_fraction=info.get("test_fraction", 0.1), seed=info.get("seed", 0),
+                   bad_images="skip")
+    data = load_image_folder(folder, only="test", **options)
+    if not (info.get("folder") and Path(folder).resolve() == Path(info["folder"])):
+        return data                      # another folder: its own test share
+    if info.get("split") and data.info["split"] != info["split"]:
+        raise ValueError(f"{folder} was split by {info['split']} when the run was trained, "
+                         f"and is split by {data.info['split']} now: evaluate with the "
+                         f"folders as they were, or on another folder (--data-dir)")
+    trained = info.get("test_files_sha256")
+    if trained and data.info["test_files_sha256"] != trained and info.get("undecodable", 1):
+        # the run drew its split after leaving out pictures it could not decode
+        data = load_image_folder(folder, **options)
+    if trained and data.info["test_files_sha256"] != trained:
+        raise ValueError(
+            f"{folder} has changed since the run was trained (files added, removed, "
+            f"renamed or now unreadable): its seeded test share is no longer the one held "
+            f"out, and may hold images the network trained on. Evaluate on a fixed split "
+            f"(DIR/train and DIR/test folders) or on another folder (--data-dir)")
+    return data
 
 
 def _named(classes):
@@ -829,7 +842,8 @@ def main(argv=None):
         use_math_mode(args)
         return args.func(args)
     except (ValueError, RuntimeError, OSError, ImportError) as e:
-        print(f"minicaps {args.command}: error: {e}", file=sys.stderr)
+        from .folder import printable          # a file name that is not UTF-8 prints too
+        print(f"minicaps {args.command}: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except MemoryError as e:
         print(f"minicaps {args.command}: error: out of memory ({e or 'an allocation failed'}); "

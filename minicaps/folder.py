@@ -10,14 +10,14 @@ in place of test) those are the split, and a DIR/val beside both is the validati
 otherwise a seeded ``test_fraction`` of each class is held out for testing, and the split
 (seed, fraction, a hash of the test files' names) is kept in Dataset.info and so with the
 run. Each split comes in an order shuffled with ``seed`` (not class by class), so the first
-N images (--limit-train, --limit-test, plots) hold every class.
+N images (--limit-train, --limit-test, plots) are a random draw of the classes.
 
 Every image is converted to one size and one colour mode: ``image_size`` (default: the
 size they all have; mixed sizes need it) and ``color`` "gray" or "rgb" (default: rgb if any
 image is in colour; a palette of grays counts as gray). A JPEG's EXIF orientation is
-applied, as a photo viewer shows it. Pixels come out as uint8, gray as (N, H, W) and colour as (N, H, W, 3),
-as MNIST's come out of load_mnist. Before any pixel is decoded, every header is read and
-the memory the arrays need checked against what is free. Reading one picture is bounded as
+applied, as a photo viewer shows it. Pixels come out as uint8, gray as (N, H, W) and
+colour as (N, H, W, 3), as MNIST's come out of load_mnist. Before any pixel is decoded,
+every header is read and the memory the arrays need checked against what is free. Reading one picture is bounded as
 in images.read_grayscale (its decoding needs at most images.MAX_BYTES). A file that cannot
 be read is an error naming it (``bad_images="error"``) or skipped with a warning naming it
 (``"skip"``). Pillow is needed: ``pip install "minicaps[viz]"``.
@@ -39,6 +39,7 @@ COLORS = ("gray", "rgb")
 BAD_IMAGES = ("error", "skip")
 GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F")
 VAL_DIRS = ("val", "valid", "validation")     # a validation (or test) folder's names
+SPLIT_NAMES = ("train", "test") + VAL_DIRS
 EXIF_ORIENTATION = 0x0112      # 1: as stored; 5-8: a quarter turn, so height and width swap
 MEMORY_SHARE = 0.5     # the images may take at most this share of the free memory
 
@@ -52,71 +53,101 @@ def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed
     train/ and test/ folders, in (0, 1), drawn with ``seed``. bad_images: "error" or "skip".
     only: None, or "test" to decode the test images alone (what evaluating a run needs;
     the other splits come back empty). A seeded split is then drawn before any pixel is
-    decoded, from the files whose headers read; a training run draws it after decoding,
-    so the two differ only where a picture's pixels failed to decode (its
-    test_files_sha256 then differs too).
+    decoded, from the files whose headers read; a full read draws it after decoding, so
+    the two differ only where a picture's pixels failed to decode (info["undecodable"]
+    counts those; test_files_sha256 then differs too).
     """
     if only not in (None, "test"):
         raise ValueError(f"only must be None or 'test', got {only!r}")
+    log = _printable_log(log)
     root = Path(root).expanduser()
     size = _check_options(root, image_size, color, test_fraction, seed, bad_images)
     folders = split_folders(root)
-    if folders:
-        classes, files, part_of = _scan_split(root, folders, log)
-    else:
-        classes, files = _scan(root, log)
+    classes, files, part_of = _scan_split(root, folders, log) if folders else _scan_root(root, log)
     headers, files = _read_headers(files, bad_images, log)
     size = size or _common_size(headers, root)
     color = color or ("rgb" if any(mode not in GRAY_MODES for _, mode in headers) else "gray")
-    channels = 3 if color == "rgb" else 1
+    info = {"split": "seeded", "test_fraction": test_fraction, "seed": seed}
     if folders:
-        info = {"split": " and ".join(f"{f.name}/" for f in folders if f is not None) +
-                " folders", "seed": seed}
-    else:
-        info = {"split": "seeded", "test_fraction": test_fraction, "seed": seed}
-    if only == "test":                   # the split first, from the files; then their pixels
-        found = [path for path, _ in files]
-        part = (np.array([part_of(p) for p in found]) if folders else
-                _seeded_parts(np.array([label for _, label in files]), len(classes),
-                              test_fraction, seed))
-        if not folders:
-            info["test_files_sha256"] = test_files_sha256(root, found, part == "test")
-        files = [f for f, p in zip(files, part) if p == "test"]
-    backend.check_fits(
-        int(len(files) * size[0] * size[1] * channels / MEMORY_SHARE),
-        f"reading {len(files)} images of {size[0]}x{size[1]}x{channels} from {root}",
-        "give a smaller --image-size, use gray (--color gray), or train on fewer images")
+        names = " and ".join(f"{f.name}/" for f in folders if f is not None)
+        info = {"split": f"{names} folders", "seed": seed}
+    if only:            # the split first, from the files found; then the test pixels alone
+        files = _test_files(root, files, classes, part_of, test_fraction, seed, info)
+    _check_memory(root, len(files), size, color)
     images, labels, paths = _decode_all(files, size, color, bad_images, log)
-    skipped = len(files) - len(paths)
-    if only == "test":
+    if only:
         part = np.full(len(paths), "test")
     elif folders:
         part = np.array([part_of(p) for p in paths])
     else:
         part = _seeded_parts(labels, len(classes), test_fraction, seed)
         info["test_files_sha256"] = test_files_sha256(root, paths, part == "test")
-    for name, what in (("train", "training"), ("test", "test"))[1 if only else 0:]:
-        missing = sorted(set(range(len(classes))) - set(labels[part == name].tolist()))
-        if not (part == name).any():
-            why = (f" ({skipped} images were skipped)" if skipped else
-                   " (each class has a single image, and that one is trained on)"
-                   if not folders else "")
-            raise DataError(f"{root}: no {what} images are left{why}; add images"
-                            + ("" if folders else ", or give DIR/train and DIR/test folders"))
-        if missing and name == "train":
-            raise DataError(f"{root}: no {what} images of class "
-                            f"{', '.join(classes[c] for c in missing)} are left")
+        info["undecodable"] = len(files) - len(paths)     # left out before the split
+    _check_parts(root, classes, labels, part, len(files) - len(paths), folders, only)
     info.update(image_size=list(size), color=color, folder=str(root.resolve()))
-    counts = {name: int((part == name).sum()) for name in ("train", "test", "val")}
+    _say_counts(root, classes, part, size, color, only, log)
+    return _as_dataset(images, labels, part, classes, root, info, seed)
+
+
+def _test_files(root, files, classes, part_of, test_fraction, seed, info):
+    """The (path, label) of the test images among ``files``: by their folder, or by the
+    seeded split drawn over all of them (its hash into ``info``)."""
+    found = [path for path, _ in files]
+    if part_of is not None:
+        part = np.array([part_of(p) for p in found])
+    else:
+        labels = np.array([label for _, label in files])
+        part = _seeded_parts(labels, len(classes), test_fraction, seed)
+        info["test_files_sha256"] = test_files_sha256(root, found, part == "test")
+    return [f for f, p in zip(files, part) if p == "test"]
+
+
+def _check_memory(root, n, size, color):
+    channels = 3 if color == "rgb" else 1
+    backend.check_fits(
+        int(n * size[0] * size[1] * channels / MEMORY_SHARE),
+        f"reading {n} images of {size[0]}x{size[1]}x{channels} from {root}",
+        "give a smaller --image-size, use gray (--color gray), or train on fewer images")
+
+
+def _check_parts(root, classes, labels, part, skipped, folders, only):
+    """A DataError when no test image (or, reading all, no training image or none of a
+    class) is left."""
+    needed = [("test", "test")] if only else [("train", "training"), ("test", "test")]
+    for name, what in needed:
+        if not (part == name).any():
+            if skipped:
+                why = f" ({skipped} images were skipped)"
+            elif not folders:
+                why = " (each class has a single image, and that one is trained on)"
+            else:
+                why = ""
+            where = "" if folders else ", or give DIR/train and DIR/test folders"
+            raise DataError(f"{root}: no {what} images are left{why}; add images{where}")
+    if not only:
+        missing = sorted(set(range(len(classes))) - set(labels[part == "train"].tolist()))
+        if missing:
+            raise DataError(f"{root}: no training images of class "
+                            f"{', '.join(classes[c] for c in missing)} are left")
+
+
+def _say_counts(root, classes, part, size, color, only, log):
+    counts = {name: int((part == name).sum()) for name in ("train", "val", "test")}
+    what = f"images of {size[0]}x{size[1]} {color}"
     if only:
         log(f"{root}: {len(classes)} classes ({_some(classes)}), {counts['test']} test "
-            f"images of {size[0]}x{size[1]} {color} (read alone)")
-    else:
-        log(f"{root}: {len(classes)} classes ({_some(classes)}), {counts['train']} training"
-            + (f", {counts['val']} validation" if counts["val"] else "")
-            + f" and {counts['test']} test images of {size[0]}x{size[1]} {color}")
-    split = {name: _shuffled(np.flatnonzero(part == name), seed) for name in counts}
-    val = split["val"] if counts["val"] else None
+            f"{what} (read alone)")
+        return
+    val = f", {counts['val']} validation" if counts["val"] else ""
+    log(f"{root}: {len(classes)} classes ({_some(classes)}), {counts['train']} training"
+        f"{val} and {counts['test']} test {what}")
+
+
+def _as_dataset(images, labels, part, classes, root, info, seed):
+    """The Dataset of each part, each shuffled with ``seed``; val only when there is one."""
+    split = {name: _shuffled(np.flatnonzero(part == name), seed)
+             for name in ("train", "val", "test")}
+    val = split["val"] if len(split["val"]) else None
     return Dataset(images[split["train"]], labels[split["train"]],
                    images[split["test"]], labels[split["test"]],
                    classes=tuple(classes), name=str(root), info=info,
@@ -127,15 +158,21 @@ def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed
 def split_folders(root):
     """(train, test, val or None) when ``root`` holds a split of its own: DIR/train with
     DIR/test, or with DIR/val (valid, validation), which then is the test set; with all
-    three, val is the validation set. None when ``root``'s subfolders are the classes
-    (a lone DIR/train is then a class, such as CIFAR-100's)."""
-    root = Path(root)
-    train = root / "train"
-    test = root / "test" if (root / "test").is_dir() else None
-    val = next((root / name for name in VAL_DIRS if (root / name).is_dir()), None)
-    if not train.is_dir() or (test is None and val is None):
+    three, val is the validation set (names in any case: Train/ too). None when
+    ``root``'s subfolders are the classes (a lone DIR/train is then a class, such as
+    CIFAR-100's)."""
+    found = _subfolders(root)
+    train, test = found.get("train"), found.get("test")
+    val = next((found[name] for name in VAL_DIRS if name in found), None)
+    if train is None or (test is None and val is None):
         return None
     return (train, test, val) if test is not None else (train, val, None)
+
+
+def _subfolders(root):
+    """{lower-case name: path} of ``root``'s folders that are not hidden."""
+    return {p.name.lower(): p for p in sorted(Path(root).iterdir())
+            if p.is_dir() and not p.name.startswith(".")}
 
 
 def test_files_sha256(root, paths, is_test):
@@ -144,6 +181,17 @@ def test_files_sha256(root, paths, is_test):
     their bytes."""
     names = sorted(str(p.relative_to(root)) for p, t in zip(paths, is_test) if t)
     return hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
+
+
+def _scan_root(root, log):
+    """(class names, [(path, label)], None) from ``root``'s subfolders; refused when they
+    are all split folders without a train/ (test/ and val/ alone)."""
+    names = sorted(_subfolders(root))
+    if len(names) >= 2 and set(names) <= set(SPLIT_NAMES):
+        raise DataError(f"{root} holds {', '.join(n + '/' for n in names)} but no train/: put "
+                        f"the training images in {root}/train/<class>/")
+    classes, files = _scan(root, log)
+    return classes, files, None
 
 
 def _shuffled(index, seed):
@@ -230,18 +278,21 @@ def _scan(folder, log, min_classes=2):
         raise DataError(f"{folder} {what}: put each class's images into a subfolder named "
                         f"after the class ({folder}/<class>/image.png)")
     if len(class_dirs) < min_classes:
-        hint = (f"; if {class_dirs[0]} holds the class folders, put a test/ (or val/) folder "
-                f"of them beside it, or move them up into {folder} for a seeded split"
-                if class_dirs[0].name in ("train", "test") + VAL_DIRS else "")
+        lone, hint = class_dirs[0], ""
+        if lone.name.lower() == "train":
+            hint = (f"; if {lone} holds the class folders, put a test/ (or val/) folder of "
+                    f"them beside it, or move them up into {folder} for a seeded split")
+        elif lone.name.lower() in SPLIT_NAMES:
+            hint = f"; if {lone} holds the class folders, put a train/ folder of them beside it"
         raise DataError(f"{folder} has one class folder ({class_dirs[0].name}): a classifier "
                         f"needs at least 2 classes{hint}")
     for class_dir in class_dirs:
         try:
             class_dir.name.encode("utf-8")
         except UnicodeEncodeError:
-            raise DataError(f"the class folder {class_dir.name.encode('utf-8', 'surrogateescape')!r} "
-                            f"in {folder} has a name that is not UTF-8: rename it (class "
-                            f"names go into the run's checkpoints as text)") from None
+            raise DataError(f"the class folder {printable(class_dir.name)} in {folder} has a "
+                            f"name that is not UTF-8: rename it (class names go into the "
+                            f"run's checkpoints as text)") from None
     if loose:
         log(f"{folder}: ignoring {len(loose)} images outside the class folders "
             f"(such as {loose[0].name})")
@@ -274,7 +325,7 @@ def _files_under(folder):
             subfolders[:] = []
             continue
         seen.add(real)
-        subfolders[:] = [d for d in subfolders if not d.startswith(".")]
+        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         for name in names:
             if not name.startswith("."):
                 path = Path(where) / name
@@ -303,7 +354,7 @@ def _read_headers(files, bad_images, log):
         with image:
             w, h = image.size
             mode = "L" if _gray_palette(image) else image.mode
-            headers.append(((w, h) if _turned(image) else (h, w), mode))
+            headers.append(((w, h) if _turned(_orientation(image)) else (h, w), mode))
         kept.append((path, label))
     if not kept:
         raise DataError("none of the images could be read")
@@ -322,17 +373,19 @@ def _orientation(image):
     return value if value in range(1, 9) else 1
 
 
-def _turned(image):
-    """True when the orientation turns the picture a quarter: height and width swap."""
-    return _orientation(image) in (5, 6, 7, 8)
+def _turned(orientation):
+    """True when an EXIF orientation turns the picture a quarter: height and width swap."""
+    return orientation in (5, 6, 7, 8)
 
 
 def _gray_palette(image):
-    """True for a palette image whose colours are all grays."""
-    if image.mode not in ("P", "PA"):
+    """True for a palette image whose colours are all grays, read from its header (the
+    palette as stored; Image.getpalette would decode the pixels first)."""
+    palette = getattr(image, "palette", None)
+    if image.mode not in ("P", "PA") or palette is None or palette.mode != "RGB":
         return False
-    palette = image.getpalette() or []
-    return bool(palette) and palette[0::3] == palette[1::3] == palette[2::3]
+    colours = bytes(palette.palette)
+    return bool(colours) and colours[0::3] == colours[1::3] == colours[2::3]
 
 
 def _common_size(headers, root):
@@ -383,7 +436,8 @@ def read_image(path, size, color):
         coefficients = _jpeg_coefficient_bytes(image, path)
         orientation = _orientation(image)
         if image.format in ("JPEG", "MPO"):        # decode at 1/2..1/8 scale, as stored
-            image.draft("L" if color == "gray" else "RGB", (h, w) if _turned(image) else (w, h))
+            image.draft("L" if color == "gray" else "RGB",
+                        (h, w) if _turned(orientation) else (w, h))
         need = _bytes_to_decode(image) + coefficients
         if need > MAX_BYTES:
             raise ValueError(f"{image.size[0]} x {image.size[1]} pixels would take "
@@ -392,7 +446,8 @@ def read_image(path, size, color):
         try:
             image.load()
             if orientation != 1:
-                image = _ImageOps().exif_transpose(image)
+                from PIL import ImageOps
+                image = ImageOps.exif_transpose(image)
             image = _to_mode(image, color)
             if image.size != (w, h):
                 image = image.resize((w, h), Image.BILINEAR)
@@ -420,7 +475,7 @@ def _to_mode(image, color):
 
 
 def _seeded_parts(labels, n_classes, fraction, seed):
-    """"test" or "train" for each image: _seeded_split's choice."""
+    """Each image's part, "test" or "train": _seeded_split's choice."""
     return np.where(_seeded_split(labels, n_classes, fraction, seed), "test", "train")
 
 
@@ -437,6 +492,15 @@ def _seeded_split(labels, n_classes, fraction, seed):
     return is_test
 
 
-def _ImageOps():
-    from PIL import ImageOps
-    return ImageOps
+def printable(text):
+    """``text`` with the bytes of a file name that is not UTF-8 (Python keeps them as lone
+    surrogates) written as \\xNN, so that printing it cannot fail."""
+    try:
+        raw = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return raw.decode("utf-8", "backslashreplace")
+
+
+def _printable_log(log):
+    return lambda line: log(printable(line))

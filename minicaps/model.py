@@ -124,8 +124,9 @@ class CapsNetConfig:
             side = (self.primary_kernel - 1) * self.conv1_stride + self.conv1_kernel
             raise ValueError(f"input {self.input_shape} is too small for conv1 kernel "
                              f"{self.conv1_kernel} and primary kernel {self.primary_kernel}: "
-                             f"the images need at least {side}x{side} pixels (--image-size "
-                             f"{side} or more)")
+                             f"the network needs inputs of at least {side}x{side} pixels "
+                             f"(as it reads them: after any --crop); give larger images "
+                             f"(--image-size with --data-dir) or a larger --crop")
 
     @property
     def conv1_out(self):

@@ -515,17 +515,21 @@ def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), wa
         _deviation_bars(fig.add_subplot(gs[t, 2]), dev_map[t], lim_map, "capsule map",
                         f"$\\sum c_{{i \\to {k}}}$ over the map\nminus uniform {uniform_map:g}",
                         f"per map: above 0, the map sends more than 1/J to {k}")
-        _deviation_bars(fig.add_subplot(gs[t, 3]), dev_class[t], lim_class,
-                        f"class (outlined: {k}, predicted)",
+        per_class = fig.add_subplot(gs[t, 3])
+        _deviation_bars(per_class, dev_class[t], lim_class,
+                        f"class (outlined: {_name(classes, k)}, predicted)",
                         f"$\\sum_i c_{{ij}}$ minus\nuniform {uniform_class:g}", "per class",
                         outline=k)
+        if classes is not None:
+            _class_ticks(per_class, classes, J)
     bar = fig.colorbar(im, ax=fig.axes[1::3], shrink=0.8, pad=0.01, extend="max")
     bar.set_label(f"c(i -> {k}): white = uniform 1/{J}, darkest red = 2/{J} or more;\n"
                   f"grey: between maps", fontsize=7)
     bar.ax.tick_params(labelsize=6)
+    named = "" if classes is None else f" ({_name(classes, k)})"
     fig.suptitle(_titled(f"Routing by agreement: how the {rows * cols * maps} primary capsules "
-                         f"i send their output to class {k}, iteration by iteration", weights),
-                 fontsize=9)
+                         f"i send their output to class {k}{named}, iteration by iteration",
+                         weights), fontsize=9)
     return _save(fig, path, _warned(warn, routing_warning(r), notes))
 
 

@@ -4,6 +4,7 @@ import hashlib
 import os
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,6 +104,21 @@ def test_train_and_val_folders_are_a_split_and_val_beside_test_validates(tmp_pat
     assert "val/ to validate on" in lines[-2] and "ignoring the other folders (extra)" in lines[-2]
 
 
+def test_split_folders_in_capitals_and_split_folders_without_train(tmp_path):
+    x, y = bars(12, 0)
+    write(tmp_path / "a" / "Train", x, y)
+    write(tmp_path / "a" / "Test", x[:6], y[:6])
+    data = load_image_folder(tmp_path / "a", **QUIET)
+    assert data.classes == ("d", "h", "v") and len(data.y_test) == 6
+    write(tmp_path / "b" / "test", x, y)
+    write(tmp_path / "b" / "val", x, y)
+    with pytest.raises(DataError, match="holds test/, val/ but no train/"):
+        load_image_folder(tmp_path / "b", **QUIET)
+    write(tmp_path / "c" / "val", x, y)
+    with pytest.raises(DataError, match=r"one class folder \(val\).*put a train/ folder"):
+        load_image_folder(tmp_path / "c", **QUIET)
+
+
 def test_a_lone_train_folder_is_a_class_and_says_what_to_add(tmp_path):
     x, y = bars(9, 0)
     write(tmp_path / "train", x, y)
@@ -169,7 +185,8 @@ def test_the_test_images_alone_are_the_test_split_of_the_whole(tmp_path, monkeyp
     held_out = 10 if own_split else sum(max(1, round(0.25 * n)) for n in np.bincount(y))
     assert len(decoded) == len(whole.y_test) == held_out
     assert len(alone.y_train) == 0 and alone.x_train.shape[1:] == whole.x_train.shape[1:]
-    assert alone.info == whole.info
+    # the same record of the split; how many pictures failed to decode only a full read knows
+    assert alone.info == {k: v for k, v in whole.info.items() if k != "undecodable"}
 
 
 def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
@@ -283,6 +300,14 @@ def test_a_jpeg_is_turned_as_its_exif_orientation_says(tmp_path):
     assert data.x_train.shape[1:] == (16, 8)
     images = np.concatenate([data.x_train, data.x_test])
     assert all((img == shown).all() for img in images)
+    # shrunk (the JPEG decoded at a smaller scale): the same as the stored picture without
+    # EXIF shrunk to the stored shape, then turned (within the two passes' rounding)
+    plain = tmp_path / "plain.jpg"
+    Image.fromarray(stored).save(plain, quality=100)
+    small = read_image(path, (8, 4), "gray").astype(int)
+    assert small.shape == (8, 4)
+    turned = np.rot90(read_image(plain, (4, 8), "gray"), k=-1).astype(int)
+    assert np.abs(small - turned).max() <= 1
 
 
 def test_jpeg_capitals_and_subfolders_are_read_and_gray_palettes_stay_gray(tmp_path):
@@ -317,6 +342,34 @@ def test_names_that_are_not_utf8(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(good / os.fsdecode(b"cl\xe9") / "0.png")
     with pytest.raises(DataError, match="not UTF-8: rename it"):
         load_image_folder(good, **QUIET)
+
+
+def test_names_that_are_not_utf8_print(tmp_path, capsys):
+    """What is said of such a file prints: its odd byte as \\xNN, not a crash in print."""
+    good = good_folder(tmp_path / "f")
+    (good / "h" / os.fsdecode(b"notes\xe9.txt")).write_text("not an image")
+    said = []
+    load_image_folder(good, log=said.append)
+    line = next(line for line in said if "notes" in line)
+    assert "notes\\xe9.txt" in line and line.encode("utf-8")     # strict UTF-8 encodes
+    (good / "v" / os.fsdecode(b"bad\xe9.png")).write_bytes(b"not a picture")
+    assert cli.main(["train", "--data-dir", str(good), "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "bad\\xe9.png" in err and err.encode("utf-8")
+
+
+def test_headers_tell_a_gray_palette_without_decoding_it(tmp_path, monkeypatch):
+    from minicaps.folder import _read_headers
+    gray = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
+    coloured = Image.new("P", (8, 8))
+    coloured.putpalette([0, 0, 0, 255, 0, 0])
+    gray.save(tmp_path / "g.png")
+    coloured.save(tmp_path / "c.png")
+    loads = []
+    monkeypatch.setattr(Image.Image, "load", lambda self: loads.append(self))
+    headers, _ = _read_headers([(tmp_path / "g.png", 0), (tmp_path / "c.png", 1)], "error",
+                               lambda line: None)
+    assert [mode for _, mode in headers] == ["L", "P"] and loads == []
 
 
 def test_one_image_per_class_says_why_none_is_left_to_test(tmp_path):
@@ -509,31 +562,70 @@ def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, mon
 
 def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_refused(
         tmp_path, capsys, monkeypatch):
+    import minicaps.folder
+    from minicaps import viz
     from minicaps.checkpoint import load_checkpoint
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (20, 28, 28, 3)).astype(np.uint8)
     write(tmp_path / "mnist", images, np.arange(20) % 2, names=("red", "blue"))
-    out = tmp_path / "run"
+    monkeypatch.chdir(tmp_path)                 # --data-dir mnist: the run's dataset "mnist"
     monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
                                                          "decoder_sizes": (16,)},
                                               "epochs": 1, "lr": 1e-3})
-    assert cli.main(["train", "--data-dir", str(tmp_path / "mnist"), "--preset", "tiny",
-                     "--batch-size", "6", "--out", str(out), "--no-progress"]) == 0
+    assert cli.main(["train", "--data-dir", "mnist", "--preset", "tiny",
+                     "--batch-size", "6", "--out", "run", "--no-progress"]) == 0
     capsys.readouterr()
+    checkpoint = load_checkpoint(tmp_path / "run" / "last.npz")
+    assert checkpoint.extra["settings"]["dataset"] == "mnist"
     picture = tmp_path / "mnist" / "blue" / "00001.png"
-    assert cli.main(["predict", str(out / "last.npz"), str(picture)]) == 0
+    assert cli.main(["predict", "run/last.npz", str(picture)]) == 0
     printed = capsys.readouterr().out
     # the lengths predict prints are the network's on the picture's own RGB pixels
-    model, _ = load_checkpoint(out / "last.npz").model_with("auto")
+    model, _ = checkpoint.model_with("auto")
     x = np.asarray(Image.open(picture).convert("RGB"))[None] / 255.0
     lengths = model.predict_lengths(x.astype(model.dtype), batch_size=1)[0]
     for name, length in zip(("blue", "red"), lengths):
         assert f"{name}  {length:.4f}" in printed
-    # ten pictures more in a class: it holds out two now, so evaluate refuses the run
+    # plot names the classes
+    drawn, save = {}, viz._save
+
+    def keep(fig, path, notes=()):
+        drawn[Path(path).name] = fig
+        return save(fig, path, notes)
+    monkeypatch.setattr(viz, "_save", keep)
+    assert cli.main(["plot", "run/last.npz", "--kind", "confusion", "--out", "plots"]) == 0
+    axes = drawn["confusion.png"].axes[0]
+    assert [t.get_text() for t in axes.get_yticklabels()] == ["blue", "red"]
+    capsys.readouterr()
+    # ten pictures more in a class: it holds out two now, so evaluate refuses the run,
+    # having decoded the test share alone (the run skipped no picture: no full read)
     for k in range(10):
         Image.fromarray(images[k]).save(tmp_path / "mnist" / "red" / f"new{k}.png")
-    assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 2
+    decoded, read = [], minicaps.folder.read_image
+    monkeypatch.setattr(minicaps.folder, "read_image",
+                        lambda path, *a: decoded.append(path) or read(path, *a))
+    assert cli.main(["evaluate", "run/last.npz", "--no-progress"]) == 2
     assert "has changed since the run was trained" in capsys.readouterr().err
+    assert len(decoded) == 3                     # 2 of red's 20 and 1 of blue's 10
+
+
+def test_evaluate_refuses_a_folder_split_otherwise_since(tmp_path, capsys, monkeypatch):
+    x, y = bars(24, 0)
+    write(tmp_path / "f" / "train", x[:18], y[:18])
+    write(tmp_path / "f" / "val", x[18:], y[18:])
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data-dir", str(tmp_path / "f"), "--image-size", "20",
+                     "--preset", "tiny", "--batch-size", "6", "--out", str(out),
+                     "--no-progress"]) == 0
+    assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
+    assert "on 6 " in capsys.readouterr().out
+    write(tmp_path / "f" / "test", x[:4], y[:4])       # now val/ validates and test/ tests
+    assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "was split by train/ and val/ folders" in err and "train/ and test/ and val/" in err
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -573,8 +665,8 @@ def test_a_test_fraction_beside_a_split_of_its_own_is_said_unused(tmp_path, caps
                                                          "decoder_sizes": (16,)},
                                               "epochs": 1, "lr": 1e-3})
     assert cli.main(["train", "--data-dir", str(tmp_path / "f"), "--test-fraction", "0.3",
-                     "--image-size", "20", "--preset", "tiny", "--batch-size", "6", "--out", str(tmp_path / "run"),
-                     "--no-progress"]) == 0
+                     "--image-size", "20", "--preset", "tiny", "--batch-size", "6",
+                     "--out", str(tmp_path / "run"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "split of its own (train/ and val/), so --test-fraction is not used" in printed
     assert "12 training and 6 test images" in printed

@@ -381,8 +381,12 @@ def test_class_names_stand_where_the_numbers_did(tiny, images, tmp_path, drawn):
     assert f"predicted {short[preds[0]]} (red)" in texts(drawn["l.png"])
     assert f"predicted {preds[0]} ({short[preds[0]]})" in texts(drawn["rt.png"])
     assert f"capsule {preds[0]} ({short[preds[0]]})" in texts(drawn["p.png"])
-    ticks = [t.get_text() for t in drawn["m.png"].axes[0].get_xticklabels()]
-    assert ticks == short
+    confusion = drawn["m.png"].axes[0]
+    assert [t.get_text() for t in confusion.get_xticklabels()] == short
+    assert [t.get_text() for t in confusion.get_yticklabels()] == short
+    bars = [ax for ax in drawn["l.png"].axes if ax.get_xlabel() == "class j"][0]
+    assert [t.get_text() for t in bars.get_xticklabels()] == short
+    assert f"to class {preds[0]} ({short[preds[0]]})" in texts(drawn["rt.png"])
     viz.plot_reconstructions(tiny, images[:3], labels, tmp_path / "plain.png", DPI)
     assert f"true 0, pred {preds[0]}" in texts(drawn["plain.png"])
 
