@@ -18,7 +18,7 @@ image is in colour; a palette of grays counts as gray). A JPEG's EXIF orientatio
 applied, as a photo viewer shows it. Pixels come out as uint8, gray as (N, H, W) and
 colour as (N, H, W, 3), as MNIST's come out of load_mnist. Before any pixel is decoded,
 every header is read and the memory the arrays need checked against what is free. Reading one picture is bounded as
-in images.read_grayscale (its decoding needs at most images.MAX_BYTES). A file that cannot
+in images.read_grayscale (its decoding needs at most MAX_PICTURE_BYTES). A file that cannot
 be read is an error naming it (``bad_images="error"``) or skipped with a warning naming it
 (``"skip"``). Pillow is needed: ``pip install "minicaps[viz]"``.
 """
@@ -32,7 +32,7 @@ import numpy as np
 
 from . import backend
 from .data import DataError, Dataset
-from .images import MAX_BYTES, _bytes_to_decode, _jpeg_coefficient_bytes, _open, _pil
+from .images import _bytes_to_decode, _jpeg_coefficient_bytes, _open, _pil
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 COLORS = ("gray", "rgb")
@@ -42,6 +42,10 @@ VAL_DIRS = ("val", "valid", "validation")     # a validation (or test) folder's 
 SPLIT_NAMES = ("train", "test") + VAL_DIRS
 EXIF_ORIENTATION = 0x0112      # 1: as stored; 5-8: a quarter turn, so height and width swap
 MEMORY_SHARE = 0.5     # the images may take at most this share of the free memory
+# What reading one picture of a folder may hold at once: a 24-megapixel photo takes about
+# 200 MB. More than predict's images.MAX_BYTES (a picture from anyone), as a folder is the
+# user's own; still bounded, so that a header promising a giant is refused undecoded.
+MAX_PICTURE_BYTES = 400_000_000
 
 
 def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed=0,
@@ -428,7 +432,7 @@ def read_image(path, size, color):
     """One picture file as uint8 (H, W) gray or (H, W, 3) colour, resized to ``size``
     (bilinear, with Pillow's anti-aliasing when shrinking); alpha is dropped, 16-bit and
     float gray scaled to 0..255. ValueError for a file that is not a picture this reads or
-    whose decoding would need more than images.MAX_BYTES."""
+    whose reading would hold more than MAX_PICTURE_BYTES at once (_bytes_to_read)."""
     Image = _pil()
     image = _open(Image, path)
     with image:
@@ -438,11 +442,11 @@ def read_image(path, size, color):
         if image.format in ("JPEG", "MPO"):        # decode at 1/2..1/8 scale, as stored
             image.draft("L" if color == "gray" else "RGB",
                         (h, w) if _turned(orientation) else (w, h))
-        need = _bytes_to_decode(image) + coefficients
-        if need > MAX_BYTES:
+        need = _bytes_to_read(image, orientation) + coefficients
+        if need > MAX_PICTURE_BYTES:
             raise ValueError(f"{image.size[0]} x {image.size[1]} pixels would take "
-                             f"{need / 1e6:.0f} MB to decode, more than this reads "
-                             f"({MAX_BYTES / 1e6:.0f} MB); shrink the picture first")
+                             f"{need / 1e6:.0f} MB to read, more than this reads "
+                             f"({MAX_PICTURE_BYTES / 1e6:.0f} MB); shrink the picture first")
         try:
             image.load()
             if orientation != 1:
@@ -455,6 +459,18 @@ def read_image(path, size, color):
         except (OSError, SyntaxError, ValueError) as e:     # a damaged or cut-off file
             raise ValueError(f"not an image that can be read ({e})") from e
     return pixels
+
+
+def _bytes_to_read(image, orientation):
+    """What read_image holds at once for ``image`` (at its drafted size): its decoding
+    (images._bytes_to_decode), a copy in the colour mode asked for, a turned copy when the
+    EXIF orientation turns it, and for 16-bit or float gray its float32 and 8-bit copies
+    (up to 4 bytes a pixel each, Pillow's RGB)."""
+    pixels = image.size[0] * image.size[1]
+    copies = 4 + (4 if orientation != 1 else 0)
+    if image.mode.startswith("I") or image.mode == "F":
+        copies += 4 + 1
+    return _bytes_to_decode(image) + copies * pixels
 
 
 def _to_mode(image, color):

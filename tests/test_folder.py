@@ -436,6 +436,24 @@ def test_a_picture_that_promises_too_much_is_refused_undecoded(tmp_path, bounded
             load_image_folder(folder, image_size=10, **QUIET)
 
 
+def test_a_big_photo_is_read_and_a_giant_refused_undecoded(tmp_path, bounded):
+    """A picture 4600 pixels a side (84 MB decoded, over predict's 80 MB) is read; one
+    whose header promises 12000 a side (720 MB to read, under Pillow's own bomb limit) is
+    refused from its header, under a 256 MB memory cap."""
+    from minicaps.folder import MAX_PICTURE_BYTES
+    big = np.zeros((4600, 4600, 3), np.uint8)
+    big[:2300, :, 0] = 255                                   # red above, black below
+    Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
+    small = read_image(tmp_path / "big.png", (4, 4), "rgb")
+    assert (small[0, :, 0] == 255).all() and (small[3] == 0).all()    # blended between
+    assert (small[..., 1:] == 0).all()
+    (tmp_path / "giant.png").write_bytes(png_header_only(12_000, 12_000))
+    assert 12_000 ** 2 * 5 > MAX_PICTURE_BYTES and 12_000 ** 2 < Image.MAX_IMAGE_PIXELS * 2
+    with bounded(memory=256 * MB, seconds=20):
+        with pytest.raises(ValueError, match="12000 x 12000 pixels would take .* MB to read"):
+            read_image(tmp_path / "giant.png", (10, 10), "gray")
+
+
 def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, bounded):
     folder = good_folder(tmp_path)
     with bounded(memory=128 * MB, seconds=20):
