@@ -667,8 +667,8 @@ def build_parser():
     p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                    help="floating-point type of parameters and activations")
     p.add_argument("--seed", type=nonnegative_int, default=0,
-                   help="seed for the initial weights, the shuffling, the shifts and the "
-                        "validation split")
+                   help="seed for the initial weights, the shuffling, the shifts, the "
+                        "validation split, and an image folder's test split and order")
     p.add_argument("--out", metavar="DIR", default=None,
                    help="folder for metrics.jsonl and the checkpoints (default: "
                         "runs/<dataset>-<date>-<time>, or the folder of --resume)")
@@ -701,7 +701,7 @@ def build_parser():
     p.add_argument("--color", choices=("gray", "rgb"), default=None,
                    help="with --data-dir: read the images as gray or RGB (default: rgb if "
                         "any image is in colour)")
-    p.add_argument("--test-fraction", type=fraction, default=None,
+    p.add_argument("--test-fraction", type=fraction, default=None, metavar="F",
                    help="with --data-dir and no DIR/train + DIR/test: hold out this share of "
                         "each class for testing, drawn with --seed (default: 0.1)")
     p.add_argument("--bad-images", choices=("error", "skip"), default=None,
