@@ -211,7 +211,14 @@ def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
     assert "skipping" in trained and "27 training and 3 test images" in trained
     assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "on 3 " in printed
+    # the three the run held out: the count right is the network's on a full read's split
+    from minicaps.checkpoint import load_checkpoint
+    from minicaps.data import to_model_input
+    held_out = load_image_folder(tmp_path / "f", image_size=20, bad_images="skip", **QUIET)
+    model, _ = load_checkpoint(out / "last.npz").model_with("auto")
+    right = int((model.predict(to_model_input(held_out.x_test, model.dtype))
+                 == held_out.y_test).sum())
+    assert "on 3 " in printed and f"({right}/3, " in printed
 
 
 def test_colour_gray_and_sizes(tmp_path):
