@@ -211,10 +211,11 @@ def _scan_split(root, folders, log):
     """(class names, [(path, label)], part_of) for DIR/train + DIR/test (+ DIR/val):
     the classes are train's; part_of(path) says "train", "test" or "val"."""
     train, test, val = folders
-    classes, files = _scan(train, log)
+    reached = {}                 # one picture in two split folders is refused
+    classes, files = _scan(train, log, reached=reached)
     parts = [(train, "train"), (test, "test")] + ([(val, "val")] if val is not None else [])
     for folder, _ in parts[1:]:
-        other_classes, other_files = _scan(folder, log, min_classes=1)
+        other_classes, other_files = _scan(folder, log, min_classes=1, reached=reached)
         unknown = sorted(set(other_classes) - set(classes))
         if unknown:
             raise DataError(f"{folder} has class folders that {train} does not: "
@@ -271,8 +272,12 @@ def _check_options(root, image_size, color, test_fraction, seed, bad_images):
     return parse_image_size(image_size)
 
 
-def _scan(folder, log, min_classes=2):
-    """(class names, [(path, label)]) from folder's subfolders, in sorted order."""
+def _scan(folder, log, min_classes=2, reached=None):
+    """(class names, [(path, label)]) from folder's subfolders, in sorted order. A picture
+    reached twice through links (``reached``: {real path: (path, class name)}, shared by
+    the folders of one split) is read once within a class, and refused across classes or
+    split folders: it would have two labels, or be trained and tested on."""
+    reached = {} if reached is None else reached
     entries = sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     class_dirs = [p for p in entries if p.is_dir()]
     loose = [p for p in entries if p.is_file() and p.suffix.lower() in SUFFIXES]
@@ -300,28 +305,39 @@ def _scan(folder, log, min_classes=2):
     if loose:
         log(f"{folder}: ignoring {len(loose)} images outside the class folders "
             f"(such as {loose[0].name})")
-    files, ignored, broken = [], [], []
+    files, ignored, broken, twice = [], [], [], 0
     for label, class_dir in enumerate(class_dirs):
         found, dangling = _files_under(class_dir)
         broken += dangling
-        images = [p for p in found if p.suffix.lower() in SUFFIXES]
-        ignored += [p for p in found if p.suffix.lower() not in SUFFIXES]
+        images = [(p, real) for p, real in found if p.suffix.lower() in SUFFIXES]
+        ignored += [p for p, _ in found if p.suffix.lower() not in SUFFIXES]
         if not images:
             raise DataError(f"class folder {class_dir} has no .png, .jpg or .jpeg images: "
                             f"add some, or remove the folder")
-        files += [(p, label) for p in images]
+        for path, real in images:
+            if real not in reached:
+                reached[real] = (path, class_dir)
+                files.append((path, label))
+                continue
+            first, first_dir = reached[real]
+            if first_dir != class_dir:
+                raise DataError(f"{path} and {first} are one picture (through a link) in "
+                                f"{first_dir} and {class_dir}: keep it in one of them")
+            twice += 1
     if ignored:
         log(f"{folder}: ignoring {len(ignored)} files that are not .png, .jpg or .jpeg "
             f"(such as {ignored[0]})")
     if broken:
         log(f"{folder}: ignoring {len(broken)} links that lead nowhere (such as {broken[0]})")
+    if twice:
+        log(f"{folder}: {twice} pictures reached twice through links are read once")
     return [p.name for p in class_dirs], files
 
 
 def _files_under(folder):
-    """(files, broken links) under ``folder``, each sorted: its subfolders too, links to
-    folders followed (each real folder once, so a link to an ancestor ends), hidden files
-    and folders left out."""
+    """([(file, its real path)], broken links) under ``folder``, each sorted: its
+    subfolders too, links to folders followed (each real folder once, so a link to an
+    ancestor ends), hidden files and folders left out."""
     seen, files, broken = set(), [], []
     for where, subfolders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(where)
@@ -333,7 +349,12 @@ def _files_under(folder):
         for name in names:
             if not name.startswith("."):
                 path = Path(where) / name
-                (files if path.is_file() else broken).append(path)
+                if not path.is_file():
+                    broken.append(path)
+                elif path.is_symlink():
+                    files.append((path, os.path.realpath(path)))
+                else:
+                    files.append((path, os.path.join(real, name)))
     return sorted(files), sorted(broken)
 
 

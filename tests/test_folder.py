@@ -522,6 +522,27 @@ def test_links_to_folders_are_followed_once_and_broken_ones_said(tmp_path):
     assert any("1 links that lead nowhere" in line and "gone.png" in line for line in said)
 
 
+def test_a_picture_reached_twice_is_read_once_or_refused_across_classes(tmp_path):
+    folder = good_folder(tmp_path / "f")                   # 12 images in 3 classes
+    some_h = sorted((folder / "h").iterdir())[0]
+    (folder / "h" / "again.png").symlink_to(some_h)        # the same class: once
+    said = []
+    data = load_image_folder(folder, log=said.append)
+    assert len(data.y_train) + len(data.y_test) == 12
+    assert any("1 pictures reached twice through links are read once" in line for line in said)
+    (folder / "v" / "stolen.png").symlink_to(some_h)       # another class: two labels
+    with pytest.raises(DataError, match="one picture .through a link. in .*h and .*v"):
+        load_image_folder(folder, **QUIET)
+    x, y = bars(12, 0)                                     # one picture in train/ and test/
+    write(tmp_path / "s" / "train", x, y)
+    write(tmp_path / "s" / "test", x[:3], y[:3])
+    leaked = sorted((tmp_path / "s" / "train" / "h").iterdir())[0]
+    (tmp_path / "s" / "test" / "h").mkdir(exist_ok=True)
+    (tmp_path / "s" / "test" / "h" / "leak.png").symlink_to(leaked)
+    with pytest.raises(DataError, match="one picture .through a link. in .*train/h and .*test/h"):
+        load_image_folder(tmp_path / "s", **QUIET)
+
+
 def test_options_are_checked(tmp_path):
     folder = good_folder(tmp_path)
     for kw, message in ((dict(color="cmyk"), "color must be"),
