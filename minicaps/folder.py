@@ -17,13 +17,15 @@ size they all have; mixed sizes need it) and ``color`` "gray" or "rgb" (default:
 image is in colour; a palette of grays counts as gray). A JPEG's EXIF orientation is
 applied, as a photo viewer shows it. Pixels come out as uint8, gray as (N, H, W) and
 colour as (N, H, W, 3), as MNIST's come out of load_mnist. Before any pixel is decoded,
-every header is read and the memory the arrays need checked against what is free. Reading one picture is bounded as
-in images.read_grayscale (its decoding needs at most MAX_PICTURE_BYTES). A file that cannot
+every header is read and the memory the arrays need checked against what is free.
+Reading one picture is bounded, as in images.read_grayscale, by what it would hold at
+once (at most MAX_PICTURE_BYTES, worked out from its header). A file that cannot
 be read is an error naming it (``bad_images="error"``) or skipped with a warning naming it
 (``"skip"``). Pillow is needed: ``pip install "minicaps[viz]"``.
 """
 import hashlib
 import os
+import stat
 import time
 from collections import Counter
 from pathlib import Path
@@ -188,12 +190,12 @@ def test_files_sha256(root, paths, is_test):
 
 
 def _scan_root(root, log):
-    """(class names, [(path, label)], None) from ``root``'s subfolders; refused when they
-    are all split folders without a train/ (test/ and val/ alone)."""
-    names = sorted(_subfolders(root))
-    if len(names) >= 2 and set(names) <= set(SPLIT_NAMES):
-        raise DataError(f"{root} holds {', '.join(n + '/' for n in names)} but no train/: put "
-                        f"the training images in {root}/train/<class>/")
+    """(class names, [(path, label)], None) from ``root``'s subfolders; refused when two
+    of them are split folders without a train/ (test/ and val/)."""
+    splits = sorted(set(_subfolders(root)) & set(SPLIT_NAMES))
+    if len(splits) >= 2:                 # test/ and val/, but no train/ beside them
+        raise DataError(f"{root} holds {', '.join(n + '/' for n in splits)} but no train/: "
+                        f"put the training images in {root}/train/<class>/")
     classes, files = _scan(root, log)
     return classes, files, None
 
@@ -201,6 +203,10 @@ def _scan_root(root, log):
 def _shuffled(index, seed):
     """``index`` in an order drawn with ``seed`` (its own stream, apart from the split's)."""
     return index[np.random.default_rng([seed, 1]).permutation(len(index))]
+
+
+def _count(n, thing):
+    return f"{n} {thing}{'' if n == 1 else 's'}"
 
 
 def _some(names, n=4):
@@ -274,7 +280,7 @@ def _check_options(root, image_size, color, test_fraction, seed, bad_images):
 
 def _scan(folder, log, min_classes=2, reached=None):
     """(class names, [(path, label)]) from folder's subfolders, in sorted order. A picture
-    reached twice through links (``reached``: {real path: (path, class name)}, shared by
+    reached twice through links (``reached``: {identity: (path, class folder)}, shared by
     the folders of one split) is read once within a class, and refused across classes or
     split folders: it would have two labels, or be trained and tested on."""
     reached = {} if reached is None else reached
@@ -307,10 +313,10 @@ def _scan(folder, log, min_classes=2, reached=None):
             f"(such as {loose[0].name})")
     files, ignored, broken, twice = [], [], [], 0
     for label, class_dir in enumerate(class_dirs):
-        found, dangling = _files_under(class_dir)
+        found, dangling, not_files = _files_under(class_dir)
         broken += dangling
         images = [(p, real) for p, real in found if p.suffix.lower() in SUFFIXES]
-        ignored += [p for p, _ in found if p.suffix.lower() not in SUFFIXES]
+        ignored += [p for p, _ in found if p.suffix.lower() not in SUFFIXES] + not_files
         if not images:
             raise DataError(f"class folder {class_dir} has no .png, .jpg or .jpeg images: "
                             f"add some, or remove the folder")
@@ -321,24 +327,29 @@ def _scan(folder, log, min_classes=2, reached=None):
                 continue
             first, first_dir = reached[real]
             if first_dir != class_dir:
-                raise DataError(f"{path} and {first} are one picture (through a link) in "
+                raise DataError(f"{first} and {path} are one picture (linked) in "
                                 f"{first_dir} and {class_dir}: keep it in one of them")
             twice += 1
     if ignored:
-        log(f"{folder}: ignoring {len(ignored)} files that are not .png, .jpg or .jpeg "
-            f"(such as {ignored[0]})")
+        are = "is" if len(ignored) == 1 else "are"
+        log(f"{folder}: ignoring {_count(len(ignored), 'file')} that {are} not .png, .jpg or "
+            f".jpeg (such as {ignored[0]})")
     if broken:
-        log(f"{folder}: ignoring {len(broken)} links that lead nowhere (such as {broken[0]})")
+        leads = "leads" if len(broken) == 1 else "lead"
+        log(f"{folder}: ignoring {_count(len(broken), 'link')} that {leads} nowhere (such as "
+            f"{broken[0]})")
     if twice:
-        log(f"{folder}: {twice} pictures reached twice through links are read once")
+        log(f"{folder}: {_count(twice, 'picture')} reached twice through links, read once")
     return [p.name for p in class_dirs], files
 
 
 def _files_under(folder):
-    """([(file, its real path)], broken links) under ``folder``, each sorted: its
-    subfolders too, links to folders followed (each real folder once, so a link to an
-    ancestor ends), hidden files and folders left out."""
-    seen, files, broken = set(), [], []
+    """([(file, its identity)], broken links, other entries) under ``folder``, each
+    sorted: its subfolders too, links to folders followed (each real folder once, so a
+    link to an ancestor ends), hidden names left out (a visible link to a hidden file is
+    read). A file's identity, (device, inode), is the same however it is reached:
+    through links, or as a hard link."""
+    seen, files, broken, other = set(), [], [], []
     for where, subfolders, names in os.walk(folder, followlinks=True):
         real = os.path.realpath(where)
         if real in seen:
@@ -347,15 +358,19 @@ def _files_under(folder):
         seen.add(real)
         subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
         for name in names:
-            if not name.startswith("."):
-                path = Path(where) / name
-                if not path.is_file():
-                    broken.append(path)
-                elif path.is_symlink():
-                    files.append((path, os.path.realpath(path)))
-                else:
-                    files.append((path, os.path.join(real, name)))
-    return sorted(files), sorted(broken)
+            if name.startswith("."):
+                continue
+            path = Path(where) / name
+            try:
+                status = os.stat(path)            # through a link to what it leads to
+            except OSError:
+                broken.append(path)
+                continue
+            if stat.S_ISREG(status.st_mode):
+                files.append((path, (status.st_dev, status.st_ino)))
+            else:                                 # a pipe, a device: not a picture
+                other.append(path)
+    return sorted(files), sorted(broken), sorted(other)
 
 
 def _bad(path, why, bad_images, log):
@@ -463,7 +478,7 @@ def read_image(path, size, color):
         if image.format in ("JPEG", "MPO"):        # decode at 1/2..1/8 scale, as stored
             image.draft("L" if color == "gray" else "RGB",
                         (h, w) if _turned(orientation) else (w, h))
-        need = _bytes_to_read(image, orientation) + coefficients
+        need = _bytes_to_read(image, orientation, size, color) + coefficients
         if need > MAX_PICTURE_BYTES:
             raise ValueError(f"{image.size[0]} x {image.size[1]} pixels would take "
                              f"{need / 1e6:.0f} MB to read, more than this reads "
@@ -482,16 +497,23 @@ def read_image(path, size, color):
     return pixels
 
 
-def _bytes_to_read(image, orientation):
-    """What read_image holds at once for ``image`` (at its drafted size): its decoding
-    (images._bytes_to_decode), a copy in the colour mode asked for, a turned copy when the
-    EXIF orientation turns it, and for 16-bit or float gray its float32 and 8-bit copies
-    (up to 4 bytes a pixel each, Pillow's RGB)."""
-    pixels = image.size[0] * image.size[1]
-    copies = 4 + (4 if orientation != 1 else 0)
+def _bytes_to_read(image, orientation, size, color):
+    """What read_image holds at once for ``image`` (at its drafted size) read at ``size``
+    (H, W) in ``color``: its decoding (images._bytes_to_decode); a copy in the colour mode
+    asked for (Pillow's RGB: 4 bytes a pixel); a turned copy when the EXIF orientation
+    turns it; for 16-bit or float gray, its float32, rounded and 8-bit copies; the resized picture
+    and the pass between (Pillow resizes across, then down); and the array, which NumPy
+    gets through tobytes (its pieces and their join: twice the array)."""
+    w, h = image.size
+    out, channels = (4, 3) if color == "rgb" else (1, 1)
+    copies = out + (4 if orientation != 1 else 0)
     if image.mode.startswith("I") or image.mode == "F":
-        copies += 4 + 1
-    return _bytes_to_decode(image) + copies * pixels
+        copies += 4 + 4 + 1 + 1                  # float32, rounded, 8-bit, its "L" image
+    if sorted(size) == sorted((w, h)):          # no resizing (turned, or not)
+        resized, final = 0, w * h
+    else:
+        resized, final = out * (size[0] * size[1] + size[1] * max(w, h)), size[0] * size[1]
+    return _bytes_to_decode(image) + copies * w * h + resized + 2 * channels * final
 
 
 def _to_mode(image, color):

@@ -114,6 +114,9 @@ def test_split_folders_in_capitals_and_split_folders_without_train(tmp_path):
     write(tmp_path / "b" / "val", x, y)
     with pytest.raises(DataError, match="holds test/, val/ but no train/"):
         load_image_folder(tmp_path / "b", **QUIET)
+    write(tmp_path / "b" / "extra", x, y)                   # whatever else is beside them
+    with pytest.raises(DataError, match="holds test/, val/ but no train/"):
+        load_image_folder(tmp_path / "b", **QUIET)
     write(tmp_path / "c" / "val", x, y)
     with pytest.raises(DataError, match=r"one class folder \(val\).*put a train/ folder"):
         load_image_folder(tmp_path / "c", **QUIET)
@@ -211,11 +214,20 @@ def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
     assert "skipping" in trained and "27 training and 3 test images" in trained
     assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    # the three the run held out: the count right is the network's on a full read's split
+    # the three the run held out, as a full read (the run's own) splits the folder; the
+    # first read, drawn before decoding, holds other pictures
     from minicaps.checkpoint import load_checkpoint
     from minicaps.data import to_model_input
     held_out = load_image_folder(tmp_path / "f", image_size=20, bad_images="skip", **QUIET)
-    model, _ = load_checkpoint(out / "last.npz").model_with("auto")
+    first = load_image_folder(tmp_path / "f", image_size=20, bad_images="skip", only="test",
+                              **QUIET)
+    assert sorted(map(bytes, first.x_test)) != sorted(map(bytes, held_out.x_test))
+    checkpoint = load_checkpoint(out / "last.npz")
+    info = checkpoint.extra["settings"]["data_info"]
+    assert info["undecodable"] == 1
+    read = cli._read_test_folder(tmp_path / "f", info)
+    np.testing.assert_array_equal(read.x_test, held_out.x_test)
+    model, _ = checkpoint.model_with("auto")
     right = int((model.predict(to_model_input(held_out.x_test, model.dtype))
                  == held_out.y_test).sum())
     assert "on 3 " in printed and f"({right}/3, " in printed
@@ -455,10 +467,12 @@ def test_a_big_photo_is_read_and_a_giant_refused_undecoded(tmp_path, bounded):
     assert (small[0, :, 0] == 255).all() and (small[3] == 0).all()    # blended between
     assert (small[..., 1:] == 0).all()
     (tmp_path / "giant.png").write_bytes(png_header_only(12_000, 12_000))
+    # read as RGB: 1 byte a pixel decoded and 4 in the RGB copy, 720 MB; yet fewer pixels
+    # than Pillow's own bomb limit, so that it is this bound that refuses it
     assert 12_000 ** 2 * 5 > MAX_PICTURE_BYTES and 12_000 ** 2 < Image.MAX_IMAGE_PIXELS * 2
     with bounded(memory=256 * MB, seconds=20):
         with pytest.raises(ValueError, match="12000 x 12000 pixels would take .* MB to read"):
-            read_image(tmp_path / "giant.png", (10, 10), "gray")
+            read_image(tmp_path / "giant.png", (10, 10), "rgb")
 
 
 def test_a_folder_too_big_for_memory_is_refused_before_decoding(tmp_path, bounded):
@@ -501,7 +515,7 @@ def test_other_files_and_hidden_ones_are_left_out(tmp_path):
     said = []
     data = load_image_folder(folder, log=said.append)
     assert len(data.y_train) + len(data.y_test) == 12 and len(data.classes) == 3
-    assert any("ignoring 1 files" in line and "notes.txt" in line for line in said)
+    assert any("ignoring 1 file that" in line and "notes.txt" in line for line in said)
 
 
 def test_links_to_folders_are_followed_once_and_broken_ones_said(tmp_path):
@@ -519,7 +533,7 @@ def test_links_to_folders_are_followed_once_and_broken_ones_said(tmp_path):
     images = np.concatenate([data.x_train, data.x_test])
     assert len(images) == 14                               # 12, and the 2 behind the link
     assert sum(any((img == e).all() for img in images) for e in x) == 2
-    assert any("1 links that lead nowhere" in line and "gone.png" in line for line in said)
+    assert any("1 link that leads nowhere" in line and "gone.png" in line for line in said)
 
 
 def test_a_picture_reached_twice_is_read_once_or_refused_across_classes(tmp_path):
@@ -529,17 +543,26 @@ def test_a_picture_reached_twice_is_read_once_or_refused_across_classes(tmp_path
     said = []
     data = load_image_folder(folder, log=said.append)
     assert len(data.y_train) + len(data.y_test) == 12
-    assert any("1 pictures reached twice through links are read once" in line for line in said)
+    assert any("1 picture reached twice through links, read once" in line for line in said)
     (folder / "v" / "stolen.png").symlink_to(some_h)       # another class: two labels
-    with pytest.raises(DataError, match="one picture .through a link. in .*h and .*v"):
+    with pytest.raises(DataError, match="one picture .linked. in .*h and .*v"):
         load_image_folder(folder, **QUIET)
+    (folder / "v" / "stolen.png").unlink()
+    os.link(some_h, folder / "v" / "hard.png")             # a hard link: the same picture
+    with pytest.raises(DataError, match="one picture .linked. in .*h and .*v"):
+        load_image_folder(folder, **QUIET)
+    (folder / "v" / "hard.png").unlink()
+    os.mkfifo(folder / "v" / "pipe.png")                  # not a file: said, never opened
+    said = []
+    load_image_folder(folder, log=said.append)
+    assert any("ignoring 1 file that" in line and "pipe.png" in line for line in said)
     x, y = bars(12, 0)                                     # one picture in train/ and test/
     write(tmp_path / "s" / "train", x, y)
     write(tmp_path / "s" / "test", x[:3], y[:3])
     leaked = sorted((tmp_path / "s" / "train" / "h").iterdir())[0]
     (tmp_path / "s" / "test" / "h").mkdir(exist_ok=True)
     (tmp_path / "s" / "test" / "h" / "leak.png").symlink_to(leaked)
-    with pytest.raises(DataError, match="one picture .through a link. in .*train/h and .*test/h"):
+    with pytest.raises(DataError, match="one picture .linked. in .*train/h and .*test/h"):
         load_image_folder(tmp_path / "s", **QUIET)
 
 
