@@ -790,11 +790,25 @@ def _check_resume(ckpt, config, settings, kind=None):
         a, b = config.to_dict(), ckpt.model.config.to_dict()
         problems += [f"{k}={a[k]!r} (checkpoint {b[k]!r})" for k in a if a[k] != b[k]]
     saved = ckpt.extra.get("settings", {})
+    _check_same_split(ckpt, saved.get("data_info") or {}, settings.get("data_info") or {})
     problems += [f"{k}={settings[k]!r} (checkpoint {saved[k]!r})"
                  for k in RESUME_SETTINGS if k in saved and saved[k] != settings[k]]
     if problems:
         raise ValueError(f"{ckpt.path} was trained with other settings; to resume, pass the "
                          f"same ones: " + ", ".join(problems))
+
+
+def _check_same_split(ckpt, then, now):
+    """An image folder must split as it did when the run began (the same split folders,
+    the same seeded test share): otherwise going on would train on pictures it tested on."""
+    for key in ("split", "test_files_sha256"):
+        if then.get(key) is not None and now.get(key) != then[key]:
+            raise ValueError(
+                f"{ckpt.path} began on {then.get('folder', 'its image folder')}, which has "
+                f"changed since (files added, removed or renamed, or other split folders): "
+                f"its test images are not those of the run any more, and going on would "
+                f"train on pictures it was tested on. Resume on the folder as it was, or "
+                f"start a new run")
 
 
 def _check_nothing_overwritten(out_dir, resume, epoch):

@@ -678,6 +678,32 @@ def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_ref
     assert len(decoded) == 3                     # 2 of red's 20 and 1 of blue's 10
 
 
+def test_a_run_resumes_on_its_folder_as_it_was_and_not_once_changed(tmp_path, capsys,
+                                                                    monkeypatch):
+    x, y = bars(24, 0)
+    write(tmp_path / "f", x, y)
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+    out = tmp_path / "run"
+    argv = ["train", "--data-dir", str(tmp_path / "f"), "--image-size", "20", "--preset",
+            "tiny", "--batch-size", "6", "--out", str(out), "--no-progress"]
+    assert cli.main(argv) == 0
+    assert cli.main(argv + ["--epochs", "2", "--resume", str(out / "last.npz")]) == 0
+    capsys.readouterr()
+    # renamed (as many images as before): the held-out names are others
+    for path in sorted((tmp_path / "f" / "h").iterdir()):
+        path.rename(path.with_name("renamed-" + path.name))
+    assert cli.main(argv + ["--epochs", "3", "--resume", str(out / "last.npz")]) == 2
+    assert "has changed since" in capsys.readouterr().err
+    # more images: said the same way, before the count of training images differs
+    x2, y2 = bars(12, 1)
+    for k, (image, label) in enumerate(zip(x2, y2)):
+        Image.fromarray(image).save(tmp_path / "f" / ("h", "v", "d")[label] / f"new{k}.png")
+    assert cli.main(argv + ["--epochs", "3", "--resume", str(out / "last.npz")]) == 2
+    assert "has changed since" in capsys.readouterr().err
+
+
 def test_evaluate_refuses_a_folder_split_otherwise_since(tmp_path, capsys, monkeypatch):
     x, y = bars(24, 0)
     write(tmp_path / "f" / "train", x[:18], y[:18])
