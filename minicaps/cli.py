@@ -415,7 +415,7 @@ def cmd_compare(args):
 
 def cmd_predict(args):
     from .backend import to_numpy
-    from .images import load_digit, save_gray
+    from .images import save_gray
     from .checkpoint import model_kind
     ckpt = _load(args)
     model, _ = ckpt.model_with(args.weights)
@@ -428,23 +428,20 @@ def cmd_predict(args):
         raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
     settings = ckpt.extra.get("settings", {}) or {}
     classes = settings.get("classes") or [str(j) for j in range(model.config.num_classes)]
-    try:
-        digits = settings.get("dataset", "mnist") in ("mnist", "fashion-mnist")
-        if digits and not (settings.get("data_info") or {}).get("folder"):
-            x = load_digit(args.image, model.config.input_shape)   # prepared as MNIST's digits
-        else:
-            x = _picture(args.image, model.config, settings)
-    except ImportError as e:
-        print(f"minicaps predict: error: {e}", file=sys.stderr)
-        return 2
-    x = x[None].astype(model.dtype)
+    pictures = _pictures(args.image)
+    if len(pictures) > 1 or Path(args.image[0]).is_dir():
+        if args.save_reconstruction is not None:
+            raise ValueError("--save-reconstruction goes with one picture: give one IMAGE")
+        return _predict_many(model, pictures, classes, settings, capsnet)
+    x = _prepared(pictures[0], model, settings)[None].astype(model.dtype)
     if args.save_reconstruction is not None:
         out, _ = model.forward(x)
         lengths = to_numpy(out["lengths"])[0]
     else:                       # the capsules' lengths, or the CNN's softmax probabilities
         lengths = model.predict_lengths(x, batch_size=1)[0]
     pred = int(lengths.argmax())
-    print(f"{args.image}: predicted {classes[pred]}" + (f" (class {pred})" if classes[pred] != str(pred) else ""))
+    print(f"{pictures[0]}: predicted {classes[pred]}"
+          + (f" (class {pred})" if classes[pred] != str(pred) else ""))
     width = max(5, max(len(str(c)) for c in classes))
     print(f"{'class':>{width}}  {'length' if capsnet else 'probability'}")
     for j, length in enumerate(lengths):
@@ -456,6 +453,63 @@ def cmd_predict(args):
         path = save_gray([x[0], recon], args.save_reconstruction)
         print(f"wrote {path} (what the network saw, then its reconstruction)")
     return 0
+
+
+def _pictures(names):
+    """The picture files that predict's IMAGE arguments name: each file, and every .png,
+    .jpg or .jpeg under a folder (its subfolders too, hidden ones left out), in order."""
+    from .folder import SUFFIXES
+    pictures = []
+    for name in names:
+        path = Path(name)
+        if not path.is_dir():
+            pictures.append(path)          # a missing file is said when it is read
+            continue
+        found = sorted(p for p in path.rglob("*")
+                       if p.is_file() and p.suffix.lower() in SUFFIXES
+                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        if not found:
+            raise ValueError(f"{path} holds no .png, .jpg or .jpeg pictures")
+        pictures += found
+    return pictures
+
+
+def _prepared(path, model, settings):
+    """One picture as the network's data was made: as MNIST's digits for a network trained
+    on MNIST or Fashion-MNIST, else as its image folder or dataset was read (_picture)."""
+    from .images import load_digit
+    digits = settings.get("dataset", "mnist") in ("mnist", "fashion-mnist")
+    if digits and not (settings.get("data_info") or {}).get("folder"):
+        return load_digit(path, model.config.input_shape)
+    return _picture(path, model.config, settings)
+
+
+def _predict_many(model, pictures, classes, settings, capsnet, batch=256):
+    """predict on many pictures: a line each (the picture, its class, the winning length or
+    probability), in batches; a picture that cannot be read is said on stderr and the
+    others go on (exit status 2 if any could not be read)."""
+    import numpy as np
+    what, failed = "length" if capsnet else "probability", 0
+    for start in range(0, len(pictures), batch):
+        read, xs = [], []
+        for path in pictures[start:start + batch]:
+            try:
+                xs.append(_prepared(path, model, settings))
+                read.append(path)
+            except (ValueError, OSError) as e:
+                from .folder import printable
+                print(f"minicaps predict: error: {printable(str(e))}", file=sys.stderr)
+                failed += 1
+        if not xs:
+            continue
+        lengths = model.predict_lengths(np.stack(xs).astype(model.dtype), batch_size=len(xs))
+        for path, row in zip(read, lengths):
+            j = int(row.argmax())
+            print(f"{path}\t{classes[j]}\t{what} {row[j]:.4f}")
+    if failed:
+        print(f"minicaps predict: {failed} of {len(pictures)} pictures could not be read",
+              file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _picture(path, config, settings):
@@ -773,7 +827,9 @@ def build_parser():
                     "the probability of every class) and the predicted class, by name. Needs "
                     "Pillow: pip install \"minicaps[viz]\".")
     add_checkpoint_options(p)
-    p.add_argument("image", metavar="IMAGE", help="the picture, e.g. digit.png")
+    p.add_argument("image", metavar="IMAGE", nargs="+",
+                   help="the picture, e.g. digit.png; or several pictures, or folders of them "
+                        "(then a line each: the picture, its class and the winning length)")
     p.add_argument("--save-reconstruction", metavar="PNG", default=None,
                    help="also write what the network saw beside the decoder's reconstruction "
                         "(masked by the predicted class) to this PNG, 4x enlarged (a CapsNet "

@@ -723,6 +723,41 @@ def test_evaluate_refuses_a_folder_split_otherwise_since(tmp_path, capsys, monke
     assert "was split by train/ and val/ folders" in err and "train/ and test/ and val/" in err
 
 
+def test_predict_on_many_pictures_gives_a_line_each(tmp_path, capsys, monkeypatch):
+    from minicaps.checkpoint import load_checkpoint
+    rng = np.random.default_rng(2)
+    images = rng.integers(0, 256, (12, 20, 20, 3)).astype(np.uint8)
+    write(tmp_path / "pets", images, np.arange(12) % 3, names=("bird", "cat", "dog"))
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data-dir", str(tmp_path / "pets"), "--preset", "tiny",
+                     "--batch-size", "6", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["predict", str(out / "last.npz"), str(tmp_path / "pets")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    pictures = sorted((tmp_path / "pets").rglob("*.png"))
+    assert [line.split("\t")[0] for line in lines] == [str(p) for p in pictures]
+    # each line's class and length: the network's own on the picture's RGB pixels
+    model, _ = load_checkpoint(out / "last.npz").model_with("auto")
+    x = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in pictures]) / 255.0
+    lengths = model.predict_lengths(x.astype(model.dtype))
+    for line, row in zip(lines, lengths):
+        j = int(row.argmax())
+        assert line.split("\t")[1:] == [("bird", "cat", "dog")[j], f"length {row[j]:.4f}"]
+    # a picture that cannot be read is said, and the others still get their line
+    (tmp_path / "junk.png").write_bytes(b"not a picture")
+    assert cli.main(["predict", str(out / "last.npz"), str(pictures[0]),
+                     str(tmp_path / "junk.png"), str(pictures[1])]) == 2
+    captured = capsys.readouterr()
+    assert len(captured.out.splitlines()) == 2 and "junk.png" in captured.err
+    assert "1 of 3 pictures could not be read" in captured.err
+    assert cli.main(["predict", str(out / "last.npz"), str(tmp_path / "pets"),
+                     "--save-reconstruction", str(tmp_path / "r.png")]) == 2
+    assert "goes with one picture" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--image-size", "32"], "--image-size read an image folder: give --data-dir"),
     (["--color", "gray", "--bad-images", "skip"], "--color, --bad-images read an image folder"),
