@@ -457,17 +457,15 @@ def cmd_predict(args):
 
 def _pictures(names):
     """The picture files that predict's IMAGE arguments name: each file, and every .png,
-    .jpg or .jpeg under a folder (its subfolders too, hidden ones left out), in order."""
-    from .folder import SUFFIXES
+    .jpg or .jpeg under a folder (folder.picture_files), in order."""
+    from .folder import picture_files
     pictures = []
     for name in names:
         path = Path(name)
         if not path.is_dir():
             pictures.append(path)          # a missing file is said when it is read
             continue
-        found = sorted(p for p in path.rglob("*")
-                       if p.is_file() and p.suffix.lower() in SUFFIXES
-                       and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        found = picture_files(path)
         if not found:
             raise ValueError(f"{path} holds no .png, .jpg or .jpeg pictures")
         pictures += found

@@ -343,6 +343,12 @@ def _scan(folder, log, min_classes=2, reached=None):
     return [p.name for p in class_dirs], files
 
 
+def picture_files(folder):
+    """Every .png, .jpg or .jpeg under ``folder``, sorted, as a class folder's are found
+    (its subfolders and links to folders too, hidden names left out)."""
+    return [path for path, _ in _files_under(folder)[0] if path.suffix.lower() in SUFFIXES]
+
+
 def _files_under(folder):
     """([(file, its identity)], broken links, other entries) under ``folder``, each
     sorted: its subfolders too, links to folders followed (each real folder once, so a

@@ -348,6 +348,12 @@ def _name(classes, j, width=14):
     return name if len(name) <= width else name[:width - 1] + "…"
 
 
+def _also_named(classes, j):
+    """What follows class j's number in a title: its name in brackets where the data has
+    names, else nothing."""
+    return "" if classes is None else f" ({_name(classes, j)})"
+
+
 def _class_ticks(ax, classes, n, axis="x"):
     """Ticks 0..n-1 on ``axis`` labelled with the class names (slanted when long)."""
     names = [_name(classes, j) for j in range(n)]
@@ -450,7 +456,7 @@ def plot_perturbation(model, x, path, label=None, dpi=100, weights=None, notes=(
     top, bottom, rest = left.subplots(3, 1, height_ratios=[1.8, 1.8, max(height - 4.6, 0.1)])
     rest.axis("off")
     _show(top, _one(x_np, 0), "input")
-    named = "" if classes is None else f" ({_name(classes, label)})"
+    named = _also_named(classes, label)
     _show(bottom, grid[0, zero], f"its reconstruction\n(capsule {label}{named}, no nudge)")
     ax = right.subplots()
     ax.imshow(mosaic(grid), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
@@ -487,7 +493,7 @@ def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), wa
     gs = fig.add_gridspec(T, 4, width_ratios=[1.4, min(1.8 * tiles_wide, 5.0), 3.4, 2.2])
     _show(fig.add_subplot(gs[:, 0]), _one(x_np, 0),
           f"input\npredicted {k}"
-          + ("" if classes is None else f" ({_name(classes, k)})")
+          + _also_named(classes, k)
           + f"\n(|v| = {r['lengths'][k]:.2f})")
     cmap = colormaps["RdBu_r"].with_extremes(bad=SEPARATOR)
     uniform_map, uniform_class = rows * cols / J, rows * cols * maps / J
@@ -526,7 +532,7 @@ def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), wa
     bar.set_label(f"c(i -> {k}): white = uniform 1/{J}, darkest red = 2/{J} or more;\n"
                   f"grey: between maps", fontsize=7)
     bar.ax.tick_params(labelsize=6)
-    named = "" if classes is None else f" ({_name(classes, k)})"
+    named = _also_named(classes, k)
     fig.suptitle(_titled(f"Routing by agreement: how the {rows * cols * maps} primary capsules "
                          f"i send their output to class {k}{named}, iteration by iteration",
                          weights), fontsize=9)

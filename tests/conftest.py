@@ -72,3 +72,17 @@ def bounded_fixture():
     """``with bounded(memory=..., seconds=...):`` around a hostile case (limits.bounded)."""
     from limits import bounded
     return bounded
+
+
+@pytest.fixture
+def drawn(monkeypatch):
+    """{file name: the Figure} of every PNG minicaps.viz writes while the test runs."""
+    from pathlib import Path
+    from minicaps import viz
+    figures, save = {}, viz._save
+
+    def keep(fig, path, notes=()):
+        figures[Path(path).name] = fig
+        return save(fig, path, notes)
+    monkeypatch.setattr(viz, "_save", keep)
+    return figures

@@ -26,6 +26,14 @@ MB = 1 << 20
 MNIST_ROOT = os.environ.get("MINICAPS_DATA")
 
 
+@pytest.fixture
+def tiny(monkeypatch):
+    """--preset tiny: a CapsNet small enough to train on a folder in a second."""
+    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+                                                         "decoder_sizes": (16,)},
+                                              "epochs": 1, "lr": 1e-3})
+
+
 def write(folder, images, labels, names=("h", "v", "d"), suffix=".png"):
     """images[k] as folder/<names[labels[k]]>/<k:05d><suffix>; returns the paths."""
     paths = []
@@ -193,7 +201,7 @@ def test_the_test_images_alone_are_the_test_split_of_the_whole(tmp_path, monkeyp
 
 
 def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
-        tmp_path, capsys, monkeypatch):
+        tmp_path, capsys, tiny):
     """Trained with --bad-images skip past a picture whose header reads but whose pixels
     do not: its split was drawn without it, so evaluate, which draws before decoding, must
     notice and read the folder as the run did."""
@@ -203,9 +211,6 @@ def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
     cut = tmp_path / "f" / "h" / "00000-cut.png"
     Image.fromarray(image).save(cut)
     cut.write_bytes(cut.read_bytes()[:60])                 # the header, not the pixels
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
-                                                         "decoder_sizes": (16,)},
-                                              "epochs": 1, "lr": 1e-3})
     out = tmp_path / "run"
     assert cli.main(["train", "--data-dir", str(tmp_path / "f"), "--image-size", "20",
                      "--bad-images", "skip", "--preset", "tiny", "--batch-size", "9",
@@ -596,7 +601,7 @@ def test_a_run_on_a_folder_equals_the_run_on_its_arrays(tmp_path):
     assert a.history[0]["test_accuracy"] == b.history[0]["test_accuracy"]
 
 
-def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, monkeypatch):
+def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, tiny):
     rng = np.random.default_rng(0)
     images = rng.integers(0, 60, (30, 28, 28, 3)).astype(np.uint8)
     labels = np.arange(30) % 3
@@ -604,9 +609,6 @@ def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, mon
         image[4:12, 4:12, label] = 255
     write(tmp_path / "pets", images, labels, names=("bird", "cat", "dog"))
     out = tmp_path / "run"
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
-                                                         "decoder_sizes": (16,)},
-                                              "epochs": 1, "lr": 1e-3})
     code = cli.main(["train", "--data-dir", str(tmp_path / "pets"), "--preset", "tiny",
                      "--batch-size", "9", "--out", str(out), "--no-progress",
                      "--test-fraction", "0.2", "--flip"])
@@ -630,17 +632,13 @@ def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, mon
 
 
 def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_refused(
-        tmp_path, capsys, monkeypatch):
+        tmp_path, capsys, monkeypatch, tiny, drawn):
     import minicaps.folder
-    from minicaps import viz
     from minicaps.checkpoint import load_checkpoint
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (20, 28, 28, 3)).astype(np.uint8)
     write(tmp_path / "mnist", images, np.arange(20) % 2, names=("red", "blue"))
     monkeypatch.chdir(tmp_path)                 # --data-dir mnist: the run's dataset "mnist"
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
-                                                         "decoder_sizes": (16,)},
-                                              "epochs": 1, "lr": 1e-3})
     assert cli.main(["train", "--data-dir", "mnist", "--preset", "tiny",
                      "--batch-size", "6", "--out", "run", "--no-progress"]) == 0
     capsys.readouterr()
@@ -656,12 +654,6 @@ def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_ref
     for name, length in zip(("blue", "red"), lengths):
         assert f"{name}  {length:.4f}" in printed
     # plot names the classes
-    drawn, save = {}, viz._save
-
-    def keep(fig, path, notes=()):
-        drawn[Path(path).name] = fig
-        return save(fig, path, notes)
-    monkeypatch.setattr(viz, "_save", keep)
     assert cli.main(["plot", "run/last.npz", "--kind", "confusion", "--out", "plots"]) == 0
     axes = drawn["confusion.png"].axes[0]
     assert [t.get_text() for t in axes.get_yticklabels()] == ["blue", "red"]
@@ -678,13 +670,9 @@ def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_ref
     assert len(decoded) == 3                     # 2 of red's 20 and 1 of blue's 10
 
 
-def test_a_run_resumes_on_its_folder_as_it_was_and_not_once_changed(tmp_path, capsys,
-                                                                    monkeypatch):
+def test_a_run_resumes_on_its_folder_as_it_was_and_not_once_changed(tmp_path, capsys, tiny):
     x, y = bars(24, 0)
     write(tmp_path / "f", x, y)
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
-                                                         "decoder_sizes": (16,)},
-                                              "epochs": 1, "lr": 1e-3})
     out = tmp_path / "run"
     argv = ["train", "--data-dir", str(tmp_path / "f"), "--image-size", "20", "--preset",
             "tiny", "--batch-size", "6", "--out", str(out), "--no-progress"]
@@ -704,13 +692,10 @@ def test_a_run_resumes_on_its_folder_as_it_was_and_not_once_changed(tmp_path, ca
     assert "has changed since" in capsys.readouterr().err
 
 
-def test_evaluate_refuses_a_folder_split_otherwise_since(tmp_path, capsys, monkeypatch):
+def test_evaluate_refuses_a_folder_split_otherwise_since(tmp_path, capsys, tiny):
     x, y = bars(24, 0)
     write(tmp_path / "f" / "train", x[:18], y[:18])
     write(tmp_path / "f" / "val", x[18:], y[18:])
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
-                                                         "decoder_sizes": (16,)},
-                                              "epochs": 1, "lr": 1e-3})
     out = tmp_path / "run"
     assert cli.main(["train", "--data-dir", str(tmp_path / "f"), "--image-size", "20",
                      "--preset", "tiny", "--batch-size", "6", "--out", str(out),
@@ -723,14 +708,11 @@ def test_evaluate_refuses_a_folder_split_otherwise_since(tmp_path, capsys, monke
     assert "was split by train/ and val/ folders" in err and "train/ and test/ and val/" in err
 
 
-def test_predict_on_many_pictures_gives_a_line_each(tmp_path, capsys, monkeypatch):
+def test_predict_on_many_pictures_gives_a_line_each(tmp_path, capsys, tiny):
     from minicaps.checkpoint import load_checkpoint
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (12, 20, 20, 3)).astype(np.uint8)
     write(tmp_path / "pets", images, np.arange(12) % 3, names=("bird", "cat", "dog"))
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
-                                                         "decoder_sizes": (16,)},
-                                              "epochs": 1, "lr": 1e-3})
     out = tmp_path / "run"
     assert cli.main(["train", "--data-dir", str(tmp_path / "pets"), "--preset", "tiny",
                      "--batch-size", "6", "--out", str(out), "--no-progress"]) == 0
@@ -786,14 +768,10 @@ def test_without_pillow_the_cli_says_so_in_one_line(tmp_path, capsys, monkeypatc
                    'pip install "minicaps[viz]"\n')
 
 
-def test_a_test_fraction_beside_a_split_of_its_own_is_said_unused(tmp_path, capsys,
-                                                                   monkeypatch):
+def test_a_test_fraction_beside_a_split_of_its_own_is_said_unused(tmp_path, capsys, tiny):
     x, y = bars(12, 0)
     write(tmp_path / "f" / "train", x, y)
     write(tmp_path / "f" / "val", x[:6], y[:6])
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
-                                                         "decoder_sizes": (16,)},
-                                              "epochs": 1, "lr": 1e-3})
     assert cli.main(["train", "--data-dir", str(tmp_path / "f"), "--test-fraction", "0.3",
                      "--image-size", "20", "--preset", "tiny", "--batch-size", "6",
                      "--out", str(tmp_path / "run"), "--no-progress"]) == 0

@@ -75,18 +75,6 @@ def trained(bar_images):
     return mc.CapsNet(model.config, dtype="float64", device="cpu", params=params)
 
 
-@pytest.fixture
-def drawn(monkeypatch):
-    """{file name: the Figure} of every PNG written while the test runs."""
-    figures, save = {}, viz._save
-
-    def keep(fig, path, notes=()):
-        figures[Path(path).name] = fig
-        return save(fig, path, notes)
-    monkeypatch.setattr(viz, "_save", keep)
-    return figures
-
-
 def texts(fig):
     """Every text of a figure (titles, labels, ticks, legends, notes) in one string."""
     from matplotlib.text import Text
