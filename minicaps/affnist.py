@@ -32,6 +32,8 @@ digit's ink on the canvas.
 """
 import hashlib
 import os
+import struct
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -55,7 +57,8 @@ AFFNIST_RANGES = {"rotation": (-20.0, 20.0),    # degrees, counter-clockwise on 
 AFFNIST_TEST_SIZE = 320_000          # 32 transformations of each of 10,000 test digits
 AFFNIST_COPIES = 32
 MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
-MAX_MAT_BYTES = 1 << 30              # test.mat is about 0.6 GB
+MAX_MAT_BYTES = 1 << 30              # test.mat is about 0.6 GB, read or decompressed
+MI_COMPRESSED = 15                   # the Matlab 5 tag of a compressed variable
 _WORK = 64                           # canvas on which a digit is transformed before it moves
 
 
@@ -193,13 +196,15 @@ def generate_affnist(digits, labels, seed=GENERATED_SEED, copies=1, ranges=AFFNI
 def read_affnist_mat(path, max_bytes=MAX_MAT_BYTES, sha256=None):
     """Read one affNIST .mat file: (images (N, 40, 40) uint8, labels (N,) int64).
 
-    Checks the Matlab 5 header and the size before scipy parses it, the SHA-256 of the
-    file when one is given, then the layout: affNISTdata.image 1600 x N of whole numbers
+    Checks the Matlab 5 header, the size and what its compressed variables decompress to
+    (_check_variable_sizes) before scipy parses it, the SHA-256 of the file when one is
+    given, then the layout: affNISTdata.image 1600 x N of whole numbers
     0..255, label_int N classes 0..9, label_one_of_n (when present) the same classes.
     Anything else raises DataError naming the file.
     """
     path = Path(path)
     size = _check_mat_header(path, max_bytes)
+    _check_variable_sizes(path, max_bytes)
     if sha256 is not None:
         actual = _sha256(path)
         if actual != sha256.lower():
@@ -350,6 +355,63 @@ def _check_mat_header(path, max_bytes):
     if header[126:128] not in (b"IM", b"MI"):
         raise DataError(f"{path}: damaged Matlab header (endian mark {header[126:128]!r})")
     return size
+
+
+def _check_variable_sizes(path, max_bytes):
+    """DataError unless the file's variables take at most max_bytes once read: each
+    variable's tag says its size, and a compressed variable's, inside its zlib stream,
+    what it decompresses to. That declared size is checked before decompressing; then the
+    stream is decompressed in pieces, and counted, not kept, to see that it holds no more.
+    (scipy decompresses a variable whole, trusting the sizes inside it.)"""
+    total, offset, end = 0, 128, path.stat().st_size
+    with open(path, "rb") as f:
+        f.seek(126)
+        order = "<" if f.read(2) == b"IM" else ">"      # the endian mark, as written
+        while offset + 8 <= end:
+            f.seek(offset)
+            kind, nbytes = struct.unpack(order + "II", f.read(8))
+            if kind >> 16:                     # a small element: its data is in the tag
+                offset += 8
+                continue
+            if kind == MI_COMPRESSED:
+                total += _decompressed_size(f, nbytes, max_bytes - total, path, order)
+            else:
+                total += 8 + nbytes
+            if total > max_bytes:
+                raise DataError(f"{path}: its variables take {total} bytes once read, more "
+                                f"than the {max_bytes} bytes an affNIST file needs")
+            offset += 8 + nbytes
+
+
+def _decompressed_size(f, nbytes, limit, path, order, piece=1 << 20):
+    """The bytes the zlib stream of ``nbytes`` at f's position decompresses to, at most
+    ``limit`` (what the variable's tag inside declares is checked first); else DataError."""
+    inflate = zlib.decompressobj()
+    try:
+        head = inflate.decompress(f.read(min(nbytes, 4096)), 8)
+        if len(head) < 8:
+            raise zlib.error("no tag inside it")
+        declared = 8 + struct.unpack(order + "II", head)[1]
+        if declared > limit:
+            raise DataError(f"{path}: a compressed variable declares {declared} bytes once "
+                            f"decompressed, more than the {limit} bytes an affNIST file "
+                            f"needs (the 320,000 test pictures take about 0.6 GB): this is "
+                            f"not an affNIST file; download it again")
+        size, left, data = len(head), nbytes - min(nbytes, 4096), inflate.unconsumed_tail
+        while size <= declared:            # counted a piece at a time, not kept
+            if not data:
+                data = f.read(min(piece, left))
+                left -= len(data)
+                if not data:
+                    break                  # the end of the stream
+            size += len(inflate.decompress(data, piece))
+            data = inflate.unconsumed_tail
+    except zlib.error as e:
+        raise DataError(f"{path}: a compressed variable is damaged ({e})") from e
+    if size > declared:
+        raise DataError(f"{path}: a compressed variable holds more than the {declared - 8} "
+                        f"bytes it declares: the file is damaged; download it again")
+    return declared
 
 
 def _sha256(path):

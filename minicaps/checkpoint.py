@@ -17,11 +17,14 @@ JSON keeps the big integers of a PCG64 state exactly. Loading uses
 
 The file is written atomically: into a temporary file in the same folder, flushed and
 fsynced, then renamed over the old one with ``os.replace``. A crash mid-write leaves the
-previous checkpoint as it was.
+previous checkpoint as it was, and a symbolic link standing at the path is replaced, never
+followed. A full disk is a DiskFullError saying what the file needed.
 """
+import errno
 import json
 import math
 import os
+import shutil
 import tempfile
 import zipfile
 import zlib
@@ -32,6 +35,7 @@ import numpy as np
 
 from . import backend
 from .cnn import BaselineCNN, CNNConfig
+from .files import regular_file
 from .model import CapsNet, CapsNetConfig
 from .optim import Adam, ParameterAverage
 
@@ -101,7 +105,10 @@ def generator_from_state(state):
     if name not in BIT_GENERATORS:
         raise ValueError(f"unsupported RNG state {name!r}, expected one of {BIT_GENERATORS}")
     bit_generator = getattr(np.random, name)()
-    bit_generator.state = state
+    try:
+        bit_generator.state = state
+    except (TypeError, KeyError, OverflowError) as e:    # a field missing, or not a uint64
+        raise ValueError(f"not a {name} state ({type(e).__name__}: {e})") from e
     return np.random.Generator(bit_generator)
 
 
@@ -145,8 +152,43 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
     return Path(path)
 
 
+class DiskFullError(OSError):
+    """A file could not be written for want of disk space; what was on disk is as it was."""
+
+
 def _write_atomically(path, arrays):
-    """np.savez into a temp file beside ``path``, fsync, then rename over ``path``."""
+    """np.savez ``arrays`` into ``path`` (replace_file); a DiskFullError when the disk is
+    full, saying what the file needed."""
+    try:
+        replace_file(path, lambda f: np.savez(f, **arrays))
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFullError(disk_full_message(path, sum(a.nbytes for a in arrays.values()))) from e
+
+
+def disk_full_message(path, needed):
+    """Why ``path`` could not be written: the disk is full, with what is free and the
+    ``needed`` bytes; and that the file on disk is as it was before."""
+    try:
+        free = f"{_size_text(shutil.disk_usage(path.parent).free)} free, "
+    except OSError:
+        free = ""
+    kept = (f"{path} is as it was: the previous checkpoint is intact" if path.is_file()
+            else f"nothing was written to {path}")
+    return (f"could not write {path}: the disk is full ({free}the file needs about "
+            f"{_size_text(needed)}); {kept}")
+
+
+def _size_text(nbytes):
+    return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
+
+
+def replace_file(path, write):
+    """``write(f)`` into a temp file beside ``path``, fsync, then rename over ``path``: a
+    crash mid-write leaves ``path`` as it was, and a link at ``path`` is replaced, not
+    followed (os.replace renames over the link itself)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -154,7 +196,7 @@ def _write_atomically(path, arrays):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -186,9 +228,7 @@ def load_checkpoint(path, device=None, model=None):
     next (its seed and dropout_step restored). Anything wrong with the file raises a
     ValueError naming it.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    path = regular_file(Path(path), "checkpoint file")
     meta, params, moments, averages = _read(path)
     config = _config_from(meta, path)
     if model is None:
@@ -214,8 +254,9 @@ def load_checkpoint(path, device=None, model=None):
     average = _average_from(meta, averages, model, path)
     try:
         generator_from_state(meta["rng_state"])
-    except (ValueError, TypeError, KeyError) as e:
-        raise ValueError(f"{path}: bad RNG state ({e})") from e
+    except ValueError as e:
+        raise ValueError(f"{path}: bad RNG state: {e}; the file is damaged: use another "
+                         f"checkpoint of the run") from e
     return Checkpoint(path=path, model=model, optimizer=optimizer, epoch=int(meta["epoch"]),
                       step=int(meta["step"]), rng_state=meta["rng_state"],
                       metrics=meta.get("metrics") or {}, extra=meta.get("extra") or {},
@@ -260,7 +301,9 @@ def read_archive(path, check_meta, kinds, dtypes=ARRAY_DTYPES, only_meta=False):
     member's size exactly what the header promises) before any array's data is read,
     the memory all of them need checked against what is available; finally every array
     must be finite (and Adam's second moments >= 0). Nothing is decompressed past the
-    sizes the archive declares. Any problem: one ValueError naming the file."""
+    sizes the archive declares. Any problem: one ValueError naming the file (and
+    FileNotFoundError when there is none)."""
+    regular_file(path, "checkpoint file")      # a named pipe would keep open() waiting
     try:
         with open(path, "rb") as f:
             head = f.read(4)
@@ -434,8 +477,6 @@ def _check_meta(meta, path):
         if not isinstance(meta.get(field) or {}, dict):
             raise bad(field, meta[field], "a JSON object")
     extra = meta.get("extra") or {}
-    if not isinstance(extra.get("settings", {}), dict):
-        raise bad("extra.settings", extra["settings"], "a JSON object")
     best = extra.get("best_accuracy")
     if best is not None and not (_is_number(best) and 0 <= best <= 1):
         raise bad("extra.best_accuracy", best, "an accuracy in [0, 1]")
@@ -458,7 +499,73 @@ def _check_meta(meta, path):
     if dropout is not None and not (isinstance(dropout, dict) and set(dropout) == {"seed", "step"}
                                     and all(_is_int(v) and v >= 0 for v in dropout.values())):
         raise bad("dropout", dropout, "{\"seed\": an integer >= 0, \"step\": an integer >= 0}")
+    check_settings(extra.get("settings"), path, "extra.settings", _num_classes(meta, path))
+    _check_fields(meta.get("metrics") or {}, path, "metrics", {
+        name: ACCURACY for name in meta.get("metrics") or {} if name.endswith("accuracy")})
     return meta
+
+
+# The run's record as evaluate, predict, plot and compare read it: {field: (ok, expected)},
+# a field that is missing or null passes. Checked once where a file is loaded, so that no
+# command meets a field of the wrong type.
+def _count(x):
+    return _is_int(x) and x >= 0
+
+
+def _text(x):
+    return isinstance(x, str)
+
+
+ACCURACY = (lambda x: _is_number(x) and 0 <= x <= 1, "an accuracy in [0, 1]")
+SETTINGS = {
+    "dataset": (_text, "a data set's name"),
+    "classes": (lambda x: isinstance(x, list) and all(map(_text, x)), "a list of class names"),
+    "data_info": (lambda x: isinstance(x, dict), "a JSON object"),
+    "crop": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
+    "pairs_per_digit": (_count, "an integer >= 0"),
+}
+DATA_INFO = {             # an image folder's, as folder.load_image_folder records it
+    "folder": (_text, "a folder's path"),
+    "image_size": (lambda x: isinstance(x, list) and len(x) == 2
+                   and all(_is_int(n) and n >= 1 for n in x), "[height, width] in pixels"),
+    "color": (lambda x: x in ("gray", "rgb"), "'gray' or 'rgb'"),
+    "test_fraction": (lambda x: _is_number(x) and 0 < x < 1, "a number in (0, 1)"),
+    "seed": (_count, "an integer >= 0"),
+    "split": (_text, "a text"),
+    "test_files_sha256": (_text, "a SHA-256 in hex"),
+    "undecodable": (_count, "an integer >= 0"),
+}
+
+
+def check_settings(settings, path, where, num_classes):
+    """A run's settings (``where``: "extra.settings" of a checkpoint, "provenance.settings"
+    of a weights file): null or a JSON object whose fields are of their types, with one
+    class name per class of the network. ValueError naming the file and the field."""
+    _check_meta_field(path, where, settings, settings is None or isinstance(settings, dict),
+                      "a JSON object")
+    settings = settings or {}
+    _check_fields(settings, path, where, SETTINGS)
+    _check_fields(settings.get("data_info") or {}, path, f"{where}.data_info", DATA_INFO)
+    classes = settings.get("classes")
+    if classes and num_classes is not None:
+        _check_meta_field(path, f"{where}.classes", classes, len(classes) == num_classes,
+                          f"{num_classes} class names, one per class of the network")
+
+
+def _check_fields(record, path, where, rules):
+    for name, (ok, what) in rules.items():
+        value = record.get(name)
+        if value is not None:
+            _check_meta_field(path, f"{where}.{name}", value, ok(value), what)
+
+
+def _num_classes(meta, path):
+    """The number of classes of the network in the metadata; None where its config is bad
+    (which loading the arrays then says)."""
+    try:
+        return _config_from(meta, path).num_classes
+    except ValueError:
+        return None
 
 
 def _check_kind(meta, path):

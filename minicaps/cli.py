@@ -217,6 +217,22 @@ def _read_test_folder(folder, info):
     return data
 
 
+def _trained_classes(ckpt, model):
+    """The class names a network was trained on: its settings' classes, else those of the
+    data set it names (a file from before the classes were kept: MNIST's digits, say), else
+    None (not known)."""
+    from .datasets import FASHION_CLASSES, MNIST_CLASSES
+    settings = ckpt.extra.get("settings") or {}
+    known = {"mnist": MNIST_CLASSES, "fashion-mnist": FASHION_CLASSES}
+    classes = settings.get("classes") or known.get(settings.get("dataset"), ())
+    return list(classes) if len(classes) == model.config.num_classes else None
+
+
+def _listed(classes, most=12):
+    shown = ", ".join(str(c) for c in classes[:most])
+    return shown + (", ..." if len(classes) > most else "")
+
+
 def _named(classes):
     """The class names for the pictures, or None where they are just the numbers 0, 1, ..."""
     if not classes or [str(c) for c in classes] == [str(j) for j in range(len(classes))]:
@@ -235,17 +251,15 @@ def _how_to_go_on(last):
 
 def _load(args):
     """The checkpoint or weights file the command names; --pretrained: the shipped network."""
-    from .pretrained import SHIPPED, load_any
+    from .files import regular_file
+    from .pretrained import SHIPPED, load_any, load_pretrained
     if args.pretrained == (args.checkpoint is not None):
         raise ValueError("give a CHECKPOINT (a .npz of a run, or a weights file) or "
                          "--pretrained (the network that ships with minicaps), one of them")
     if args.pretrained:
         args.checkpoint = str(SHIPPED)
-        if not SHIPPED.is_file():
-            raise FileNotFoundError(f"the shipped weights are missing ({SHIPPED}): reinstall "
-                                    f"minicaps from its source checkout")
-    elif not Path(args.checkpoint).is_file():
-        raise FileNotFoundError(f"{args.checkpoint}: no such checkpoint file")
+        return load_pretrained(device=args.device)      # checked against its SHA-256
+    regular_file(args.checkpoint, "checkpoint file")
     return load_any(args.checkpoint, device=args.device)
 
 
@@ -265,6 +279,7 @@ def cmd_evaluate(args):
     model, weights = ckpt.model_with(args.weights)
     test, classes, dataset = _test_data(args, ckpt)
     pairs = test.targets is not None
+    model.check_batch_fits(max(1, min(args.batch_size, len(test.labels))), training=False)
     scores = evaluate(model, test.images, test.labels, batch_size=args.batch_size,
                       progress=not args.no_progress, desc="test set", per_class=not pairs,
                       targets=test.targets)
@@ -365,11 +380,11 @@ def cmd_compare(args):
     from .backend import to_numpy
     from .checkpoint import model_kind
     from .data import to_model_input
+    from .files import regular_file
     from .pretrained import load_any
     loaded = []
     for path in (args.first, args.second):
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"{path}: no such checkpoint file")
+        regular_file(path, "checkpoint file")
         ckpt = load_any(path, device=args.device)
         model, weights = ckpt.model_with(args.weights)
         loaded.append((path, ckpt, model, weights))
@@ -384,7 +399,17 @@ def cmd_compare(args):
                          f"({model_a.config.input_shape}, {model_a.config.num_classes} classes "
                          f"against {model_b.config.input_shape}, {model_b.config.num_classes}):"
                          f" they cannot read one test set")
+    trained = [_trained_classes(ckpt, model) for _, ckpt, model, _ in loaded]
+    if None not in trained and trained[0] != trained[1]:
+        raise ValueError(f"{path_a} was trained on the classes {_listed(trained[0])} and "
+                         f"{path_b} on {_listed(trained[1])}: one test set cannot score "
+                         f"both; compare two networks trained on the same classes")
     test, classes, dataset = _test_data(args, ckpt_a)
+    for path, names in zip((path_a, path_b), trained):
+        if names and classes and list(classes) != names:
+            raise ValueError(f"{dataset} has the classes {_listed(classes)} but {path} was "
+                             f"trained on {_listed(names)}: compare two networks trained on "
+                             f"the same classes as the test set")
     if test.targets is not None:
         raise ValueError("compare reads one label a picture; for MultiMNIST pairs run "
                          "`minicaps evaluate` on each checkpoint")
@@ -417,6 +442,8 @@ def cmd_predict(args):
     from .backend import to_numpy
     from .images import save_gray
     from .checkpoint import model_kind
+    if args.pretrained and args.checkpoint is not None:    # then every positional is a picture
+        args.image, args.checkpoint = [args.checkpoint, *args.image], None
     ckpt = _load(args)
     model, _ = ckpt.model_with(args.weights)
     capsnet = model_kind(model) == "capsnet"
@@ -710,7 +737,7 @@ def build_parser():
                    help="with --dataset multimnist: each epoch pairs every training digit K "
                         "times with a digit of another class (the paper: 1000)")
     p.add_argument("--routing-iters", type=positive_int, default=None,
-                   help="iterations of dynamic routing (CapsNet) (default: 3)")
+                   help="iterations of dynamic routing (CapsNet), 1 to 100 (default: 3)")
     p.add_argument("--routing-grad", choices=("full", "stop"), default=None,
                    help="'full': backpropagate through all routing iterations; 'stop': "
                         "treat the coupling coefficients as constants (CapsNet) "
@@ -757,8 +784,9 @@ def build_parser():
                    help="with --data-dir and no DIR/train + DIR/test: hold out this share of "
                         "each class for testing, drawn with --seed (default: 0.1)")
     p.add_argument("--bad-images", choices=("error", "skip"), default=None,
-                   help="with --data-dir: stop at an image that cannot be read (error), or "
-                        "leave it out with a warning naming it (skip) (default: error)")
+                   help="with --data-dir: stop at an image (or a folder in a class folder) "
+                        "that cannot be read (error), or leave it out with a warning naming "
+                        "it (skip) (default: error)")
     p.add_argument("--crop", type=nonnegative_int, metavar="N", default=None,
                    help="train on random N x N crops and test on the centre crop (default: "
                         "the dataset's protocol: 32 for smallnorb, none otherwise; 0: none)")
@@ -900,8 +928,10 @@ def main(argv=None):
         print(f"minicaps {args.command}: error: {printable(str(e))}", file=sys.stderr)
         return 2
     except MemoryError as e:
+        advice = ("give a smaller --batch-size, or free memory" if hasattr(args, "batch_size")
+                  else "free memory")           # only train and evaluate take a batch size
         print(f"minicaps {args.command}: error: out of memory ({e or 'an allocation failed'}); "
-              f"give a smaller --batch-size, or free memory", file=sys.stderr)
+              f"{advice}", file=sys.stderr)
         return 2
 
 

@@ -64,22 +64,23 @@ def read_idx(path, max_bytes=MAX_IDX_BYTES):
     return _read_idx(path, max_bytes)[0]
 
 
-def _read_idx(path, max_bytes=MAX_IDX_BYTES):
-    """read_idx, plus the SHA-256 of the (gunzipped) content, hashed while it is in memory."""
+def _read_idx(path, max_bytes=MAX_IDX_BYTES, limit_of=None):
+    """read_idx, plus the SHA-256 of the (gunzipped) content, hashed while it is in memory.
+    ``limit_of``: whose size max_bytes is, for the message (None: a general limit)."""
     path = Path(path)
     with open(path, "rb") as f:
         compressed = f.read(2) == b"\x1f\x8b"   # gzip magic, whatever the extension says
     if not compressed:
         with open(path, "rb") as f:
-            return _parse_idx(f, path, os.fstat(f.fileno()).st_size, max_bytes)
+            return _parse_idx(f, path, os.fstat(f.fileno()).st_size, max_bytes, limit_of)
     try:
         with gzip.open(path, "rb") as f:
-            return _parse_idx(f, path, None, max_bytes)
+            return _parse_idx(f, path, None, max_bytes, limit_of)
     except (OSError, EOFError, zlib.error) as e:   # BadGzipFile is an OSError
         raise DataError(f"{path}: corrupted gzip stream ({type(e).__name__}: {e})") from e
 
 
-def _parse_idx(f, path, file_size, max_bytes):
+def _parse_idx(f, path, file_size, max_bytes, limit_of=None):
     """Parse an open IDX stream; file_size is None for a gzip stream of unknown length."""
     magic = f.read(4)
     if len(magic) == 0:
@@ -100,8 +101,11 @@ def _parse_idx(f, path, file_size, max_bytes):
     dtype = IDX_DTYPES[code]
     n_bytes = dtype.itemsize * math.prod(dims)   # Python ints: 2^31 x 2^31 cannot overflow
     if n_bytes > max_bytes:
+        limit = (f"the limit of {max_bytes} bytes" if limit_of is None else
+                 f"the {max_bytes} bytes of {limit_of}: the file is not that one; delete it "
+                 f"so that it is downloaded again, or replace it with a good copy")
         raise DataError(f"{path}: IDX header promises shape {dims} of {dtype.name}, "
-                        f"{n_bytes} bytes, more than the limit of {max_bytes} bytes")
+                        f"{n_bytes} bytes, more than {limit}")
     header_bytes = 4 + 4 * ndim
     if file_size is not None and file_size - header_bytes != n_bytes:   # fail before reading
         have = file_size - header_bytes
@@ -114,13 +118,16 @@ def _parse_idx(f, path, file_size, max_bytes):
     digest = hashlib.sha256(magic + dims_raw)
     digest.update(data)
     array = np.frombuffer(data, dtype).reshape(dims)
-    return array.astype(dtype.newbyteorder("=")), digest.hexdigest()
+    return array.astype(dtype.newbyteorder("="), copy=False), digest.hexdigest()
 
 
 # --- MNIST and Fashion-MNIST -----------------------------------------------------------------
 
 FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
          "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+# The data bytes (after the header) of each of the FILES as MNIST and Fashion-MNIST publish
+# them: a file expected to be a published one is read no further than that.
+FILE_BYTES = dict(zip(FILES, (60000 * 28 * 28, 60000, 10000 * 28 * 28, 10000)))
 
 MIRRORS = {
     "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
@@ -232,7 +239,7 @@ def load_mnist(root=None, download=True, dataset="mnist", verify=True, mirrors=N
     for name in FILES:
         path = _find(target, name)
         if path is not None:
-            arrays[name] = _load_verified(path, expected.get(name), dataset)
+            arrays[name] = _load_verified(path, expected.get(name), dataset, name)
         else:
             arrays[name] = _download(name, target, mirrors, expected.get(name), dataset, timeout)
     x_train, y_train = _check_pair(arrays, "train", target)
@@ -240,9 +247,13 @@ def load_mnist(root=None, download=True, dataset="mnist", verify=True, mirrors=N
     return MNIST(x_train, y_train, x_test, y_test)
 
 
-def _load_verified(path, expected, dataset):
-    """read_idx, then compare the content hash; the message says what to do about it."""
-    array, actual = _read_idx(path)
+def _load_verified(path, expected, dataset, name):
+    """read_idx, then compare the content hash; the message says what to do about it. A
+    file expected to be the published ``name`` is read no further than its size."""
+    if expected is not None and expected == SHA256.get(dataset, {}).get(name):
+        array, actual = _read_idx(path, FILE_BYTES[name], f"{dataset}'s {name}")
+    else:
+        array, actual = _read_idx(path)
     if expected is not None and actual != expected:
         known = [f"{d}'s {n}" for d, table in SHA256.items() for n, h in table.items()
                  if h == actual]
@@ -258,7 +269,7 @@ def _download(name, folder, mirrors, expected, dataset, timeout):
     """Fetch name.gz from the first mirror that serves a valid file; keep it in folder."""
     from .download import fetch   # download.py imports this module's errors
     return fetch(name + ".gz", folder, mirrors,
-                 lambda path: _load_verified(path, expected, dataset), timeout,
+                 lambda path: _load_verified(path, expected, dataset, name), timeout,
                  lambda why: _not_found(str(folder), dataset, why))
 
 

@@ -20,8 +20,9 @@ colour as (N, H, W, 3), as MNIST's come out of load_mnist. Before any pixel is d
 every header is read and the memory the arrays need checked against what is free.
 Reading one picture is bounded, as in images.read_grayscale, by what it would hold at
 once (at most MAX_PICTURE_BYTES, worked out from its header). A file that cannot
-be read is an error naming it (``bad_images="error"``) or skipped with a warning naming it
-(``"skip"``). Pillow is needed: ``pip install "minicaps[viz]"``.
+be read (images._open, images._decode), or a folder inside a class folder, is an error
+naming it (``bad_images="error"``) or skipped with a warning naming it (``"skip"``); a
+class folder that cannot be read is an error. Pillow is needed: ``pip install "minicaps[viz]"``.
 """
 import hashlib
 import os
@@ -34,7 +35,7 @@ import numpy as np
 
 from . import backend
 from .data import DataError, Dataset
-from .images import _bytes_to_decode, _jpeg_coefficient_bytes, _open, _pil
+from .images import _bytes_to_decode, _decode, _jpeg_coefficient_bytes, _open, _pil, _unreadable
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 COLORS = ("gray", "rgb")
@@ -69,7 +70,8 @@ def load_image_folder(root, image_size=None, color=None, test_fraction=0.1, seed
     root = Path(root).expanduser()
     size = _check_options(root, image_size, color, test_fraction, seed, bad_images)
     folders = split_folders(root)
-    classes, files, part_of = _scan_split(root, folders, log) if folders else _scan_root(root, log)
+    classes, files, part_of = (_scan_split(root, folders, log, bad_images) if folders
+                               else _scan_root(root, log, bad_images))
     headers, files = _read_headers(files, bad_images, log)
     size = size or _common_size(headers, root)
     color = color or ("rgb" if any(mode not in GRAY_MODES for _, mode in headers) else "gray")
@@ -189,14 +191,14 @@ def test_files_sha256(root, paths, is_test):
     return hashlib.sha256("\n".join(names).encode("utf-8", "surrogateescape")).hexdigest()
 
 
-def _scan_root(root, log):
+def _scan_root(root, log, bad_images):
     """(class names, [(path, label)], None) from ``root``'s subfolders; refused when two
     of them are split folders without a train/ (test/ and val/)."""
     splits = sorted(set(_subfolders(root)) & set(SPLIT_NAMES))
     if len(splits) >= 2:                 # test/ and val/, but no train/ beside them
         raise DataError(f"{root} holds {', '.join(n + '/' for n in splits)} but no train/: "
                         f"put the training images in {root}/train/<class>/")
-    classes, files = _scan(root, log)
+    classes, files = _scan(root, log, bad_images)
     return classes, files, None
 
 
@@ -213,15 +215,16 @@ def _some(names, n=4):
     return ", ".join(names[:n]) + (f", ... ({len(names)} in all)" if len(names) > n else "")
 
 
-def _scan_split(root, folders, log):
+def _scan_split(root, folders, log, bad_images):
     """(class names, [(path, label)], part_of) for DIR/train + DIR/test (+ DIR/val):
     the classes are train's; part_of(path) says "train", "test" or "val"."""
     train, test, val = folders
     reached = {}                 # one picture in two split folders is refused
-    classes, files = _scan(train, log, reached=reached)
+    classes, files = _scan(train, log, bad_images, reached=reached)
     parts = [(train, "train"), (test, "test")] + ([(val, "val")] if val is not None else [])
     for folder, _ in parts[1:]:
-        other_classes, other_files = _scan(folder, log, min_classes=1, reached=reached)
+        other_classes, other_files = _scan(folder, log, bad_images, min_classes=1,
+                                           reached=reached)
         unknown = sorted(set(other_classes) - set(classes))
         if unknown:
             raise DataError(f"{folder} has class folders that {train} does not: "
@@ -278,8 +281,9 @@ def _check_options(root, image_size, color, test_fraction, seed, bad_images):
     return parse_image_size(image_size)
 
 
-def _scan(folder, log, min_classes=2, reached=None):
-    """(class names, [(path, label)]) from folder's subfolders, in sorted order. A picture
+def _scan(folder, log, bad_images, min_classes=2, reached=None):
+    """(class names, [(path, label)]) from folder's subfolders, in sorted order; a
+    subfolder that cannot be read as ``bad_images`` says (_readable_files_under). A picture
     reached twice through links (``reached``: {identity: (path, class folder)}, shared by
     the folders of one split) is read once within a class, and refused across classes or
     split folders: it would have two labels, or be trained and tested on."""
@@ -313,7 +317,7 @@ def _scan(folder, log, min_classes=2, reached=None):
             f"(such as {loose[0].name})")
     files, ignored, broken, twice = [], [], [], 0
     for label, class_dir in enumerate(class_dirs):
-        found, dangling, not_files = _files_under(class_dir)
+        found, dangling, not_files = _readable_files_under(class_dir, bad_images, log)
         broken += dangling
         images = [(p, real) for p, real in found if p.suffix.lower() in SUFFIXES]
         ignored += [p for p, _ in found if p.suffix.lower() not in SUFFIXES] + not_files
@@ -345,45 +349,78 @@ def _scan(folder, log, min_classes=2, reached=None):
 
 def picture_files(folder):
     """Every .png, .jpg or .jpeg under ``folder``, sorted, as a class folder's are found
-    (its subfolders and links to folders too, hidden names left out)."""
-    return [path for path, _ in _files_under(folder)[0] if path.suffix.lower() in SUFFIXES]
+    (its subfolders and links to folders too, hidden names left out). ValueError naming
+    a folder under it that cannot be read: its pictures would be missed."""
+    found, _, _, unreadable = _files_under(folder)
+    if unreadable:
+        where, e = unreadable[0]
+        more = f" (and {_count(len(unreadable) - 1, 'folder')} more)" if len(unreadable) > 1 else ""
+        raise ValueError(f"{where}: {_cannot_read(e)}{more}")
+    return [path for path, _ in found if path.suffix.lower() in SUFFIXES]
 
 
 def _files_under(folder):
-    """([(file, its identity)], broken links, other entries) under ``folder``, each
-    sorted: its subfolders too, links to folders followed (each real folder once, so a
-    link to an ancestor ends), hidden names left out (a visible link to a hidden file is
-    read). A file's identity, (device, inode), is the same however it is reached:
-    through links, or as a hard link."""
-    seen, files, broken, other = set(), [], [], []
-    for where, subfolders, names in os.walk(folder, followlinks=True):
-        real = os.path.realpath(where)
-        if real in seen:
-            subfolders[:] = []
-            continue
-        seen.add(real)
-        subfolders[:] = sorted(d for d in subfolders if not d.startswith("."))
-        for name in names:
-            if name.startswith("."):
+    """([(file, its identity)], broken links, other entries, [(folder, OSError)] of the
+    folders that cannot be read) under ``folder``, each sorted: its subfolders too, links
+    to folders followed (each real folder once, so a link to an ancestor ends), hidden
+    names left out (a visible link to a hidden file is read). A file's identity, (device,
+    inode), is the same however it is reached: through links, or as a hard link. The
+    folders to visit wait in a list, so that no depth of nesting runs out of stack."""
+    seen, files, broken, other, unreadable = set(), [], [], [], []
+    waiting = [Path(folder)]
+    while waiting:
+        where = waiting.pop()
+        try:
+            status = os.stat(where)
+            if (status.st_dev, status.st_ino) in seen:
                 continue
-            path = Path(where) / name
+            seen.add((status.st_dev, status.st_ino))
+            with os.scandir(where) as entries:
+                names = [entry.name for entry in entries if not entry.name.startswith(".")]
+        except OSError as e:
+            unreadable.append((where, e))
+            continue
+        for name in names:
+            path = where / name
             try:
                 status = os.stat(path)            # through a link to what it leads to
+            except PermissionError as e:          # the folder can be listed, not entered
+                unreadable.append((where, e))
+                break
             except OSError:
                 broken.append(path)
                 continue
-            if stat.S_ISREG(status.st_mode):
+            if stat.S_ISDIR(status.st_mode):
+                waiting.append(path)
+            elif stat.S_ISREG(status.st_mode):
                 files.append((path, (status.st_dev, status.st_ino)))
             else:                                 # a pipe, a device: not a picture
                 other.append(path)
-    return sorted(files), sorted(broken), sorted(other)
+    return sorted(files), sorted(broken), sorted(other), sorted(unreadable, key=lambda u: u[0])
+
+
+def _readable_files_under(class_dir, bad_images, log):
+    """_files_under(class_dir) but the folders that cannot be read: the class folder
+    itself is refused (its class would be left empty); one under it stops the read, or
+    is left out with a warning naming it (``bad_images``, as an unreadable picture)."""
+    found, broken, other, unreadable = _files_under(class_dir)
+    for folder, e in unreadable:
+        if folder == class_dir:
+            raise DataError(f"class folder {class_dir} cannot be read ({e.strerror or e}): "
+                            f"give this user read access to it, or move it out")
+        _bad(folder, _cannot_read(e), bad_images, log)
+    return found, broken, other
+
+
+def _cannot_read(e):
+    return f"a folder that cannot be read ({e.strerror or e}); give this user read access to it"
 
 
 def _bad(path, why, bad_images, log):
-    """An unreadable image: an error, or a warning and None."""
+    """An unreadable image (or folder of them): an error, or a warning and None."""
     message = f"{path}: {why}"
     if bad_images == "error":
-        raise DataError(f"{message} (--bad-images skip leaves such files out)")
+        raise DataError(f"{message} (--bad-images skip leaves it out)")
     log(f"warning: skipping {message}")
 
 
@@ -486,11 +523,11 @@ def read_image(path, size, color):
                         (h, w) if _turned(orientation) else (w, h))
         need = _bytes_to_read(image, orientation, size, color) + coefficients
         if need > MAX_PICTURE_BYTES:
-            raise ValueError(f"{image.size[0]} x {image.size[1]} pixels would take "
+            raise ValueError(f"{path}: {image.size[0]} x {image.size[1]} pixels would take "
                              f"{need / 1e6:.0f} MB to read, more than this reads "
                              f"({MAX_PICTURE_BYTES / 1e6:.0f} MB); shrink the picture first")
         try:
-            image.load()
+            _decode(image, path)
             if orientation != 1:
                 from PIL import ImageOps
                 image = ImageOps.exif_transpose(image)
@@ -499,7 +536,7 @@ def read_image(path, size, color):
                 image = image.resize((w, h), Image.BILINEAR)
             pixels = np.asarray(image)
         except (OSError, SyntaxError, ValueError) as e:     # a damaged or cut-off file
-            raise ValueError(f"not an image that can be read ({e})") from e
+            raise _unreadable(path, e) from e
     return pixels
 
 

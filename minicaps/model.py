@@ -19,7 +19,7 @@ impl="reference") builds this one.
 """
 import contextlib
 import math
-from dataclasses import dataclass, asdict
+from dataclasses import dataclass, asdict, replace
 
 import numpy as np
 
@@ -33,6 +33,9 @@ from .ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forwar
                   reconstruction_loss_forward, reconstruction_loss_backward)
 
 DTYPES = ("float32", "float64")
+# Routing keeps (I, J) arrays of every iteration for each image (_routing_floats_per_image);
+# the paper routes 3 times.
+MAX_ROUTING_ITERS = 100
 IMPLS = ("fast", "reference")
 
 
@@ -98,6 +101,10 @@ class CapsNetConfig:
             setattr(self, name, int(value))
         if self.num_classes < 2:
             raise ValueError("CapsNetConfig.num_classes must be >= 2")
+        if self.routing_iters > MAX_ROUTING_ITERS:
+            raise ValueError(f"CapsNetConfig.routing_iters is {self.routing_iters}, more than "
+                             f"the {MAX_ROUTING_ITERS} iterations allowed (the paper uses 3): "
+                             f"give --routing-iters {MAX_ROUTING_ITERS} or fewer")
         if self.routing_grad not in ("full", "stop"):
             raise ValueError(f"routing_grad must be 'full' or 'stop', got {self.routing_grad!r}")
         for name in ("primary_relu", "use_decoder"):
@@ -203,6 +210,66 @@ def _int_tuple(values, name):
     if not isinstance(values, (list, tuple)) or not all(_is_int(v) for v in values):
         raise ValueError(f"CapsNetConfig.{name} must be a list of integers, got {values!r}")
     return tuple(int(v) for v in values)
+
+
+# Arrays the size of the parameters that training holds: the parameters, their gradients,
+# Adam's two moments, their moving average, and one more for init_params' float64 draws
+# (measured: 5.2 in the peak resident memory of building the paper's network at 70x70,
+# its moving average and one Adam step).
+TRAINING_COPIES = 6
+
+
+def param_count(config):
+    """The parameters of the network ``config`` describes (a CapsNetConfig or a
+    CNNConfig), counted from its param_shapes(): nothing is built."""
+    return sum(math.prod(shape) for shape in config.param_shapes().values())
+
+
+def network_bytes(config, dtype="float32", copies=TRAINING_COPIES):
+    """Bytes of ``copies`` arrays the size of the network's parameters."""
+    if str(dtype) not in DTYPES:
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return copies * np.dtype(str(dtype)).itemsize * param_count(config)
+
+
+def check_network_fits(config, dtype="float32", device="cpu", copies=TRAINING_COPIES):
+    """A ValueError, before anything is allocated, when the network and what training
+    keeps beside it (network_bytes) would not fit in the memory available now; it names
+    the largest square input whose network would (--image-size)."""
+    need = network_bytes(config, dtype, copies)
+    available = backend.available_memory(device)
+    if available is None or need <= available:
+        return
+    H, W, C = config.input_shape
+    side = _largest_side(config, dtype, copies, available)
+    advice = (f"give smaller pictures, at most {side}x{side} (--image-size {side} with "
+              f"--data-dir, or --crop {side})" if side else
+              "not even the smallest input fits: free memory or use a smaller network")
+    raise ValueError(f"the network for {H}x{W}x{C} inputs has {param_count(config):,} "
+                     f"parameters: training it needs about {need / 2**30:.1f} GiB for them, "
+                     f"their gradients, Adam's moments and their moving average, and "
+                     f"{available / 2**30:.1f} GiB is available on the {device}: {advice}")
+
+
+def _largest_side(config, dtype, copies, available):
+    """The largest side s below the config's whose network on s x s inputs needs at most
+    ``available`` bytes (network_bytes grows with s), or None when no input fits."""
+    def too_big(side):
+        try:
+            shrunk = replace(config, input_shape=(side, side, config.input_shape[2]))
+        except ValueError:           # too small for the network's kernels: not too big
+            return False
+        return network_bytes(shrunk, dtype, copies) > available
+
+    low, high = 0, max(config.input_shape[:2])     # too_big(high): as (H, W) is, or more
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if too_big(middle) else (middle, high)
+    try:
+        replace(config, input_shape=(low, low, config.input_shape[2]))
+    except ValueError:
+        return None
+    return low
 
 
 def init_params(config, seed=0, dtype="float32"):
@@ -447,7 +514,8 @@ class CapsNet:
                           impl=self.impl)
 
     def set_params(self, params):
-        """Replace the parameters (any backend) after checking names and shapes."""
+        """Replace the parameters (any backend) after checking names, shapes and that
+        every value is finite."""
         expected = self.config.param_shapes()
         if set(params) != set(expected):
             missing, extra = set(expected) - set(params), set(params) - set(expected)
@@ -457,11 +525,16 @@ class CapsNet:
             if tuple(params[name].shape) != tuple(shape):
                 raise ValueError(f"parameter {name} has shape {tuple(params[name].shape)}, "
                                  f"the config needs {shape}")
+        params = {name: backend.to_device(params[name], self.device).astype(self.dtype,
+                                                                            copy=False)
+                  for name in expected}
+        for name, p in params.items():        # NaN would make every prediction class 0
+            if not bool(self.xp.isfinite(p).all()):
+                raise ValueError(f"parameter {name} holds NaN or infinite values (as a "
+                                 f"diverged run leaves them): give finite parameters")
         # One flat buffer holds them all, the dict's arrays its views (backend.FlatArrays):
         # Adam and the parameters' average update the buffer whole (on the GPU one kernel).
-        self.params = backend.FlatArrays(
-            {name: backend.to_device(params[name], self.device).astype(self.dtype, copy=False)
-             for name in expected})
+        self.params = backend.FlatArrays(params)
 
     def num_params(self):
         return int(sum(p.size for p in self.params.values()))
@@ -480,22 +553,38 @@ class CapsNet:
     def batch_bytes(self, batch_size, training=True):
         """About the most memory one step over ``batch_size`` images takes beyond the
         parameters: the activations (4 conv1 maps and 2 predictions u_hat an image when
-        training, 3/8 of that for inference) and 2 (training) or 1 copies of the
-        parameters (gradients, the weights' spectrum), with a 25% margin. Calibrated on
-        the paper's network in float32 with the fast model (the process's peak memory at
-        batches 16-1024: 2.97 MB an image when training, 1.16 MB for inference; this says
-        3.9 and 1.5). The reference model also holds the whole batch's im2col windows of
-        both convolutions, counted here on top."""
+        training, 3/8 of that for inference), routing's arrays of each iteration
+        (_routing_floats_per_image), 2 (training) or 1 copies of the parameters
+        (gradients, the weights' spectrum) and what the convolutions keep for the whole
+        batch (_convolution_floats), with a 25% margin. Calibrated on the paper's
+        network in float32 with the fast model (the process's peak memory at batches
+        16-1024: 2.97 MB an image when training, 1.16 MB for inference; this says 4.6 and
+        1.6). The reference model also holds the whole batch's im2col windows of both
+        convolutions, counted here on top."""
         cfg = self.config
         h, w = cfg.conv1_out
         per_image = (4 * h * w * cfg.conv1_channels
                      + 2 * cfg.num_primary_caps * cfg.num_classes * cfg.digit_dims)
         if not training:
             per_image = per_image * 3 // 8
-        per_image += self._window_floats_per_image()
+        per_image += self._routing_floats_per_image(training) + self._window_floats_per_image()
         copies = 2 if training else 1
         return int(1.25 * self.dtype.itemsize * (per_image * batch_size
-                                                 + copies * self.num_params()))
+                                                 + copies * self.num_params()
+                                                 + self._convolution_floats()))
+
+    def _routing_floats_per_image(self, training):
+        """Routing's (I, J) arrays of one image: the coupling coefficients c of every
+        iteration, kept for the backward pass; training adds the logits' gradient of each
+        iteration, and the fast backward stacks both for its products (4 an iteration;
+        measured with many primary capsules: 4 when training, 1 for inference)."""
+        cfg = self.config
+        arrays = (4 if training else 1) * cfg.routing_iters
+        return arrays * cfg.num_primary_caps * cfg.num_classes
+
+    def _convolution_floats(self):
+        """What the convolutions hold once for a whole batch: nothing here."""
+        return 0
 
     def _window_floats_per_image(self):
         """The im2col windows of one image, both convolutions (held whole by the reference)."""

@@ -15,6 +15,7 @@ update array by array took 12 each. On the CPU the update goes block by block ov
 threads (Blockwise), array by array as the gradients come.
 """
 import math
+import numbers
 
 from . import backend
 from .backend import get_xp
@@ -102,8 +103,9 @@ AVERAGE_KERNEL = backend.ElementwiseKernel(
 
 class Adam:
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        if not lr > 0:
-            raise ValueError(f"Adam needs a positive learning rate, got {lr}")
+        if (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr)
+                or lr <= 0):
+            raise ValueError(f"Adam needs a finite positive learning rate, got {lr!r}")
         if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"Adam betas must lie in [0, 1), got {beta1}, {beta2}")
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps

@@ -17,7 +17,10 @@ seed, epochs, test accuracy).
 minicaps ships one: the paper's network trained on MNIST (SHIPPED, with the run's
 metrics.jsonl beside it for the curves picture), which ``--pretrained`` loads in
 ``minicaps plot``, ``predict`` and ``evaluate``, and ``load_pretrained()`` in Python.
+Both check it against its SHA-256 (SHIPPED_SHA256) first: a file that was edited reads as
+well as the real one, and would give other numbers without a word.
 """
+import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,8 +28,10 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import (ARRAY_DTYPES, _check_meta_field, _config_from, _write_atomically,
-                         build_model, load_checkpoint, model_kind, read_archive)
+from .checkpoint import (ACCURACY, ARRAY_DTYPES, _check_fields, _check_meta_field, _config_from,
+                         _count, _num_classes, _text, _write_atomically, build_model,
+                         check_settings, load_checkpoint, model_kind, read_archive)
+from .files import regular_file
 from .model import CapsNet
 
 FORMAT = "minicaps-weights"
@@ -34,6 +39,21 @@ FORMAT_VERSION = 1
 WEIGHT_DTYPES = (np.dtype("float16"),) + ARRAY_DTYPES
 SHIPPED = Path(__file__).resolve().parent / "weights" / "capsnet-mnist.npz"
 SHIPPED_METRICS = SHIPPED.with_suffix(".metrics.jsonl")
+SHIPPED_SHA256 = "eaf6fde942e24f57b6ca757da55dd65c54c48e529eca4095bf78b6bbf6f6a680"
+
+# How a weights file was made, as export_weights writes it (a field missing or null passes;
+# fields of other names are notes, kept as they are). The settings are checked as a
+# checkpoint's (checkpoint.check_settings).
+PROVENANCE = {
+    "checkpoint": (_text, "the path of a checkpoint"),
+    "epoch": (_count, "an integer >= 0"),
+    "step": (_count, "an integer >= 0"),
+    "seed": (_count, "an integer >= 0"),
+    "command": (_text, "a text"),
+    "weights": (_text, "a text"),
+    "test_accuracy": ACCURACY,
+    "test_accuracy_note": (_text, "a text"),
+}
 
 
 @dataclass
@@ -107,9 +127,7 @@ def load_weights(path, device=None, dtype="float32"):
     """A Weights with the network of the weights file at ``path`` (a CapsNet or a
     BaselineCNN, as its "model" tag says), computing in ``dtype`` on ``device``.
     ValueError naming the file for anything wrong in it."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such weights file")
+    path = regular_file(Path(path), "weights file")
     meta, arrays = read_archive(path, _check_weights_meta, ("param",), dtypes=WEIGHT_DTYPES)
     params = {k[len("param/"):]: a.astype(dtype) for k, a in arrays.items()}
     try:
@@ -144,7 +162,21 @@ def load_pretrained(device=None, dtype="float32"):
     if not SHIPPED.is_file():
         raise FileNotFoundError(f"the shipped weights are missing ({SHIPPED}): reinstall "
                                 f"minicaps from its source checkout")
+    _check_shipped()
     return load_weights(SHIPPED, device=device, dtype=dtype)
+
+
+def _check_shipped():
+    """The shipped weights file must be the one released: its SHA-256 is SHIPPED_SHA256.
+    (A file edited and zipped again reads as well as the real one, with other numbers.)"""
+    digest = hashlib.sha256()
+    with open(SHIPPED, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    if digest.hexdigest() != SHIPPED_SHA256:
+        raise ValueError(f"the shipped weights file {SHIPPED} is damaged: its SHA-256 is "
+                         f"{digest.hexdigest()[:16]}..., the released file's is "
+                         f"{SHIPPED_SHA256[:16]}...; reinstall minicaps from its source checkout")
 
 
 def _check_weights_meta(meta, path):
@@ -163,4 +195,7 @@ def _check_weights_meta(meta, path):
                       meta.get("weights") in ("average", "trained"), "'average' or 'trained'")
     _check_meta_field(path, "provenance", meta.get("provenance"),
                       isinstance(meta.get("provenance"), dict), "a JSON object")
+    _check_fields(meta["provenance"], path, "provenance", PROVENANCE)
+    check_settings(meta["provenance"].get("settings"), path, "provenance.settings",
+                   _num_classes(meta, path))
     return meta

@@ -8,13 +8,18 @@
 ``claim(out_dir, ...)`` is what train calls before the first batch:
 
 - a fresh run into a folder that already holds a run is refused (the message names
-  --resume and a new --out), unless ``overwrite`` says to delete that run's files;
+  --resume and a new --out), unless ``overwrite`` says to delete that run's files; a
+  metrics.jsonl of one epoch with no checkpoint beside it is what a run stopped during
+  its first checkpoint left, and is removed with a notice;
+- a run folder's own files are never followed out of it: where a symbolic link stands in
+  place of one (the lock, metrics.jsonl, last.npz, best.npz), the run is refused;
 - the lock keeps a second process out; a lock whose process is gone (killed, crashed) is
   taken over with a notice. The lock is an flock on the file, so the kernel releases it
   when its process dies, whatever the pid written inside says;
 - temp files that a killed checkpoint write left behind (``.last.npz.*.tmp``) are removed;
-- the folder must be writable and have room for the checkpoints, checked now and not
-  after the first epoch.
+- the folder must be writable and have room for the checkpoints still to be written
+  (a temp copy, and last.npz and best.npz where they are not there yet), checked now and
+  not after the first epoch.
 """
 import json
 import os
@@ -31,6 +36,8 @@ except ImportError:          # not on Windows: the pid in the file is all there 
 LOCK_FILE = ".minicaps.lock"
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
 TEMP_PATTERNS = (".last.npz.*.tmp", ".best.npz.*.tmp")
+CHECKPOINTS = ("last.npz", "best.npz")
+MAX_LEFTOVER_BYTES = 1 << 16     # one epoch's metrics line is about 1 kB
 
 
 class RunFolderError(ValueError):
@@ -66,13 +73,15 @@ def claim(out_dir, *, fresh, overwrite=False, checkpoint_bytes=0, log=print):
 
     fresh: a new run (not a resume): the folder must hold no run's files, or
     ``overwrite`` deletes them (said through ``log``). checkpoint_bytes: the size of one
-    checkpoint; the disk must have room for three (last, best and a temp copy)."""
+    checkpoint; the disk must have room for a temp copy, and for last.npz and best.npz
+    where they are not there yet (three checkpoints for a fresh run)."""
     out_dir = Path(out_dir)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise RunFolderError(f"cannot create the run folder {out_dir} ({e.strerror or e}); "
                              f"give another --out") from e
+    _refuse_links(out_dir)
     lock = _lock(out_dir, log)
     try:
         if fresh:
@@ -86,21 +95,54 @@ def claim(out_dir, *, fresh, overwrite=False, checkpoint_bytes=0, log=print):
 
 
 def existing_run(out_dir):
-    """The run files in ``out_dir`` (names from RUN_FILES that exist)."""
-    return [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    """The run files in ``out_dir`` (names from RUN_FILES that exist), leaving out the
+    metrics.jsonl of a run stopped during its first checkpoint (_leftover_metrics)."""
+    found = [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
+    return [] if found == ["metrics.jsonl"] and _leftover_metrics(out_dir) else found
+
+
+def _leftover_metrics(out_dir):
+    """Whether ``out_dir/metrics.jsonl``, with no checkpoint beside it, logs one epoch at
+    most: the line a run appends just before its first checkpoint, left when that write
+    was stopped (Ctrl-C, a full disk). No run can go on from it, and a resume would drop it."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if path.stat().st_size > MAX_LEFTOVER_BYTES:
+        return False
+    epochs = set()
+    for line in path.read_bytes().splitlines():
+        try:
+            epochs.add(json.loads(line)["epoch"])
+        except (ValueError, KeyError, TypeError, RecursionError):   # torn by the stop
+            pass
+    return len(epochs) <= 1
+
+
+def _refuse_links(out_dir):
+    """RunFolderError if a symbolic link stands in place of one of the run's own files: a
+    run writes its folder's files and never follows them out of it."""
+    for name in (LOCK_FILE,) + RUN_FILES:
+        path = Path(out_dir) / name
+        if path.is_symlink():
+            raise RunFolderError(
+                f"{path} is a symbolic link (to {os.readlink(path)}), not a file of this "
+                f"run: a run writes its own files in its folder and never through a link. "
+                f"Delete the link, or give another folder (--out NEWDIR)")
 
 
 def check_room(out_dir, overwrite=False):
     """Refuse a fresh run into ``out_dir`` when it holds a run and ``overwrite`` is off
     (train calls this first, before the data loads; claim checks again under the lock)."""
     out_dir = Path(out_dir)
+    _refuse_links(out_dir)
     found = existing_run(out_dir)
     if found and not overwrite:
+        saved = [name for name in CHECKPOINTS if name in found]
+        go_on = (f"To continue that run: --resume {out_dir / saved[0]} (with its options); to "
+                 if saved else "It keeps no checkpoint to continue from. To ")
         raise RunFolderError(
             f"{out_dir} already holds a run ({', '.join(found)}); a new run would replace "
-            f"it. To continue that run: --resume {out_dir / 'last.npz'} (with its options); "
-            f"to start a new one: another folder (--out NEWDIR), or --overwrite to delete "
-            f"{', '.join(found)} there")
+            f"it. {go_on}start a new one: another folder (--out NEWDIR), or --overwrite to "
+            f"delete {', '.join(found)} there")
 
 
 def _make_room(out_dir, overwrite, log):
@@ -110,6 +152,10 @@ def _make_room(out_dir, overwrite, log):
         os.remove(out_dir / name)
     if found:
         log(f"--overwrite: deleted {', '.join(found)} in {out_dir}")
+    if (out_dir / "metrics.jsonl").exists():        # left over, as existing_run saw
+        os.remove(out_dir / "metrics.jsonl")
+        log(f"removed {out_dir / 'metrics.jsonl'}: a run stopped before its first "
+            f"checkpoint left it, and no run can go on from it")
 
 
 def _remove_temp_files(out_dir, log):
@@ -129,11 +175,20 @@ def _check_writable(out_dir, checkpoint_bytes):
         raise RunFolderError(f"{metrics} is read-only: this run could not log its epochs; "
                              f"make it writable or give another --out")
     free = shutil.disk_usage(out_dir).free
-    need = 3 * checkpoint_bytes
+    # A checkpoint is written to a temp copy that then replaces the old file: the disk
+    # must hold one copy more, and what last.npz and best.npz do not hold yet.
+    need = checkpoint_bytes + sum(max(checkpoint_bytes - _size(out_dir / name), 0)
+                                  for name in CHECKPOINTS)
     if need > free:
+        writes = [name for name in CHECKPOINTS if not (out_dir / name).is_file()]
+        writes.append("a temp copy while one is written")
         raise RunFolderError(f"{out_dir} has {free / 2**20:.0f} MiB free; the checkpoints need "
-                             f"about {need / 2**20:.0f} MiB (last.npz, best.npz and a temp copy "
-                             f"while one is written): free some space or give another --out")
+                             f"about {need / 2**20:.0f} MiB ({', '.join(writes)}): free some "
+                             f"space or give another --out")
+
+
+def _size(path):
+    return path.stat().st_size if path.is_file() else 0
 
 
 def _lock(out_dir, log):
@@ -142,7 +197,7 @@ def _lock(out_dir, log):
     path = out_dir / LOCK_FILE
     for _ in range(10):      # the lock file can be replaced between open and lock: retry
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
         except OSError as e:
             raise RunFolderError(f"cannot write in the run folder {out_dir} ({e.strerror or e}); "
                                  f"make it writable or give another --out") from e

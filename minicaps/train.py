@@ -17,6 +17,7 @@ The same loop trains the paper's CNN baseline (model="cnn", minicaps.cnn): its l
 the cross-entropy alone, its dropout masks a function of (seed, step), so a resumed CNN
 run is exact too.
 """
+import errno
 import json
 import math
 import time
@@ -26,21 +27,24 @@ from pathlib import Path
 import numpy as np
 
 from . import backend, multimnist, runfolder
-from .checkpoint import build_model, load_checkpoint, model_kind, read_epoch, save_checkpoint
+from .checkpoint import (DiskFullError, build_model, load_checkpoint, model_kind, read_epoch,
+                         save_checkpoint)
 from .cnn import CNNConfig
 from .augment import center_crop, check_crop, crop_images, draw_crops, draw_flips, flip_images
 from .data import Dataset, draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
-from .model import CapsNet, CapsNetConfig
+from .files import regular_file
+from .model import CapsNet, CapsNetConfig, _is_int, check_network_fits
 from .ops import margin_loss_forward, reconstruction_loss_forward
 from .optim import Adam, ParameterAverage
 from .progress import Progress
 
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.npz", "best.npz"
-# Settings that change what a resumed run computes: they must match the checkpoint's.
+# Settings that change what a resumed run computes, or the test set its best.npz is chosen
+# on: they must match the checkpoint's.
 RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
-                   "dataset", "val_size", "limit_train", "n_train", "crop", "flip",
-                   "classes", "pairs_per_digit")
+                   "dataset", "val_size", "limit_train", "n_train", "limit_test", "n_test",
+                   "crop", "flip", "classes", "pairs_per_digit")
 # The networks train builds by name (model=...) when it is given no config: their configs.
 NETWORKS = {"capsnet": CapsNetConfig,          # the paper's CapsNet
             "cnn": CNNConfig.paper,            # its CNN baseline (section 5), 35.4 M at 28x28
@@ -225,6 +229,8 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     (evaluate_pairs).
     """
     cfg, n = model.config, len(labels)
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
     if np.ndim(labels) == 2:
@@ -508,6 +514,7 @@ class TrainResult:
     best_accuracy: float = None                    # best.npz: validation (else test) accuracy
     history: list = field(default_factory=list)   # the metrics dicts of this call's epochs
     average: ParameterAverage = None               # the parameters' moving average, if kept
+    resumed_metrics: dict = None                   # the checkpoint's metrics, when resumed
 
     @property
     def last_checkpoint(self):
@@ -538,7 +545,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
     accuracy if val_size is 0) is the best so far, the average's when there is one.
     ``resume``: a checkpoint path to continue from; the settings that change the
-    computation must be the ones it was trained with.
+    computation, and the test set (limit_test), must be the ones it was trained with.
     ``average``: the decay of a moving average of the parameters (optim.ParameterAverage)
     kept beside training and evaluated too, as "avg_test_accuracy" and so on; None keeps
     none. Training itself is the same with or without it; the average is the model the run
@@ -578,7 +585,8 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     settings = {"batch_size": batch_size, "lr": lr, "lr_decay": lr_decay,
                 "decay_steps": decay_steps, "seed": seed, "shift": shift, "dtype": str(dtype),
                 "dataset": data.name or dataset, "val_size": val_size,
-                "limit_train": limit_train, "n_train": len(train_set), "average": average,
+                "limit_train": limit_train, "n_train": len(train_set),
+                "limit_test": limit_test, "n_test": len(test_set), "average": average,
                 "crop": crop, "flip": flip, "classes": list(data.classes) or None,
                 "data_info": info, "pairs_per_digit": pairs}
     if config is None and resume is None:
@@ -601,6 +609,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     try:
         if resume is not None:
             _truncate_metrics(run.out_dir / METRICS_FILE, run.epoch)
+            _restore_best(run, settings, _score_key(run, val_set), log)
         _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log)
     finally:
         lock.release()
@@ -608,14 +617,17 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
 
 
 def check_before_loading(*, epochs, out_dir, resume, overwrite, **settings):
-    """What train checks before any data loads: every setting, and that ``out_dir`` holds
-    no other run (unless ``overwrite``) when the run is not resumed."""
+    """What train checks before any data loads: every setting, that ``out_dir`` holds
+    no other run (unless ``overwrite``) when the run is not resumed, and that the
+    checkpoint it resumes from is a file when it is."""
     _check_settings(epochs=epochs, **settings)
     if epochs == 0 and resume is None:
         raise ValueError("epochs=0 trains nothing: give 1 or more (--epochs N), counting the "
                          "epochs of a resumed run too")
     if resume is None:
         runfolder.check_room(out_dir, overwrite)      # another run there: said at once
+    else:
+        regular_file(resume, "checkpoint file")
 
 
 def _check_classes(data, config):
@@ -662,9 +674,7 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
         metrics["eval_seconds"] = time.perf_counter() - start
-        prefix = "avg_" if run.average is not None else ""
-        score = metrics[f"{prefix}val_accuracy" if val_set is not None else f"{prefix}test_accuracy"]
-        is_best = _save(run, metrics, settings, score)
+        is_best = _save(run, metrics, settings, metrics[_score_key(run, val_set)])
         log(_epoch_line(metrics, epochs, is_best))
         run.history.append(metrics)
 
@@ -717,6 +727,7 @@ def _start(config, settings, device, out_dir, resume, log, epochs, kind=None):
     if resume is None:
         if config is None:
             raise ValueError("train needs a CapsNetConfig or CNNConfig (or resume=CHECKPOINT)")
+        check_network_fits(config, settings["dtype"], device)
         model = build_model(config, seed=settings["seed"], dtype=settings["dtype"],
                             device=device)
         return TrainResult(model, Adam(lr=settings["lr"]),
@@ -738,25 +749,84 @@ def _start(config, settings, device, out_dir, resume, log, epochs, kind=None):
     # it compares only if this run goes on with the same average.
     best = ckpt.extra.get("best_accuracy") if average is ckpt.average else None
     return TrainResult(ckpt.model, ckpt.optimizer, ckpt.rng(), ckpt.epoch, ckpt.step, out_dir,
-                       best_accuracy=best, average=average)
+                       best_accuracy=best, average=average, resumed_metrics=ckpt.metrics)
+
+
+def _score_key(run, val_set):
+    """The metric best.npz goes by: the validation accuracy (the test accuracy without a
+    validation set), the average's when the run keeps one."""
+    prefix = "avg_" if run.average is not None else ""
+    return f"{prefix}{'val' if val_set is not None else 'test'}_accuracy"
+
+
+def _restore_best(run, settings, key, log):
+    """Write best.npz from the resumed epoch where a stop left it behind: missing (stopped
+    while it was written), or holding an earlier epoch when the resumed one is the best."""
+    best, score = run.best_checkpoint, (run.resumed_metrics or {}).get(key)
+    if run.best_accuracy is None or score is None:    # a new average: nothing compares
+        if not best.is_file():
+            run.best_accuracy = None                  # the next epoch writes it
+        return
+    there = best.is_file()
+    if there and (score < run.best_accuracy or _epoch_of(best) == run.epoch):
+        return
+    run.best_accuracy = score
+    _write_checkpoints(run, [best], run.resumed_metrics, settings)
+    log(f"wrote {best} from epoch {run.epoch} ({key} {score:.4f}), the best epoch this run "
+        f"has: it was {'behind' if there else 'missing'} after an interrupted save")
+
+
+def _epoch_of(path):
+    try:
+        return read_epoch(path)
+    except ValueError:
+        return None
 
 
 def _save(run, metrics, settings, score):
     """The metrics line, last.npz, and best.npz when ``score`` beats the best so far.
     Returns whether it did. (A crash before last.npz is written leaves a metrics line that
     a resume from the previous checkpoint drops, so no epoch is lost or logged twice.)"""
-    with open(run.out_dir / METRICS_FILE, "a") as f:
-        f.write(json.dumps(metrics) + "\n")
+    _append_line(run, run.out_dir / METRICS_FILE, json.dumps(metrics))
     is_best = run.best_accuracy is None or score > run.best_accuracy
     if is_best:
         run.best_accuracy = score
+    paths = [run.last_checkpoint] + ([run.best_checkpoint] if is_best else [])
+    _write_checkpoints(run, paths, metrics, settings)
+    return is_best
+
+
+def _append_line(run, path, line):
+    try:
+        with open(path, "a") as f:
+            f.write(line + "\n")
+    except OSError as e:
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFullError(f"could not add epoch {run.epoch}'s line to {path}: the disk is "
+                            f"full, and no checkpoint was touched; {_how_to_go_on(run)}") from e
+
+
+def _write_checkpoints(run, paths, metrics, settings):
+    """The run as it stands into each of ``paths``; a full disk says how to go on."""
     state = dict(epoch=run.epoch, step=run.step, rng_state=run.rng.bit_generator.state,
                  metrics=metrics, extra={"settings": settings, "best_accuracy": run.best_accuracy},
                  average=run.average)
-    save_checkpoint(run.last_checkpoint, run.model, run.optimizer, **state)
-    if is_best:
-        save_checkpoint(run.best_checkpoint, run.model, run.optimizer, **state)
-    return is_best
+    try:
+        for path in paths:
+            save_checkpoint(path, run.model, run.optimizer, **state)
+    except DiskFullError as e:
+        raise DiskFullError(f"{e}; {_how_to_go_on(run)}") from e
+
+
+def _how_to_go_on(run):
+    """After a failed write: the checkpoint the run can go on from, or that there is none."""
+    last = run.last_checkpoint
+    done = _epoch_of(last) if last.is_file() else None
+    if done is None:
+        return "no epoch was saved: free some space, then start the run again"
+    return (f"free some space, then go on from epoch {done} with --resume {last} and the "
+            f"same options")
 
 
 def _epoch_line(m, epochs, is_best):

@@ -290,8 +290,22 @@ WEIGHTS = {"trained": "trained parameters", "average": "moving average of the pa
 SEPARATOR = "0.45"            # the grey between capsule maps: in no colour map used here
 
 
+# The most pixels a picture may have (4 bytes each while it is drawn: about 270 MB), and
+# on a side (matplotlib draws fewer than 65,536).
+MAX_PIXELS, MAX_SIDE = 1 << 26, 1 << 15
+
+
 def _figure(width, height, dpi):
-    """A matplotlib Figure (no pyplot: headless, no global state)."""
+    """A matplotlib Figure (no pyplot: headless, no global state) of width x height
+    inches at ``dpi``, refused before it is drawn when it would be over MAX_PIXELS or
+    MAX_SIDE."""
+    if width * dpi * height * dpi > MAX_PIXELS or max(width, height) * dpi > MAX_SIDE:
+        fits = max(1, math.floor(min(math.sqrt(MAX_PIXELS / (width * height)),
+                                     MAX_SIDE / max(width, height))))
+        raise ValueError(f"a {width:g}x{height:g} inch picture at dpi {dpi} is "
+                         f"{round(width * dpi)}x{round(height * dpi)} pixels, more than "
+                         f"{MAX_PIXELS:,} pixels or {MAX_SIDE:,} a side: give a dpi of at "
+                         f"most {fits} (--dpi {fits})")
     try:
         from matplotlib.figure import Figure
     except ImportError as e:
@@ -316,15 +330,17 @@ def _warned(warn, own, notes):
 
 
 def _save(fig, path, notes=()):
-    """Write the figure as a PNG, with ``notes`` (warnings) in red along its bottom."""
+    """Write the figure as a PNG, with ``notes`` (warnings) in red along its bottom. The
+    file is replaced whole (checkpoint.replace_file): a link in its place is replaced, not
+    followed out of the folder."""
     import textwrap
+    from .checkpoint import replace_file
     path = Path(path)
     if notes:
         width = int(fig.get_figwidth() * 14)        # about the characters of 8 pt in a line
         fig.supxlabel("\n".join(textwrap.fill("Note: " + n, width) for n in notes),
                       color="darkred", fontsize=8)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png", dpi=fig.dpi)
+    replace_file(path, lambda f: fig.savefig(f, format="png", dpi=fig.dpi))
     return path
 
 

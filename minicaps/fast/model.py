@@ -64,6 +64,25 @@ class FastCapsNet(CapsNet):
     def _window_floats_per_image(self):
         return 0              # the windows go through the GEMMs a chunk of images at a time
 
+    def _convolution_floats(self):
+        """The weights' spectrum of each convolution that may take the DFT route
+        (conv_fft.fft_pays: 16 input channels or more), 2 U Vf C O floats (100 MB for
+        the paper's primary capsules), and the intermediate that makes it. Measured on
+        the paper's network (tracemalloc, float32): what a step holds beyond its images
+        is 178 MB when training, 134 MB for inference; batch_bytes, with the copies of
+        the parameters and its margin, says 251 and 217."""
+        if self.conv_method == "gemm":
+            return 0
+        cfg, total = self.config, 0
+        for x_shape, name, stride in (((1,) + cfg.input_shape, "conv1", cfg.conv1_stride),
+                                      ((1, *cfg.conv1_out, cfg.conv1_channels), "primary",
+                                       cfg.primary_stride)):
+            kh, kw, C, O = self.params[f"{name}.W"].shape
+            if C >= 16:
+                U, V, _, _ = conv_fft.fft_grid(x_shape, (kh, kw, C, O), stride)
+                total += (2 * U + 2 * kh) * (V // 2 + 1) * C * O
+        return total
+
     # ------------------------------------------------------------ fixed weights
     @contextlib.contextmanager
     def fixed_weights(self, n_images):
