@@ -86,3 +86,20 @@ def drawn(monkeypatch):
         return save(fig, path, notes)
     monkeypatch.setattr(viz, "_save", keep)
     return figures
+
+
+@pytest.fixture(scope="module")
+def saved_run(tmp_path_factory):
+    """A finished 1-epoch run: its folder (copied fresh for each test by ``run_dir``)."""
+    from tiny_runs import run_tiny
+    out = tmp_path_factory.mktemp("saved") / "run"
+    run_tiny(out)
+    return out
+
+
+@pytest.fixture
+def run_dir(saved_run, tmp_path):
+    import shutil
+    out = tmp_path / "run"
+    shutil.copytree(saved_run, out)
+    return out

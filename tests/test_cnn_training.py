@@ -8,7 +8,6 @@ synthetic bars of tests/synthetic.py; the CLI on 28x28 synthetic MNIST with that
 as a preset. The paper's CNN itself trains once, on a few 10x10 images (about 3 s).
 """
 import json
-import math
 
 import numpy as np
 import pytest
@@ -26,6 +25,7 @@ from minicaps.pretrained import export_weights, load_weights
 from minicaps.train import config_for_data, evaluate, train
 
 from synthetic import bars_data, synthetic_mnist
+from hostile_cases import rewrite_meta
 
 TINY = dict(conv_channels=(4,), conv_kernel=3, pool_after=(1,), fc_sizes=(16,), dropout=0.25)
 CONFIG = CNNConfig(input_shape=(10, 10, 1), num_classes=3, **TINY)
@@ -36,16 +36,6 @@ def run(tmp_path, name="run", config=CONFIG, **kw):
     kw = {"epochs": 1, "batch_size": 20, "lr": 0.01, "shift": 1, "data": bars_data(),
           **QUIET, **kw}
     return train(config, out_dir=tmp_path / name, **kw)
-
-
-def rewrite_meta(path, change):
-    """The checkpoint at ``path`` with its metadata changed by ``change(meta)``."""
-    with np.load(path) as npz:
-        members = {k: npz[k] for k in npz.files}
-    meta = json.loads(members["meta"].tobytes())
-    change(meta)
-    members["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    np.savez(path, **members)
 
 
 def softmax(z):

@@ -14,7 +14,6 @@ import os
 import struct
 import tarfile
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest

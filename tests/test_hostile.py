@@ -16,9 +16,7 @@ import json
 import os
 import subprocess
 import sys
-import time
 import zipfile
-import zlib
 
 import numpy as np
 import pytest
@@ -27,42 +25,15 @@ import minicaps as mc
 import minicaps.train
 from minicaps import cli, runfolder
 from minicaps.checkpoint import load_checkpoint, read_epoch
-from minicaps.gradcheck import tiny_config
 from minicaps.optim import Adam
 from minicaps.train import DivergedError, train
 
 from limits import file_hashes
 from synthetic import bars_data, synthetic_mnist
+from tiny_runs import CONFIG, quiet, run_tiny
+from hostile_cases import one_line_error
 
-CONFIG = tiny_config(recon_weight=0.0005)
 MB = 1 << 20
-
-
-SETTINGS = dict(batch_size=20, lr=0.01, shift=1, data=bars_data(60, 20), progress=False)
-
-
-def quiet(line):
-    pass
-
-
-def run_tiny(out, epochs=1, log=quiet, **kw):
-    return train(CONFIG, epochs=epochs, out_dir=out, **{**SETTINGS, "log": log, **kw})
-
-
-@pytest.fixture(scope="module")
-def saved_run(tmp_path_factory):
-    """A finished 1-epoch run: its folder (copied fresh for each test by ``run_dir``)."""
-    out = tmp_path_factory.mktemp("saved") / "run"
-    run_tiny(out)
-    return out
-
-
-@pytest.fixture
-def run_dir(saved_run, tmp_path):
-    import shutil
-    out = tmp_path / "run"
-    shutil.copytree(saved_run, out)
-    return out
 
 
 # --- a run folder belongs to one run -----------------------------------------------------------
@@ -532,15 +503,6 @@ def fake_mnist(monkeypatch):
     data = synthetic_mnist(8, 4)
     monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: data)
     return data
-
-
-def one_line_error(capsys, argv, bounded, memory=512 * MB):
-    with bounded(memory=memory, seconds=60):
-        code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def test_cli_train_into_a_folder_holding_a_run(run_dir, capsys, bounded, fake_mnist):

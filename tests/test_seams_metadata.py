@@ -7,7 +7,6 @@ Every case runs under ``bounded`` (tests/limits.py) and checks that the files it
 given are unchanged (their SHA-256).
 """
 import hashlib
-import json
 import shutil
 
 import numpy as np
@@ -24,6 +23,7 @@ from minicaps.train import train
 
 from limits import file_hashes
 from synthetic import synthetic_mnist
+from hostile_cases import one_line_error, rewrite_meta
 
 MB = 1 << 20
 DIGITS = synthetic_mnist(16, 8)
@@ -66,34 +66,14 @@ def picture(tmp_path):
     return path
 
 
-def edit_meta(path, change):
-    """Rewrite the JSON metadata of an .npz we wrote ourselves (trusted: np.load is fine)."""
-    with np.load(path) as npz:
-        members = {k: npz[k] for k in npz.files}
-    meta = json.loads(members["meta"].tobytes())
-    change(meta)
-    members["meta"] = np.frombuffer(json.dumps(meta).encode(), np.uint8)
-    with open(path, "wb") as f:
-        np.savez(f, **members)
-
-
 def damaged_copy(runs, kind, change, folder):
     """A copy of the run's ``kind`` file ("checkpoint" or "weights") in its own folder,
     its metadata changed by ``change``."""
     folder.mkdir()
     path = folder / f"{kind}.npz"
     shutil.copy(runs[kind], path)
-    edit_meta(path, change)
+    rewrite_meta(path, change)
     return path
-
-
-def one_line_error(capsys, argv, bounded, memory=512 * MB):
-    with bounded(memory=memory, seconds=60):
-        code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 def commands(path, good, picture, out):

@@ -35,6 +35,7 @@ Image = pytest.importorskip("PIL.Image", reason='needs Pillow: pip install "mini
 from PIL import ImageDraw, ImageFile  # noqa: E402
 from minicaps.folder import load_image_folder, picture_files, read_image  # noqa: E402
 from minicaps.images import load_digit, read_grayscale  # noqa: E402
+from hostile_cases import one_line_error
 
 MB = 1 << 20
 SECONDS = 10
@@ -130,16 +131,6 @@ def folder_checkpoint(tmp_path_factory):
 def said(path, text):
     """A pattern matching ``path`` followed by ``text``, both as written."""
     return re.escape(f"{path}{text}")
-
-
-def one_line_error(capsys, argv, bounded, memory=512 * MB):
-    """Run the CLI under the limits: exit status 2 and one line on stderr, which is returned."""
-    with bounded(memory=memory, seconds=SECONDS):
-        code = cli.main(argv)
-    err = capsys.readouterr().err
-    assert code == 2, err
-    assert err.count("\n") == 1 and "Traceback" not in err, err
-    return err
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ error by its type and what its message says.
 """
 import errno
 import json
-import os
 import shutil
 
 import numpy as np
@@ -14,39 +13,13 @@ import pytest
 import minicaps.train
 from minicaps import checkpoint, cli, runfolder
 from minicaps.checkpoint import load_checkpoint, read_epoch
-from minicaps.gradcheck import tiny_config
-from minicaps.train import train
 
 from limits import file_hashes
-from synthetic import bars_data, synthetic_mnist
+from synthetic import synthetic_mnist
+from tiny_runs import run_tiny
 
-CONFIG = tiny_config(recon_weight=0.0005)
 MB = 1 << 20
-SETTINGS = dict(batch_size=20, lr=0.01, shift=1, data=bars_data(60, 20), progress=False)
 VICTIM_TEXT = b"someone else's file: not a run's\nline two\n"
-
-
-def quiet(line):
-    pass
-
-
-def run_tiny(out, epochs=1, log=quiet, **kw):
-    return train(CONFIG, epochs=epochs, out_dir=out, **{**SETTINGS, "log": log, **kw})
-
-
-@pytest.fixture(scope="module")
-def saved_run(tmp_path_factory):
-    """A finished 1-epoch run: its folder (copied fresh for each test by ``run_dir``)."""
-    out = tmp_path_factory.mktemp("saved") / "run"
-    run_tiny(out)
-    return out
-
-
-@pytest.fixture
-def run_dir(saved_run, tmp_path):
-    out = tmp_path / "run"
-    shutil.copytree(saved_run, out)
-    return out
 
 
 @pytest.fixture

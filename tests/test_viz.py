@@ -8,7 +8,6 @@ command line, which reads the test set through load_mnist (replaced by synthetic
 """
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
