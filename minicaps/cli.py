@@ -175,7 +175,7 @@ def _test_data(args, ckpt):
         data = load_data(args.dataset or settings.get("dataset", "mnist"), args.data_root)
         if settings.get("pairs_per_digit") and args.dataset in (None, "multimnist"):
             data = data._replace(info={"pairs_per_digit": settings["pairs_per_digit"]})
-    classes = settings.get("classes") or list(data.classes)
+    classes = _trained_classes(ckpt) or list(data.classes)
     if data.classes and classes and list(data.classes) != list(classes):
         raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but the "
                          f"network was trained on {', '.join(classes)}")
@@ -217,15 +217,17 @@ def _read_test_folder(folder, info):
     return data
 
 
-def _trained_classes(ckpt, model):
+def _trained_classes(ckpt, num_classes=None):
     """The class names a network was trained on: its settings' classes, else those of the
     data set it names (a file from before the classes were kept: MNIST's digits, say), else
-    None (not known)."""
+    None (not known, or not ``num_classes`` of them)."""
     from .datasets import FASHION_CLASSES, MNIST_CLASSES
     settings = ckpt.extra.get("settings") or {}
     known = {"mnist": MNIST_CLASSES, "fashion-mnist": FASHION_CLASSES}
-    classes = settings.get("classes") or known.get(settings.get("dataset"), ())
-    return list(classes) if len(classes) == model.config.num_classes else None
+    classes = list(settings.get("classes") or known.get(settings.get("dataset"), ()))
+    if not classes or (num_classes is not None and len(classes) != num_classes):
+        return None
+    return classes
 
 
 def _listed(classes, most=12):
@@ -399,7 +401,8 @@ def cmd_compare(args):
                          f"({model_a.config.input_shape}, {model_a.config.num_classes} classes "
                          f"against {model_b.config.input_shape}, {model_b.config.num_classes}):"
                          f" they cannot read one test set")
-    trained = [_trained_classes(ckpt, model) for _, ckpt, model, _ in loaded]
+    trained = [_trained_classes(ckpt, model.config.num_classes)
+               for _, ckpt, model, _ in loaded]
     if None not in trained and trained[0] != trained[1]:
         raise ValueError(f"{path_a} was trained on the classes {_listed(trained[0])} and "
                          f"{path_b} on {_listed(trained[1])}: one test set cannot score "

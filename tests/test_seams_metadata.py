@@ -275,3 +275,30 @@ def test_edited_shipped_weights_are_one_line_with_pretrained(edited_shipped, fak
                      str(tmp_path / "plots")]}[command]
     err = one_line_error(capsys, argv, bounded)
     assert "shipped weights" in err and "damaged" in err and "reinstall" in err, err
+
+
+@pytest.fixture
+def letters_folder(tmp_path):
+    """An image folder of the letters a-j, two 28x28 pictures each."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    for letter in LETTERS:
+        (tmp_path / "letters" / letter).mkdir(parents=True)
+        for k in range(2):
+            picture = rng.integers(0, 256, (28, 28), dtype=np.uint8)
+            Image.fromarray(picture).save(tmp_path / "letters" / letter / f"{k}.png")
+    return tmp_path / "letters"
+
+
+@needs_shipped
+@pytest.mark.parametrize("command", ["evaluate", "plot"])
+def test_the_shipped_digits_are_not_scored_against_a_folder_of_letters(letters_folder, tmp_path,
+                                                                       capsys, bounded, command):
+    """The shipped file names no classes, but it was trained on MNIST: its 0-9 are not the
+    folder's a-j, whatever the count of classes says."""
+    argv = [command, "--pretrained", "--data-dir", str(letters_folder)]
+    if command == "plot":
+        argv += ["--out", str(tmp_path / "pictures")]
+    err = one_line_error(capsys, argv, bounded, memory=1024 * MB)
+    assert "a, b, c" in err and "0, 1, 2" in err, err
+    assert not (tmp_path / "pictures").exists()
