@@ -830,18 +830,24 @@ def _how_to_go_on(run):
 
 
 def _epoch_line(m, epochs, is_best):
+    """One line an epoch. For MultiMNIST pairs the accuracy counts a pair right when both its
+    digits are the two longest capsules ("both right"), and says how many have one or more."""
+    pairs = "test_one_or_more" in m
+    acc = "both right" if pairs else "acc"
     line = (f"epoch {m['epoch']}/{epochs}: train loss {m['train_loss']:.4f} "
-            f"acc {m['train_accuracy']:.4f} | ")
+            f"{acc} {m['train_accuracy']:.4f} | ")
     if "val_accuracy" in m:
-        line += f"val acc {m['val_accuracy']:.4f} | "
-    line += f"test acc {m['test_accuracy']:.4f} "
+        line += f"val {acc} {m['val_accuracy']:.4f} | "
+    line += f"test {acc} {m['test_accuracy']:.4f} "
+    if pairs:
+        line += f"one or more {m['test_one_or_more']:.4f} "
     if "test_margin_loss" in m:           # a CapsNet's two terms
         line += (f"margin {m['test_margin_loss']:.4f} "
                  f"recon {m['test_reconstruction_loss'] or 0:.2f} | ")
     else:                                 # the CNN's cross-entropy: its whole loss
         line += f"loss {m['test_loss']:.4f} | "
     if "avg_test_accuracy" in m:
-        line += f"average: test acc {m['avg_test_accuracy']:.4f} | "
+        line += f"average: test {acc} {m['avg_test_accuracy']:.4f} | "
     line += (f"lr {m['lr']:.2e} | "
              f"{m['epoch_seconds']:.1f} s, {m['images_per_second'] or 0:.0f} img/s")
     return line + (" (best)" if is_best else "")

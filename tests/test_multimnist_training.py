@@ -93,6 +93,11 @@ def test_the_cli_trains_evaluates_and_plots_pairs(tmp_path, capsys, monkeypatch)
     assert "input 36x36x1" in printed and "epoch 1/1" in printed
     assert "40 training digits, 80 pairs an epoch" in printed
     metrics = json.loads((out / "metrics.jsonl").read_text())
+    # the epoch line says what its accuracy counts: both digits right, and one or more
+    epoch_line = next(line for line in printed.splitlines() if line.startswith("epoch 1/1"))
+    assert f"test both right {metrics['test_accuracy']:.4f}" in epoch_line
+    assert f"one or more {metrics['test_one_or_more']:.4f}" in epoch_line
+    assert "test acc " not in epoch_line
     assert metrics["step"] == 4                              # 40 digits x 2 pairs / 20
     assert cli.main(["evaluate", str(out / "last.npz"), "--no-progress"]) == 0
     printed = capsys.readouterr().out
