@@ -88,6 +88,14 @@ def _check_data_options(args):
 
 
 def cmd_train(args):
+    from . import distributed
+    comm = distributed.from_environment()   # None: one process (not started by mpiexec, srun)
+    if comm is None:
+        return _train_command(args)
+    return comm.run(lambda: _train_command(args, comm))   # output from rank 0, faults end all
+
+
+def _train_command(args, comm=None):
     from .train import check_before_loading, config_for_data, train
     _check_data_options(args)
     out = args.out
@@ -106,6 +114,9 @@ def cmd_train(args):
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          val_size=args.val_size, shift=args.shift,
                          average=None if args.no_average else args.average)
+    if comm is not None:
+        out = comm.on_root(lambda: out, "the run folder's name")   # a clock's name: rank 0's
+        comm.on_root(lambda: _training_data(args) and None, "rank 0's download", seconds=3600)
     data = _training_data(args)
     crop = (data.info or {}).get("crop") if args.crop is None else (args.crop or None)
     config = config_for_data(data, crop, preset.get("model", "capsnet"), **fields)
@@ -131,7 +142,7 @@ def cmd_train(args):
                        flip=args.flip or None,
                        average=None if args.no_average else args.average,
                        resume=args.resume, overwrite=args.overwrite,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, comm=comm)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {_how_to_go_on(Path(out) / 'last.npz')}", file=sys.stderr)
         return 130
@@ -177,8 +188,8 @@ def _test_data(args, ckpt):
             data = data._replace(info={"pairs_per_digit": settings["pairs_per_digit"]})
     classes = _trained_classes(ckpt) or list(data.classes)
     if data.classes and classes and list(data.classes) != list(classes):
-        raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but the "
-                         f"network was trained on {', '.join(classes)}")
+        raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but "
+                         f"{ckpt.path} was trained on {', '.join(classes)}")
     if folder:                  # its training images were not read: the test split as is
         from .augment import center_crop
         from .train import Split
@@ -375,13 +386,10 @@ def cmd_plot(args):
     return 0
 
 
-def cmd_compare(args):
-    """Two networks on one test set: each one's accuracy, where they differ, compare.png."""
-    import numpy as np
-    from . import viz
-    from .backend import to_numpy
-    from .checkpoint import model_kind
-    from .data import to_model_input
+def _two_networks(args, test_data=None):
+    """The checkpoints args.first and args.second, refused unless they read one test set:
+    (loaded [(path, ckpt, model, weights)] x 2, test Split, class names, dataset name).
+    test_data(args, ckpt): the test set (default: _test_data)."""
     from .files import regular_file
     from .pretrained import load_any
     loaded = []
@@ -407,20 +415,38 @@ def cmd_compare(args):
         raise ValueError(f"{path_a} was trained on the classes {_listed(trained[0])} and "
                          f"{path_b} on {_listed(trained[1])}: one test set cannot score "
                          f"both; compare two networks trained on the same classes")
-    test, classes, dataset = _test_data(args, ckpt_a)
+    test, classes, dataset = (test_data or _test_data)(args, ckpt_a)
     for path, names in zip((path_a, path_b), trained):
         if names and classes and list(classes) != names:
             raise ValueError(f"{dataset} has the classes {_listed(classes)} but {path} was "
                              f"trained on {_listed(names)}: compare two networks trained on "
                              f"the same classes as the test set")
     if test.targets is not None:
-        raise ValueError("compare reads one label a picture; for MultiMNIST pairs run "
-                         "`minicaps evaluate` on each checkpoint")
-    x = to_model_input(test.images, model_a.dtype)
+        raise ValueError(f"{args.command} reads one label a picture; for MultiMNIST pairs run "
+                         f"`minicaps evaluate` on each checkpoint")
+    return loaded, test, classes, dataset
+
+
+def _network_names(loaded):
+    """"CapsNet" or "CNN" for each loaded network, with its folder's name when both are."""
+    from .checkpoint import model_kind
     names = []
     for path, _, model, _ in loaded:
         name = "CapsNet" if model_kind(model) == "capsnet" else "CNN"
         names.append(name if name not in names else f"{name} ({Path(path).parent.name})")
+    return names
+
+
+def cmd_compare(args):
+    """Two networks on one test set: each one's accuracy, where they differ, compare.png."""
+    import numpy as np
+    from . import viz
+    from .backend import to_numpy
+    from .data import to_model_input
+    loaded, test, classes, dataset = _two_networks(args)
+    (path_a, _, model_a, _), (path_b, _, model_b, _) = loaded
+    x = to_model_input(test.images, model_a.dtype)
+    names = _network_names(loaded)
     predictions = [model_a.predict(x), model_b.predict(x)]
     groups = viz.agreement(test.labels, *predictions)
     n = len(test.labels)
@@ -436,6 +462,64 @@ def cmd_compare(args):
                                 out / "compare.png", dpi=args.dpi, classes=_named(classes))
     except ImportError as e:
         print(f"minicaps compare: error: {e}", file=sys.stderr)
+        return 2
+    print(path)
+    return 0
+
+
+def _digits_to_transform(args, ckpt):
+    """The test set robustness transforms: compare's (_test_data), except MNIST's test
+    digits for networks trained on expanded MNIST (their affNIST test set is transformed
+    already)."""
+    settings = ckpt.extra.get("settings", {}) or {}
+    if (args.dataset or settings.get("dataset")) in ("affnist", "affnist-generated"):
+        args = argparse.Namespace(**{**vars(args), "dataset": "mnist"})
+    return _test_data(args, ckpt)
+
+
+def cmd_robustness(args):
+    """Two networks' accuracy under each transformation alone: a table, robustness.json
+    and robustness.png."""
+    import json
+    from . import viz
+    from .checkpoint import replace_file
+    from .robustness import at_each_strength, check_canvas, robustness, strength_text
+    loaded, test, _, dataset = _two_networks(args, _digits_to_transform)
+    height, width, _ = loaded[0][2].config.input_shape
+    if height != width:
+        raise ValueError(f"robustness transforms on a square canvas; these networks take "
+                         f"{height}x{width} images")
+    check_canvas(test.images.shape[1:], height)
+    names = _network_names(loaded)
+    n = len(test.labels)
+    print(f"{n} {dataset} test images, each transformed alone on the {height}x{width} "
+          f"canvas (seed {args.seed}; strength 0: the image centred, untransformed):")
+    print(f"  {'transformation':<15}{'strength':<13}" + "".join(f"{m:>14}" for m in names))
+
+    def show(row):
+        print(f"  {row['transformation']:<15}"
+              f"{strength_text(row['transformation'], row['strength']):<13}"
+              + "".join(f"{a:>14.2%}" for a in row["accuracy"]), flush=True)
+
+    rows = robustness([model for _, _, model, _ in loaded], test.images, test.labels, height,
+                      args.steps, args.seed, args.batch_size, log=show)
+    out = Path(args.out) if args.out else Path(loaded[0][0]).parent / "plots"
+    numbers = {"checkpoints": [str(p) for p, *_ in loaded], "names": names,
+               "weights": [w for *_, w in loaded], "dataset": dataset, "images": n,
+               "canvas": height, "steps": args.steps, "seed": args.seed, "rows": rows}
+    replace_file(out / "robustness.json",
+                 lambda f: f.write(json.dumps(numbers, indent=1).encode()))
+    print(out / "robustness.json")
+    legend = [f"{name}: {Path(p).parent.name}/{Path(p).name}"
+              for name, (p, *_) in zip(names, loaded)]
+    try:
+        path = viz.plot_robustness(
+            rows, legend, out / "robustness.png", dpi=args.dpi,
+            examples=at_each_strength(test.images, height, args.steps, args.seed),
+            title=f"Test accuracy under each transformation alone: {n} {dataset} test "
+                  f"images on {height}x{width} (strength 0: centred, untransformed)")
+    except ImportError as e:
+        print(f"minicaps robustness: error: {e}", file=sys.stderr)
         return 2
     print(path)
     return 0
@@ -885,6 +969,42 @@ def build_parser():
                    help="folder for compare.png (default: plots/ beside the first checkpoint)")
     p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNG")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser(
+        "robustness", formatter_class=defaults,
+        help="two networks' accuracy under rotation, shear, scale and translation, each alone",
+        description="Test two checkpoints (e.g. a CapsNet and the CNN baseline trained on "
+                    "expanded MNIST) on their test set under one transformation at a time, "
+                    "at growing strength: rotation 0-60 degrees and shear 0-0.6, each with a "
+                    "sign drawn per image; scale 0.6-1.4 (1: unchanged) along both axes; a "
+                    "move of 0-12 pixels in a direction drawn per image, rounded to whole "
+                    "pixels. Each image is centred on the networks' input canvas and "
+                    "transformed about its centre (bilinear); what leaves the canvas is lost, "
+                    "moved ink included. Strength 0 is the centred, untransformed image. "
+                    "Networks trained on expanded MNIST (--dataset affnist) are tested on "
+                    "MNIST's test digits on 40x40. Prints a table, writes robustness.json "
+                    "and robustness.png (one panel per transformation, both networks in "
+                    "each; needs matplotlib).")
+    p.add_argument("first", metavar="CHECKPOINT", help="a .npz file written by train")
+    p.add_argument("second", metavar="OTHER",
+                   help="another, with the same input size and classes")
+    p.add_argument("--dataset", choices=DATASETS, default=None,
+                   help="which test set (default: the one both were trained on)")
+    add_data_options(p)
+    p.add_argument("--steps", type=positive_int, metavar="K", default=4,
+                   help="strengths from none to the strongest: K+1 per transformation, "
+                        "2K+1 scale factors")
+    p.add_argument("--seed", type=nonnegative_int, default=0,
+                   help="seed for the signs and directions drawn per image")
+    p.add_argument("--batch-size", type=positive_int, default=256,
+                   help="images per forward pass")
+    add_device_option(p)
+    add_weights_option(p)
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="folder for robustness.json and robustness.png (default: plots/ "
+                        "beside the first checkpoint)")
+    p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNG")
+    p.set_defaults(func=cmd_robustness)
 
     p = sub.add_parser(
         "export-weights", help="write a checkpoint's weights alone (float16: 1/8 of its size)",

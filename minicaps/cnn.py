@@ -222,8 +222,11 @@ class BaselineCNN:
     ``seed`` and t, so a resumed run draws the masks the uninterrupted one would have, as
     long as it knows both (a checkpoint keeps them). ``dropout_step`` counts the training
     passes (the next one uses it); loss_and_grads(step=t) uses t and sets it to t + 1.
+    ``dropout_offset`` k: the batch is rows k, k+1, ... of a bigger one (one rank's share,
+    minicaps.distributed), and its mask those rows of the bigger batch's mask.
     """
-    impl = "reference"     # the reference ops; BaselineCNN(config) builds fast.cnn's twin
+    impl = "reference"
+    dropout_offset = 0     # the reference ops; BaselineCNN(config) builds fast.cnn's twin
     loss_terms = ("cross_entropy",)     # the loss's terms, as out and the metrics name them
 
     def __new__(cls, *args, impl="fast", **kwargs):
@@ -291,6 +294,8 @@ class BaselineCNN:
             h, caches[f"fc{l}.relu"] = relu_forward(h)
         step = self.dropout_step if step is None else step
         rng = self.dropout_generator(step) if training else None
+        if rng is not None and self.dropout_offset:       # one draw a number (PCG64)
+            rng.bit_generator.advance(self.dropout_offset * h.shape[1])
         h, caches["dropout"] = dropout_forward(h, cfg.dropout, rng, training)
         logits, caches["softmax"] = dense_forward(h, p["softmax.W"], p["softmax.b"])
         probabilities = softmax_forward(logits, axis=1)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, multimnist, runfolder
+from . import backend, distributed, multimnist, runfolder
 from .checkpoint import (DiskFullError, build_model, load_checkpoint, model_kind, read_epoch,
                          save_checkpoint)
 from .cnn import CNNConfig
@@ -216,7 +216,7 @@ def _evaluation_losses(model, out, x, y):
 
 
 def evaluate(model, images, labels, batch_size=256, progress=False, desc="evaluate", log=print,
-             per_class=False, targets=None):
+             per_class=False, targets=None, comm=None):
     """Accuracy and mean losses of ``model`` on uint8 ``images`` with true ``labels``.
 
     The decoder is masked by the predicted class, as at test time in the paper, and no
@@ -226,13 +226,18 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     total: margin + recon_weight * reconstruction, or the cross-entropy), n; with
     ``per_class``, also per_class: (images, accuracy) of each true class (accuracy None
     for a class without images). Labels (N, 2) with ``targets``: MultiMNIST pairs
-    (evaluate_pairs).
+    (evaluate_pairs). ``comm``: a distributed.Communicator; each rank then evaluates whole
+    batches of the set and the counts are added up (the same accuracy, exactly).
     """
     cfg, n = model.config, len(labels)
     if not _is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
+    if comm is not None:
+        return distributed.evaluate_shared(comm, evaluate, model, images, labels, batch_size,
+                                           targets, per_class, progress=progress, desc=desc,
+                                           log=log)
     if np.ndim(labels) == 2:
         return evaluate_pairs(model, images, labels, targets, batch_size, progress, desc, log)
     if len(images) != n:
@@ -362,7 +367,7 @@ def augment_batch(batch, draws, k, m, shift, crop):
 
 def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
                 shift, crop=None, flip=False, average=None, progress=True, desc="train",
-                log=print, pairs_per_digit=0):
+                log=print, pairs_per_digit=0, comm=None):
     """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
 
     The epoch's random draws are made first (epoch_plan); the images, the order and the
@@ -380,10 +385,15 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     4 pixels on 36x36 (multimnist.iterate_epoch, drawn from ``rng``); both classes are
     present in the margin loss and each digit is reconstructed from its own capsule; the
     accuracy counts a pair right when its labels are the two longest capsules.
+
+    ``comm``: a distributed.Communicator. Every rank draws the whole epoch's plan, takes
+    its share of each batch and adds its gradients to the others' (Communicator.
+    loss_and_grads): every rank then takes one process's step.
     """
     if pairs_per_digit:
         return _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_decay,
-                                  decay_steps, pairs_per_digit, average, progress, desc, log)
+                                  decay_steps, pairs_per_digit, average, progress, desc, log,
+                                  comm)
     device, n = model.device, len(train)
     order, draws = epoch_plan(n, batch_size, rng, shift, train.images.shape[1:3], crop, flip)
     order = backend.to_device(order, device)
@@ -400,11 +410,14 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     bar = Progress(n, desc, enabled=progress, log=log)   # a bar, or a line every 30 s
     for k in range(0, n, batch_size):
         idx = order[k:k + batch_size]
-        batch = augment_batch(images[idx], draws, k, len(idx), shift, crop)
-        x, y = to_model_input(batch, model.dtype), labels[idx]
-        step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y)
+        mine = _share(comm, len(idx))               # all of it in one process
+        batch = augment_batch(images[idx[mine]], draws, k + mine.start, len(idx[mine]), shift,
+                              crop)
+        x, y = to_model_input(batch, model.dtype), labels[idx[mine]]
+        step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y,
+                          comm=comm, batch=(len(idx), mine.start, _labels_right))
         pending.append((len(idx), out[name], out.get("reconstruction_loss"), step))
-        correct = correct + (out["lengths"].argmax(axis=1) == y).sum()
+        correct = correct + out["correct"]
         bar.update(len(idx))
         # On the CPU the losses are read every step (they are host numbers already), so a
         # NaN stops the run at once; on a GPU when the progress shows them and at the end.
@@ -417,16 +430,40 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     return step, _epoch_stats(totals, pending, model, int(correct), n, start, bar)
 
 
-def _step(model, optimizer, average, step, schedule, x, y, targets=None):
+def _step(model, optimizer, average, step, schedule, x, y, targets=None, comm=None,
+          batch=None):
     """One training step: the gradients, Adam at the scheduled rate (schedule: lr, decay
-    rate, decay steps), the average; returns (the step count after it, forward's out)."""
+    rate, decay steps), the average; returns (the step count after it, forward's out, with
+    "correct": how many it got right). batch: (its size, the first image of x in it, how to
+    count the right answers: right(lengths, y)); with a communicator ``comm``, x and y
+    are this rank's share, and the gradients, losses and count the whole batch's."""
     more = {} if targets is None else {"targets": targets}
-    _, grads, out = model.loss_and_grads(x, y, check_values=False, host_losses=False, **more)
+    size, first, right = batch
+    if comm is not None:
+        grads, out = comm.loss_and_grads(model, x, y, size, first, right, check_values=False,
+                                         host_losses=False, **more)
+    else:
+        _, grads, out = model.loss_and_grads(x, y, check_values=False, host_losses=False,
+                                             **more)
+        out["correct"] = right(out["lengths"], y)
     optimizer.lr = learning_rate(step, *schedule)
     optimizer.step(model.params, grads)
     if average is not None:
         average.update(model.params, optimizer.t)
     return step + 1, out
+
+
+def _share(comm, m):
+    """This rank's slice of a batch of m (all of it without a communicator)."""
+    return slice(0, m) if comm is None else comm.share(m)
+
+
+def _labels_right(lengths, y):
+    return (lengths.argmax(axis=1) == y).sum()
+
+
+def _pairs_right(lengths, y):
+    return (multimnist.pair_hits(lengths, y) == 2).sum()       # on the device
 
 
 def _epoch_stats(totals, pending, model, correct, n, start, bar):
@@ -442,7 +479,7 @@ def _epoch_stats(totals, pending, model, correct, n, start, bar):
 
 
 def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_decay,
-                       decay_steps, pairs, average, progress, desc, log):
+                       decay_steps, pairs, average, progress, desc, log, comm=None):
     """train_epoch for MultiMNIST: the pairs made on the host as the epoch goes."""
     n = len(train) * pairs
     totals, name = _loss_totals(model), loss_terms(model)[0]
@@ -450,12 +487,14 @@ def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_de
     start = time.perf_counter()
     bar = Progress(n, desc, enabled=progress, log=log)
     for batch in multimnist.iterate_epoch(train.images, train.labels, pairs, batch_size, rng):
-        x, y, targets = _pair_batch(model, batch.images, batch.labels, batch.digits)
+        m, mine = len(batch.labels), _share(comm, len(batch.labels))
+        x, y, targets = _pair_batch(model, batch.images[mine], batch.labels[mine],
+                                    batch.digits[mine])
         step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y,
-                          targets)
-        pending.append((len(y), out[name], out.get("reconstruction_loss"), step))
-        correct = correct + (multimnist.pair_hits(out["lengths"], y) == 2).sum()   # on the device
-        bar.update(len(y))
+                          targets, comm, (m, mine.start, _pairs_right))
+        pending.append((m, out[name], out.get("reconstruction_loss"), step))
+        correct = correct + out["correct"]
+        bar.update(m)
         show = bar.wants_stats(step)
         if model.device == "cpu" or show:
             seen += _add_losses(totals, pending, model)
@@ -466,6 +505,9 @@ def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_de
 
 class DivergedError(ValueError):
     """The loss became NaN or infinite: training stopped before saving anything of it."""
+    # On several ranks the losses are the whole batch's (or the whole set's), the same on
+    # every rank: each raises this at the same step, and none needs to end the others.
+    all_ranks = True
 
 
 def _add_losses(totals, pending, model):
@@ -525,10 +567,12 @@ class TrainResult:
         return self.out_dir / BEST
 
 
+@distributed.guarded          # with comm=: a fault in one rank ends every rank
 def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, lr_decay=0.96,
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
           data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, crop=None,
-          flip=None, average=0.999, resume=None, overwrite=False, progress=True, log=print):
+          flip=None, average=0.999, resume=None, overwrite=False, progress=True, log=print,
+          comm=None):
     """Train a CapsNet, or the paper's CNN baseline, until ``epochs`` epochs are done in
     all; returns a TrainResult.
 
@@ -558,7 +602,15 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     checked before the data loads, and whether a batch fits in memory before the first
     step; a loss that becomes NaN or infinite stops the run with a ValueError, the last
     checkpoint left as the last good epoch wrote it.
+
+    ``comm``: a distributed.Communicator (distributed.from_environment() under mpiexec or
+    srun): data-parallel training, each rank computing its share of every batch of
+    ``batch_size`` images, and the same model as one process to float32 rounding. Rank 0
+    alone logs, holds the folder's lock and writes; every rank reads the data and the
+    checkpoint it resumes from. A run may go on with another number of ranks.
     """
+    if comm is not None and not comm.is_root:
+        progress, log = False, lambda line: None
     if model is not None and model not in NETWORKS:
         raise ValueError(f"model must be one of {', '.join(NETWORKS)}, got {model!r}")
     kind = None if model is None else model_kind(NETWORKS[model]())
@@ -570,6 +622,11 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
                          decay_steps=decay_steps, seed=seed, limit_train=limit_train,
                          limit_test=limit_test, val_size=val_size, shift=shift, average=average)
     device = backend.resolve_device(device)     # a missing GPU is said before the data loads
+    if comm is not None:
+        comm.use_device(device)                 # this rank's GPU, and NCCL
+        if data is None:                        # rank 0 downloads what is missing, alone
+            _on_root(comm, lambda: load_data(dataset, data_root) and None, "rank 0's download",
+                     seconds=3600)
     data = as_dataset(load_data(dataset, data_root) if data is None else data)
     info = data.info or {}
     crop = info.get("crop") if crop is None else (crop or None)
@@ -589,6 +646,8 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
                 "limit_test": limit_test, "n_test": len(test_set), "average": average,
                 "crop": crop, "flip": flip, "classes": list(data.classes) or None,
                 "data_info": info, "pairs_per_digit": pairs}
+    if comm is not None:
+        settings["ranks"] = comm.size
     if config is None and resume is None:
         config = config_for_data(data, crop, model or "capsnet")
     run = _start(config, settings, device, Path(out_dir), resume, log, epochs, kind)
@@ -604,16 +663,27 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     run.model.check_batch_fits(batch_size, training=True)
     run.model.check_batch_fits(EVAL_BATCH, training=False, option="an evaluation batch of")
     fresh = resume is None or Path(resume).resolve().parent != run.out_dir.resolve()
-    lock = runfolder.claim(run.out_dir, fresh=fresh, overwrite=overwrite,
-                           checkpoint_bytes=_checkpoint_bytes(run), log=log)
+    locks = []            # rank 0's
+    _on_root(comm, lambda: locks.append(runfolder.claim(
+        run.out_dir, fresh=fresh, overwrite=overwrite, checkpoint_bytes=_checkpoint_bytes(run),
+        log=log)), "rank 0's claim of the run folder")
     try:
         if resume is not None:
-            _truncate_metrics(run.out_dir / METRICS_FILE, run.epoch)
-            _restore_best(run, settings, _score_key(run, val_set), log)
-        _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log)
+            _on_root(comm, lambda: (_truncate_metrics(run.out_dir / METRICS_FILE, run.epoch),
+                                    _restore_best(run, settings, _score_key(run, val_set), log)),
+                     "rank 0's restore of the run folder")
+        _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log,
+                      comm)
     finally:
-        lock.release()
+        for lock in locks:
+            lock.release()
     return run
+
+
+def _on_root(comm, fn, what, seconds=None):
+    """fn() here without a communicator; else on rank 0 alone, and its result (or its
+    error) on every rank (distributed.Communicator.on_root)."""
+    return fn() if comm is None else comm.on_root(fn, what, seconds)
 
 
 def check_before_loading(*, epochs, out_dir, resume, overwrite, **settings):
@@ -636,8 +706,10 @@ def _check_classes(data, config):
                          f"{config.num_classes} ({type(config).__name__}.num_classes)")
 
 
-def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log):
-    """The epochs from run.epoch + 1 to ``epochs``: train, evaluate, save."""
+def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log,
+                  comm=None):
+    """The epochs from run.epoch + 1 to ``epochs``: train, evaluate, save (rank 0 alone,
+    with a communicator ``comm``)."""
     batch_size, lr, lr_decay, decay_steps, shift = (settings[k] for k in (
         "batch_size", "lr", "lr_decay", "decay_steps", "shift"))
     while run.epoch < epochs:
@@ -649,7 +721,7 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
                                       pairs_per_digit=settings["pairs_per_digit"],
                                       average=run.average,
                                       progress=progress, desc=f"epoch {run.epoch}/{epochs}",
-                                      log=log)
+                                      log=log, comm=comm)
         seconds, images_per_second = stats.pop("seconds"), stats.pop("images_per_second")
         metrics = {"epoch": run.epoch, "step": run.step,
                    "lr": learning_rate(run.step - 1, lr, lr_decay, decay_steps),  # last update's
@@ -657,24 +729,29 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
                    "epoch_seconds": seconds, "images_per_second": images_per_second}
         if run.model.device == "gpu":     # float32 products strict or through TF32
             metrics["tf32"] = backend.tf32_enabled()
+        if comm is not None:              # the ranks, and their time in the all-reduce
+            metrics.update(ranks=comm.size, allreduce_seconds=comm.reduce_seconds)
+            comm.reduce_seconds = 0.0
+            comm.check_in_step(run, log)
         start = time.perf_counter()
         for prefix, split in (("val", val_set), ("test", test_set)):
             if split is not None:
                 scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
                                   progress=progress, desc=f"{prefix} set", log=log,
-                                  targets=split.targets)
+                                  targets=split.targets, comm=comm)
                 metrics.update({f"{prefix}_{k}": v for k, v in scores.items()})
                 if run.average is not None:
                     trained, run.model.params = run.model.params, run.average.params
                     try:
                         scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
                                           progress=progress, desc=f"{prefix} set, average",
-                                          log=log, targets=split.targets)
+                                          log=log, targets=split.targets, comm=comm)
                     finally:
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
         metrics["eval_seconds"] = time.perf_counter() - start
-        is_best = _save(run, metrics, settings, metrics[_score_key(run, val_set)])
+        score = metrics[_score_key(run, val_set)]
+        is_best = _on_root(comm, lambda: _save(run, metrics, settings, score), "rank 0's save")
         log(_epoch_line(metrics, epochs, is_best))
         run.history.append(metrics)
 
@@ -736,6 +813,10 @@ def _start(config, settings, device, out_dir, resume, log, epochs, kind=None):
     ckpt = load_checkpoint(resume, device=device)
     _check_resume(ckpt, config, settings, kind)
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
+    saved, ranks = ckpt.extra.get("settings", {}).get("ranks", 1), settings.get("ranks", 1)
+    if saved != ranks:      # the state carries over whole; only the batches split otherwise
+        log(f"note: saved by {saved} rank(s), going on with {ranks}: the same run to float32 "
+            f"rounding (bit for bit only with {saved})")
     if ckpt.epoch < epochs:
         _check_nothing_overwritten(out_dir, resume, ckpt.epoch)
     average = ckpt.average

@@ -777,6 +777,50 @@ def plot_compare(x, labels, predictions, names, path, per_row=8, dpi=100, notes=
     return _save(fig, path, _warned(warn, None, notes))
 
 
+# --- accuracy against each transformation (what `minicaps robustness` draws) ----------------------
+
+ROBUSTNESS_AXES = {"rotation": "rotation (degrees, either way)",
+                   "shear": "shear s (x += s y, either way)",
+                   "scale": "scale factor (1: unchanged)",
+                   "translation": "move (pixels, any direction)"}
+
+
+def plot_robustness(rows, names, path, examples=None, title="", dpi=100, notes=(), warn=None):
+    """One panel per transformation: each network's test accuracy (%, 0-100) against the
+    strength, from robustness.robustness' rows; names: the networks' legend entries.
+    examples: {transformation: (N, H, W[, C]) uint8}, one test digit at each strength,
+    drawn as a strip under its panel. (4 per panel) x (4.2, 5.4 with examples) inches."""
+    kinds = list(dict.fromkeys(r["transformation"] for r in rows))
+    fig = _figure(4.0 * len(kinds), 5.4 if examples else 4.2, dpi)
+    grid = fig.add_gridspec(2 if examples else 1, len(kinds),
+                            height_ratios=(4, 1) if examples else None)
+    styles = [dict(color="tab:blue", marker="o", linestyle="-"),
+              dict(color="tab:orange", marker="s", linestyle="--")]
+    for k, kind in enumerate(kinds):
+        ax = fig.add_subplot(grid[0, k])
+        mine = [r for r in rows if r["transformation"] == kind]
+        strengths = [r["strength"] for r in mine]
+        for j, name in enumerate(names):
+            ax.plot(strengths, [100 * r["accuracy"][j] for r in mine], label=name,
+                    markersize=5, **styles[j % len(styles)])
+        ax.set_ylim(0, 100)
+        if len(strengths) <= 9:
+            ax.set_xticks(strengths)
+        ax.set_xlabel(ROBUSTNESS_AXES.get(kind, kind), fontsize=9)
+        ax.set_ylabel("test accuracy (%)" if k == 0 else "", fontsize=9)
+        ax.set_title(kind, fontsize=10)
+        ax.grid(alpha=0.3)
+        if k == 0:
+            ax.legend(fontsize=8, loc="best")
+        if examples and kind in examples:
+            strip = fig.add_subplot(grid[1, k])
+            pictures = np.asarray(examples[kind], dtype=np.float64) / 255
+            _show(strip, mosaic(pictures[None], value=0.5))
+            strip.set_xlabel("one test image at each strength above", fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, path, _warned(warn, None, notes))
+
+
 # --- every plot of a checkpoint (what `minicaps plot` runs) -------------------------------------
 
 KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion",
