@@ -9,9 +9,11 @@
 #
 # This script follows one image through the network of Sabour, Frosst & Hinton (2017)
 # calling the reference ops of `minicaps.ops` one at a time, printing what each piece makes:
-# primary capsules, the predictions u_hat, the coupling coefficients after each routing
-# iteration, the capsule lengths, the reconstruction; then it checks one backward pass
-# against finite differences. docs/tour.md explains each piece and its derivative.
+# primary capsules, the predictions u_hat, the routing logits b, the agreement and the
+# coupling used in each routing iteration, the capsule lengths, the reconstruction; then it
+# checks three backward passes against finite differences (squash, routing, and every
+# parameter of a tiny network) and stops with an error if one is wrong. docs/tour.md
+# explains each piece and its derivative.
 #
 #     python examples/walkthrough.py                    # the paper's network, random weights
 #     python examples/walkthrough.py --pretrained       # the network that ships, trained
@@ -33,7 +35,7 @@ import numpy as np
 
 import minicaps as mc
 from minicaps import ops, viz
-from minicaps.gradcheck import check_op, randomize_params, tiny_config
+from minicaps.gradcheck import check_model, check_op, randomize_params, routing_v, tiny_config
 
 
 def options():
@@ -151,18 +153,40 @@ print(f"u_hat: {u_hat.shape} (N, I, J, D); W tiled over a batch of 128 would be 
 # %% [markdown]
 # ## Routing by agreement (Procedure 1, eq. 3)
 #
-# b = 0, so the first coupling is uniform: c_ij = softmax over the output capsules j of
-# b_i = 1/J. Each iteration adds the agreement u_hat_j|i . v_j to b_ij, and the
-# coupling of each primary capsule moves towards the digit capsules it agrees with.
+# Procedure 1 written out with the ops, so that the logits b can be printed. b starts at 0,
+# so the coupling used in iteration 1 is uniform: c_ij = softmax_j(b_ij) = 1/J. Each
+# iteration but the last adds the agreement u_hat_j|i . v_j to b_ij, so the coupling used
+# in iteration t + 1 leans towards the digit capsules that capsule i agreed with in
+# iteration t. Under each iteration: b, c and the agreement of one primary capsule, the
+# one that routing_forward ends up coupling most strongly to the winning class, one number
+# per digit capsule j.
 
 # %%
+def row(values):
+    return " ".join(f"{z:9.3g}" for z in values)
+
+
+(v_ops, c_ops), _ = ops.routing_forward(u_hat, cfg.routing_iters, "full", cfg.squash_eps)
+winner = int((v_ops[0] ** 2).sum(axis=-1).argmax())
+i = int(c_ops[0, :, winner].argmax())                          # the capsule to watch
+print(f"primary capsule i = {i}, one column per digit capsule j:\n  {'j':13s}{row(range(J))}")
+b = np.zeros(u_hat.shape[:3])                                  # (N, I, J) logits, float64
 for t in range(1, cfg.routing_iters + 1):
-    (v, c), _ = ops.routing_forward(u_hat, t, "full", cfg.squash_eps)
+    c = ops.softmax_forward(b, axis=2)                         # eq. 3
+    v, _ = ops.squash_forward(np.einsum("nij,nijd->njd", c, u_hat), cfg.squash_eps)   # eqs. 2, 1
+    agreement = np.einsum("nijd,njd->nij", u_hat, v)           # u_hat_j|i . v_j
     lengths = np.sqrt((v[0] ** 2).sum(axis=-1))
     j = int(lengths.argmax())
     print(f"iteration {t}: coupling to class {j}: mean {c[0, :, j].mean():.4f}, "
           f"max {c[0, :, j].max():.4f}; sum over j is 1: {np.allclose(c.sum(axis=2), 1)}; "
           f"lengths {' '.join(f'{l:.3f}' for l in lengths)}")
+    print(f"  b_ij         {row(b[0, i])}")
+    print(f"  c_ij         {row(c[0, i])}")
+    print(f"  u_hat . v_j  {row(agreement[0, i])}")
+    if t < cfg.routing_iters:                                  # the last update would go unused
+        b = b + agreement
+print(f"routing_forward gives the same v: {np.allclose(v, v_ops)}")
+v = v_ops                                                      # in the model's dtype
 
 # %% [markdown]
 # ## Capsule lengths: the class
@@ -183,7 +207,9 @@ for j_, length in enumerate(lengths[0]):
 # ## Reconstruction
 #
 # The decoder sees only the winning capsule's 16 numbers (the others masked to 0) and
-# draws the digit back. Its loss is the sum of squared pixel errors, weighted by 0.0005.
+# draws the digit back. Its loss is the sum of squared pixel errors times
+# cfg.recon_weight: 0.0005 in the paper's network, 0.05 in the --tiny toy (the line below
+# prints the one in use).
 
 # %%
 if cfg.use_decoder:
@@ -195,15 +221,41 @@ if cfg.use_decoder:
     print(ascii_art(image, recon))
 
 # %% [markdown]
-# ## Checking a backward pass
+# ## Checking the backward passes
 #
-# squash_backward is checked against central differences of squash_forward, in float64,
-# with one all-zero capsule (squash's eps keeps the gradient finite there).
+# Each backward pass is compared with central differences of its forward pass, in float64,
+# by minicaps.gradcheck (the code behind `minicaps gradcheck`): check_op for one op,
+# check_model for every parameter of a network. A right gradient gives a relative error
+# of 1e-8 or less; a wrong one, 1e-3 or more. Three checks, each stopping the script with an
+# error when a gradient is wrong:
+#
+# 1. squash_backward, with one all-zero capsule (squash's eps keeps the gradient finite);
+# 2. routing_backward through 3 iterations, the agreement path included ("full");
+# 3. CapsNet.backward, the whole reference network: a tiny one (10x10 inputs, 3 classes).
 
 # %%
+def checked(what, errors, tolerance):
+    """Print each relative error; raise if one is above ``tolerance``."""
+    for name, error in errors.items():
+        print(f"{what:34s} {name:10s} relative error {error:.1e}")
+    worst = max(errors, key=errors.get)
+    if not errors[worst] <= tolerance:
+        raise RuntimeError(f"{what}: the gradient of {worst} is wrong (relative error "
+                           f"{errors[worst]:.1e}, above {tolerance:g})")
+
+
 rng = np.random.default_rng(0)
 s = np.vstack([np.zeros((1, 8)), rng.standard_normal((4, 8))])
-errors = check_op(ops.squash_forward, ops.squash_backward, [s], ["s"], rng=rng)
-print(f"squash: relative error of the gradient {errors['s']:.2e} (float64; below 1e-7 is right)")
-assert errors["s"] < 1e-7
+checked("squash", check_op(ops.squash_forward, ops.squash_backward, [s], ["s"], rng=rng), 1e-7)
+
+u_hat_small = rng.standard_normal((2, 6, 3, 4))                # (N, I, J, D)
+checked("routing (full, 3 iterations)",
+        check_op(lambda u: routing_v(u, 3, "full"), ops.routing_backward, [u_hat_small],
+                 ["u_hat"], rng=rng), 1e-7)
+
+net = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu", impl="reference")
+randomize_params(net, rng)                                     # biases away from ReLU's kink
+x_small = rng.uniform(0, 1, (2,) + net.config.input_shape)
+y_small = np.array([0, 2])
+checked("tiny CapsNet, every parameter", check_model(net, x_small, y_small, rng=rng), 1e-5)
 print("walkthrough done")

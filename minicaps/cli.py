@@ -23,6 +23,7 @@ CNN_PRESETS = {"paper": {"model": "cnn", "config": {}, "epochs": 1, "lr": 1e-3},
                "pooled": {"model": "cnn-pooled", "config": {}, "epochs": 1, "lr": 1e-3},
                "released": {"model": "cnn-released", "config": {}, "epochs": 1, "lr": 1e-3}}
 MODELS = ("capsnet", "cnn")                       # --model
+GRADCHECK_NAMES = {"capsnet": "CapsNet", "cnn": "CNN baseline"}   # gradcheck's title
 PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion",
               "pairs")
 CAPSULE_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "pairs")   # a CapsNet's only
@@ -32,8 +33,10 @@ WEIGHTS = {"average": "moving average of the parameters", "trained": "trained pa
 
 def cmd_gradcheck(args):
     from .gradcheck import report, format_table
-    rows = report(seed=args.seed)
-    print("Gradient check: central differences in float64 vs the hand-written backward passes")
+    models = MODELS if args.model == "all" else (args.model,)
+    rows = report(seed=args.seed, models=models)
+    print(f"Gradient check of the {' and the '.join(GRADCHECK_NAMES[m] for m in models)}: "
+          f"central differences in float64 vs the hand-written backward passes")
     print(format_table(rows))
     bad = [r for r in rows if not r[2] <= r[3]]
     worst = max(rows, key=lambda r: r[2] / r[3])
@@ -377,7 +380,9 @@ def cmd_plot(args):
                            metrics=metrics,
                            indices=args.index, dpi=args.dpi, weights=weights,
                            accuracy=accuracy, dataset=dataset, classes=classes,
-                           warn=lambda m: print(f"minicaps plot: warning: {m}", file=sys.stderr))
+                           warn=lambda m: print(f"minicaps plot: warning: {m}", file=sys.stderr),
+                           progress=not args.no_progress,
+                           log=lambda m: print(m, file=sys.stderr))   # stdout: the paths alone
     except ImportError as e:
         print(f"minicaps plot: error: {e}", file=sys.stderr)
         return 2
@@ -773,11 +778,15 @@ def build_parser():
     p = sub.add_parser("gradcheck", help="prove every backward pass against finite differences",
                        description="Check every op and every parameter of small CapsNets "
                                    "(routing 'full' with 1 and 3 iterations, 'stop' with 3), "
-                                   "and of the CNN baseline's layers (SAME convolution, "
-                                   "max-pooling, dropout, softmax cross-entropy) and two small "
-                                   "CNN baselines, against central finite differences in "
-                                   "float64 and print the relative errors. Exit status 1 if "
-                                   "any is above tolerance.")
+                                   "reference and fast, against central finite differences in "
+                                   "float64 and print the relative errors. --model cnn checks "
+                                   "the CNN baseline instead (its layers: SAME convolution, "
+                                   "max-pooling, dropout, softmax cross-entropy; and two small "
+                                   "CNN baselines); --model all, both. Exit status 1 if any "
+                                   "is above tolerance.")
+    p.add_argument("--model", choices=(*MODELS, "all"), default="capsnet",
+                   help="which network to check: capsnet, cnn (the paper's CNN baseline) or "
+                        "all (default: capsnet)")
     p.add_argument("--seed", type=int, default=0, help="seed for the random inputs (default 0)")
     p.set_defaults(func=cmd_gradcheck)
 
@@ -927,6 +936,10 @@ def build_parser():
     add_device_option(p)
     p.add_argument("--dpi", type=positive_int, default=100, help="pixels per inch of the PNGs (default 100)")
     add_weights_option(p)
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar while the whole test set is classified for the "
+                        "confusion matrix (without a terminal: no progress lines on stderr, "
+                        "which otherwise come every 30 s)")
     p.set_defaults(func=cmd_plot)
 
     p = sub.add_parser(

@@ -309,20 +309,26 @@ def randomize_params(model, rng):
     return model
 
 
-def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("full", 3), ("stop", 3))):
-    """Rows (what, input, error, tolerance) for every reference op, the fast ops that do
-    more than their twin, the CNN baseline's layers, and every parameter of tiny models:
-    CapsNets, reference and fast, and CNN baselines (CNN_MODELS), each at a training step
-    with its dropout mask."""
+def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("full", 3), ("stop", 3)),
+           models=("capsnet", "cnn")):
+    """Rows (what, input, error, tolerance) of the networks named in ``models``.
+    "capsnet": every reference op of the capsule network, the fast ops that do more than
+    their twin, and every parameter of tiny CapsNets, reference and fast. "cnn": the CNN
+    baseline's layers and every parameter of tiny CNN baselines (CNN_MODELS), each at a
+    training step with its dropout mask."""
     from .cnn import BaselineCNN
     from .model import CapsNet
+    unknown = set(models) - {"capsnet", "cnn"}
+    if unknown or not models:
+        raise ValueError(f"models must name capsnet and/or cnn, got {models!r}")
     rng = np.random.default_rng(seed)
     rows = []
-    for what, fwd, bwd, inputs, names in (op_cases(rng) + fast_op_cases(rng)
-                                          + cnn_op_cases(rng)):
+    cases = ((op_cases(rng) + fast_op_cases(rng) if "capsnet" in models else [])
+             + (cnn_op_cases(rng) if "cnn" in models else []))
+    for what, fwd, bwd, inputs, names in cases:
         for name, err in check_op(fwd, bwd, inputs, names, rng=rng).items():
             rows.append((what, name, err, op_tol))
-    for mode, iters in model_routing:
+    for mode, iters in (model_routing if "capsnet" in models else ()):
         config = tiny_config(routing_grad=mode, routing_iters=iters)
         reference = CapsNet(config, seed=seed, dtype="float64", impl="reference")
         randomize_params(reference, rng)
@@ -331,7 +337,7 @@ def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("fu
         for model in (reference, CapsNet(config, dtype="float64", params=reference.params)):
             for name, err in check_model(model, x, y, rng=rng).items():
                 rows.append((f"CapsNet {model.impl} ({mode}, {iters} it.)", name, err, model_tol))
-    for what, overrides in CNN_MODELS:
+    for what, overrides in (CNN_MODELS if "cnn" in models else ()):
         reference = randomize_params(BaselineCNN(tiny_cnn_config(**overrides), seed=seed,
                                                  dtype="float64", impl="reference"), rng)
         x = rng.uniform(0, 1, (3,) + reference.config.input_shape)

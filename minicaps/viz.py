@@ -6,7 +6,7 @@ the drawing (``pip install "minicaps[viz]"``):
 
     reconstructions(model, x)          -> predictions, reconstructed images    (decoder, fig. 3)
     perturbation_grid(model, x)        -> (D, 11, H, W) decoded nudged poses   (fig. 4)
-    routing_couplings(model, x)        -> c_ij after each routing iteration    (Procedure 1)
+    routing_couplings(model, x)        -> c_ij used in each routing iteration  (Procedure 1)
     capsule lengths                    -> model.predict_lengths(x)             (eq. 4's input)
     read_metrics(path)                 -> the epochs of a run's metrics.jsonl
     confusion_matrix(y_true, y_pred)   -> (K, K) counts
@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
+from .progress import Progress
 from .ops import predictions_forward, routing_forward, length_forward, one_hot
 
 VIZ_EXTRA = 'pip install "minicaps[viz]"'
@@ -145,7 +146,7 @@ def primary_capsules(model, x):
 
 
 def routing_couplings(model, x, iters=None, label=None):
-    """The coupling coefficients of one image after each routing iteration.
+    """The coupling coefficients of one image used in each routing iteration.
 
     The coupling used in iteration t is routing_forward(u_hat, t)'s: t = 1 is the
     uniform softmax(0) = 1/J, later ones have been sharpened by agreement. Returns a
@@ -211,7 +212,7 @@ def read_metrics(path):
 #
 #                                      untrained    weak run     1 epoch      2 epochs
 #   test accuracy (the average's)         0.10      0.94-0.95     0.988        0.991
-#   max_ij |c_ij - 1/J| after routing    < 1e-8       0.016     0.10-0.29    0.25-0.57
+#   max_ij |c_ij - 1/J|, last iteration  < 1e-8       0.016     0.10-0.29    0.25-0.57
 #   largest change of a pixel from the
 #   reconstruction in the fig. 4 grid     0.006     0.03-0.06   0.51-0.77    0.79-0.93
 #
@@ -252,8 +253,8 @@ def routing_warning(r):
     spread = coupling_spread(r)
     if spread >= COUPLING_MIN / J:
         return None
-    return (f"the couplings barely left uniform: the largest |c_ij - 1/{J}| after routing is "
-            f"{spread:.3f}, under {COUPLING_MIN / J:.3f} (half of 1/{J}); routing has not "
+    return (f"the couplings barely left uniform: the largest |c_ij - 1/{J}| in the last "
+            f"routing iteration is {spread:.3f}, under {COUPLING_MIN / J:.3f} (half of 1/{J}); routing has not "
             f"learned which class each part belongs to, so the map is nearly white and the "
             f"bars nearly 0")
 
@@ -491,11 +492,12 @@ def plot_perturbation(model, x, path, label=None, dpi=100, weights=None, notes=(
 
 def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), warn=None,
                  classes=None):
-    """The input, then one row per routing iteration: c(i -> k) for the predicted class k
-    on the primary capsule grid (one tile per capsule map, grey between tiles), and how far
-    the couplings summed per map and per class are from uniform. The colour scale runs
-    from 0 (blue) through the uniform 1/J (white) to 2/J or more (red). Warns when the
-    couplings barely left uniform (COUPLING_MIN). 14 x (2 T + 1.5) inches."""
+    """The input, then one row per routing iteration: the c(i -> k) that iteration used, for
+    the predicted class k, on the primary capsule grid (one tile per capsule map, grey
+    between tiles), and how far the couplings summed per map and per class are from uniform.
+    The colour scale runs from 0 (blue) through the uniform 1/J (white) to 2/J or more
+    (red). Warns when the couplings barely left uniform (COUPLING_MIN). 14 x (2 T + 1.5)
+    inches."""
     from matplotlib import colormaps
     x_np = backend.to_numpy(_batch(model, x))
     r = routing_couplings(model, x_np, iters)
@@ -530,8 +532,8 @@ def plot_routing(model, x, path, iters=None, dpi=100, weights=None, notes=(), wa
                       [f"maps {q * per_row}-{min(maps, (q + 1) * per_row) - 1}"
                        for q in range(tile_rows)], fontsize=6)
         ax.tick_params(length=0)
-        ax.set_title(f"iteration {t + 1}: c(i -> {k})" + (", uniform: softmax of b = 0"
-                                                         if t == 0 else ""), fontsize=8)
+        ax.set_title(f"c(i -> {k}) used in iteration {t + 1}"
+                     + (", uniform: softmax of b = 0" if t == 0 else ""), fontsize=8)
         if t == T - 1:
             ax.set_xlabel(f"one tile per capsule map: its {rows}x{cols} positions", fontsize=7)
         _deviation_bars(fig.add_subplot(gs[t, 2]), dev_map[t], lim_map, "capsule map",
@@ -829,8 +831,23 @@ DEFAULT_COUNT = {"reconstructions": 8, "perturbation": 2, "routing": 1, "lengths
                  "pairs": 8}
 
 
+def lengths_of_all(model, x, progress=False, desc="test set", log=print, chunk=512):
+    """model.predict_lengths(x) a chunk of images at a time, with a progress bar (or lines)
+    over them when ``progress``: the whole test set takes minutes on a CPU."""
+    bar = Progress(len(x), desc, enabled=progress, log=log)
+    parts = []
+    for start in range(0, len(x), chunk):
+        parts.append(model.predict_lengths(x[start:start + chunk]))
+        bar.update(len(parts[-1]))
+        if bar.lines and bar.wants_stats():
+            bar.show()
+    bar.close()
+    return np.concatenate(parts)
+
+
 def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indices=None,
-           dpi=100, weights=None, accuracy=None, dataset="mnist", warn=print, classes=None):
+           dpi=100, weights=None, accuracy=None, dataset="mnist", warn=print, classes=None,
+           progress=False, log=print):
     """Draw each of ``kinds`` into out_dir and return the PNG paths.
 
     x, labels: the images (N, H, W, C) in [0, 1] and their classes (the test set);
@@ -843,7 +860,9 @@ def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indice
     from the checkpoint's metrics (None: unknown), checked against a linear classifier on
     ``dataset`` (accuracy_warning). Every warning (that, and a routing or perturbation
     picture that shows nothing: routing_warning, perturbation_warning) is written into the
-    pictures it concerns and passed once to ``warn`` as "file: sentence".
+    pictures it concerns and passed once to ``warn`` as "file: sentence". progress: show
+    the progress of the passes over the whole of x (confusion, pairs) through
+    progress.Progress (plain lines go to ``log``).
     """
     out_dir = Path(out_dir)
     general = accuracy_warning(accuracy, dataset)
@@ -865,12 +884,14 @@ def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indice
         if model is None or x is None:
             raise ValueError(f"the {kind} plot needs a model and images")
         if kind == "confusion":
-            counts = confusion_matrix(labels, model.predict(x), model.config.num_classes)
+            predicted = lengths_of_all(model, x, progress, "confusion matrix", log).argmax(axis=1)
+            counts = confusion_matrix(labels, predicted, model.config.num_classes)
             draw(plot_confusion, "confusion.png", counts, weights=weights, classes=classes)
             continue
         if kind == "pairs" and indices is None:     # the first 8 pairs, and 8 it gets wrong
             labels = np.asarray(labels)
-            wrong = wrong_pairs(model.predict_lengths(x), labels)[:DEFAULT_COUNT["pairs"]]
+            lengths = lengths_of_all(model, x, progress, "pairs it gets wrong", log)
+            wrong = wrong_pairs(lengths, labels)[:DEFAULT_COUNT["pairs"]]
             draw(plot_pairs, "pairs.png", model, x[:DEFAULT_COUNT["pairs"]],
                  labels[:DEFAULT_COUNT["pairs"]], weights=weights)
             if len(wrong):

@@ -54,7 +54,9 @@ def fake_mnist(monkeypatch):
                  "--routing-iters", "--routing-grad", "--resume", "--limit-train",
                  "--val-size", "fashion-mnist", "--data-root", "--no-progress", "--out"]),
     (["evaluate"], ["CHECKPOINT", "--limit-test", "--dataset", "--device", "(default: 256)"]),
-    (["gradcheck"], ["finite differences", "--seed"]),
+    (["gradcheck"], ["finite differences", "--seed", "--model", "{capsnet,cnn,all}",
+                     "(default: capsnet)"]),
+    (["plot"], ["--no-progress"]),
 ])
 def test_help_texts(capsys, command, words):
     with pytest.raises(SystemExit) as exit:

@@ -47,19 +47,43 @@ def test_every_op_of_the_library_has_a_case_in_the_report():
         assert op in names
 
 
-def test_gradcheck_command_prints_every_row_within_tolerance():
-    result = subprocess.run([sys.executable, "-m", "minicaps", "gradcheck"],
+def gradcheck(*args):
+    """`minicaps gradcheck ARGS`: (exit status, the table's rows, all of stdout)."""
+    result = subprocess.run([sys.executable, "-m", "minicaps", "gradcheck", *args],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and "---" not in line][1:]
+    return result.returncode, rows, result.stdout + result.stderr
+
+
+def test_gradcheck_command_checks_the_capsnet_by_default_every_row_within_tolerance():
+    status, rows, out = gradcheck()
+    assert status == 0, out
     assert len(rows) >= 40
     assert all("| yes" in row for row in rows)
     for param in ("conv1.W", "primary.W", "digit.W", "dec1.W", "dec2.b"):
-        assert param in result.stdout
+        assert param in out
     for what in ("CapsNet reference (full, 3 it.)", "CapsNet fast (stop, 3 it.)",
-                 "fast conv2d by DFT", "fast predictions + routing in chunks",
-                 "conv2d SAME", "max-pool 2x2", "dropout 0.4 (mask held)",
+                 "fast conv2d by DFT", "fast predictions + routing in chunks", "routing, 3 iterations"):
+        assert what in out, what
+    # the CNN baseline only on request
+    for what in ("BaselineCNN", "conv2d SAME", "max-pool", "dropout", "softmax cross-entropy"):
+        assert what not in out, what
+    assert f"{len(rows)}/{len(rows)} checks within tolerance" in out
+
+
+def test_gradcheck_model_cnn_checks_the_cnn_baseline_and_all_checks_both():
+    status, rows, out = gradcheck("--model", "cnn")
+    assert status == 0, out
+    assert rows and all("| yes" in row for row in rows)
+    for what in ("conv2d SAME", "max-pool 2x2", "dropout 0.4 (mask held)",
                  "softmax cross-entropy", "softmax cross-entropy, two labels each",
                  "BaselineCNN (3x3, pool 1, dropout 0.3), reference, 1 label | fc1.W",
                  "BaselineCNN (3x3, pool 1, dropout 0.3), fast, 2 labels | conv1.W"):
-        assert what in result.stdout, what
+        assert what in out, what
+    assert "CapsNet" not in "".join(rows) and "squash" not in out
+    status, both, out = gradcheck("--model", "all")
+    assert status == 0, out
+    assert any(r.startswith("| CapsNet reference") for r in both)
+    assert any(r.startswith("| BaselineCNN") for r in both)
+    capsnet_rows = len(both) - len(rows)
+    assert f"{len(both)}/{len(both)} checks within tolerance" in out and capsnet_rows >= 40

@@ -524,6 +524,33 @@ def test_plot_says_the_weights_and_prints_the_warnings(checkpoint, fake_test_set
         assert "weights: trained parameters" in texts(fig), name
 
 
+def test_lengths_of_all_shows_its_progress_and_equals_predict_lengths(tiny, images):
+    lines = []
+    lengths = viz.lengths_of_all(tiny, images, progress=True, desc="confusion matrix",
+                                 log=lines.append, chunk=2)
+    np.testing.assert_allclose(lengths, tiny.predict_lengths(images), rtol=1e-12)  # batches round
+    assert lines and lines[0].startswith("confusion matrix: 2/5 imgs")   # stderr is no terminal
+    assert viz.lengths_of_all(tiny, images, log=lines.append, chunk=2).shape == (5, 3)
+    assert len(lines) == 1                                              # progress off: silent
+
+
+def test_plot_shows_progress_over_the_test_set_unless_told_not(checkpoint, fake_test_set,
+                                                               tmp_path, capsys, monkeypatch):
+    bars = []
+
+    def recorded(total, desc, enabled=True, log=print):
+        bars.append((total, desc, enabled))
+        return Progress(total, desc, enabled=enabled, log=log)
+
+    from minicaps.progress import Progress
+    monkeypatch.setattr(viz, "Progress", recorded)
+    args = ["plot", str(checkpoint), "--kind", "confusion", "--out", str(tmp_path), "--dpi", str(DPI)]
+    assert cli.main(args) == 0
+    assert capsys.readouterr().out.split() == [str(tmp_path / "confusion.png")]   # paths alone
+    assert cli.main(args + ["--no-progress"]) == 0
+    assert bars == [(12, "confusion matrix", True), (12, "confusion matrix", False)]
+
+
 def test_plot_help_and_kinds(capsys):
     assert cli.PLOT_KINDS == viz.KINDS
     with pytest.raises(SystemExit):

@@ -4,8 +4,8 @@ buffers reused, or the DFT route (conv_fft.py) where it pays.
 Shapes: x (N, H, W, C_in), weights (kh, kw, C_in, C_out), valid padding, any
 stride; output (N, Ho, Wo, C_out) with Ho = (H - kh) // stride + 1.
 
-im2col here is a strided view of x (window (y, x) of image n starts at
-x[n, y*s, x*s]) copied once into a reused buffer, so the windows end up contiguous as
+im2col here is a strided view of x (window (h, w) of image n starts at
+x[n, h*s, w*s]) copied once into a reused buffer, so the windows end up contiguous as
 (N, Ho, Wo, kh, kw, C_in) and each chunk's convolution is a single matrix product.
 col2im is its adjoint: it adds every window back where it came from, one
 strided slice per window position (or per kernel offset, whichever loop is
@@ -84,7 +84,7 @@ def _chunk_size(x_shape, kh, kw, stride, itemsize, chunk=None):
 
 
 def conv2d_forward(x, W, b, stride=1, chunk=None, method="auto", training=True, spectrum=None):
-    """out[n, y, x, o] = sum_{a, b, c} x[n, y*s + a, x*s + b, c] W[a, b, c, o] + b[o].
+    """out[n, h, w, o] = sum_{p, q, c} x[n, h*s + p, w*s + q, c] W[p, q, c, o] + b[o].
 
     x: (N, H, W, C_in), W: (kh, kw, C_in, C_out), b: (C_out,) -> (N, Ho, Wo, C_out).
     ``method``: "gemm" (im2col windows times the weights), "fft" (conv_fft.py: the

@@ -67,16 +67,16 @@ POOL_OFFSETS = ((0, 0), (0, 1), (1, 0), (1, 1))   # the 2x2 window in reading or
 def max_pool_forward(x):
     """2x2 max-pooling, stride 2:
 
-        out[n, y, x, c] = max_{a, b in {0, 1}} x[n, 2y + a, 2x + b, c]
+        out[n, h, w, c] = max_{p, q in {0, 1}} x[n, 2h + p, 2w + q, c]
 
     (N, H, W, C) -> (N, H // 2, W // 2, C). An odd H or W leaves its last row or column
     out of every window (as a VALID pooling), so it gets no gradient. One strided slice
-    per window offset (a, b), as im2col: the four candidates stacked on a first axis.
+    per window offset (p, q), as im2col: the four candidates stacked on a first axis.
     """
     xp = get_xp(x)
     N, H, W, C = x.shape
     Ho, Wo = H // 2, W // 2
-    candidates = xp.stack([x[:, a:2 * Ho:2, b:2 * Wo:2, :] for a, b in POOL_OFFSETS])
+    candidates = xp.stack([x[:, p:2 * Ho:2, q:2 * Wo:2, :] for p, q in POOL_OFFSETS])
     winner = candidates.argmax(axis=0)       # the first of equal maxima, in reading order
     chosen = winner[None] == xp.arange(len(POOL_OFFSETS)).reshape(-1, 1, 1, 1, 1)
     return candidates.max(axis=0), (chosen, x.shape)
@@ -85,7 +85,7 @@ def max_pool_forward(x):
 def max_pool_backward(dout, cache):
     """dx = dout at the element each window took its max from, 0 elsewhere:
 
-        d out[n, y, x, c] / d x[n, 2y + a, 2x + b, c] = 1 if (a, b) won, else 0
+        d out[n, h, w, c] / d x[n, 2h + p, 2w + q, c] = 1 if (p, q) won, else 0
 
     Ties: the max is not differentiable there; the whole gradient goes to one element,
     the first maximum in reading order ((0, 0), (0, 1), (1, 0), (1, 1)), never shared.
@@ -94,8 +94,8 @@ def max_pool_backward(dout, cache):
     xp = get_xp(dout)
     dx = xp.zeros(x_shape, dtype=dout.dtype)
     Ho, Wo = dout.shape[1:3]
-    for k, (a, b) in enumerate(POOL_OFFSETS):
-        dx[:, a:2 * Ho:2, b:2 * Wo:2, :] = dout * chosen[k]
+    for k, (p, q) in enumerate(POOL_OFFSETS):
+        dx[:, p:2 * Ho:2, q:2 * Wo:2, :] = dout * chosen[k]
     return dx
 
 

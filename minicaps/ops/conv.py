@@ -1,10 +1,12 @@
 """2-D convolution (NHWC, valid padding, any stride) as im2col + one matrix product.
 
-    out[n, y, x, o] = sum_{a, b, c} x[n, y*s + a, x*s + b, c] W[a, b, c, o] + b[o]
+    out[n, h, w, o] = sum_{p, q, c} x[n, h*s + p, w*s + q, c] W[p, q, c, o] + b[o]
 
-x (N, H, W, C_in), W (kh, kw, C_in, C_out), b (C_out,) -> out (N, Ho, Wo, C_out),
-Ho = (H - kh) // s + 1. im2col copies every window of x into a row, so the sum over
-(a, b, c) is one product of the whole batch's windows with W reshaped to (kh kw C_in, C_out).
+n: image; h, w: output row and column; p, q: kernel offset (row, column); c: input
+channel; o: output channel; s: stride. x (N, H, W, C_in), W (kh, kw, C_in, C_out),
+b (C_out,) the bias -> out (N, Ho, Wo, C_out), Ho = (H - kh) // s + 1. im2col copies
+every window of x into a row, so the sum over (p, q, c) is one product of the whole
+batch's windows with W reshaped to (kh kw C_in, C_out).
 """
 from ..backend import get_xp
 
@@ -14,18 +16,18 @@ def conv_output_size(size, kernel, stride):
 
 
 def im2col(x, kh, kw, stride=1):
-    """(N, H, W, C) -> windows (N, Ho, Wo, kh, kw, C): cols[n, y, x, a, b] = x[n, y*s + a, x*s + b].
+    """(N, H, W, C) -> windows (N, Ho, Wo, kh, kw, C): cols[n, h, w, p, q] = x[n, h*s + p, w*s + q].
 
-    One strided slice per kernel offset (a, b): the pixels that offset reads in every window.
+    One strided slice per kernel offset (p, q): the pixels that offset reads in every window.
     """
     xp = get_xp(x)
     N, H, W, C = x.shape
     Ho, Wo = conv_output_size(H, kh, stride), conv_output_size(W, kw, stride)
     cols = xp.empty((N, Ho, Wo, kh, kw, C), dtype=x.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            cols[:, :, :, a, b, :] = x[:, a:a + stride * (Ho - 1) + 1:stride,
-                                       b:b + stride * (Wo - 1) + 1:stride, :]
+    for p in range(kh):
+        for q in range(kw):
+            cols[:, :, :, p, q, :] = x[:, p:p + stride * (Ho - 1) + 1:stride,
+                                       q:q + stride * (Wo - 1) + 1:stride, :]
     return cols
 
 
@@ -35,10 +37,10 @@ def col2im(cols, x_shape, stride=1):
     xp = get_xp(cols)
     N, Ho, Wo, kh, kw, C = cols.shape
     x = xp.zeros(x_shape, dtype=cols.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            x[:, a:a + stride * (Ho - 1) + 1:stride,
-              b:b + stride * (Wo - 1) + 1:stride, :] += cols[:, :, :, a, b, :]
+    for p in range(kh):
+        for q in range(kw):
+            x[:, p:p + stride * (Ho - 1) + 1:stride,
+              q:q + stride * (Wo - 1) + 1:stride, :] += cols[:, :, :, p, q, :]
     return x
 
 
@@ -54,7 +56,7 @@ def conv2d_forward(x, W, b, stride=1):
 def conv2d_backward(dout, cache):
     """(dx, dW, db): the forward product read backwards,
 
-        dW = cols^T @ dout     db = sum of dout over n, y, x
+        dW = cols^T @ dout     db = sum of dout over n, h, w
         dcols = dout @ W^T     dx = col2im(dcols)
     """
     x_shape, cols, W, stride = cache
