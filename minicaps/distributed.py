@@ -311,7 +311,8 @@ class Communicator:
         errors raised alike on every rank reported once (by rank 0)."""
         with contextlib.ExitStack() as stack:
             if not self.is_root:
-                stack.enter_context(contextlib.redirect_stdout(open(os.devnull, "w")))
+                quiet = stack.enter_context(open(os.devnull, "w"))
+                stack.enter_context(contextlib.redirect_stdout(quiet))
             try:
                 with self.guard():
                     return command()

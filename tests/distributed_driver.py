@@ -70,7 +70,8 @@ def fake_nccl_over_mpi(comm):
     cupy_stand_in.cuda.nccl = types.SimpleNamespace(
         NCCL_FLOAT16=0, NCCL_FLOAT32=1, NCCL_FLOAT64=2, NCCL_SUM=0, available=True,
         get_unique_id=lambda: b"uid", NcclCommunicator=NcclCommunicator)
-    cupy_stand_in.cuda.Device = lambda i: types.SimpleNamespace(use=lambda: calls.append(("device", i)))
+    cupy_stand_in.cuda.Device = lambda i: types.SimpleNamespace(
+        use=lambda: calls.append(("device", i)))
     backend._cupy = cupy_stand_in
     return calls
 
