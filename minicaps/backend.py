@@ -98,7 +98,7 @@ def _prove_gpu(cupy):
     return None
 
 
-def _load_cupy():
+def load_cupy():
     """Import cupy once, check that a GPU answers and prove that it computes (_prove_gpu);
     remember why not, as a sentence that says what to install."""
     global _cupy, _cupy_error
@@ -132,7 +132,7 @@ def gpu_summary():
     """What runs on the GPU, for a log: CuPy's version, CUDA's runtime and driver versions,
     the device's name and memory ({} without a usable GPU; a field that cannot be read is
     left out)."""
-    if _load_cupy() is None:
+    if load_cupy() is None:
         return {}
     cuda, info = _cupy.cuda, {"cupy": _cupy.__version__, "package": _cupy_package()}
     reads = {"cuda_runtime": lambda: cuda.runtime.runtimeGetVersion(),
@@ -152,7 +152,7 @@ def gpu_summary():
 def gpu_available():
     """True when CuPy imports, sees a GPU and computes on it (a matrix product and an
     elementwise kernel, checked once)."""
-    return _load_cupy() is not None
+    return load_cupy() is not None
 
 
 def resolve_device(device=None):
@@ -173,7 +173,7 @@ def resolve_device(device=None):
     if device not in DEVICES:
         raise ValueError(f"device must be 'cpu' or 'gpu', got {device!r} "
                          "(check the device argument or $MINICAPS_DEVICE)")
-    if device == "gpu" and _load_cupy() is None:
+    if device == "gpu" and load_cupy() is None:
         raise RuntimeError(_cupy_error)
     return device
 
@@ -189,7 +189,7 @@ def get_xp(*arrays):
 
 def xp_for(device):
     """The array module for a device name."""
-    return _load_cupy() if resolve_device(device) == "gpu" else np
+    return load_cupy() if resolve_device(device) == "gpu" else np
 
 
 def is_gpu_array(a):
@@ -278,7 +278,7 @@ def set_tf32(enabled=True):
     mode of this thread's cuBLAS handle on the current device (minicaps multiplies on the
     GPU in the thread that calls it). Returns the previous setting. Needs CuPy and a GPU
     (a RuntimeError says what is missing); the CPU has no TF32."""
-    if _load_cupy() is None:
+    if load_cupy() is None:
         raise RuntimeError("TF32 is a math mode of the GPU's matrix products. " + _cupy_error)
     linalg = _cupy_products()
     previous = tf32_enabled()

@@ -262,7 +262,7 @@ class Communicator:
         the ranks' GPUs when CuPy has it (else the all-reduce goes through MPI)."""
         if device != "gpu":
             return
-        cupy = backend._load_cupy()
+        cupy = backend.load_cupy()
         cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
         nccl = _nccl_module(cupy)
         if nccl is not None:

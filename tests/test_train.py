@@ -464,7 +464,7 @@ def test_evaluate_checks_the_labels():
 
 
 def test_a_missing_gpu_is_reported_before_the_data_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(mc.backend, "_load_cupy", lambda: None)
+    monkeypatch.setattr(mc.backend, "load_cupy", lambda: None)
     monkeypatch.setattr(mc.backend, "_cupy_error", "CuPy is not installed")
 
     def load_mnist(*args, **kwargs):
