@@ -40,6 +40,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .data import DataError, DataNotFoundError, Dataset, data_root
+from .files import data_file
 
 DIGIT = 28
 CANVAS = 40
@@ -59,6 +60,13 @@ AFFNIST_COPIES = 32
 MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
 MAX_MAT_BYTES = 1 << 30              # test.mat is about 0.6 GB, read or decompressed
 MI_COMPRESSED = 15                   # the Matlab 5 tag of a compressed variable
+# What each compressed variable of an affNIST file may decompress to, by its name: the
+# real test.mat's one variable, affNISTdata, holds 320,000 pictures of 40x40 uint8 (its
+# image field, 1600 bytes a picture), their labels and transformations (room here for 64
+# float64 numbers a picture: label_int, label_one_of_n and the transformation fields take
+# fewer), and its headers. A variable of any other name is no part of affNIST.
+VARIABLE_BYTES = {"affNISTdata": AFFNIST_TEST_SIZE * (CANVAS * CANVAS + 64 * 8) + (1 << 20)}
+OTHER_VARIABLE_BYTES = 1 << 20
 _WORK = 64                           # canvas on which a digit is transformed before it moves
 
 
@@ -247,11 +255,11 @@ def find_affnist_test(root=None):
     """The real affNIST test files under the data folder: [<root>/affnist/test.mat], or
     the 32 files <root>/affnist/test_batches/1.mat..32.mat, or None."""
     base = data_root(root) / "affnist"
-    if (base / "test.mat").is_file():
+    if data_file(base / "test.mat"):
         return [base / "test.mat"]
     batches = [base / "test_batches" / f"{i}.mat" for i in range(1, AFFNIST_COPIES + 1)]
-    if batches[0].is_file():
-        missing = [p.name for p in batches if not p.is_file()]
+    if data_file(batches[0]):
+        missing = [p.name for p in batches if not data_file(p)]
         if missing:
             raise DataError(f"{base / 'test_batches'}: {len(missing)} of the 32 test batches "
                             f"are missing ({', '.join(missing[:4])}...)")
@@ -388,15 +396,21 @@ def _decompressed_size(f, nbytes, limit, path, order, piece=1 << 20):
     ``limit`` (what the variable's tag inside declares is checked first); else DataError."""
     inflate = zlib.decompressobj()
     try:
-        head = inflate.decompress(f.read(min(nbytes, 4096)), 8)
+        head = inflate.decompress(f.read(min(nbytes, 4096)), 256)
         if len(head) < 8:
             raise zlib.error("no tag inside it")
-        declared = 8 + struct.unpack(order + "II", head)[1]
-        if declared > limit:
+        declared = 8 + struct.unpack_from(order + "II", head)[1]
+        name = _variable_name(head, order)
+        bound = VARIABLE_BYTES.get(name, OTHER_VARIABLE_BYTES)
+        if declared > min(limit, bound):
+            expected = (f"the real test.mat's {name}: {AFFNIST_TEST_SIZE:,} 40x40 pictures, "
+                        f"their labels and transformations" if name in VARIABLE_BYTES else
+                        f"affNIST's files hold one variable, affNISTdata; this one is "
+                        f"{name or 'unnamed'}")
             raise DataError(f"{path}: a compressed variable declares {declared} bytes once "
-                            f"decompressed, more than the {limit} bytes an affNIST file "
-                            f"needs (the 320,000 test pictures take about 0.6 GB): this is "
-                            f"not an affNIST file; download it again")
+                            f"decompressed, more than the {min(limit, bound)} bytes an "
+                            f"affNIST file needs ({expected}): this is not an affNIST "
+                            f"file; download it again")
         size, left, data = len(head), nbytes - min(nbytes, 4096), inflate.unconsumed_tail
         while size <= declared:            # counted a piece at a time, not kept
             if not data:
@@ -412,6 +426,24 @@ def _decompressed_size(f, nbytes, limit, path, order, piece=1 << 20):
         raise DataError(f"{path}: a compressed variable holds more than the {declared - 8} "
                         f"bytes it declares: the file is damaged; download it again")
     return declared
+
+
+def _variable_name(head, order):
+    """The name of the variable whose miMATRIX element (decompressed) begins ``head``, or
+    None where head is too short or the name is not ASCII. The element: its tag (8 bytes),
+    the array flags (16), the dimensions (a tag and their int32s, padded to 8 bytes), then
+    the name, in a small element (its size in the tag's upper half, 4 bytes of data) or a
+    full one."""
+    try:
+        dims = 8 + 16
+        dims_bytes = struct.unpack_from(order + "II", head, dims)[1]
+        at = dims + 8 + dims_bytes + (-dims_bytes % 8)
+        kind, size = struct.unpack_from(order + "II", head, at)
+        start, size = (at + 4, kind >> 16) if kind >> 16 else (at + 8, size)
+        name = head[start:start + size]
+        return name.decode("ascii") if len(name) == size and size else None
+    except (struct.error, UnicodeDecodeError):
+        return None
 
 
 def _sha256(path):

@@ -35,13 +35,13 @@ import numpy as np
 
 from . import backend
 from .cnn import BaselineCNN, CNNConfig
-from .files import regular_file
+from .files import output_folder, regular_file, writable_file
 from .model import CapsNet, CapsNetConfig
 from .optim import Adam, ParameterAverage
 
 FORMAT = "minicaps-checkpoint"
 FORMAT_VERSION = 1
-BIT_GENERATORS = ("PCG64", "PCG64DXSM", "Philox", "SFC64")   # states made of ints only
+BIT_GENERATOR = "PCG64"   # numpy's default_rng: the only generator a run draws from
 META_KEYS = ("format", "format_version", "config", "dtype", "epoch", "step", "optimizer",
              "rng_state")
 
@@ -100,16 +100,40 @@ class Checkpoint:
 
 
 def generator_from_state(state):
-    """A numpy Generator whose bit generator continues from ``state`` (bit_generator.state)."""
-    name = state.get("bit_generator") if isinstance(state, dict) else None
-    if name not in BIT_GENERATORS:
-        raise ValueError(f"unsupported RNG state {name!r}, expected one of {BIT_GENERATORS}")
-    bit_generator = getattr(np.random, name)()
+    """A numpy Generator whose bit generator continues from ``state`` (bit_generator.state),
+    once check_rng_state has found it to be one minicaps writes."""
+    check_rng_state(state)
+    bit_generator = np.random.PCG64()
     try:
         bit_generator.state = state
-    except (TypeError, KeyError, OverflowError) as e:    # a field missing, or not a uint64
-        raise ValueError(f"not a {name} state ({type(e).__name__}: {e})") from e
+    except (TypeError, KeyError, ValueError, OverflowError, IndexError) as e:
+        raise ValueError(f"rng_state is not a {BIT_GENERATOR} state ({type(e).__name__}: "
+                         f"{e})") from e
     return np.random.Generator(bit_generator)
+
+
+def check_rng_state(state):
+    """A ValueError naming the field unless ``state`` is a PCG64 bit_generator.state as
+    minicaps writes it (train draws from default_rng): every field there, of its type and
+    in its range. Another generator's state is refused here, when a checkpoint is read or
+    written, not an epoch later when the run is saved."""
+    def wrong(field, value, what):
+        return ValueError(f"rng_state{field} is {str(value)[:80]!r}, expected {what}")
+
+    if not isinstance(state, dict) or state.get("bit_generator") != BIT_GENERATOR:
+        name = state.get("bit_generator") if isinstance(state, dict) else state
+        raise wrong(".bit_generator", name, f"{BIT_GENERATOR!r}: minicaps saves and reads the "
+                    f"state of numpy's default_rng ({BIT_GENERATOR}) only")
+    inner = state.get("state")
+    if not isinstance(inner, dict):
+        raise wrong(".state", inner, '{"state": ..., "inc": ...}')
+    for field in ("state", "inc"):
+        if not (_is_int(inner.get(field)) and 0 <= inner[field] < 2 ** 128):
+            raise wrong(f".state.{field}", inner.get(field), "an integer in [0, 2**128)")
+    if not (_is_int(state.get("has_uint32")) and state["has_uint32"] in (0, 1)):
+        raise wrong(".has_uint32", state.get("has_uint32"), "0 or 1")
+    if not (_is_int(state.get("uinteger")) and 0 <= state["uinteger"] < 2 ** 32):
+        raise wrong(".uinteger", state.get("uinteger"), "an integer in [0, 2**32)")
 
 
 # --- save ------------------------------------------------------------------------------------
@@ -125,6 +149,10 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
     from . import __version__
     if isinstance(rng_state, np.random.Generator):
         rng_state = rng_state.bit_generator.state
+    try:
+        check_rng_state(rng_state)
+    except ValueError as e:
+        raise ValueError(f"not saving {path}: {e}; draw from np.random.default_rng") from e
     hyper, moments = optimizer.state_dict()
     meta = {"format": FORMAT, "format_version": FORMAT_VERSION, "minicaps_version": __version__,
             "model": model_kind(model), "config": model.config.to_dict(),
@@ -160,7 +188,7 @@ def _write_atomically(path, arrays):
     """np.savez ``arrays`` into ``path`` (replace_file); a DiskFullError when the disk is
     full, saying what the file needed."""
     try:
-        replace_file(path, lambda f: np.savez(f, **arrays))
+        replace_file(path, lambda f: np.savez(f, **arrays), archive=True)
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -184,11 +212,53 @@ def _size_text(nbytes):
     return f"{nbytes / 2**20:.1f} MiB" if nbytes >= 2**20 else f"{nbytes / 2**10:.0f} KiB"
 
 
-def replace_file(path, write):
+def replace_file(path, write, inputs=(), archive=False):
     """``write(f)`` into a temp file beside ``path``, fsync, then rename over ``path``: a
-    crash mid-write leaves ``path`` as it was, and a link at ``path`` is replaced, not
-    followed (os.replace renames over the link itself)."""
+    crash or a full disk leaves ``path`` as it was, and a link at ``path`` is replaced, not
+    followed (os.replace renames over the link itself). The one writer of every file
+    minicaps writes.
+
+    Refused (ValueError naming ``path``) before anything is written: a folder, pipe or
+    device at ``path`` or in its folder's place, one of the ``inputs`` the command reads,
+    and, unless ``archive`` (a checkpoint or weights file is being written), a .npz (ZIP)
+    archive: a picture never replaces a checkpoint. An OSError says which file it was
+    writing (never the temp file): a DiskFullError for a full disk."""
     path = Path(path)
+    output_folder(path.parent, f"cannot write {path}: its folder")
+    writable_file(path, inputs)
+    if not archive and _zip_at(path):
+        raise ValueError(f"{path} holds a .npz (ZIP) archive, such as a checkpoint or weights "
+                         f"file: it is left as it was; give another name for the file to write")
+    try:
+        _replace(path, write)
+    except OSError as e:
+        raise _naming(e, path) from e
+
+
+def _zip_at(path):
+    """Whether a regular file (not a link) at ``path`` starts as a ZIP archive does."""
+    if not path.is_file() or path.is_symlink():
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
+
+
+def _naming(e, path):
+    """The OSError ``e``, met writing ``path``, said of ``path`` (not of the temp file)."""
+    kept = f"{path} is as it was" if path.exists() else f"nothing was written to {path}"
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        said = DiskFullError(f"disk full writing {path}: {e.strerror}; {kept}; free some space")
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        said = type(e)(f"permission denied writing {path} ({e.strerror}); {kept}; give a "
+                       f"folder you can write to")
+    else:
+        said = type(e)(f"could not write {path}: {e.strerror or e}; {kept}")
+    said.errno = e.errno
+    return said
+
+
+def _replace(path, write):
+    """replace_file's writing: temp file, fsync, rename, the folder fsynced."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
@@ -466,8 +536,8 @@ def _check_meta(meta, path):
         return ValueError(_damaged(path, field, value, what))
 
     for field in ("epoch", "step"):
-        if not _is_int(meta[field]) or meta[field] < 0:
-            raise bad(field, meta[field], "an integer >= 0")
+        if not _count(meta[field]):
+            raise bad(field, meta[field], COUNT)
     if meta["dtype"] not in ("float32", "float64"):
         raise bad("dtype", meta["dtype"], "'float32' or 'float64'")
     for field in ("config", "optimizer", "rng_state"):
@@ -488,8 +558,8 @@ def _check_meta(meta, path):
         value = hyper.get(field)
         if not _is_number(value) or not ok(value):
             raise bad(f"optimizer.{field}", value, f"a finite number {what}")
-    if not _is_int(hyper.get("t")) or hyper["t"] < 0:
-        raise bad("optimizer.t", hyper.get("t"), "an integer >= 0")
+    if not _count(hyper.get("t")):
+        raise bad("optimizer.t", hyper.get("t"), COUNT)
     average = meta.get("average")
     if average is not None and not (isinstance(average, dict) and _is_number(average.get("decay"))
                                     and 0 < average["decay"] < 1):
@@ -497,8 +567,8 @@ def _check_meta(meta, path):
     _check_kind(meta, path)
     dropout = meta.get("dropout")
     if dropout is not None and not (isinstance(dropout, dict) and set(dropout) == {"seed", "step"}
-                                    and all(_is_int(v) and v >= 0 for v in dropout.values())):
-        raise bad("dropout", dropout, "{\"seed\": an integer >= 0, \"step\": an integer >= 0}")
+                                    and all(map(_count, dropout.values()))):
+        raise bad("dropout", dropout, f"{{\"seed\": {COUNT}, \"step\": {COUNT}}}")
     check_settings(extra.get("settings"), path, "extra.settings", _num_classes(meta, path))
     _check_fields(meta.get("metrics") or {}, path, "metrics", {
         name: ACCURACY for name in meta.get("metrics") or {} if name.endswith("accuracy")})
@@ -508,8 +578,14 @@ def _check_meta(meta, path):
 # The run's record as evaluate, predict, plot and compare read it: {field: (ok, expected)},
 # a field that is missing or null passes. Checked once where a file is loaded, so that no
 # command meets a field of the wrong type.
+# Counts (epoch, step, Adam's t, seeds) feed float arithmetic, the learning rate's decay
+# and Adam's bias correction among it: below 2**53 every one is exact as a float.
+MAX_COUNT = 2 ** 53
+COUNT = "an integer >= 0 and below 2**53"
+
+
 def _count(x):
-    return _is_int(x) and x >= 0
+    return _is_int(x) and 0 <= x < MAX_COUNT
 
 
 def _text(x):
@@ -522,7 +598,7 @@ SETTINGS = {
     "classes": (lambda x: isinstance(x, list) and all(map(_text, x)), "a list of class names"),
     "data_info": (lambda x: isinstance(x, dict), "a JSON object"),
     "crop": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
-    "pairs_per_digit": (_count, "an integer >= 0"),
+    "pairs_per_digit": (_count, COUNT),
 }
 DATA_INFO = {             # an image folder's, as folder.load_image_folder records it
     "folder": (_text, "a folder's path"),
@@ -530,10 +606,10 @@ DATA_INFO = {             # an image folder's, as folder.load_image_folder recor
                    and all(_is_int(n) and n >= 1 for n in x), "[height, width] in pixels"),
     "color": (lambda x: x in ("gray", "rgb"), "'gray' or 'rgb'"),
     "test_fraction": (lambda x: _is_number(x) and 0 < x < 1, "a number in (0, 1)"),
-    "seed": (_count, "an integer >= 0"),
+    "seed": (_count, COUNT),
     "split": (_text, "a text"),
     "test_files_sha256": (_text, "a SHA-256 in hex"),
-    "undecodable": (_count, "an integer >= 0"),
+    "undecodable": (_count, COUNT),
 }
 
 

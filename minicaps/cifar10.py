@@ -14,6 +14,7 @@ import zlib
 import numpy as np
 
 from .data import DataError, Dataset, data_root
+from .files import data_file
 from .download import (DOWNLOAD_TIMEOUT, check_sha256, check_size, expected_digest, fetch,
                        not_found_error, sha256_of)
 
@@ -157,7 +158,7 @@ def load_cifar10(root=None, download=True, verify=True, mirrors=None, sha256=Non
     mirrors = MIRRORS if mirrors is None else list(mirrors)
     for folder in (base / "cifar10", base):
         batches = folder / FOLDER
-        if all((batches / n).is_file() for n in TRAIN + (TEST, META)):
+        if all(data_file(batches / n) for n in TRAIN + (TEST, META)):
             files = {}
             for name in TRAIN + (TEST,):
                 raw = _read_folder_file(batches / name, MAX_RECORDS * RECORD)
@@ -165,7 +166,7 @@ def load_cifar10(root=None, download=True, verify=True, mirrors=None, sha256=Non
                 files[name] = raw
             files[META] = _read_folder_file(batches / META, MAX_TEXT)
             return _to_dataset(files, batches, verify)
-        if (folder / ARCHIVE).is_file():
+        if data_file(folder / ARCHIVE):
             return _to_dataset(_load_archive(folder / ARCHIVE, table, verify),
                                folder / ARCHIVE, verify)
     target = base / "cifar10"

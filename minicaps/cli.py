@@ -5,6 +5,8 @@ import sys
 import time
 from pathlib import Path
 
+from .multimnist import MAX_PAIRS_PER_DIGIT
+
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist", "affnist")
 # --preset: the network and the recipe. "paper": the paper's network and learning rate;
 # "quick": a smaller CapsNet (64 conv1 channels, 16 primary capsule maps: 2.8 M parameters
@@ -117,6 +119,7 @@ def _train_command(args, comm=None):
                          limit_train=args.limit_train, limit_test=args.limit_test,
                          val_size=args.val_size, shift=args.shift,
                          average=None if args.no_average else args.average)
+    _check_folder_network(args, preset, fields)
     if comm is not None:
         out = comm.on_root(lambda: out, "the run folder's name")   # a clock's name: rank 0's
         comm.on_root(lambda: _training_data(args) and None, "rank 0's download", seconds=3600)
@@ -159,6 +162,25 @@ def _train_command(args, comm=None):
         print(f"nothing to do: the checkpoint has already done {result.epoch} epochs; "
               f"give --epochs {result.epoch + 1} or more to train further")
     return 0
+
+
+def _check_folder_network(args, preset, fields):
+    """With --data-dir and --image-size the network's input is known before a picture is
+    read: refused then (check_network_fits) when even the smallest network the folder
+    could give (gray unless --color rgb, 2 classes) would not fit in memory."""
+    from .backend import resolve_device
+    from .model import check_network_fits
+    from .train import NETWORKS
+    if args.data_dir is None or args.image_size is None or args.resume is not None:
+        return
+    height, width = (args.crop, args.crop) if args.crop else args.image_size
+    channels = 3 if args.color == "rgb" else 1
+    try:
+        config = NETWORKS[preset.get("model", "capsnet")](
+            **{**fields, "input_shape": (height, width, channels), "num_classes": 2})
+    except ValueError:
+        return              # too small for the network: said, as now, once the data is read
+    check_network_fits(config, args.dtype, resolve_device(args.device))
 
 
 def _training_data(args):
@@ -330,6 +352,7 @@ def cmd_evaluate(args):
 
 def cmd_plot(args):
     from . import viz
+    from .files import output_folder
     from .checkpoint import model_kind
     from .data import to_model_input
     from .pretrained import metrics_beside
@@ -375,6 +398,7 @@ def cmd_plot(args):
         classes = _named(classes)
     out = Path(args.out) if args.out else (
         Path("plots") if args.pretrained else Path(args.checkpoint).parent / "plots")
+    output_folder(out)
     try:
         paths = viz.render(kinds, out, model, x, labels,
                            metrics=metrics,
@@ -405,7 +429,15 @@ def _two_networks(args, test_data=None):
         loaded.append((path, ckpt, model, weights))
     (path_a, ckpt_a, model_a, _), (path_b, ckpt_b, model_b, _) = loaded
     datasets = [(c.extra.get("settings", {}) or {}).get("dataset") for c in (ckpt_a, ckpt_b)]
-    if args.dataset is None and datasets[0] != datasets[1]:
+    folders = [_trained_folder(c) for c in (ckpt_a, ckpt_b)]
+    if args.data_dir is not None and args.dataset is not None:
+        raise ValueError(f"--dataset {args.dataset} and --data-dir {args.data_dir} both name "
+                         f"the test set: give one")
+    if args.data_dir is None and args.dataset is None and folders[0] != folders[1]:
+        raise ValueError(f"{path_a} was trained on {folders[0] or datasets[0]} and {path_b} "
+                         f"on {folders[1] or datasets[1]}: give --data-dir DIR (the image "
+                         f"folder to test both on) or --dataset")
+    if args.data_dir is None and args.dataset is None and datasets[0] != datasets[1]:
         raise ValueError(f"{path_a} was trained on {datasets[0]} and {path_b} on "
                          f"{datasets[1]}: give --dataset to test both on one test set")
     if (model_a.config.input_shape != model_b.config.input_shape
@@ -420,7 +452,10 @@ def _two_networks(args, test_data=None):
         raise ValueError(f"{path_a} was trained on the classes {_listed(trained[0])} and "
                          f"{path_b} on {_listed(trained[1])}: one test set cannot score "
                          f"both; compare two networks trained on the same classes")
-    test, classes, dataset = (test_data or _test_data)(args, ckpt_a)
+    # an image folder is split as the run trained on it split it (the first run's otherwise)
+    given = args.data_dir and Path(args.data_dir).resolve()
+    split_by = ckpt_b if given and str(given) == folders[1] != folders[0] else ckpt_a
+    test, classes, dataset = (test_data or _test_data)(args, split_by)
     for path, names in zip((path_a, path_b), trained):
         if names and classes and list(classes) != names:
             raise ValueError(f"{dataset} has the classes {_listed(classes)} but {path} was "
@@ -430,6 +465,12 @@ def _two_networks(args, test_data=None):
         raise ValueError(f"{args.command} reads one label a picture; for MultiMNIST pairs run "
                          f"`minicaps evaluate` on each checkpoint")
     return loaded, test, classes, dataset
+
+
+def _trained_folder(ckpt):
+    """The image folder a network was trained on (its resolved path), or None."""
+    settings = ckpt.extra.get("settings", {}) or {}
+    return (settings.get("data_info") or {}).get("folder")
 
 
 def _network_names(loaded):
@@ -446,6 +487,7 @@ def cmd_compare(args):
     """Two networks on one test set: each one's accuracy, where they differ, compare.png."""
     import numpy as np
     from . import viz
+    from .files import output_folder
     from .backend import to_numpy
     from .data import to_model_input
     loaded, test, classes, dataset = _two_networks(args)
@@ -461,7 +503,7 @@ def cmd_compare(args):
               f"{model.num_params():,} parameters, {WEIGHTS[weights]})")
     print(f"  both right {len(groups['both'])}, only {names[0]} {len(groups['only_first'])}, "
           f"only {names[1]} {len(groups['only_second'])}, neither {len(groups['neither'])}")
-    out = Path(args.out) if args.out else Path(path_a).parent / "plots"
+    out = output_folder(Path(args.out) if args.out else Path(path_a).parent / "plots")
     try:
         path = viz.plot_compare(to_numpy(x), test.labels, predictions, names,
                                 out / "compare.png", dpi=args.dpi, classes=_named(classes))
@@ -488,6 +530,7 @@ def cmd_robustness(args):
     import json
     from . import viz
     from .checkpoint import replace_file
+    from .files import output_folder
     from .robustness import at_each_strength, check_canvas, robustness, strength_text
     loaded, test, _, dataset = _two_networks(args, _digits_to_transform)
     height, width, _ = loaded[0][2].config.input_shape
@@ -508,12 +551,13 @@ def cmd_robustness(args):
 
     rows = robustness([model for _, _, model, _ in loaded], test.images, test.labels, height,
                       args.steps, args.seed, args.batch_size, log=show)
-    out = Path(args.out) if args.out else Path(loaded[0][0]).parent / "plots"
+    out = output_folder(Path(args.out) if args.out else Path(loaded[0][0]).parent / "plots")
     numbers = {"checkpoints": [str(p) for p, *_ in loaded], "names": names,
                "weights": [w for *_, w in loaded], "dataset": dataset, "images": n,
                "canvas": height, "steps": args.steps, "seed": args.seed, "rows": rows}
     replace_file(out / "robustness.json",
-                 lambda f: f.write(json.dumps(numbers, indent=1).encode()))
+                 lambda f: f.write(json.dumps(numbers, indent=1).encode()),
+                 inputs=[args.first, args.second])
     print(out / "robustness.json")
     legend = [f"{name}: {Path(p).parent.name}/{Path(p).name}"
               for name, (p, *_) in zip(names, loaded)]
@@ -545,6 +589,8 @@ def cmd_predict(args):
                          f"CapsNet with its decoder)")
     if args.save_reconstruction is not None and not model.config.use_decoder:
         raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
+    if args.save_reconstruction is not None:
+        _picture_target(args.save_reconstruction, [args.checkpoint, *args.image])
     settings = ckpt.extra.get("settings", {}) or {}
     classes = settings.get("classes") or [str(j) for j in range(model.config.num_classes)]
     pictures = _pictures(args.image)
@@ -569,9 +615,20 @@ def cmd_predict(args):
     if args.save_reconstruction is not None:
         H, W, C = model.config.input_shape
         recon = to_numpy(out["reconstruction"])[0].reshape(H, W, C)
-        path = save_gray([x[0], recon], args.save_reconstruction)
+        path = save_gray([x[0], recon], args.save_reconstruction,
+                         inputs=[args.checkpoint, pictures[0]])
         print(f"wrote {path} (what the network saw, then its reconstruction)")
     return 0
+
+
+def _picture_target(path, inputs):
+    """Refuse, before any work, a --save-reconstruction PATH that names a .npz (a PNG is
+    written) or that checkpoint.replace_file would refuse (files.writable_file)."""
+    from .files import writable_file
+    if Path(path).suffix.lower() == ".npz":
+        raise ValueError(f"--save-reconstruction {path}: a PNG picture is written, and .npz "
+                         f"names a checkpoint or weights file; give another name, ending .png")
+    writable_file(path, inputs)
 
 
 def _pictures(names):
@@ -679,6 +736,11 @@ positive_float = _number(float, lambda v: v > 0 and math.isfinite(v),
                          "be a finite positive number", "positive_float")
 rate = _number(float, lambda v: 0 < v <= 1, "lie in (0, 1] (such as 0.96)", "rate")
 decay = _number(float, lambda v: 0 < v < 1, "lie between 0 and 1 (such as 0.999)", "decay")
+pairs_per_digit = _number(int, lambda v: 1 <= v <= MAX_PAIRS_PER_DIGIT,
+                          f"be an integer from 1 to {MAX_PAIRS_PER_DIGIT} (the paper: 1000)",
+                          "pairs_per_digit")
+
+
 def image_size(text):
     from .folder import parse_image_size
     try:
@@ -773,6 +835,7 @@ def build_parser():
         prog="minicaps",
         description="Capsule Networks (Sabour et al., 2017) written by hand on NumPy/CuPy.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    parser.commands = sub.choices          # {name: its parser}: parse_command_line's
     defaults = DefaultsHelpFormatter
 
     p = sub.add_parser("gradcheck", help="prove every backward pass against finite differences",
@@ -829,9 +892,10 @@ def build_parser():
                    help="random shift of each training image by up to this many pixels "
                         "(0: no augmentation) (default: 2; 0 for multimnist, whose pairs "
                         "are shifted by up to 4 as they are made)")
-    p.add_argument("--pairs-per-digit", type=positive_int, metavar="K", default=1,
+    p.add_argument("--pairs-per-digit", type=pairs_per_digit, metavar="K", default=1,
                    help="with --dataset multimnist: each epoch pairs every training digit K "
-                        "times with a digit of another class (the paper: 1000)")
+                        "times with a digit of another class, K from 1 to "
+                        f"{MAX_PAIRS_PER_DIGIT:,} (the paper: 1000)")
     p.add_argument("--routing-iters", type=positive_int, default=None,
                    help="iterations of dynamic routing (CapsNet), 1 to 100 (default: 3)")
     p.add_argument("--routing-grad", choices=("full", "stop"), default=None,
@@ -976,6 +1040,7 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one both were trained on)")
     add_data_options(p)
+    add_folder_options(p)
     add_device_option(p)
     add_weights_option(p)
     p.add_argument("--out", metavar="DIR", default=None,
@@ -1004,6 +1069,7 @@ def build_parser():
     p.add_argument("--dataset", choices=DATASETS, default=None,
                    help="which test set (default: the one both were trained on)")
     add_data_options(p)
+    add_folder_options(p)
     p.add_argument("--steps", type=positive_int, metavar="K", default=4,
                    help="strengths from none to the strongest: K+1 per transformation, "
                         "2K+1 scale factors")
@@ -1045,14 +1111,28 @@ def build_parser():
     return parser
 
 
+# commands whose options may come between their positionals (predict a.png --pretrained
+# b.png): parsed by argparse's intermixed parsing, which refuses a parser with subparsers,
+# so their own subparser parses what follows the command's name
+INTERMIXED = ("predict",)
+
+
+def parse_command_line(argv, parser=None):
+    """The Namespace of a command line (without the program's name)."""
+    parser = parser or build_parser()
+    if argv[:1] == ["bench"]:
+        # everything after 'bench' belongs to bench/bench.py, its --help included
+        return argparse.Namespace(command="bench", func=cmd_bench, bench_args=argv[1:])
+    if argv[:1] and argv[0] in INTERMIXED:
+        return parser.commands[argv[0]].parse_intermixed_args(
+            argv[1:], argparse.Namespace(command=argv[0]))
+    return parser.parse_args(argv)
+
+
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["bench"]:
-        # everything after 'bench' belongs to bench/bench.py, its --help included
-        args = argparse.Namespace(command="bench", func=cmd_bench, bench_args=argv[1:])
-    else:
-        args = parser.parse_args(argv)
+    args = parse_command_line(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2

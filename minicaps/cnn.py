@@ -52,7 +52,8 @@ from typing import ClassVar
 import numpy as np
 
 from . import backend
-from .model import CapsNet, DTYPES, _is_int, _is_real, glorot_uniform, implementation
+from .model import (CapsNet, DTYPES, _is_int, _is_real, check_buildable, glorot_uniform,
+                    implementation)
 from .ops import (dense_forward, dense_backward, relu_forward, relu_backward, softmax_forward,
                   conv2d_same_forward, conv2d_same_backward, max_pool_forward,
                   max_pool_backward, dropout_forward, dropout_backward,
@@ -245,6 +246,7 @@ class BaselineCNN:
         self.seed, self.dropout_step = int(seed), 0
         self._place_on(device)
         if params is None:
+            check_buildable(self.config, self.dtype.name, self.device)
             params = init_params(self.config, seed, self.dtype)
         self.params = {}
         self.set_params(params)

@@ -206,9 +206,11 @@ def data_root(root=None):
 
 
 def _find(folder, name):
-    """The path of ``name`` or ``name.gz`` in folder, or None."""
+    """The path of ``name`` or ``name.gz`` in folder, or None; DataError naming one that
+    is there but is no regular file (files.data_file)."""
+    from .files import data_file
     for candidate in (folder / (name + ".gz"), folder / name):
-        if candidate.is_file():
+        if data_file(candidate):
             return candidate
     return None
 

@@ -24,3 +24,68 @@ def regular_file(path, what):
         kind = next((name for is_kind, name in KINDS if is_kind(mode)), "not a regular file")
         raise ValueError(f"{path}: not a {what} but {kind}; give the path of a {what}")
     return path
+
+
+def _kind(mode):
+    return next((name for is_kind, name in KINDS if is_kind(mode)), "not a regular file")
+
+
+def writable_file(path, inputs=()):
+    """``path`` when a command may write a file there: nothing is there yet, or a regular
+    file or a link (which is replaced, not followed). ValueError naming ``path`` when it is
+    a folder, a pipe or a device, or one of the ``inputs`` the command reads (the same file
+    by (st_dev, st_ino), under any name)."""
+    try:
+        here = os.lstat(path)
+    except FileNotFoundError:
+        return path
+    if not (stat.S_ISREG(here.st_mode) or stat.S_ISLNK(here.st_mode)):
+        raise ValueError(f"{path} is {_kind(here.st_mode)}, not a file to write: nothing was "
+                         f"written; give the name of a new file")
+    for source in inputs:
+        try:
+            read = os.stat(source)
+        except OSError:
+            continue
+        if (read.st_dev, read.st_ino) == (here.st_dev, here.st_ino):
+            same = "" if os.path.abspath(path) == os.path.abspath(source) else f" (as {source})"
+            raise ValueError(f"{path}{same} is a file this command reads: it is left as it "
+                             f"was; give another name for the file to write")
+    return path
+
+
+def output_folder(path, what="--out"):
+    """``path`` when the folder ``what`` names can hold the files written there: a folder,
+    or nothing yet (it is made). ValueError naming it when something else is there."""
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return path
+    if not stat.S_ISDIR(mode):
+        raise ValueError(f"{what} {path} is {_kind(mode)}: {what} must be a folder (made if "
+                         f"missing); give a folder")
+    return path
+
+
+def data_file(path):
+    """``path`` when a regular file (or a link to one) is there, None when nothing is: a
+    data file to read, or to download when missing. Anything else there (a folder, a named
+    pipe, a link that leads nowhere) is refused by name, so that it is neither read nor
+    taken for missing and downloaded over."""
+    from .data import DataError
+    try:
+        mode = os.stat(path).st_mode
+    except NotADirectoryError:          # a file where a folder on the way should be
+        return None
+    except FileNotFoundError:
+        if not os.path.islink(path):
+            return None
+        raise DataError(f"{path}: not a data file but a link that leads nowhere; remove it, "
+                        f"or put the file it should lead to there") from None
+    except OSError as e:
+        raise DataError(f"{path}: cannot be looked at ({e.strerror or e})") from None
+    if not stat.S_ISREG(mode):
+        kind = next((name for is_kind, name in KINDS if is_kind(mode)), "not a regular file")
+        raise DataError(f"{path}: not a data file but {kind}; remove it, or put the data "
+                        f"file of that name there")
+    return path

@@ -24,6 +24,7 @@ be read (images._open, images._decode), or a folder inside a class folder, is an
 naming it (``bad_images="error"``) or skipped with a warning naming it (``"skip"``); a
 class folder that cannot be read is an error. Pillow is needed: ``pip install "minicaps[viz]"``.
 """
+import errno
 import hashlib
 import os
 import stat
@@ -360,8 +361,9 @@ def picture_files(folder):
 
 
 def _files_under(folder):
-    """([(file, its identity)], broken links, other entries, [(folder, OSError)] of the
-    folders that cannot be read) under ``folder``, each sorted: its subfolders too, links
+    """([(file, its identity)], broken links, other entries, [(path, OSError)] of the
+    folders that cannot be read and the entries that cannot be opened, such as a path too
+    long for the system) under ``folder``, each sorted: its subfolders too, links
     to folders followed (each real folder once, so a link to an ancestor ends), hidden
     names left out (a visible link to a hidden file is read). A file's identity, (device,
     inode), is the same however it is reached: through links, or as a hard link. The
@@ -387,8 +389,11 @@ def _files_under(folder):
             except PermissionError as e:          # the folder can be listed, not entered
                 unreadable.append((where, e))
                 break
-            except OSError:
-                broken.append(path)
+            except OSError as e:
+                if e.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+                    broken.append(path)           # a link that leads nowhere (or round)
+                else:                             # there, but cannot be opened: too long
+                    unreadable.append((path, e))
                 continue
             if stat.S_ISDIR(status.st_mode):
                 waiting.append(path)
@@ -413,6 +418,10 @@ def _readable_files_under(class_dir, bad_images, log):
 
 
 def _cannot_read(e):
+    """What is wrong with an entry of _files_under's unreadable list, and what to do."""
+    if e.errno == errno.ENAMETOOLONG:
+        return (f"a path too long to open (ENAMETOOLONG: {len(os.fsencode(e.filename or ''))} "
+                f"bytes, over the system's limit); move it nearer the top of the folder")
     return f"a folder that cannot be read ({e.strerror or e}); give this user read access to it"
 
 

@@ -439,9 +439,11 @@ def load_digit(path, input_shape=(28, 28, 1)):
     return np.repeat(digit[..., None], C, axis=-1)
 
 
-def save_gray(images, path, scale=4):
+def save_gray(images, path, scale=4, inputs=()):
     """Write float images in [0, 1], (H, W) each (or (H, W, C)), side by side with a
-    1-pixel gray gap, each pixel drawn as scale x scale, as a PNG."""
+    1-pixel gray gap, each pixel drawn as scale x scale, as a PNG (checkpoint.replace_file:
+    never over one of the ``inputs`` the command read)."""
+    from .checkpoint import replace_file
     Image = _pil()
     images = [np.asarray(a, dtype=np.float64) for a in images]
     images = [a.mean(axis=-1) if a.ndim == 3 else a for a in images]
@@ -452,6 +454,5 @@ def save_gray(images, path, scale=4):
     pixels = np.round(255 * np.clip(strip, 0, 1)).astype(np.uint8)
     pixels = np.kron(pixels, np.ones((scale, scale), dtype=np.uint8))
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels).save(path, format="PNG")
+    replace_file(path, lambda f: Image.fromarray(pixels).save(f, format="PNG"), inputs=inputs)
     return path

@@ -19,7 +19,7 @@ impl="reference") builds this one.
 """
 import contextlib
 import math
-from dataclasses import dataclass, asdict, replace
+from dataclasses import MISSING, dataclass, asdict, fields, replace
 
 import numpy as np
 
@@ -251,6 +251,41 @@ def check_network_fits(config, dtype="float32", device="cpu", copies=TRAINING_CO
                      f"{available / 2**30:.1f} GiB is available on the {device}: {advice}")
 
 
+def check_buildable(config, dtype="float32", device="cpu"):
+    """A ValueError, before anything is allocated, when the parameters of the network
+    ``config`` describes (a CapsNetConfig or a CNNConfig), and init_params' float64 draw
+    of its largest array, would not fit in the memory available now; it names the count
+    and the field of the config that makes it so big (_biggest_field)."""
+    largest = max(math.prod(shape) for shape in config.param_shapes().values())
+    need = network_bytes(config, dtype, copies=1) + 8 * largest
+    available = backend.available_memory(device)
+    if available is None or need <= available:
+        return
+    name = type(config).__name__
+    field = _biggest_field(config)
+    culprit = (f": {name}.{field} = {getattr(config, field)!r} makes it so big, give a "
+               f"smaller {field}" if field else "")
+    raise ValueError(f"{name} describes a network of {param_count(config):,} parameters, "
+                     f"about {need / 2**30:,.1f} GiB to build in {dtype}, and "
+                     f"{available / 2**30:.1f} GiB is available on the {device}{culprit}")
+
+
+def _biggest_field(config):
+    """The field of ``config`` whose default value shrinks the network the most (None when
+    no field set away from its default makes it smaller)."""
+    best, fewest = None, param_count(config)
+    for f in fields(config):
+        if f.default is MISSING or getattr(config, f.name) == f.default:
+            continue
+        try:
+            count = param_count(replace(config, **{f.name: f.default}))
+        except ValueError:          # the default does not go with the other fields
+            continue
+        if count < fewest:
+            best, fewest = f.name, count
+    return best
+
+
 def _largest_side(config, dtype, copies, available):
     """The largest side s below the config's whose network on s x s inputs needs at most
     ``available`` bytes (network_bytes grows with s), or None when no input fits."""
@@ -328,6 +363,7 @@ class CapsNet:
         self.dtype = np.dtype(str(dtype))
         self._place_on(device)
         if params is None:
+            check_buildable(self.config, self.dtype.name, self.device)
             params = init_params(self.config, seed, self.dtype)
         self.params = {}
         self.set_params(params)
@@ -595,7 +631,9 @@ class CapsNet:
 
     def check_batch_fits(self, batch_size, training=True, option="--batch-size"):
         """A ValueError naming a batch size that fits when ``batch_size`` images a step
-        would not fit in the memory available now (batch_bytes); nothing is allocated."""
+        would not fit in the memory available now (batch_bytes); nothing is allocated.
+        ``option``: the option that sets the batch size, or None where none does (then
+        the advice is to free memory or use a smaller network)."""
         if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         need = self.batch_bytes(batch_size, training)
@@ -605,8 +643,13 @@ class CapsNet:
         per_image = self.batch_bytes(2, training) - self.batch_bytes(1, training)
         fits = (available - self.batch_bytes(0, training)) // max(per_image, 1)
         what = "a training" if training else "an inference"
-        advice = (f"give a batch size of at most {fits} ({option} {fits})" if fits >= 1 else
-                  "not even one image fits: free memory or use a smaller network")
+        if option is None:
+            advice = (f"free memory, or use a smaller network (at most {max(fits, 0)} such "
+                      f"images fit now)")
+        elif fits >= 1:
+            advice = f"give a batch size of at most {fits} ({option} {fits})"
+        else:
+            advice = "not even one image fits: free memory or use a smaller network"
         raise ValueError(f"{what} batch of {batch_size} images needs about "
                          f"{need / 2**30:.1f} GiB and {available / 2**30:.1f} GiB is "
                          f"available on the {self.device}: {advice}")

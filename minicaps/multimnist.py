@@ -36,6 +36,7 @@ DIGIT = 28
 MAX_SHIFT = 4                          # "shifted up to 4 pixels in each direction"
 CANVAS = DIGIT + 2 * MAX_SHIFT         # 36
 PAPER_PAIRS_PER_DIGIT = 1000           # "for each digit ... 1K MultiMNIST examples"
+MAX_PAIRS_PER_DIGIT = 10 * PAPER_PAIRS_PER_DIGIT   # 600 million pairs an epoch at most
 TEST_SEED = 36                         # the seed of the fixed test set (make_test_set)
 
 
@@ -185,8 +186,10 @@ def make_test_set(images, labels, pairs_per_digit=1, seed=TEST_SEED, max_bytes=1
 
 
 def _count(pairs_per_digit):
-    if int(pairs_per_digit) != pairs_per_digit or pairs_per_digit < 1:
-        raise ValueError(f"pairs_per_digit must be an integer >= 1, got {pairs_per_digit}")
+    if (int(pairs_per_digit) != pairs_per_digit or pairs_per_digit < 1
+            or pairs_per_digit > MAX_PAIRS_PER_DIGIT):
+        raise ValueError(f"pairs_per_digit must be an integer from 1 to "
+                         f"{MAX_PAIRS_PER_DIGIT} (the paper: 1000), got {pairs_per_digit}")
     return int(pairs_per_digit)
 
 

@@ -101,13 +101,40 @@ AVERAGE_KERNEL = backend.ElementwiseKernel(
     "minicaps_average")
 
 
+def _is_finite_real(x):
+    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
+
+
+class NonFiniteGradientError(ValueError):
+    """A gradient held NaN or infinite values: Adam.step left the parameters as they were."""
+
+
+def check_gradients(params, grads):
+    """NonFiniteGradientError naming the first parameter whose gradient holds NaN or inf.
+    One sum over the flat gradient buffer (or one per array) screens them all, as a NaN or
+    inf anywhere makes it non-finite; only then is each array looked at, so a sum that
+    merely overflowed lets finite gradients through."""
+    flat = grads.flat if backend.same_layout(grads, params) else None
+    screened = [flat] if flat is not None else [grads[name] for name in params]
+    if all(math.isfinite(float(get_xp(g).sum(g))) for g in screened):
+        return
+    for name in params:
+        g = grads[name]
+        if not bool(get_xp(g).isfinite(g).all()):
+            raise NonFiniteGradientError(
+                f"the gradient of {name} holds NaN or infinite values: the parameters were "
+                f"not updated (the loss diverged, or the gradients given are wrong)")
+
+
 class Adam:
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        if (not isinstance(lr, numbers.Real) or isinstance(lr, bool) or not math.isfinite(lr)
-                or lr <= 0):
+        if not _is_finite_real(lr) or lr <= 0:
             raise ValueError(f"Adam needs a finite positive learning rate, got {lr!r}")
-        if not (0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"Adam betas must lie in [0, 1), got {beta1}, {beta2}")
+        if not (_is_finite_real(beta1) and _is_finite_real(beta2)
+                and 0 <= beta1 < 1 and 0 <= beta2 < 1):
+            raise ValueError(f"Adam betas must lie in [0, 1), got {beta1!r}, {beta2!r}")
+        if not _is_finite_real(eps) or eps <= 0:     # sqrt(v) + eps divides: 0 gives 0/0
+            raise ValueError(f"Adam needs a finite positive eps, got {eps!r}")
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t = 0
         self.m, self.v = {}, {}
@@ -120,10 +147,15 @@ class Adam:
         by block on the CPU (Blockwise). Every operation writes into m, v, p or the
         scratch: no temporaries the size of the parameters. Flat parameters on the GPU
         (backend.FlatArrays) take one fused kernel over the whole buffers.
+        Gradients on the CPU holding NaN or inf are refused before anything changes
+        (check_gradients); on a GPU that check would wait for the device every step, so
+        there training finds a divergence by its loss instead.
         """
         missing = set(params) - set(grads)
         if missing:
             raise ValueError(f"no gradient for parameters {sorted(missing)}")
+        if params and not backend.is_gpu_array(next(iter(params.values()))):
+            check_gradients(params, grads)
         self.t += 1
         b1, b2 = self.beta1, self.beta2
         lr_t = self.lr * math.sqrt(1 - b2 ** self.t) / (1 - b1 ** self.t)

@@ -31,7 +31,8 @@ from . import backend
 from .checkpoint import (ACCURACY, ARRAY_DTYPES, _check_fields, _check_meta_field, _config_from,
                          _count, _num_classes, _text, _write_atomically, build_model,
                          check_settings, load_checkpoint, model_kind, read_archive)
-from .files import regular_file
+from .checkpoint import FORMAT as CHECKPOINT_FORMAT
+from .files import regular_file, writable_file
 from .model import CapsNet
 
 FORMAT = "minicaps-weights"
@@ -100,7 +101,9 @@ class Weights:
 def export_weights(checkpoint, out, weights="auto", dtype="float16", provenance=None):
     """Write the ``weights`` of ``checkpoint`` ("auto": the moving average when the run
     kept one) to ``out`` as a weights file in ``dtype``; returns its path. Refuses
-    parameters that ``dtype`` cannot hold (beyond float16's 65504)."""
+    parameters that ``dtype`` cannot hold (beyond float16's 65504), and an ``out`` that is
+    ``checkpoint`` itself or anything but a weights file (_replaceable)."""
+    _replaceable(Path(out), checkpoint)
     ckpt = load_checkpoint(checkpoint, device="cpu")
     model, used = ckpt.model_with(weights)
     dtype = np.dtype(dtype)
@@ -121,6 +124,26 @@ def export_weights(checkpoint, out, weights="auto", dtype="float16", provenance=
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
     _write_atomically(Path(out), arrays)
     return Path(out)
+
+
+def _replaceable(out, checkpoint):
+    """ValueError naming ``out`` unless export_weights may write there: nothing yet, a link
+    (replaced, not followed), or a weights file that is not ``checkpoint``. A run's
+    checkpoint is never written over: its training state would be lost."""
+    writable_file(out, inputs=[checkpoint])
+    if out.is_symlink() or not out.exists():
+        return
+    try:
+        meta, _ = read_archive(out, lambda meta, path: meta, (), only_meta=True)
+    except ValueError:
+        meta = None
+    if isinstance(meta, dict) and meta.get("format") == FORMAT:
+        return
+    what = ("a minicaps checkpoint (a run's training state)"
+            if isinstance(meta, dict) and meta.get("format") == CHECKPOINT_FORMAT
+            else "not a minicaps weights file")
+    raise ValueError(f"{out} is {what}: export-weights writes over a weights file only, so it "
+                     f"is left as it was; give another name for the weights file")
 
 
 def load_weights(path, device=None, dtype="float32"):

@@ -11,8 +11,12 @@
   --resume and a new --out), unless ``overwrite`` says to delete that run's files; a
   metrics.jsonl of one epoch with no checkpoint beside it is what a run stopped during
   its first checkpoint left, and is removed with a notice;
-- a run folder's own files are never followed out of it: where a symbolic link stands in
-  place of one (the lock, metrics.jsonl, last.npz, best.npz), the run is refused;
+- a run folder's own files are never followed out of it: where anything but a regular
+  file of its own stands in place of one (the lock, metrics.jsonl, last.npz, best.npz) -
+  a symbolic link, a hard link to another file, a named pipe, a device, a folder - the
+  run is refused, naming it. Each time one is opened (``open_run_file``) it is opened
+  without following a link and without waiting, then looked at with fstat, so a link
+  swapped in while the run trains is refused too;
 - the lock keeps a second process out; a lock whose process is gone (killed, crashed) is
   taken over with a notice. The lock is an flock on the file, so the kernel releases it
   when its process dies, whatever the pid written inside says;
@@ -25,8 +29,11 @@ import json
 import os
 import shutil
 import socket
+import stat
 import time
 from pathlib import Path
+
+from .files import KINDS
 
 try:
     import fcntl
@@ -38,6 +45,9 @@ RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
 TEMP_PATTERNS = (".last.npz.*.tmp", ".best.npz.*.tmp")
 CHECKPOINTS = ("last.npz", "best.npz")
 MAX_LEFTOVER_BYTES = 1 << 16     # one epoch's metrics line is about 1 kB
+MAX_METRICS_BYTES = 1 << 26      # 64 MiB: some 60000 epochs' lines
+OPEN_FLAGS = {"rb": os.O_RDONLY, "r+b": os.O_RDWR,
+              "ab": os.O_WRONLY | os.O_APPEND | os.O_CREAT}
 
 
 class RunFolderError(ValueError):
@@ -81,7 +91,7 @@ def claim(out_dir, *, fresh, overwrite=False, checkpoint_bytes=0, log=print):
     except OSError as e:
         raise RunFolderError(f"cannot create the run folder {out_dir} ({e.strerror or e}); "
                              f"give another --out") from e
-    _refuse_links(out_dir)
+    _refuse_strangers(out_dir)
     lock = _lock(out_dir, log)
     try:
         if fresh:
@@ -105,11 +115,12 @@ def _leftover_metrics(out_dir):
     """Whether ``out_dir/metrics.jsonl``, with no checkpoint beside it, logs one epoch at
     most: the line a run appends just before its first checkpoint, left when that write
     was stopped (Ctrl-C, a full disk). No run can go on from it, and a resume would drop it."""
-    path = Path(out_dir) / "metrics.jsonl"
-    if path.stat().st_size > MAX_LEFTOVER_BYTES:
+    with open_run_file(Path(out_dir) / "metrics.jsonl", "rb") as f:
+        text = f.read(MAX_LEFTOVER_BYTES + 1)
+    if len(text) > MAX_LEFTOVER_BYTES:
         return False
     epochs = set()
-    for line in path.read_bytes().splitlines():
+    for line in text.splitlines():
         try:
             epochs.add(json.loads(line)["epoch"])
         except (ValueError, KeyError, TypeError, RecursionError):   # torn by the stop
@@ -117,23 +128,71 @@ def _leftover_metrics(out_dir):
     return len(epochs) <= 1
 
 
-def _refuse_links(out_dir):
-    """RunFolderError if a symbolic link stands in place of one of the run's own files: a
-    run writes its folder's files and never follows them out of it."""
+def _refuse_strangers(out_dir):
+    """RunFolderError if anything but a regular file of its own stands in place of one of
+    the run's files: a run writes its folder's files and never follows them out of it."""
     for name in (LOCK_FILE,) + RUN_FILES:
-        path = Path(out_dir) / name
-        if path.is_symlink():
-            raise RunFolderError(
-                f"{path} is a symbolic link (to {os.readlink(path)}), not a file of this "
-                f"run: a run writes its own files in its folder and never through a link. "
-                f"Delete the link, or give another folder (--out NEWDIR)")
+        check_run_file(Path(out_dir) / name)
+
+
+def check_run_file(path):
+    """RunFolderError naming ``path`` and what it is, unless nothing is there or it is a
+    regular file with no other name (the link itself is looked at, not followed)."""
+    try:
+        st = os.lstat(path)
+    except OSError:         # nothing there, or no folder to look in: opening it will say
+        return
+    _refuse_stranger(path, st)
+
+
+def open_run_file(path, mode):
+    """A run folder's file opened as open(path, mode) would ("rb", "r+b", or "ab", which
+    creates it), but never through a symbolic link, never waiting on a named pipe, and
+    only when fstat finds a regular file with no other name (RunFolderError else): what
+    is at the path may have changed since the folder was claimed."""
+    try:
+        fd = os.open(path, OPEN_FLAGS[mode] | getattr(os, "O_NOFOLLOW", 0)
+                     | getattr(os, "O_NONBLOCK", 0), 0o666)
+    except OSError:
+        check_run_file(path)        # a link (ELOOP), a folder (EISDIR), a pipe (ENXIO)
+        raise
+    try:
+        _refuse_stranger(path, os.fstat(fd))
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, mode)
+
+
+def _refuse_stranger(path, st):
+    """RunFolderError unless ``st`` (an lstat or fstat) is of a regular file with one name."""
+    if stat.S_ISLNK(st.st_mode):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "elsewhere"
+        raise RunFolderError(
+            f"{path} is a symbolic link (to {target}), not a file of this run: a run "
+            f"writes its own files in its folder and never through a link. Delete the "
+            f"link, or give another folder (--out NEWDIR)")
+    if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:
+        return
+    if stat.S_ISREG(st.st_mode):
+        kind, harm = (f"a hard link to another file ({st.st_nlink} names share it)",
+                      "writing it would change that other file too")
+    else:
+        kind = next((name for is_kind, name in KINDS if is_kind(st.st_mode)),
+                    "something other than a file")
+        harm = "a run reads and writes only regular files of its own"
+    raise RunFolderError(f"{path} is {kind}, not a file of this run: {harm}. Move it out "
+                         f"of the folder (or delete it), or give another folder (--out NEWDIR)")
 
 
 def check_room(out_dir, overwrite=False):
     """Refuse a fresh run into ``out_dir`` when it holds a run and ``overwrite`` is off
     (train calls this first, before the data loads; claim checks again under the lock)."""
     out_dir = Path(out_dir)
-    _refuse_links(out_dir)
+    _refuse_strangers(out_dir)
     found = existing_run(out_dir)
     if found and not overwrite:
         saved = [name for name in CHECKPOINTS if name in found]
@@ -197,11 +256,14 @@ def _lock(out_dir, log):
     path = out_dir / LOCK_FILE
     for _ in range(10):      # the lock file can be replaced between open and lock: retry
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o644)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+                         | getattr(os, "O_NONBLOCK", 0), 0o644)
         except OSError as e:
+            check_run_file(path)      # a link, a folder: said as such
             raise RunFolderError(f"cannot write in the run folder {out_dir} ({e.strerror or e}); "
                                  f"make it writable or give another --out") from e
         try:
+            _refuse_stranger(path, os.fstat(fd))     # a hard link, a pipe, a device
             owner = _owner(fd)
             if not _try_lock(fd, owner):
                 raise RunFolderError(

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .data import DataError, Dataset, data_root
+from .files import data_file
 from .download import (DOWNLOAD_TIMEOUT, check_sha256, check_size, expected_digest, fetch,
                        not_found_error, read_exactly, sha256_of)
 
@@ -205,9 +206,10 @@ def _load_verified(path, name, reader, table, verify):
 
 
 def _find(folder, name):
-    """The path of name (a .mat.gz) or of its gunzipped .mat in folder, or None."""
+    """The path of name (a .mat.gz) or of its gunzipped .mat in folder, or None; DataError
+    naming one that is there but is no regular file (files.data_file)."""
     for candidate in (folder / name, folder / name[:-len(".gz")]):
-        if candidate.is_file():
+        if data_file(candidate):
             return candidate
     return None
 

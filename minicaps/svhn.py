@@ -9,6 +9,7 @@ bytes than the file could hold compressed: a hostile file cannot make loadmat al
 import numpy as np
 
 from .data import DataError, Dataset, data_root
+from .files import data_file
 from .download import (DOWNLOAD_TIMEOUT, check_sha256, check_size, expected_digest, fetch,
                        not_found_error, sha256_of)
 
@@ -92,7 +93,7 @@ def load_svhn(root=None, download=True, verify=True, mirrors=None, sha256=None,
     table = {**SHA256, **(sha256 or {})}
     mirrors = MIRRORS if mirrors is None else list(mirrors)
     folders = [base / "svhn", base]
-    folder = next((d for d in folders if all((d / n).is_file() for n in FILES.values())), None)
+    folder = next((d for d in folders if all(data_file(d / n) for n in FILES.values())), None)
     target = folder or base / "svhn"
     where = f"{base / 'svhn'} (or directly into {base})"
     if folder is None and not download:
@@ -100,7 +101,7 @@ def load_svhn(root=None, download=True, verify=True, mirrors=None, sha256=None,
     parts = {}
     for split, name in FILES.items():
         load = lambda path, name=name: _load_verified(path, name, table, verify)  # noqa: E731
-        if (target / name).is_file():
+        if data_file(target / name):
             parts[split] = load(target / name)
         else:
             parts[split] = fetch(name, target, mirrors, load, timeout,

@@ -35,7 +35,7 @@ from .data import Dataset, draw_shifts, load_mnist, shift_images, to_model_input
 from .files import regular_file
 from .model import CapsNet, CapsNetConfig, _is_int, check_network_fits
 from .ops import margin_loss_forward, reconstruction_loss_forward
-from .optim import Adam, ParameterAverage
+from .optim import Adam, NonFiniteGradientError, ParameterAverage
 from .progress import Progress
 
 METRICS_FILE = "metrics.jsonl"
@@ -447,7 +447,15 @@ def _step(model, optimizer, average, step, schedule, x, y, targets=None, comm=No
                                              **more)
         out["correct"] = right(out["lengths"], y)
     optimizer.lr = learning_rate(step, *schedule)
-    optimizer.step(model.params, grads)
+    try:
+        optimizer.step(model.params, grads)
+    except NonFiniteGradientError as e:     # a NaN loss says so, as it would on a GPU
+        _add_losses(_loss_totals(model), [(len(y), out[loss_terms(model)[0]],
+                                           out.get("reconstruction_loss"), step + 1)], model)
+        raise DivergedError(f"{e} at step {step + 1}: the run diverged (a learning rate too "
+                            f"high for this network?), so it stopped without saving this "
+                            f"epoch; its last checkpoint is as the last good epoch left it. "
+                            f"Try a smaller --lr") from e
     if average is not None:
         average.update(model.params, optimizer.t)
     return step + 1, out
@@ -661,7 +669,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     if run.epoch >= epochs:
         return run                       # nothing to do: nothing claimed, nothing changed
     run.model.check_batch_fits(batch_size, training=True)
-    run.model.check_batch_fits(EVAL_BATCH, training=False, option="an evaluation batch of")
+    run.model.check_batch_fits(EVAL_BATCH, training=False, option=None)   # no option sets it
     fresh = resume is None or Path(resume).resolve().parent != run.out_dir.resolve()
     locks = []            # rank 0's
     _on_root(comm, lambda: locks.append(runfolder.claim(
@@ -879,8 +887,8 @@ def _save(run, metrics, settings, score):
 
 def _append_line(run, path, line):
     try:
-        with open(path, "a") as f:
-            f.write(line + "\n")
+        with runfolder.open_run_file(path, "ab") as f:     # never through a link
+            f.write((line + "\n").encode())
     except OSError as e:
         if e.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
@@ -989,13 +997,23 @@ def _check_nothing_overwritten(out_dir, resume, epoch):
 
 def _truncate_metrics(path, epoch):
     """Drop metrics lines of epochs after ``epoch`` (written before a crash, not checkpointed)."""
-    if not path.exists():
+    try:
+        f = runfolder.open_run_file(path, "r+b")       # never through a link, nor waiting
+    except FileNotFoundError:
         return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["epoch"] <= epoch:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):   # a line torn by the crash
-            pass
-    path.write_text("".join(line + "\n" for line in kept))
+    with f:
+        text = f.read(runfolder.MAX_METRICS_BYTES + 1)
+        if len(text) > runfolder.MAX_METRICS_BYTES:
+            raise runfolder.RunFolderError(
+                f"{path} holds more than {runfolder.MAX_METRICS_BYTES >> 20} MiB, more than "
+                f"a run's metrics: move it out of the folder, or give another --out")
+        kept = []
+        for line in text.splitlines():
+            try:
+                if json.loads(line)["epoch"] <= epoch:
+                    kept.append(line)
+            except (ValueError, KeyError, TypeError, RecursionError):   # torn by the crash
+                pass
+        f.seek(0)
+        f.truncate()
+        f.write(b"".join(line + b"\n" for line in kept))

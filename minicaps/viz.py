@@ -187,22 +187,59 @@ def confusion_matrix(y_true, y_pred, num_classes=None):
     return np.bincount(y_true * K + y_pred, minlength=K * K).reshape(K, K)
 
 
-def read_metrics(path):
-    """The lines of a run's metrics.jsonl (one dict per epoch), in epoch order."""
+def read_metrics(path, warn=None):
+    """The lines of a run's metrics.jsonl (one dict per epoch), in epoch order.
+
+    A line that is not an epoch's record (metrics_line_problem) is skipped, as resume
+    drops it (train._truncate_metrics: a line torn by a crash), and ``warn`` is told once
+    which lines were, naming the file; no good line at all is a ValueError saying why the
+    first was refused."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics file (train writes metrics.jsonl beside "
                                 "its checkpoints)")
-    rows = []
+    from .runfolder import MAX_METRICS_BYTES
+    if path.stat().st_size > MAX_METRICS_BYTES:
+        raise ValueError(f"{path} holds {path.stat().st_size >> 20} MiB, more than the "
+                         f"{MAX_METRICS_BYTES >> 20} MiB a run's metrics take: not a run's "
+                         f"metrics.jsonl")
+    rows, skipped = [], []
     for n, line in enumerate(path.read_text().splitlines(), 1):
         if line.strip():
             try:
-                rows.append(json.loads(line))
+                row = json.loads(line)
             except ValueError as e:
-                raise ValueError(f"{path}, line {n}: not JSON ({e})") from e
+                row, problem = None, f"not JSON ({e})"
+            else:
+                problem = metrics_line_problem(row)
+            if problem:
+                skipped.append(f"line {n}: {problem}")
+            else:
+                rows.append(row)
     if not rows:
-        raise ValueError(f"{path}: no epochs recorded yet")
-    return sorted(rows, key=lambda m: m.get("epoch", 0))
+        raise ValueError(f"{path}: no epochs recorded" + (
+            f" that can be read ({skipped[0]})" if skipped else " yet"))
+    if skipped and warn is not None:
+        warn(f"{path}, {'; '.join(skipped[:5])}{'; ...' if len(skipped) > 5 else ''}: "
+             f"skipped, not an epoch's record (as resuming drops it)")
+    return sorted(rows, key=lambda m: m["epoch"])
+
+
+def metrics_line_problem(row):
+    """Why a metrics.jsonl line (parsed) is not an epoch's record, or None when it is: a
+    JSON object with "epoch" an integer >= 1 and every other value a finite number, true
+    or false (tf32), or null."""
+    if not isinstance(row, dict):
+        return f"{type(row).__name__}, not a JSON object"
+    epoch = row.get("epoch")
+    if not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 1:
+        return f"epoch is {str(epoch)[:40]!r}, expected an integer >= 1"
+    for key, value in row.items():
+        if value is None or isinstance(value, bool):
+            continue
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return f"{str(key)[:40]} is {str(value)[:40]!r}, expected a number or null"
+    return None
 
 
 # --- is there anything to see? ---------------------------------------------------------------
@@ -627,7 +664,7 @@ def plot_curves(metrics, path, dpi=100, notes=(), warn=None):
     validation) set measured after the epoch with the trained parameters (solid) and with
     their moving average (dashed) when the run kept one. 10 x 4.5 inches."""
     if isinstance(metrics, (str, Path)):
-        metrics = read_metrics(metrics)
+        metrics = read_metrics(metrics, warn)
     epochs = [m["epoch"] for m in metrics]
     fig = _figure(10.0, 4.5, dpi)
     axes = fig.subplots(1, 2)
@@ -879,7 +916,7 @@ def render(kinds, out_dir, model=None, x=None, labels=None, metrics=None, indice
         if kind not in KINDS:
             raise ValueError(f"unknown plot kind {kind!r}, expected one of {KINDS}")
         if kind == "curves":
-            draw(plot_curves, "curves.png", read_metrics(metrics))
+            draw(plot_curves, "curves.png", read_metrics(metrics, warn))
             continue
         if model is None or x is None:
             raise ValueError(f"the {kind} plot needs a model and images")

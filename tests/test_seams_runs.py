@@ -238,11 +238,13 @@ def test_a_full_disk_while_logging_the_epoch_says_so_and_how_to_go_on(run_dir, b
                                                                      monkeypatch):
     before = file_hashes(run_dir)
 
-    def full_open(path, mode="r", *args, **kw):
+    real_open = runfolder.open_run_file
+
+    def full_open(path, mode):
         if "a" in mode:
             raise OSError(errno.ENOSPC, "No space left on device")
-        return open(path, mode, *args, **kw)
-    monkeypatch.setattr(minicaps.train, "open", full_open, raising=False)
+        return real_open(path, mode)
+    monkeypatch.setattr(runfolder, "open_run_file", full_open)
     with bounded(memory=512 * MB, seconds=30):
         with pytest.raises(OSError, match=r"could not add epoch 2's line to .*metrics\.jsonl: "
                                           r"the disk is full.*go on from epoch 1 with --resume"):

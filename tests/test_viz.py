@@ -171,8 +171,12 @@ def test_read_metrics(tmp_path):
     assert [m["epoch"] for m in viz.read_metrics(path)] == [1, 2]
     with pytest.raises(FileNotFoundError, match="metrics"):
         viz.read_metrics(tmp_path / "none.jsonl")
-    path.write_text('{"epoch": 1}\n{"epoch": 2, tor\n')
-    with pytest.raises(ValueError, match="line 2"):
+    path.write_text('{"epoch": 1}\n{"epoch": 2, tor\n')     # torn by a crash: skipped
+    warnings = []
+    assert viz.read_metrics(path, warn=warnings.append) == [{"epoch": 1}]
+    assert len(warnings) == 1 and "line 2: not JSON" in warnings[0]
+    path.write_text('{"epoch": 2, tor\n')
+    with pytest.raises(ValueError, match="line 1"):
         viz.read_metrics(path)
 
 

@@ -1,0 +1,204 @@
+"""The files of a run folder (.minicaps.lock, metrics.jsonl, last.npz, best.npz) when
+something else stands in their place: a hard link to a file outside the folder, a named
+pipe, a device, a folder, or a link swapped in while the run trains. Each is refused, by
+name and kind, before anything is written through it or read from it; the files outside
+are checked by their SHA-256, the waits by a time limit and the reads by a memory cap.
+"""
+import os
+
+import pytest
+
+import minicaps.train
+from minicaps import runfolder
+
+from hostile_cases import one_line_error
+from limits import file_hashes
+from tiny_runs import run_tiny
+
+MB = 1 << 20
+VICTIM_TEXT = b"precious: someone else's file, not a run's\n"
+LOCK = runfolder.LOCK_FILE
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file outside every run folder."""
+    path = tmp_path / "outside" / "v1"
+    path.parent.mkdir()
+    path.write_bytes(VICTIM_TEXT)
+    return path
+
+
+def hard_link(folder, name, target):
+    path = folder / name
+    if path.exists():
+        path.unlink()
+    os.link(target, path)
+    return path
+
+
+def pipe(folder, name):
+    path = folder / name
+    if path.exists():
+        path.unlink()
+    os.mkfifo(path)
+    return path
+
+
+def zero_device(folder, name):
+    """A character device like /dev/zero at folder/name (endless bytes); skip where
+    mknod is not allowed."""
+    import stat
+    path = folder / name
+    if path.exists():
+        path.unlink()
+    try:
+        os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 5))
+    except (PermissionError, OSError) as e:
+        pytest.skip(f"cannot make a device file here ({e})")
+    return path
+
+
+def train_argv(out, *more):
+    return ["train", "--preset", "quick", "--epochs", "1", "--out", str(out), "--no-progress",
+            *more]
+
+
+# --- hard links: what is written there would land in a file outside the folder --------------
+
+@pytest.mark.parametrize("name", [LOCK, "metrics.jsonl"])
+def test_a_fresh_run_refuses_a_hard_link_in_place_of_its_file(tmp_path, victim, bounded, name):
+    out = tmp_path / "c1a"
+    out.mkdir()
+    hard_link(out, name, victim)
+    with bounded(memory=512 * MB, seconds=30):
+        with pytest.raises(runfolder.RunFolderError,
+                           match=rf"{out / name} is a hard link to another file.*--out"):
+            run_tiny(out)
+    assert victim.read_bytes() == VICTIM_TEXT
+
+
+def test_the_lock_refuses_a_hard_link_planted_after_the_first_check(tmp_path, victim, bounded,
+                                                                    monkeypatch):
+    out = tmp_path / "c1a"
+    out.mkdir()
+    real = runfolder.check_room
+
+    def then_plant(folder, overwrite=False):
+        real(folder, overwrite)
+        hard_link(out, LOCK, victim)
+    monkeypatch.setattr(runfolder, "check_room", then_plant)
+    with bounded(memory=512 * MB, seconds=30):
+        with pytest.raises(runfolder.RunFolderError, match="hard link to another file"):
+            run_tiny(out)
+    assert victim.read_bytes() == VICTIM_TEXT
+
+
+@pytest.mark.parametrize("name", [LOCK, "metrics.jsonl", "best.npz"])
+def test_a_resume_refuses_a_hard_link_in_place_of_its_file(run_dir, victim, bounded, name):
+    hard_link(run_dir, name, victim)
+    before = file_hashes(victim.parent)
+    with bounded(memory=512 * MB, seconds=30):
+        with pytest.raises(runfolder.RunFolderError,
+                           match=rf"{run_dir / name} is a hard link to another file"):
+            run_tiny(run_dir, epochs=2, resume=run_dir / "last.npz")
+    assert file_hashes(victim.parent) == before
+
+
+# --- a link swapped in while the run trains ---------------------------------------------------
+
+@pytest.mark.parametrize("swap", ["symlink", "hard link"])
+def test_metrics_swapped_for_a_link_between_epochs_is_not_followed(tmp_path, victim, bounded,
+                                                                   swap):
+    out = tmp_path / "c1d"
+
+    def after_an_epoch(line):
+        if line.startswith("epoch 1/"):
+            metrics = out / "metrics.jsonl"
+            metrics.unlink()
+            if swap == "symlink":
+                metrics.symlink_to(victim)
+            else:
+                os.link(victim, metrics)
+    with bounded(memory=512 * MB, seconds=60):
+        with pytest.raises(runfolder.RunFolderError, match=rf"{out / 'metrics.jsonl'} is a"):
+            run_tiny(out, epochs=3, log=after_an_epoch)
+    assert victim.read_bytes() == VICTIM_TEXT
+
+
+# --- a named pipe or a device: opening or reading it would wait, or never end -----------------
+
+@pytest.mark.parametrize("make, kind", [(pipe, "a named pipe"),
+                                        (zero_device, "a character device")])
+def test_a_fresh_run_refuses_metrics_that_are_no_file(tmp_path, bounded, make, kind):
+    out = tmp_path / "rf"
+    out.mkdir()
+    path = make(out, "metrics.jsonl")
+    with bounded(memory=256 * MB, seconds=20):
+        with pytest.raises(runfolder.RunFolderError, match=rf"{path} is {kind}.*--out"):
+            run_tiny(out)
+
+
+@pytest.mark.parametrize("make, kind", [(pipe, "a named pipe"),
+                                        (zero_device, "a character device")])
+def test_a_resume_refuses_metrics_that_are_no_file(run_dir, bounded, make, kind):
+    path = make(run_dir, "metrics.jsonl")
+    with bounded(memory=256 * MB, seconds=20):
+        with pytest.raises(runfolder.RunFolderError, match=rf"{path} is {kind}"):
+            run_tiny(run_dir, epochs=2, resume=run_dir / "last.npz")
+
+
+@pytest.mark.parametrize("make, kind", [(pipe, "a named pipe"),
+                                        (zero_device, "a character device")])
+def test_the_metrics_readers_look_before_they_read(tmp_path, bounded, make, kind):
+    """Past the checks of claim (the file swapped in after them), the readers themselves
+    neither wait on a pipe nor read a device without end."""
+    path = make(tmp_path, "metrics.jsonl")
+    with bounded(memory=256 * MB, seconds=20):
+        with pytest.raises(runfolder.RunFolderError, match=kind):
+            runfolder._leftover_metrics(tmp_path)
+        with pytest.raises(runfolder.RunFolderError, match=kind):
+            minicaps.train._truncate_metrics(path, 1)
+
+
+# --- through the CLI: one line naming the file and what it is ---------------------------------
+
+@pytest.mark.parametrize("name, make, kind", [
+    (LOCK, pipe, "a named pipe"),
+    (LOCK, zero_device, "a character device"),
+    (LOCK, lambda out, name: (out / name).mkdir(), "a folder"),
+    ("metrics.jsonl", lambda out, name: (out / name).mkdir(), "a folder"),
+    ("metrics.jsonl", pipe, "a named pipe"),
+])
+def test_the_cli_says_in_one_line_what_stands_in_place_of_a_run_file(
+        tmp_path, capsys, bounded, monkeypatch, name, make, kind):
+    monkeypatch.setattr(minicaps.train, "load_data", pytest.fail)
+    out = tmp_path / "rf"
+    out.mkdir()
+    make(out, name)
+    err = one_line_error(capsys, train_argv(out), bounded, memory=256 * MB, seconds=20)
+    assert f"{out / name} is {kind}" in err and "--out" in err and "Errno" not in err
+
+
+def test_overwrite_with_a_folder_for_last_npz_names_it(run_dir, capsys, bounded, monkeypatch):
+    monkeypatch.setattr(minicaps.train, "load_data", pytest.fail)
+    (run_dir / "last.npz").unlink()
+    (run_dir / "last.npz").mkdir()
+    (run_dir / "last.npz" / "kept").write_bytes(b"the user's")
+    err = one_line_error(capsys, train_argv(run_dir, "--overwrite"), bounded,
+                         memory=256 * MB, seconds=20)
+    assert f"{run_dir / 'last.npz'} is a folder" in err and "Errno" not in err
+    assert (run_dir / "last.npz" / "kept").read_bytes() == b"the user's"
+
+
+def test_a_run_still_writes_and_truncates_its_own_metrics(run_dir, bounded):
+    """The checks leave the ordinary case alone: a resume drops the lines after its
+    checkpoint's epoch and appends its own."""
+    metrics = run_dir / "metrics.jsonl"
+    with metrics.open("a") as f:
+        f.write('{"epoch": 7}\n{"torn')
+    with bounded(memory=512 * MB, seconds=60):
+        run_tiny(run_dir, epochs=2, resume=run_dir / "last.npz")
+    epochs = [line.split(",")[0] for line in metrics.read_text().splitlines()]
+    assert epochs == ['{"epoch": 1', '{"epoch": 2']
+    assert not (run_dir / LOCK).exists()
