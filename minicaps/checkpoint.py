@@ -333,10 +333,16 @@ def load_checkpoint(path, device=None, model=None):
                       average=average)
 
 
+def read_meta(path):
+    """A checkpoint's metadata alone, checked as load_checkpoint checks it (the arrays
+    stay on disk); ValueError if it is not a readable checkpoint."""
+    return _read(path, only_meta=True)[0]
+
+
 def read_epoch(path):
     """The number of epochs a checkpoint has done, read from its metadata alone (the
     arrays stay on disk); ValueError if it is not a readable checkpoint."""
-    epoch = _read(path, only_meta=True)[0]["epoch"]
+    epoch = read_meta(path)["epoch"]
     if not isinstance(epoch, int) or epoch < 0:
         raise ValueError(f"{path}: damaged checkpoint metadata (epoch {epoch!r})")
     return epoch

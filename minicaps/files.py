@@ -21,13 +21,14 @@ def regular_file(path, what):
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: no such {what}") from None
     if not stat.S_ISREG(mode):
-        kind = next((name for is_kind, name in KINDS if is_kind(mode)), "not a regular file")
+        kind = kind_of(mode)
         raise ValueError(f"{path}: not a {what} but {kind}; give the path of a {what}")
     return path
 
 
-def _kind(mode):
-    return next((name for is_kind, name in KINDS if is_kind(mode)), "not a regular file")
+def kind_of(mode, otherwise="not a regular file"):
+    """What a file of st_mode ``mode`` is, in words ("a folder", "a named pipe", ...)."""
+    return next((name for is_kind, name in KINDS if is_kind(mode)), otherwise)
 
 
 def writable_file(path, inputs=()):
@@ -40,7 +41,7 @@ def writable_file(path, inputs=()):
     except FileNotFoundError:
         return path
     if not (stat.S_ISREG(here.st_mode) or stat.S_ISLNK(here.st_mode)):
-        raise ValueError(f"{path} is {_kind(here.st_mode)}, not a file to write: nothing was "
+        raise ValueError(f"{path} is {kind_of(here.st_mode)}, not a file to write: nothing was "
                          f"written; give the name of a new file")
     for source in inputs:
         try:
@@ -62,7 +63,7 @@ def output_folder(path, what="--out"):
     except FileNotFoundError:
         return path
     if not stat.S_ISDIR(mode):
-        raise ValueError(f"{what} {path} is {_kind(mode)}: {what} must be a folder (made if "
+        raise ValueError(f"{what} {path} is {kind_of(mode)}: {what} must be a folder (made if "
                          f"missing); give a folder")
     return path
 
@@ -85,7 +86,7 @@ def data_file(path):
     except OSError as e:
         raise DataError(f"{path}: cannot be looked at ({e.strerror or e})") from None
     if not stat.S_ISREG(mode):
-        kind = next((name for is_kind, name in KINDS if is_kind(mode)), "not a regular file")
+        kind = kind_of(mode)
         raise DataError(f"{path}: not a data file but {kind}; remove it, or put the data "
                         f"file of that name there")
     return path

@@ -33,7 +33,7 @@ import stat
 import time
 from pathlib import Path
 
-from .files import KINDS
+from .files import kind_of
 
 try:
     import fcntl
@@ -181,8 +181,7 @@ def _refuse_stranger(path, st):
         kind, harm = (f"a hard link to another file ({st.st_nlink} names share it)",
                       "writing it would change that other file too")
     else:
-        kind = next((name for is_kind, name in KINDS if is_kind(st.st_mode)),
-                    "something other than a file")
+        kind = kind_of(st.st_mode, "something other than a file")
         harm = "a run reads and writes only regular files of its own"
     raise RunFolderError(f"{path} is {kind}, not a file of this run: {harm}. Move it out "
                          f"of the folder (or delete it), or give another folder (--out NEWDIR)")

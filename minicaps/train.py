@@ -28,7 +28,7 @@ import numpy as np
 
 from . import backend, distributed, multimnist, runfolder
 from .checkpoint import (DiskFullError, build_model, load_checkpoint, model_kind, read_epoch,
-                         save_checkpoint)
+                         read_meta, save_checkpoint)
 from .cnn import CNNConfig
 from .augment import center_crop, check_crop, crop_images, draw_crops, draw_flips, flip_images
 from .data import Dataset, draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
@@ -857,12 +857,22 @@ def _restore_best(run, settings, key, log):
             run.best_accuracy = None                  # the next epoch writes it
         return
     there = best.is_file()
-    if there and (score < run.best_accuracy or _epoch_of(best) == run.epoch):
+    if there and (score < run.best_accuracy or _holds_as_good(best, run.epoch, key, score)):
         return
     run.best_accuracy = score
     _write_checkpoints(run, [best], run.resumed_metrics, settings)
     log(f"wrote {best} from epoch {run.epoch} ({key} {score:.4f}), the best epoch this run "
         f"has: it was {'behind' if there else 'missing'} after an interrupted save")
+
+
+def _holds_as_good(best, epoch, key, score):
+    """Whether ``best`` holds ``epoch``, or an earlier epoch that scored as well: a tie is
+    no new best (_save), so the earlier epoch stays."""
+    try:
+        meta = read_meta(best)
+    except ValueError:
+        return False
+    return meta["epoch"] == epoch or (meta.get("metrics") or {}).get(key, -1) >= score
 
 
 def _epoch_of(path):

@@ -296,3 +296,18 @@ def test_a_resume_with_another_limit_test_is_refused(run_dir, bounded, limit_tes
         with pytest.raises(ValueError, match=rf"limit_test={limit_test} \(checkpoint None\)"):
             run_tiny(run_dir, epochs=2, resume=run_dir / "last.npz", limit_test=limit_test)
     assert file_hashes(run_dir) == before
+
+
+def test_a_best_npz_tied_by_the_resumed_epoch_is_left_as_it_is(tmp_path, bounded, scores):
+    """Epoch 2 ties epoch 1 (0.9 and 0.9): a tie is no new best, so best.npz holds epoch 1,
+    and resuming from epoch 2 leaves it so; it was not left behind by a stop."""
+    out = tmp_path / "run"
+    scores[:] = [0.9, 0.9, 0.4]
+    with bounded(memory=512 * MB, seconds=30):
+        run_tiny(out, epochs=2, average=None)
+    assert read_epoch(out / "best.npz") == 1
+    before = file_hashes(out)["best.npz"]
+    with bounded(memory=512 * MB, seconds=30):
+        run_tiny(out, epochs=3, average=None, resume=out / "last.npz")
+    assert read_epoch(out / "best.npz") == 1
+    assert file_hashes(out)["best.npz"] == before
