@@ -38,6 +38,7 @@ from .cnn import BaselineCNN, CNNConfig
 from .files import output_folder, regular_file, writable_file
 from .model import CapsNet, CapsNetConfig
 from .optim import Adam, ParameterAverage
+from .values import is_finite_real, is_int
 
 FORMAT = "minicaps-checkpoint"
 FORMAT_VERSION = 1
@@ -128,11 +129,11 @@ def check_rng_state(state):
     if not isinstance(inner, dict):
         raise wrong(".state", inner, '{"state": ..., "inc": ...}')
     for field in ("state", "inc"):
-        if not (_is_int(inner.get(field)) and 0 <= inner[field] < 2 ** 128):
+        if not (is_int(inner.get(field)) and 0 <= inner[field] < 2 ** 128):
             raise wrong(f".state.{field}", inner.get(field), "an integer in [0, 2**128)")
-    if not (_is_int(state.get("has_uint32")) and state["has_uint32"] in (0, 1)):
+    if not (is_int(state.get("has_uint32")) and state["has_uint32"] in (0, 1)):
         raise wrong(".has_uint32", state.get("has_uint32"), "0 or 1")
-    if not (_is_int(state.get("uinteger")) and 0 <= state["uinteger"] < 2 ** 32):
+    if not (is_int(state.get("uinteger")) and 0 <= state["uinteger"] < 2 ** 32):
         raise wrong(".uinteger", state.get("uinteger"), "an integer in [0, 2**32)")
 
 
@@ -532,7 +533,7 @@ def _check_meta(meta, path):
     if missing:
         raise ValueError(f"{path}: checkpoint metadata lacks {missing}")
     version = meta["format_version"]
-    if not _is_int(version) or version < 1:
+    if not is_int(version) or version < 1:
         raise ValueError(f"{path}: damaged checkpoint metadata (format_version {version!r})")
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format version {version} is newer "
@@ -554,7 +555,7 @@ def _check_meta(meta, path):
             raise bad(field, meta[field], "a JSON object")
     extra = meta.get("extra") or {}
     best = extra.get("best_accuracy")
-    if best is not None and not (_is_number(best) and 0 <= best <= 1):
+    if best is not None and not (is_finite_real(best) and 0 <= best <= 1):
         raise bad("extra.best_accuracy", best, "an accuracy in [0, 1]")
     hyper = meta["optimizer"]
     if hyper.get("name") != "Adam":
@@ -562,12 +563,12 @@ def _check_meta(meta, path):
     for field, ok, what in (("lr", lambda x: x > 0, "> 0"), ("beta1", lambda x: 0 <= x < 1, "in [0, 1)"),
                             ("beta2", lambda x: 0 <= x < 1, "in [0, 1)"), ("eps", lambda x: x > 0, "> 0")):
         value = hyper.get(field)
-        if not _is_number(value) or not ok(value):
+        if not is_finite_real(value) or not ok(value):
             raise bad(f"optimizer.{field}", value, f"a finite number {what}")
     if not _count(hyper.get("t")):
         raise bad("optimizer.t", hyper.get("t"), COUNT)
     average = meta.get("average")
-    if average is not None and not (isinstance(average, dict) and _is_number(average.get("decay"))
+    if average is not None and not (isinstance(average, dict) and is_finite_real(average.get("decay"))
                                     and 0 < average["decay"] < 1):
         raise bad("average", average, "null or {\"decay\": a number in (0, 1)}")
     _check_kind(meta, path)
@@ -591,27 +592,27 @@ COUNT = "an integer >= 0 and below 2**53"
 
 
 def _count(x):
-    return _is_int(x) and 0 <= x < MAX_COUNT
+    return is_int(x) and 0 <= x < MAX_COUNT
 
 
 def _text(x):
     return isinstance(x, str)
 
 
-ACCURACY = (lambda x: _is_number(x) and 0 <= x <= 1, "an accuracy in [0, 1]")
+ACCURACY = (lambda x: is_finite_real(x) and 0 <= x <= 1, "an accuracy in [0, 1]")
 SETTINGS = {
     "dataset": (_text, "a data set's name"),
     "classes": (lambda x: isinstance(x, list) and all(map(_text, x)), "a list of class names"),
     "data_info": (lambda x: isinstance(x, dict), "a JSON object"),
-    "crop": (lambda x: _is_int(x) and x >= 1, "an integer >= 1"),
+    "crop": (lambda x: is_int(x) and x >= 1, "an integer >= 1"),
     "pairs_per_digit": (_count, COUNT),
 }
 DATA_INFO = {             # an image folder's, as folder.load_image_folder records it
     "folder": (_text, "a folder's path"),
     "image_size": (lambda x: isinstance(x, list) and len(x) == 2
-                   and all(_is_int(n) and n >= 1 for n in x), "[height, width] in pixels"),
+                   and all(is_int(n) and n >= 1 for n in x), "[height, width] in pixels"),
     "color": (lambda x: x in ("gray", "rgb"), "'gray' or 'rgb'"),
-    "test_fraction": (lambda x: _is_number(x) and 0 < x < 1, "a number in (0, 1)"),
+    "test_fraction": (lambda x: is_finite_real(x) and 0 < x < 1, "a number in (0, 1)"),
     "seed": (_count, COUNT),
     "split": (_text, "a text"),
     "test_files_sha256": (_text, "a SHA-256 in hex"),
@@ -670,14 +671,6 @@ def _check_meta_field(path, field, value, ok, what):
     """ValueError naming the file and the field unless ``ok``."""
     if not ok:
         raise ValueError(_damaged(path, field, value, what))
-
-
-def _is_int(x):
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def _config_from(meta, path):

@@ -312,7 +312,7 @@ def cmd_export_weights(args):
 
 def cmd_evaluate(args):
     from .checkpoint import model_kind
-    from .train import evaluate, prepare_data
+    from .train import evaluate
     ckpt = _load(args)
     model, weights = ckpt.model_with(args.weights)
     test, classes, dataset = _test_data(args, ckpt)

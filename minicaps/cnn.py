@@ -52,12 +52,13 @@ from typing import ClassVar
 import numpy as np
 
 from . import backend
-from .model import (CapsNet, DTYPES, _is_int, _is_real, check_buildable, glorot_uniform,
+from .model import (CapsNet, DTYPES, check_buildable, glorot_uniform,
                     implementation)
 from .ops import (dense_forward, dense_backward, relu_forward, relu_backward, softmax_forward,
                   conv2d_same_forward, conv2d_same_backward, max_pool_forward,
                   max_pool_backward, dropout_forward, dropout_backward,
                   softmax_cross_entropy_forward, softmax_cross_entropy_backward)
+from .values import is_int, is_real
 
 # Dropout's masks come from np.random.default_rng((DROPOUT_STREAM, seed, step)). The tag
 # keeps them apart from a run's own default_rng(seed): a SeedSequence pads its entropy
@@ -118,7 +119,7 @@ class CNNConfig:
             raise ValueError(f"CNNConfig.fc_sizes must be positive ints, got {self.fc_sizes}")
         for name in ("conv_kernel", "num_classes"):
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"CNNConfig.{name} must be an integer >= 1, got {value!r}")
             setattr(self, name, int(value))
         if self.num_classes < 2:
@@ -128,7 +129,7 @@ class CNNConfig:
                 or any(not 1 <= l <= layers for l in self.pool_after)):
             raise ValueError(f"CNNConfig.pool_after must name conv layers 1..{layers} in "
                              f"increasing order, each once, got {self.pool_after}")
-        if not _is_real(self.dropout) or not 0 <= self.dropout < 1:
+        if not is_real(self.dropout) or not 0 <= self.dropout < 1:
             raise ValueError(f"CNNConfig.dropout must be a rate in [0, 1), got {self.dropout!r}")
         self.dropout = float(self.dropout)
         h, w, _ = self.input_shape
@@ -186,7 +187,7 @@ class CNNConfig:
 
 def _int_tuple(values, name):
     """A tuple of Python ints from a list or tuple of integers; ValueError otherwise."""
-    if not isinstance(values, (list, tuple)) or not all(_is_int(v) for v in values):
+    if not isinstance(values, (list, tuple)) or not all(is_int(v) for v in values):
         raise ValueError(f"CNNConfig.{name} must be a list of integers, got {values!r}")
     return tuple(int(v) for v in values)
 
@@ -240,7 +241,7 @@ class BaselineCNN:
             raise ValueError(f"BaselineCNN needs a CNNConfig, got {type(self.config).__name__}")
         if str(dtype) not in DTYPES:
             raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
-        if not _is_int(seed) or seed < 0:
+        if not is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
         self.dtype = np.dtype(str(dtype))
         self.seed, self.dropout_step = int(seed), 0
@@ -344,7 +345,7 @@ class BaselineCNN:
         if y is None:
             raise ValueError("loss_and_grads needs labels y")
         step = self.dropout_step if step is None else step
-        if not _is_int(step) or step < 0:
+        if not is_int(step) or step < 0:
             raise ValueError(f"step must be an integer >= 0, got {step!r}")
         out, caches = self.forward(x, y, training=True, step=step, check_values=check_values,
                                    host_losses=host_losses)

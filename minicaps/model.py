@@ -31,6 +31,7 @@ from .ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forwar
                   routing_backward, length_forward, length_backward, margin_loss_forward,
                   margin_loss_backward, mask_forward, mask_backward, one_hot,
                   reconstruction_loss_forward, reconstruction_loss_backward)
+from .values import is_int, is_real
 
 DTYPES = ("float32", "float64")
 # Routing keeps (I, J) arrays of every iteration for each image (_routing_floats_per_image);
@@ -96,7 +97,7 @@ class CapsNetConfig:
                              f"{self.decoder_sizes}")
         for name in self.INT_FIELDS:
             value = getattr(self, name)
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f"CapsNetConfig.{name} must be an integer >= 1, got {value!r}")
             setattr(self, name, int(value))
         if self.num_classes < 2:
@@ -115,7 +116,7 @@ class CapsNetConfig:
         for name, low, high in (("squash_eps", 0, None), ("m_plus", 0, 1), ("m_minus", 0, 1),
                                 ("lam", 0, None), ("recon_weight", 0, None)):
             value = getattr(self, name)
-            if not _is_real(value) or not math.isfinite(value) or value < low or (
+            if not is_real(value) or not math.isfinite(value) or value < low or (
                     high is not None and value > high) or (name == "squash_eps" and value == 0):
                 where = f"in [{low}, {high}]" if high is not None else (
                     "> 0" if name == "squash_eps" else ">= 0")
@@ -195,19 +196,10 @@ def decoded_backward(dv, per_image):
     return dv.reshape((-1, per_image) + dv.shape[1:]).sum(axis=1)
 
 
-def _is_int(value):
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def _is_real(value):
-    return (isinstance(value, (int, float, np.integer, np.floating))
-            and not isinstance(value, (bool, np.bool_)))
-
-
 def _int_tuple(values, name):
     """A tuple of Python ints from a list or tuple of integers; ValueError otherwise (2.5 is
     not silently cut to 2)."""
-    if not isinstance(values, (list, tuple)) or not all(_is_int(v) for v in values):
+    if not isinstance(values, (list, tuple)) or not all(is_int(v) for v in values):
         raise ValueError(f"CapsNetConfig.{name} must be a list of integers, got {values!r}")
     return tuple(int(v) for v in values)
 
@@ -634,7 +626,7 @@ class CapsNet:
         would not fit in the memory available now (batch_bytes); nothing is allocated.
         ``option``: the option that sets the batch size, or None where none does (then
         the advice is to free memory or use a smaller network)."""
-        if not _is_int(batch_size) or batch_size < 1:
+        if not is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         need = self.batch_bytes(batch_size, training)
         available = backend.available_memory(self.device)

@@ -15,10 +15,10 @@ update array by array took 12 each. On the CPU the update goes block by block ov
 threads (Blockwise), array by array as the gradients come.
 """
 import math
-import numbers
 
 from . import backend
 from .backend import get_xp
+from .values import is_finite_real
 
 
 class Blockwise:
@@ -101,10 +101,6 @@ AVERAGE_KERNEL = backend.ElementwiseKernel(
     "minicaps_average")
 
 
-def _is_finite_real(x):
-    return isinstance(x, numbers.Real) and not isinstance(x, bool) and math.isfinite(x)
-
-
 class NonFiniteGradientError(ValueError):
     """A gradient held NaN or infinite values: Adam.step left the parameters as they were."""
 
@@ -128,12 +124,12 @@ def check_gradients(params, grads):
 
 class Adam:
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        if not _is_finite_real(lr) or lr <= 0:
+        if not is_finite_real(lr) or lr <= 0:
             raise ValueError(f"Adam needs a finite positive learning rate, got {lr!r}")
-        if not (_is_finite_real(beta1) and _is_finite_real(beta2)
+        if not (is_finite_real(beta1) and is_finite_real(beta2)
                 and 0 <= beta1 < 1 and 0 <= beta2 < 1):
             raise ValueError(f"Adam betas must lie in [0, 1), got {beta1!r}, {beta2!r}")
-        if not _is_finite_real(eps) or eps <= 0:     # sqrt(v) + eps divides: 0 gives 0/0
+        if not is_finite_real(eps) or eps <= 0:     # sqrt(v) + eps divides: 0 gives 0/0
             raise ValueError(f"Adam needs a finite positive eps, got {eps!r}")
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t = 0

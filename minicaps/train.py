@@ -33,10 +33,11 @@ from .cnn import CNNConfig
 from .augment import center_crop, check_crop, crop_images, draw_crops, draw_flips, flip_images
 from .data import Dataset, draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
 from .files import regular_file
-from .model import CapsNet, CapsNetConfig, _is_int, check_network_fits
+from .model import CapsNet, CapsNetConfig, check_network_fits
 from .ops import margin_loss_forward, reconstruction_loss_forward
 from .optim import Adam, NonFiniteGradientError, ParameterAverage
 from .progress import Progress
+from .values import is_int
 
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.npz", "best.npz"
@@ -230,7 +231,7 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     batches of the set and the counts are added up (the same accuracy, exactly).
     """
     cfg, n = model.config, len(labels)
-    if not _is_int(batch_size) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
@@ -415,7 +416,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
                               crop)
         x, y = to_model_input(batch, model.dtype), labels[idx[mine]]
         step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y,
-                          comm=comm, batch=(len(idx), mine.start, _labels_right))
+                          (len(idx), mine.start, _labels_right), comm=comm)
         pending.append((len(idx), out[name], out.get("reconstruction_loss"), step))
         correct = correct + out["correct"]
         bar.update(len(idx))
@@ -430,8 +431,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     return step, _epoch_stats(totals, pending, model, int(correct), n, start, bar)
 
 
-def _step(model, optimizer, average, step, schedule, x, y, targets=None, comm=None,
-          batch=None):
+def _step(model, optimizer, average, step, schedule, x, y, batch, targets=None, comm=None):
     """One training step: the gradients, Adam at the scheduled rate (schedule: lr, decay
     rate, decay steps), the average; returns (the step count after it, forward's out, with
     "correct": how many it got right). batch: (its size, the first image of x in it, how to
@@ -499,7 +499,7 @@ def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_de
         x, y, targets = _pair_batch(model, batch.images[mine], batch.labels[mine],
                                     batch.digits[mine])
         step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y,
-                          targets, comm, (m, mine.start, _pairs_right))
+                          (m, mine.start, _pairs_right), targets, comm)
         pending.append((m, out[name], out.get("reconstruction_loss"), step))
         correct = correct + out["correct"]
         bar.update(m)

@@ -103,3 +103,14 @@ def run_dir(saved_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(saved_run, out)
     return out
+
+
+@pytest.fixture
+def victim(tmp_path):
+    """A file outside every run folder, which links and hard links in a run folder lead to:
+    what a hostile case must leave as it was (its text: tiny_runs.VICTIM_TEXT)."""
+    from tiny_runs import VICTIM_TEXT
+    path = tmp_path / "elsewhere" / "victim.txt"
+    path.parent.mkdir()
+    path.write_bytes(VICTIM_TEXT)
+    return path

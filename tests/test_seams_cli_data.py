@@ -19,15 +19,11 @@ from minicaps.folder import load_image_folder
 from hostile_cases import one_line_error
 from limits import file_hashes
 from test_seams_sizes import mat_bomb
-from tiny_runs import run_tiny
+from tiny_runs import quiet, run_tiny
 
 MB = 1 << 20
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
                "t10k-labels-idx1-ubyte")
-
-
-def quiet(line):
-    pass
 
 
 def write_png(path, side=10, seed=0):

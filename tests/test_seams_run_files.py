@@ -13,20 +13,10 @@ from minicaps import runfolder
 
 from hostile_cases import one_line_error
 from limits import file_hashes
-from tiny_runs import run_tiny
+from tiny_runs import VICTIM_TEXT, run_tiny
 
 MB = 1 << 20
-VICTIM_TEXT = b"precious: someone else's file, not a run's\n"
 LOCK = runfolder.LOCK_FILE
-
-
-@pytest.fixture
-def victim(tmp_path):
-    """A file outside every run folder."""
-    path = tmp_path / "outside" / "v1"
-    path.parent.mkdir()
-    path.write_bytes(VICTIM_TEXT)
-    return path
 
 
 def hard_link(folder, name, target):

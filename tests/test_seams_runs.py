@@ -19,16 +19,6 @@ from synthetic import synthetic_mnist
 from tiny_runs import run_tiny
 
 MB = 1 << 20
-VICTIM_TEXT = b"someone else's file: not a run's\nline two\n"
-
-
-@pytest.fixture
-def victim(tmp_path):
-    """A file outside every run folder, which links in a run folder point to."""
-    path = tmp_path / "elsewhere" / "victim.txt"
-    path.parent.mkdir()
-    path.write_bytes(VICTIM_TEXT)
-    return path
 
 
 def plant_link(folder, name, target):

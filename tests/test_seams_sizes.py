@@ -27,12 +27,9 @@ from minicaps.train import evaluate, train
 from limits import file_hashes
 from synthetic import bars_data, synthetic_mnist
 from hostile_cases import one_line_error
+from tiny_runs import quiet
 
 MB = 1 << 20
-
-
-def quiet(line):
-    pass
 
 
 def peak_bytes(run):

@@ -6,6 +6,7 @@ from minicaps.train import train
 from synthetic import bars_data
 
 CONFIG = tiny_config(recon_weight=0.0005)
+VICTIM_TEXT = b"someone else's file: not a run's\nline two\n"
 SETTINGS = dict(batch_size=20, lr=0.01, shift=1, data=bars_data(60, 20), progress=False)
 
 
