@@ -31,6 +31,7 @@ translation is our choice: integers, uniform over every position that keeps all 
 digit's ink on the canvas.
 """
 import hashlib
+import math
 import os
 import struct
 import zlib
@@ -67,6 +68,20 @@ MI_COMPRESSED = 15                   # the Matlab 5 tag of a compressed variable
 # fewer), and its headers. A variable of any other name is no part of affNIST.
 VARIABLE_BYTES = {"affNISTdata": AFFNIST_TEST_SIZE * (CANVAS * CANVAS + 64 * 8) + (1 << 20)}
 OTHER_VARIABLE_BYTES = 1 << 20
+# The layout scipy may build from affNISTdata (_check_layout): one 1x1 struct of at most
+# MAX_FIELDS fields, each a 2-D numeric matrix (class double .. uint64). A cell array or a
+# struct array of millions of empty elements takes kilobytes compressed and gigabytes
+# once scipy makes an object of each.
+MI_MATRIX = 14
+MX_STRUCT = 2
+NUMERIC_CLASSES = range(6, 16)
+OTHER_CLASSES = {1: "a cell array", 2: "a struct", 3: "an object", 4: "a char array",
+                 5: "a sparse matrix"}
+MI_ITEM_BYTES = {1: 1, 2: 1, 3: 2, 4: 2, 5: 4, 6: 4, 7: 4, 9: 8, 12: 8, 13: 8}
+MAX_FIELDS = 16
+MAX_NAME_BYTES = 64                  # Matlab's field names (63 characters and a NUL)
+EXPECTED_LAYOUT = ("expected a struct affNISTdata of 1x1 whose fields are numeric matrices "
+                   "(image 1600 x N, label_int 1 x N, ...)")
 _WORK = 64                           # canvas on which a digit is transformed before it moves
 
 
@@ -213,6 +228,7 @@ def read_affnist_mat(path, max_bytes=MAX_MAT_BYTES, sha256=None):
     path = Path(path)
     size = _check_mat_header(path, max_bytes)
     _check_variable_sizes(path, max_bytes)
+    _check_layout(path)
     if sha256 is not None:
         actual = _sha256(path)
         if actual != sha256.lower():
@@ -426,6 +442,158 @@ def _decompressed_size(f, nbytes, limit, path, order, piece=1 << 20):
         raise DataError(f"{path}: a compressed variable holds more than the {declared - 8} "
                         f"bytes it declares: the file is damaged; download it again")
     return declared
+
+
+class _Pieces:
+    """The bytes of one variable read in pieces of at most ``piece`` (decompressed on the
+    way when it is compressed): read(n) returns the next n bytes (a header), skip(n) passes
+    over n (data) without keeping them; ``at`` counts the bytes passed."""
+
+    def __init__(self, f, nbytes, compressed, path, piece=1 << 20):
+        self.f, self.left, self.path, self.piece = f, nbytes, path, piece
+        self.inflate = zlib.decompressobj() if compressed else None
+        self.buffer, self.at = b"", 0
+
+    def _fill(self):
+        while True:
+            tail = self.inflate.unconsumed_tail if self.inflate else b""
+            data = tail or self.f.read(min(self.piece, self.left))
+            self.left -= 0 if tail else len(data)
+            if not data:
+                raise DataError(f"{self.path}: a variable ends before its last element: "
+                                "is the file truncated? Download it again")
+            more = self.inflate.decompress(data, self.piece) if self.inflate else data
+            if more:
+                self.buffer += more
+                return
+
+    def read(self, n):
+        while len(self.buffer) < n:
+            self._fill()
+        data, self.buffer, self.at = self.buffer[:n], self.buffer[n:], self.at + n
+        return data
+
+    def skip(self, n):
+        self.at += n
+        while len(self.buffer) < n:
+            n -= len(self.buffer)
+            self.buffer = b""
+            self._fill()
+        self.buffer = self.buffer[n:]
+
+
+class _Header(NamedTuple):
+    """An miMATRIX element's header: its class, complex flag, dimensions, name, and
+    where (Pieces.at) it ends."""
+    cls: int
+    complex: bool
+    dims: tuple
+    name: bytes
+    end: int
+
+    def what(self):
+        shape = "x".join(map(str, self.dims))
+        if self.cls in NUMERIC_CLASSES:
+            return f"a complex matrix of {shape}" if self.complex else f"a matrix of {shape}"
+        return f"{OTHER_CLASSES.get(self.cls, f'an array of class {self.cls}')} of {shape}"
+
+
+def _element(pieces, order, limit):
+    """(type, data) of the next element of at most ``limit`` bytes (a header's part),
+    small (its data in its tag) or not; its padding passed."""
+    kind, size = struct.unpack(order + "II", pieces.read(8))
+    if kind >> 16:
+        return kind & 0xFFFF, struct.pack(order + "I", size)[:kind >> 16]
+    if size > limit:
+        raise DataError(f"{pieces.path}: an array header of {size} bytes, more than the "
+                        f"{limit} an affNIST file's take: this is not an affNIST file")
+    data = pieces.read(size)
+    pieces.skip(-size % 8)
+    return kind, data
+
+
+def _matrix_header(pieces, order):
+    """The _Header of the miMATRIX element that comes next, None for an empty one."""
+    kind, size = struct.unpack(order + "II", pieces.read(8))
+    if kind != MI_MATRIX:
+        raise DataError(f"{pieces.path}: an element of type {kind} where an array should be: "
+                        "the file is damaged; download it again")
+    if size == 0:
+        return None
+    end = pieces.at + size
+    flags = struct.unpack(order + "I", _element(pieces, order, 8)[1][:4])[0]
+    dims = _element(pieces, order, 32 * 4)[1]
+    dims = struct.unpack(f"{order}{len(dims) // 4}i", dims[:len(dims) // 4 * 4])
+    name = _element(pieces, order, MAX_NAME_BYTES)[1]
+    return _Header(flags & 0xFF, bool(flags & 0x0800), dims, name, end)
+
+
+def _check_layout(path):
+    """DataError unless each variable named affNISTdata is a 1x1 struct of at most
+    MAX_FIELDS fields, each a 2-D real numeric matrix whose data holds the bytes its
+    dimensions need: what scipy builds is then a few arrays, never millions of objects.
+    The variables are walked header by header, their data passed in bounded pieces."""
+    with open(path, "rb") as f:
+        f.seek(126)
+        order = "<" if f.read(2) == b"IM" else ">"      # the endian mark, as written
+        offset, end = 128, path.stat().st_size
+        while offset + 8 <= end:
+            f.seek(offset)
+            kind, nbytes = struct.unpack(order + "II", f.read(8))
+            if kind >> 16:
+                offset += 8
+                continue
+            if kind in (MI_COMPRESSED, MI_MATRIX):
+                if kind == MI_MATRIX:
+                    f.seek(offset)
+                size = nbytes + 8 if kind == MI_MATRIX else nbytes
+                try:
+                    _check_affnistdata(_Pieces(f, size, kind == MI_COMPRESSED, path), order)
+                except (zlib.error, struct.error) as e:
+                    raise DataError(f"{path}: a variable is damaged ({e}); download the "
+                                    "file again") from e
+            offset += 8 + nbytes
+
+
+def _check_affnistdata(pieces, order):
+    """The checks of _check_layout on the variable ``pieces`` holds, if it is affNISTdata
+    (scipy is asked for no other)."""
+    path = pieces.path
+    head = _matrix_header(pieces, order)
+    if head is None or head.name != b"affNISTdata":
+        return
+    if head.cls != MX_STRUCT or head.dims != (1, 1):
+        raise DataError(f"{path}: {EXPECTED_LAYOUT}, found {head.what()}: this is not "
+                        "affNIST's test.mat; download it again")
+    name_bytes = struct.unpack(order + "i", _element(pieces, order, 4)[1].ljust(4, b"\0"))[0]
+    names = _element(pieces, order, MAX_FIELDS * MAX_NAME_BYTES)[1]
+    if not 0 < name_bytes <= MAX_NAME_BYTES or len(names) > MAX_FIELDS * name_bytes:
+        raise DataError(f"{path}: {EXPECTED_LAYOUT}, found field names of {name_bytes} bytes "
+                        f"in {len(names)}: more than {MAX_FIELDS} fields, or damaged")
+    for i in range(len(names) // name_bytes):
+        field = names[i * name_bytes:(i + 1) * name_bytes].split(b"\0")[0]
+        _check_numeric(pieces, order, "affNISTdata." + field.decode("ascii", "replace"))
+
+
+def _check_numeric(pieces, order, field):
+    """DataError unless the array that comes next is a 2-D real numeric matrix whose data
+    holds the bytes its dimensions need; its data is passed, not kept."""
+    path = pieces.path
+    head = _matrix_header(pieces, order)
+    if head is None or head.cls not in NUMERIC_CLASSES or head.complex or len(head.dims) != 2:
+        found = "an empty element" if head is None else head.what()
+        raise DataError(f"{path}: {field} is {found}, expected a numeric matrix (affNIST's "
+                        f"are uint8 or double, 1600 x N pictures and 1 x N labels); "
+                        "this is not affNIST's test.mat")
+    kind, nbytes = struct.unpack(order + "II", pieces.read(8))
+    kind, nbytes, data_at = ((kind & 0xFFFF, kind >> 16, pieces.at - 4) if kind >> 16
+                             else (kind, nbytes, pieces.at))
+    need = math.prod(head.dims) * MI_ITEM_BYTES.get(kind, 0)
+    if nbytes != need or min(head.dims) < 0 or data_at + nbytes > head.end:
+        shape = "x".join(map(str, head.dims))
+        raise DataError(f"{path}: {field} holds {nbytes} bytes, its dimensions {shape} need "
+                        f"{need} (element type {kind}): the file is damaged; download it again")
+    pieces.skip(head.end - pieces.at)
 
 
 def _variable_name(head, order):

@@ -600,7 +600,18 @@ def _text(x):
 
 
 ACCURACY = (lambda x: is_finite_real(x) and 0 <= x <= 1, "an accuracy in [0, 1]")
-SETTINGS = {
+def _positive(x):
+    return is_finite_real(x) and x > 0
+
+
+SETTINGS = {              # what train writes (train.train's settings), each of its type
+    "batch_size": (lambda x: _count(x) and x >= 1, "an integer >= 1"),
+    "lr": (_positive, "a number > 0"),
+    "seed": (_count, COUNT),
+    "shift": (_count, COUNT),
+    "average": (lambda x: is_finite_real(x) and 0 < x < 1, "a decay in (0, 1), or null"),
+    "model": (lambda x: x in MODELS, f"one of {', '.join(MODELS)}"),
+    "flip": (lambda x: isinstance(x, bool), "true or false"),
     "dataset": (_text, "a data set's name"),
     "classes": (lambda x: isinstance(x, list) and all(map(_text, x)), "a list of class names"),
     "data_info": (lambda x: isinstance(x, dict), "a JSON object"),

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from .multimnist import MAX_PAIRS_PER_DIGIT
+from .robustness import MAX_STEPS
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist", "affnist")
 # --preset: the network and the recipe. "paper": the paper's network and learning rate;
@@ -94,8 +95,8 @@ def _check_data_options(args):
 
 def cmd_train(args):
     from . import distributed
-    comm = distributed.from_environment()   # None: one process (not started by mpiexec, srun)
-    if comm is None:
+    comm = getattr(args, "comm", None) or distributed.from_environment()
+    if comm is None:          # one process (not started by mpiexec, srun)
         return _train_command(args)
     return comm.run(lambda: _train_command(args, comm))   # output from rank 0, faults end all
 
@@ -622,12 +623,11 @@ def cmd_predict(args):
 
 
 def _picture_target(path, inputs):
-    """Refuse, before any work, a --save-reconstruction PATH that names a .npz (a PNG is
-    written) or that checkpoint.replace_file would refuse (files.writable_file)."""
-    from .files import writable_file
-    if Path(path).suffix.lower() == ".npz":
-        raise ValueError(f"--save-reconstruction {path}: a PNG picture is written, and .npz "
-                         f"names a checkpoint or weights file; give another name, ending .png")
+    """Refuse, before any work, a --save-reconstruction PATH whose name does not end in
+    .png or that holds something other than a PNG (files.png_file), or that
+    checkpoint.replace_file would refuse (files.writable_file)."""
+    from .files import png_file, writable_file
+    png_file(path, "--save-reconstruction")
     writable_file(path, inputs)
 
 
@@ -749,6 +749,8 @@ def image_size(text):
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+robustness_steps = _number(int, lambda v: 1 <= v <= MAX_STEPS,
+                           f"be an integer from 1 to {MAX_STEPS}", "robustness_steps")
 fraction = _number(float, lambda v: 0 < v < 1, "lie between 0 and 1 (such as 0.1)", "fraction")
 
 
@@ -1070,7 +1072,7 @@ def build_parser():
                    help="which test set (default: the one both were trained on)")
     add_data_options(p)
     add_folder_options(p)
-    p.add_argument("--steps", type=positive_int, metavar="K", default=4,
+    p.add_argument("--steps", type=robustness_steps, metavar="K", default=4,
                    help="strengths from none to the strongest: K+1 per transformation, "
                         "2K+1 scale factors")
     p.add_argument("--seed", type=nonnegative_int, default=0,
@@ -1124,15 +1126,74 @@ def parse_command_line(argv, parser=None):
         # everything after 'bench' belongs to bench/bench.py, its --help included
         return argparse.Namespace(command="bench", func=cmd_bench, bench_args=argv[1:])
     if argv[:1] and argv[0] in INTERMIXED:
-        return parser.commands[argv[0]].parse_intermixed_args(
-            argv[1:], argparse.Namespace(command=argv[0]))
+        return _parse_intermixed(parser.commands[argv[0]], argv[1:],
+                                 argparse.Namespace(command=argv[0]))
+    if argv[:1] and argv[0] in parser.commands:   # its errors then say "minicaps <command>"
+        return parser.commands[argv[0]].parse_args(argv[1:], argparse.Namespace(command=argv[0]))
     return parser.parse_args(argv)
+
+
+def _parse_intermixed(command, argv, namespace):
+    """``command``'s intermixed parse of ``argv``, where everything after '--' is a
+    positional, a name that starts with '-' (-w.png) included. Intermixed parsing would
+    take such a name for an option, so each argument after '--' is parsed as a stand-in
+    that cannot be one (no argument holds a NUL byte) and put back after."""
+    if "--" not in argv:
+        return command.parse_intermixed_args(argv, namespace)
+    cut = argv.index("--") + 1
+    names = {f"\0{k}": name for k, name in enumerate(argv[cut:])}
+    args = command.parse_intermixed_args(argv[:cut] + list(names), namespace)
+
+    def back(value):
+        return names.get(value, value) if isinstance(value, str) else value
+    for key, value in vars(args).items():
+        setattr(args, key, [back(v) for v in value] if isinstance(value, list) else back(value))
+    return args
+
+
+def _launched_ranks():
+    from .distributed import launched_ranks
+    return launched_ranks()
+
+
+def _parse_on_every_rank(argv, parser):
+    """(the Namespace, None) of a train command line started by mpiexec or srun on several
+    ranks, or (None, its exit status) once every rank has learned that some rank's options
+    were refused, or that the ranks' options differ: printed once, by rank 0."""
+    import contextlib
+    import io
+    from . import distributed
+    said = io.StringIO()
+    try:
+        with contextlib.redirect_stderr(said):
+            args, failure = parse_command_line(argv, parser), None
+    except SystemExit as e:
+        if not e.code:                               # --help: printed on every rank
+            return None, 0
+        args, failure = None, (said.getvalue().strip().splitlines() or [f"exit {e.code}"])[-1]
+    comm = distributed.from_environment()
+    if comm is None:                                 # the launcher started one rank only
+        sys.stderr.write(said.getvalue())
+        return args, None if failure is None else 2
+    error = comm.disagreement(argv, failure)
+    if error is not None:
+        if comm.is_root:
+            prefix = "" if error.startswith("minicaps") else "minicaps train: error: "
+            print(f"{prefix}{error}", file=sys.stderr, flush=True)
+        return None, 2
+    args.comm = comm
+    return args, None
 
 
 def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
-    args = parse_command_line(argv, parser)
+    if argv[:1] == ["train"] and _launched_ranks() > 1:
+        args, code = _parse_on_every_rank(argv, parser)
+        if args is None or code is not None:
+            return code
+    else:
+        args = parse_command_line(argv, parser)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
@@ -1140,8 +1201,10 @@ def main(argv=None):
         use_math_mode(args)
         return args.func(args)
     except (ValueError, RuntimeError, OSError, ImportError) as e:
+        from .files import os_error_said
         from .folder import printable          # a file name that is not UTF-8 prints too
-        print(f"minicaps {args.command}: error: {printable(str(e))}", file=sys.stderr)
+        said = os_error_said(e) if isinstance(e, OSError) else None   # not "[Errno 20] ..."
+        print(f"minicaps {args.command}: error: {printable(said or str(e))}", file=sys.stderr)
         return 2
     except MemoryError as e:
         advice = ("give a smaller --batch-size, or free memory" if hasattr(args, "batch_size")

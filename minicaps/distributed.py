@@ -106,15 +106,18 @@ class Communicator:
         self.MPI = import_mpi()
         self.comm = mpi_comm
         self.rank, self.size = mpi_comm.Get_rank(), mpi_comm.Get_size()
-        node = mpi_comm.Split_type(self.MPI.COMM_TYPE_SHARED)
-        self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
-        node.Free()
         self.timeout = float(timeout or os.environ.get("MINICAPS_PEER_TIMEOUT") or TIMEOUT)
         self.nccl = None                   # an NCCL communicator, once use_device found one
         self.reduce_seconds, self.reductions = 0.0, 0     # time in the gradients' all-reduce
         self._buffer = None
         self._watchdog = Watchdog(self._timed_out)
-        self._errors = mpi_comm.Dup()        # for the vote of failing ranks alone
+        # the first collectives, watched too: a rank that ended before them is waited for
+        # (MPICH spins) only as long as any other collective
+        with self._watchdog.watch("the start", self.timeout):
+            node = mpi_comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+            self.local_rank, self.local_size = node.Get_rank(), node.Get_size()
+            node.Free()
+            self._errors = mpi_comm.Dup()        # for the vote of failing ranks alone
         # The cores of this machine shared among its ranks (BLAS's threads are set by
         # OMP_NUM_THREADS / OPENBLAS_NUM_THREADS before NumPy loads: docs/distributed.md).
         os.environ.setdefault("MINICAPS_THREADS",
@@ -123,6 +126,25 @@ class Communicator:
     @property
     def is_root(self):
         return self.rank == 0
+
+    def disagreement(self, argv, failure):
+        """What every rank says when the ranks' command lines do not agree, or None when
+        they do: ``argv`` this rank's command line, ``failure`` its parsing's error (None:
+        parsed). One gather, the first collective of a run, so that a rank whose options
+        were refused, or differ from rank 0's, ends every rank at once."""
+        views = self.gather_objects((list(argv), failure), "the check of the ranks' options")
+        for rank, (_, error) in enumerate(views):
+            if error is not None:
+                return error if rank == 0 else f"{error} (on rank {rank} of {self.size})"
+        mine = views[0][0]
+        for rank, (theirs, _) in enumerate(views):
+            if theirs != mine:
+                only = [a for a in theirs if a not in mine] + [a for a in mine if a not in theirs]
+                return (f"the ranks were started with different options: rank {rank} has "
+                        f"{' '.join(theirs[1:])!r}, rank 0 {' '.join(mine[1:])!r} "
+                        f"(differing: {' '.join(only) or 'their order'}); give every rank "
+                        f"the same command line")
+        return None
 
     # --- shares ------------------------------------------------------------------------------
     def share(self, m):
@@ -266,7 +288,8 @@ class Communicator:
         cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
         nccl = _nccl_module(cupy)
         if nccl is not None:
-            uid = self.comm.bcast(nccl.get_unique_id() if self.is_root else None, root=0)
+            with self._watchdog.watch("NCCL's start", self.timeout):
+                uid = self.comm.bcast(nccl.get_unique_id() if self.is_root else None, root=0)
             self.nccl = NCCLAllReduce(cupy, nccl, nccl.NcclCommunicator(self.size, uid, self.rank))
 
     # --- faults -------------------------------------------------------------------------------

@@ -5,11 +5,15 @@ folder or a device is no file to read either. So a file that a command reads by 
 (a picture, a checkpoint) is first looked at with os.stat, and refused, by name, unless
 it is a regular file (or a link to one).
 """
+import errno
 import os
 import stat
+from pathlib import Path
 
 KINDS = ((stat.S_ISDIR, "a folder"), (stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"),
          (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"))
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"      # the first 8 bytes of every PNG file
+NAME_MAX, PATH_MAX = 255, 4096              # Linux's: the longest file name, the longest path
 
 
 def regular_file(path, what):
@@ -63,9 +67,58 @@ def output_folder(path, what="--out"):
     except FileNotFoundError:
         return path
     if not stat.S_ISDIR(mode):
-        raise ValueError(f"{what} {path} is {kind_of(mode)}: {what} must be a folder (made if "
+        kind = "a file" if stat.S_ISREG(mode) else kind_of(mode)
+        raise ValueError(f"{what} {path} is {kind}: {what} must be a folder (made if "
                          f"missing); give a folder")
     return path
+
+
+def png_file(path, what):
+    """``path`` when a PNG picture may be written there: its name ends in .png, and what is
+    there already, if anything, is a PNG (a link is replaced, not followed, so it may lead
+    anywhere). ValueError naming ``what`` and ``path`` otherwise: a picture written over a
+    script or notes would lose them."""
+    if Path(path).suffix.lower() != ".png":
+        raise ValueError(f"{what} {path}: a PNG picture is written, and this name does not "
+                         f"end in .png; nothing was written; give another name, ending .png")
+    if os.path.isfile(path) and not os.path.islink(path):
+        with open(path, "rb") as f:
+            if f.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                raise ValueError(f"{what} {path} is a file that is not a PNG picture: it is "
+                                 f"left as it was; give another name, or remove that file")
+    return path
+
+
+def os_error_said(e):
+    """The OSError ``e`` said in one sentence, naming its file and what to do, when it is
+    about the path itself: a file where a folder should be (ENOTDIR), a name or a path too
+    long (ENAMETOOLONG), permission denied (EACCES, EPERM). None for any other."""
+    if e.filename is None:
+        return None
+    name = os.fsdecode(e.filename)
+    if e.errno == errno.ENOTDIR:
+        on_the_way = next((str(p) for p in reversed(Path(name).parents)
+                           if p.exists() and not p.is_dir()), "a part of it")
+        return (f"{name}: {on_the_way} is a file, not a folder, so nothing can be "
+                f"under it; give a path whose folders are folders")
+    if e.errno == errno.ENAMETOOLONG:
+        longest = max(Path(name).parts, key=lambda part: len(os.fsencode(part)))
+        if len(os.fsencode(longest)) > NAME_MAX:
+            where = "" if longest == name else f"{_shortened(name)}: "
+            return (f"{where}the name {_shortened(longest)} is too long "
+                    f"({len(os.fsencode(longest))} bytes; a file name may have at most "
+                    f"{NAME_MAX}); give a shorter name")
+        return (f"{_shortened(name)}: the path is too long ({len(os.fsencode(name))} bytes; "
+                f"a path may have at most {PATH_MAX}); give a shorter path")
+    if e.errno in (errno.EACCES, errno.EPERM):
+        return (f"{name}: permission denied ({e.strerror}); give this user access "
+                f"to it (chmod, or ask its owner), or use a copy of it that you may use")
+    return None
+
+
+def _shortened(name, most=80):
+    """``name``, its middle left out when it is longer than ``most`` characters."""
+    return name if len(name) <= most else f"{name[:most // 2]}...{name[-most // 4:]}"
 
 
 def data_file(path):

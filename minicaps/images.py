@@ -94,8 +94,10 @@ def _open(Image, path):
     not read, a JPEG too short for the pixels its header claims (_check_jpeg_length)."""
     regular_file(path, "picture file")      # a named pipe would keep Pillow waiting
     try:
-        with warnings.catch_warnings():     # Pillow warns of big pictures: weighed later
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        # Pillow warns of big pictures (weighed later) and of damaged headers (a corrupt
+        # EXIF block): the picture is then read or refused in one line, not warned about
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             image = Image.open(path, formats=[f for f in FORMATS if f != "MPO"])  # a JPEG
     except FileNotFoundError:
         raise
@@ -123,7 +125,9 @@ def _decode(image, path):
         _check_png_rows(image, path)
     setting, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        image.load()
+        with warnings.catch_warnings():     # as in _open: read or refused, not warned about
+            warnings.simplefilter("ignore")
+            image.load()
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = setting
 

@@ -105,6 +105,22 @@ class NonFiniteGradientError(ValueError):
     """A gradient held NaN or infinite values: Adam.step left the parameters as they were."""
 
 
+def check_gradient_shapes(params, grads):
+    """ValueError unless every parameter has a gradient of its own shape and dtype: the
+    update writes each gradient into its parameter in place, so one that does not fit
+    would fail after the others were changed. Only the arrays' headers are read."""
+    missing = set(params) - set(grads)
+    if missing:
+        raise ValueError(f"no gradient for parameters {sorted(missing)}")
+    for name, p in params.items():
+        g = grads[name]
+        if getattr(g, "shape", None) != p.shape or getattr(g, "dtype", None) != p.dtype:
+            found = (f"{g.shape} {g.dtype}" if hasattr(g, "shape") and hasattr(g, "dtype")
+                     else type(g).__name__)
+            raise ValueError(f"the gradient of {name} is {found}, expected {p.shape} "
+                             f"{p.dtype} like the parameter: nothing was updated")
+
+
 def check_gradients(params, grads):
     """NonFiniteGradientError naming the first parameter whose gradient holds NaN or inf.
     One sum over the flat gradient buffer (or one per array) screens them all, as a NaN or
@@ -147,9 +163,7 @@ class Adam:
         (check_gradients); on a GPU that check would wait for the device every step, so
         there training finds a divergence by its loss instead.
         """
-        missing = set(params) - set(grads)
-        if missing:
-            raise ValueError(f"no gradient for parameters {sorted(missing)}")
+        check_gradient_shapes(params, grads)
         if params and not backend.is_gpu_array(next(iter(params.values()))):
             check_gradients(params, grads)
         self.t += 1

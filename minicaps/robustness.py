@@ -38,6 +38,9 @@ from .affnist import AffineParams, warp
 STRONGEST = {"rotation": 60.0, "shear": 0.6, "scale": 0.4, "translation": 12.0}
 TRANSFORMATIONS = tuple(STRONGEST)
 IDENTITY = {"rotation": 0.0, "shear": 0.0, "scale": 1.0, "translation": 0.0}
+# Steps K past this draw no new curve (100 points from none to the strongest), while each
+# step costs a pass over the whole test set per transformation.
+MAX_STEPS = 100
 
 
 class Directions(NamedTuple):
@@ -64,8 +67,8 @@ def strengths(name, steps):
     if name not in STRONGEST:
         raise ValueError(f"unknown transformation {name!r}, expected one of "
                          f"{', '.join(TRANSFORMATIONS)}")
-    if int(steps) != steps or steps < 1:
-        raise ValueError(f"steps must be a positive integer, got {steps!r}")
+    if int(steps) != steps or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be an integer from 1 to {MAX_STEPS}, got {steps!r}")
     strongest = STRONGEST[name]
     if name == "scale":             # k / K, not linspace: exactly 1 at k = 0
         return 1.0 + strongest * np.arange(-steps, steps + 1) / steps

@@ -675,13 +675,21 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     _on_root(comm, lambda: locks.append(runfolder.claim(
         run.out_dir, fresh=fresh, overwrite=overwrite, checkpoint_bytes=_checkpoint_bytes(run),
         log=log)), "rank 0's claim of the run folder")
+    best_was_there = run.best_checkpoint.exists()
     try:
         if resume is not None:
-            _on_root(comm, lambda: (_truncate_metrics(run.out_dir / METRICS_FILE, run.epoch),
+            _on_root(comm, lambda: (_truncate_metrics(run.out_dir / METRICS_FILE, run.epoch, log),
                                     _restore_best(run, settings, _score_key(run, val_set), log)),
                      "rank 0's restore of the run folder")
         _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log,
                       comm)
+    except BaseException:
+        # stopped (Ctrl-C) before a first epoch of a resume into a new folder: the best.npz
+        # written there would refuse the same command ("already holds a run"), so it goes
+        if (resume is not None and fresh and not best_was_there
+                and not run.last_checkpoint.exists() and (comm is None or comm.is_root)):
+            run.best_checkpoint.unlink(missing_ok=True)
+        raise
     finally:
         for lock in locks:
             lock.release()
@@ -1005,8 +1013,10 @@ def _check_nothing_overwritten(out_dir, resume, epoch):
             f"(--out NEWDIR); to go on with the run, resume from {last}")
 
 
-def _truncate_metrics(path, epoch):
-    """Drop metrics lines of epochs after ``epoch`` (written before a crash, not checkpointed)."""
+def _truncate_metrics(path, epoch, log=print):
+    """Keep the metrics lines of epochs 1..``epoch``, in order: lines of later epochs
+    (written before a crash, not checkpointed) go, and so do torn, repeated or out-of-order
+    ones, with a note; a history shorter than ``epoch`` epochs is said too."""
     try:
         f = runfolder.open_run_file(path, "r+b")       # never through a link, nor waiting
     except FileNotFoundError:
@@ -1017,13 +1027,23 @@ def _truncate_metrics(path, epoch):
             raise runfolder.RunFolderError(
                 f"{path} holds more than {runfolder.MAX_METRICS_BYTES >> 20} MiB, more than "
                 f"a run's metrics: move it out of the folder, or give another --out")
-        kept = []
+        kept, dropped = [], 0
         for line in text.splitlines():
             try:
-                if json.loads(line)["epoch"] <= epoch:
-                    kept.append(line)
+                number = json.loads(line)["epoch"]
             except (ValueError, KeyError, TypeError, RecursionError):   # torn by the crash
-                pass
+                dropped += bool(line.strip())
+                continue
+            if number == len(kept) + 1 and number <= epoch:
+                kept.append(line)
+            elif not (isinstance(number, int) and number > epoch):   # not just after the crash
+                dropped += 1
+        if dropped:
+            log(f"dropped {dropped} line{'s' * (dropped != 1)} of {path} that were not the "
+                f"next epoch's (repeated, out of order or torn)")
+        if len(kept) < epoch:
+            log(f"{path} holds the metrics of {len(kept)} epochs of the checkpoint's {epoch}: "
+                f"the history of the epochs after {len(kept)} is missing there")
         f.seek(0)
         f.truncate()
         f.write(b"".join(line + b"\n" for line in kept))

@@ -67,7 +67,7 @@ def test_the_strengths_run_from_none_to_the_strongest():
     np.testing.assert_array_equal(strengths("translation", 4), [0, 3, 6, 9, 12])
     np.testing.assert_array_equal(strengths("translation", 24), np.arange(13))  # whole pixels
     for name in TRANSFORMATIONS:
-        with pytest.raises(ValueError, match="positive integer"):
+        with pytest.raises(ValueError, match="an integer from 1 to 100"):
             strengths(name, 0)
 
 
@@ -298,4 +298,4 @@ def test_the_command_refuses_what_it_cannot_test(tmp_path, capsys, mnist):
         cli.main(["robustness", str(a), str(a), "--steps", "0"])
     assert stop.value.code == 2
     err = capsys.readouterr().err
-    assert "--steps: must be a positive integer" in err and err.count("\n") == 1
+    assert "--steps: must be an integer from 1 to 100" in err and err.count("\n") == 1

@@ -92,7 +92,7 @@ def test_save_reconstruction_on_a_full_disk_keeps_the_old_file(run_dir, tmp_path
     monkeypatch.setitem(Image.SAVE, "PNG", full)
     out = tmp_path / "out"
     out.mkdir()
-    (out / "rec.png").write_bytes(b"the previous reconstruction")
+    (out / "rec.png").write_bytes(b"\x89PNG\r\n\x1a\n the previous reconstruction")
     before = file_hashes(out)
     err = one_line_error(capsys, ["predict", str(run_dir / "best.npz"), str(digit),
                                   "--save-reconstruction", str(out / "rec.png")], bounded)
