@@ -25,7 +25,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 import zipfile
 import zlib
 from dataclasses import dataclass, field
@@ -259,32 +258,49 @@ def _naming(e, path):
 
 
 def _replace(path, write):
-    """replace_file's writing: temp file, fsync, rename, the folder fsynced."""
+    """replace_file's writing: temp file, fsync, rename, the folder fsynced. The temp file
+    is made, renamed and (on failure) removed in the folder as it was opened, by its file
+    descriptor: a folder swapped for a link meanwhile leads nowhere else."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    folder = os.open(path.parent, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
     try:
-        umask = os.umask(0)   # mkstemp makes the file private (0600); give it the usual mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
+        tmp = _write_temp(folder, path.name, write)
+        try:
+            os.replace(tmp, path.name, src_dir_fd=folder, dst_dir_fd=folder)
+        except BaseException:
+            os.remove(tmp, dir_fd=folder)
+            raise
+        try:   # make the rename itself durable; not every file system allows it
+            os.fsync(folder)
+        except OSError:
+            pass
+    finally:
+        os.close(folder)
+
+
+def _write_temp(folder, name, write):
+    """``write(f)`` into a new temp file ``.NAME.XXXXXXXX.tmp`` in the open ``folder``,
+    flushed to disk; its name. Removed again if anything fails (Ctrl-C too)."""
+    import secrets
+    for _ in range(100):
+        tmp = f".{name}.{secrets.token_hex(4)}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                         0o666, dir_fd=folder)       # the usual mode, less the umask
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(f"no free temp name beside {name}")
+    try:
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:   # KeyboardInterrupt too: never leave a half-written temp file
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    except BaseException:   # never leave a half-written temp file
+        os.remove(tmp, dir_fd=folder)
         raise
-    try:   # make the rename itself durable; not every system lets a folder be opened
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    return tmp
 
 
 # --- load ------------------------------------------------------------------------------------

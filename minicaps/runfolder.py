@@ -64,8 +64,10 @@ class RunLock:
         """Remove the lock file and let the lock go (once; later calls do nothing)."""
         if self._fd is None:
             return
-        try:
-            os.remove(self.path)
+        try:       # only the lock this run made: not a file met through a folder swapped since
+            held, there = os.fstat(self._fd), os.stat(self.path, follow_symlinks=False)
+            if (held.st_dev, held.st_ino) == (there.st_dev, there.st_ino):
+                os.remove(self.path)
         except OSError:
             pass
         os.close(self._fd)

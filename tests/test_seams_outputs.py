@@ -5,7 +5,6 @@ of the command's own inputs nor a checkpoint, and it is replaced whole or not at
 import errno
 import os
 import stat
-import tempfile
 
 import numpy as np
 import pytest
@@ -148,10 +147,9 @@ def test_export_weights_leaves_a_named_pipe_a_pipe(run_dir, tmp_path, capsys, bo
 
 def test_export_weights_into_a_read_only_folder_names_the_target(run_dir, tmp_path, capsys,
                                                                  bounded, monkeypatch):
-    def denied(*args, **kwargs):      # root writes anywhere: deny as a read-only folder would
-        raise PermissionError(errno.EACCES, "Permission denied",
-                              str(tmp_path / ".w.npz.abc123.tmp"))
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    def denied(folder, name, write):  # root writes anywhere: deny as a read-only folder would
+        raise PermissionError(errno.EACCES, "Permission denied", f".{name}.abc123.tmp")
+    monkeypatch.setattr(checkpoint, "_write_temp", denied)
     err = one_line_error(capsys, ["export-weights", str(run_dir / "best.npz"),
                                   str(tmp_path / "w.npz")], bounded)
     assert "w.npz" in err and "permission denied" in err.lower() and ".tmp" not in err
@@ -179,9 +177,9 @@ def test_plot_out_a_device_says_out_must_be_a_folder(run_dir, tmp_path, capsys, 
 
 def test_plot_into_a_read_only_folder_names_the_picture(run_dir, tmp_path, capsys, bounded,
                                                         monkeypatch):
-    def denied(*args, prefix="", dir=None, **kwargs):
-        raise PermissionError(errno.EACCES, "Permission denied", f"{dir}/{prefix}xyz.tmp")
-    monkeypatch.setattr(tempfile, "mkstemp", denied)
+    def denied(folder, name, write):
+        raise PermissionError(errno.EACCES, "Permission denied", f".{name}.xyz.tmp")
+    monkeypatch.setattr(checkpoint, "_write_temp", denied)
     err = one_line_error(capsys, ["plot", str(run_dir / "best.npz"), "--kind", "curves",
                                   "--out", str(tmp_path / "pics"), "--no-progress"], bounded)
     assert "curves.png" in err and "permission denied" in err.lower() and ".tmp" not in err

@@ -192,3 +192,60 @@ def test_a_run_still_writes_and_truncates_its_own_metrics(run_dir, bounded):
     epochs = [line.split(",")[0] for line in metrics.read_text().splitlines()]
     assert epochs == ['{"epoch": 1', '{"epoch": 2']
     assert not (run_dir / LOCK).exists()
+
+
+# --- a run folder swapped for a link while the run writes -------------------------------------
+
+def swap_for_link(folder, target):
+    """Move ``folder`` aside (to FOLDER.moved) and put a link to ``target`` in its place."""
+    moved = folder.with_name(folder.name + ".moved")
+    os.rename(folder, moved)
+    os.symlink(target, folder)
+    return moved
+
+
+def test_a_write_into_a_folder_swapped_for_a_link_stays_in_the_folder_it_opened(tmp_path):
+    """The temp file is made, renamed and removed by the folder's descriptor: the write
+    lands in the folder as it was opened (moved aside), never in the link's target."""
+    from minicaps.checkpoint import replace_file
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "last.npz").write_bytes(b"someone else's")
+    before = file_hashes(elsewhere)
+
+    def swapped_then_written(f):
+        swap_for_link(run, elsewhere)
+        f.write(b"the run's checkpoint")
+    replace_file(run / "last.npz", swapped_then_written, archive=True)
+    assert file_hashes(elsewhere) == before
+    moved = tmp_path / "run.moved"
+    assert (moved / "last.npz").read_bytes() == b"the run's checkpoint"
+    assert [p.name for p in moved.iterdir()] == ["last.npz"]          # no temp file left
+
+
+def test_a_failed_write_into_a_swapped_folder_leaves_no_temp_file(tmp_path):
+    from minicaps.checkpoint import replace_file
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+
+    def swapped_then_stopped(f):
+        swap_for_link(run, elsewhere)
+        f.write(b"half")
+        raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt):
+        replace_file(run / "last.npz", swapped_then_stopped, archive=True)
+    assert list((tmp_path / "run.moved").iterdir()) == [] and list(elsewhere.iterdir()) == []
+
+
+def test_releasing_the_lock_of_a_swapped_folder_removes_no_other_file(tmp_path):
+    """The lock is removed only when the name still leads to the lock this run holds."""
+    run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    run.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / ".minicaps.lock").write_bytes(VICTIM_TEXT)
+    lock = runfolder.claim(run, fresh=True, log=lambda line: None)
+    swap_for_link(run, elsewhere)
+    lock.release()
+    assert (elsewhere / ".minicaps.lock").read_bytes() == VICTIM_TEXT
