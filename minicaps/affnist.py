@@ -588,7 +588,11 @@ def _check_numeric(pieces, order, field):
     kind, nbytes = struct.unpack(order + "II", pieces.read(8))
     kind, nbytes, data_at = ((kind & 0xFFFF, kind >> 16, pieces.at - 4) if kind >> 16
                              else (kind, nbytes, pieces.at))
-    need = math.prod(head.dims) * MI_ITEM_BYTES.get(kind, 0)
+    if kind not in MI_ITEM_BYTES:          # scipy may crash on such a matrix: refused unread
+        raise DataError(f"{path}: {field} holds data of element type {kind}, not one of "
+                        f"Matlab's number types {sorted(MI_ITEM_BYTES)}: the file is damaged "
+                        "or not affNIST's test.mat")
+    need = math.prod(head.dims) * MI_ITEM_BYTES[kind]
     if nbytes != need or min(head.dims) < 0 or data_at + nbytes > head.end:
         shape = "x".join(map(str, head.dims))
         raise DataError(f"{path}: {field} holds {nbytes} bytes, its dimensions {shape} need "

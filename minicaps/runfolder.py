@@ -60,6 +60,21 @@ class RunLock:
     def __init__(self, path, fd):
         self.path, self._fd = path, fd
 
+    def check_held(self):
+        """RunFolderError unless the lock's name still leads to the lock held: the run folder
+        was moved, or swapped for a link, while the run wrote to it."""
+        try:
+            there = os.stat(self.path)
+        except OSError:
+            there = None
+        held = os.fstat(self._fd)
+        if there is None or (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+            folder = os.path.dirname(self.path)
+            raise RunFolderError(
+                f"{folder} was moved or replaced while the run wrote to it (its lock is no "
+                f"longer at {self.path}): nothing more is written there. The run's files are "
+                f"where the folder went; resume from its last.npz there")
+
     def release(self):
         """Remove the lock file and let the lock go (once; later calls do nothing)."""
         if self._fd is None:

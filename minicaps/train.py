@@ -565,6 +565,7 @@ class TrainResult:
     history: list = field(default_factory=list)   # the metrics dicts of this call's epochs
     average: ParameterAverage = None               # the parameters' moving average, if kept
     resumed_metrics: dict = None                   # the checkpoint's metrics, when resumed
+    lock: object = None                            # rank 0's runfolder.RunLock while it trains
 
     @property
     def last_checkpoint(self):
@@ -675,6 +676,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     _on_root(comm, lambda: locks.append(runfolder.claim(
         run.out_dir, fresh=fresh, overwrite=overwrite, checkpoint_bytes=_checkpoint_bytes(run),
         log=log)), "rank 0's claim of the run folder")
+    run.lock = locks[0] if locks else None
     best_was_there = run.best_checkpoint.exists()
     try:
         if resume is not None:
@@ -693,6 +695,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     finally:
         for lock in locks:
             lock.release()
+        run.lock = None
     return run
 
 
@@ -894,6 +897,8 @@ def _save(run, metrics, settings, score):
     """The metrics line, last.npz, and best.npz when ``score`` beats the best so far.
     Returns whether it did. (A crash before last.npz is written leaves a metrics line that
     a resume from the previous checkpoint drops, so no epoch is lost or logged twice.)"""
+    if run.lock is not None:
+        run.lock.check_held()        # the folder claimed, not one swapped in since
     _append_line(run, run.out_dir / METRICS_FILE, json.dumps(metrics))
     is_best = run.best_accuracy is None or score > run.best_accuracy
     if is_best:

@@ -136,6 +136,19 @@ def test_an_affnist_image_declaring_more_elements_than_it_holds_is_refused(tmp_p
                                r"100000x100000 need 10000000000")
 
 
+@pytest.mark.parametrize("kind", [0, 8, 10, 11, 16, 17, 20])
+@pytest.mark.parametrize("dims", [[1600, 1], [1, 1], [0, 5]])
+def test_an_affnist_field_whose_data_is_no_number_type_is_refused(tmp_path, bounded, kind,
+                                                                   dims):
+    """Data elements of a type that is no number (0, 8, 10, 11: unused; 16-20: text and
+    compressed), empty: scipy crashed the process on such a field (SIGSEGV)."""
+    data = struct.pack("<II", kind, 0)
+    image = matrix(MX_UINT8, dims, data) + data
+    write_mat(tmp_path / "affnist" / "test.mat", affnist_of([image], len(image)))
+    refused(tmp_path, bounded, rf"affNISTdata\.image holds data of element type {kind}, not "
+                               r"one of Matlab's number types")
+
+
 def test_honest_affnist_files_still_read_compressed_or_not(tmp_path, bounded):
     rng = np.random.default_rng(3)
     pictures = rng.integers(0, 256, (6, 40, 40), np.uint8)

@@ -249,3 +249,22 @@ def test_releasing_the_lock_of_a_swapped_folder_removes_no_other_file(tmp_path):
     swap_for_link(run, elsewhere)
     lock.release()
     assert (elsewhere / ".minicaps.lock").read_bytes() == VICTIM_TEXT
+
+
+def test_a_run_folder_swapped_for_a_link_mid_run_stops_the_run(tmp_path):
+    """After epoch 1 the folder is moved aside and a link to another folder holding files of
+    the same names put in its place: epoch 2 writes nothing there and stops, naming it."""
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("last.npz", "best.npz", "metrics.jsonl"):
+        (elsewhere / name).write_bytes(VICTIM_TEXT)
+    before = file_hashes(elsewhere)
+
+    def swap_after_epoch_1(line):
+        if line.startswith("epoch 1/"):
+            swap_for_link(out, elsewhere)
+    with pytest.raises(runfolder.RunFolderError, match=r"was moved or replaced while the run"):
+        run_tiny(out, epochs=2, log=swap_after_epoch_1)
+    assert file_hashes(elsewhere) == before
+    moved = tmp_path / "run.moved"
+    assert {p.name for p in moved.iterdir()} >= {"last.npz", "best.npz", "metrics.jsonl"}
