@@ -593,6 +593,7 @@ def _check_meta(meta, path):
                                     and all(map(_count, dropout.values()))):
         raise bad("dropout", dropout, f"{{\"seed\": {COUNT}, \"step\": {COUNT}}}")
     check_settings(extra.get("settings"), path, "extra.settings", _num_classes(meta, path))
+    _check_settings_fit(meta, extra.get("settings") or {}, path)
     _check_fields(meta.get("metrics") or {}, path, "metrics", {
         name: ACCURACY for name in meta.get("metrics") or {} if name.endswith("accuracy")})
     return meta
@@ -633,7 +634,11 @@ SETTINGS = {              # what train writes (train.train's settings), each of 
     "data_info": (lambda x: isinstance(x, dict), "a JSON object"),
     "crop": (lambda x: is_int(x) and x >= 1, "an integer >= 1"),
     "pairs_per_digit": (_count, COUNT),
+    "limit_test": (lambda x: is_int(x) and 1 <= x < MAX_SIZE, "null or an integer from 1 "
+                   "and below 2**31"),
+    "val_size": (lambda x: is_int(x) and 0 <= x < MAX_SIZE, "an integer >= 0 and below 2**31"),
 }
+MAX_SIZE = 2 ** 31        # a count of images (limit_test, val_size) fits an int32
 DATA_INFO = {             # an image folder's, as folder.load_image_folder records it
     "folder": (_text, "a folder's path"),
     "image_size": (lambda x: isinstance(x, list) and len(x) == 2
@@ -660,6 +665,26 @@ def check_settings(settings, path, where, num_classes):
     if classes and num_classes is not None:
         _check_meta_field(path, f"{where}.classes", classes, len(classes) == num_classes,
                           f"{num_classes} class names, one per class of the network")
+
+
+def _check_settings_fit(meta, settings, path):
+    """The settings against the network the file holds: settings.model its kind, crop and
+    shift within its input's side (as train cuts and shifts its images)."""
+    kind, named = _check_kind(meta, path), settings.get("model")
+    if named is not None and named != kind:
+        raise ValueError(f"{path}: damaged checkpoint metadata: extra.settings.model is "
+                         f"{named!r} but the file's model is {kind!r}; they must agree")
+    try:
+        side = _config_from(meta, path).input_shape[:2]
+    except (ValueError, TypeError, AttributeError):
+        return                                  # a bad config: loading the arrays says so
+    for name, top in (("crop", min(side)), ("shift", max(side))):
+        value = settings.get(name)
+        if value is not None:
+            low = 1 if name == "crop" else 0
+            _check_meta_field(path, f"extra.settings.{name}", value, low <= value <= top,
+                              f"an integer from {low} to {top} (the network's "
+                              f"{side[0]}x{side[1]} input)")
 
 
 def _check_fields(record, path, where, rules):

@@ -435,12 +435,14 @@ def _two_networks(args, test_data=None):
         raise ValueError(f"--dataset {args.dataset} and --data-dir {args.data_dir} both name "
                          f"the test set: give one")
     if args.data_dir is None and args.dataset is None and folders[0] != folders[1]:
-        raise ValueError(f"{path_a} was trained on {folders[0] or datasets[0]} and {path_b} "
-                         f"on {folders[1] or datasets[1]}: give --data-dir DIR (the image "
+        said = [f or d or "data it does not name" for f, d in zip(folders, datasets)]
+        raise ValueError(f"{path_a} was trained on {said[0]} and {path_b} "
+                         f"on {said[1]}: give --data-dir DIR (the image "
                          f"folder to test both on) or --dataset")
     if args.data_dir is None and args.dataset is None and datasets[0] != datasets[1]:
-        raise ValueError(f"{path_a} was trained on {datasets[0]} and {path_b} on "
-                         f"{datasets[1]}: give --dataset to test both on one test set")
+        said = [d or "data it does not name" for d in datasets]
+        raise ValueError(f"{path_a} was trained on {said[0]} and {path_b} on "
+                         f"{said[1]}: give --dataset to test both on one test set")
     if (model_a.config.input_shape != model_b.config.input_shape
             or model_a.config.num_classes != model_b.config.num_classes):
         raise ValueError(f"the two networks take different inputs or classes "

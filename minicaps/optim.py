@@ -15,10 +15,11 @@ update array by array took 12 each. On the CPU the update goes block by block ov
 threads (Blockwise), array by array as the gradients come.
 """
 import math
+import sys
 
 from . import backend
 from .backend import get_xp
-from .values import is_finite_real
+from .values import is_finite_real, is_int, is_real
 
 
 class Blockwise:
@@ -105,16 +106,51 @@ class NonFiniteGradientError(ValueError):
     """A gradient held NaN or infinite values: Adam.step left the parameters as they were."""
 
 
+def _is_float(value):
+    """A real number a float can hold (10**400 is a real number, but no float): NaN and
+    inf included, bool excluded."""
+    return is_real(value) and not (is_int(value) and abs(value) > sys.float_info.max)
+
+
+def check_hyper_parameters(lr, beta1, beta2, eps):
+    """ValueError naming the first of Adam's hyper-parameters out of its range: the one
+    check of Adam() and Adam.load_state_dict."""
+    if not (_is_float(lr) and is_finite_real(lr) and lr > 0):
+        raise ValueError(f"Adam needs a finite positive learning rate, got lr={lr!r}")
+    for name, beta in (("beta1", beta1), ("beta2", beta2)):
+        if not (_is_float(beta) and is_finite_real(beta) and 0 <= beta < 1):
+            raise ValueError(f"Adam betas must lie in [0, 1), got {name}={beta!r}")
+    if not (_is_float(eps) and is_finite_real(eps) and eps > 0):   # sqrt(v) + eps divides
+        raise ValueError(f"Adam needs a finite positive eps, got eps={eps!r}")
+
+
+def _plain_array_type(p):
+    """The array type gradients and moments of the parameter p must have exactly:
+    numpy.ndarray on the CPU, cupy.ndarray on the GPU. Subclasses are refused: a matrix
+    stays 2-D through every operation (and fails the in-place update half-way), a masked
+    array hides NaN from the finiteness check and hands it to the update."""
+    return get_xp(p).ndarray
+
+
 def check_gradient_shapes(params, grads):
-    """ValueError unless every parameter has a gradient of its own shape and dtype: the
-    update writes each gradient into its parameter in place, so one that does not fit
-    would fail after the others were changed. Only the arrays' headers are read."""
+    """ValueError unless every parameter has a gradient of its own array type (exactly),
+    shape and dtype: the update writes each gradient into its parameter in place, so one
+    that does not fit would fail after the others were changed. Only the arrays' headers
+    are read."""
+    if not isinstance(grads, dict):
+        raise ValueError(f"grads must be a dict of arrays keyed like the parameters, got "
+                         f"{type(grads).__name__}")
     missing = set(params) - set(grads)
     if missing:
         raise ValueError(f"no gradient for parameters {sorted(missing)}")
     for name, p in params.items():
         g = grads[name]
-        if getattr(g, "shape", None) != p.shape or getattr(g, "dtype", None) != p.dtype:
+        if type(g) is not _plain_array_type(p):
+            raise ValueError(f"the gradient of {name} is a {type(g).__module__}."
+                             f"{type(g).__name__}, expected a plain "
+                             f"{_plain_array_type(p).__module__}.ndarray like the "
+                             f"parameter: nothing was updated")
+        if g.shape != p.shape or g.dtype != p.dtype:
             found = (f"{g.shape} {g.dtype}" if hasattr(g, "shape") and hasattr(g, "dtype")
                      else type(g).__name__)
             raise ValueError(f"the gradient of {name} is {found}, expected {p.shape} "
@@ -138,15 +174,35 @@ def check_gradients(params, grads):
                 f"not updated (the loss diverged, or the gradients given are wrong)")
 
 
+def check_moments(moments):
+    """ValueError unless ``moments`` (name -> (m, v)) pairs two plain float arrays of one
+    shape, dtype and array type per parameter."""
+    for name, (m, v) in moments.items():
+        for key, a in ((f"m/{name}", m), (f"v/{name}", v)):
+            if not (type(a) is _plain_array_type(a)
+                    and get_xp(a).issubdtype(a.dtype, get_xp(a).floating)):
+                found = f"{a.dtype} array" if hasattr(a, "dtype") else type(a).__name__
+                raise ValueError(f"the optimizer moment {key} is a {found}, expected a "
+                                 f"plain float numpy or cupy array")
+        if type(m) is not type(v) or m.shape != v.shape or m.dtype != v.dtype:
+            raise ValueError(f"the optimizer moment v/{name} is {v.shape} {v.dtype}, "
+                             f"expected {m.shape} {m.dtype} like m/{name}")
+
+
+def check_moments_fit(params, m, v):
+    """ValueError unless the moments held for each parameter have its array type, shape
+    and dtype: checked before a step writes anything."""
+    for name, p in params.items():
+        if name in m and (type(m[name]) is not type(p) or m[name].shape != p.shape
+                          or m[name].dtype != p.dtype):
+            raise ValueError(f"the optimizer moments of {name} are {m[name].shape} "
+                             f"{m[name].dtype}, expected {p.shape} {p.dtype} like the "
+                             f"parameter (from another model?): nothing was updated")
+
+
 class Adam:
     def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8):
-        if not is_finite_real(lr) or lr <= 0:
-            raise ValueError(f"Adam needs a finite positive learning rate, got {lr!r}")
-        if not (is_finite_real(beta1) and is_finite_real(beta2)
-                and 0 <= beta1 < 1 and 0 <= beta2 < 1):
-            raise ValueError(f"Adam betas must lie in [0, 1), got {beta1!r}, {beta2!r}")
-        if not is_finite_real(eps) or eps <= 0:     # sqrt(v) + eps divides: 0 gives 0/0
-            raise ValueError(f"Adam needs a finite positive eps, got {eps!r}")
+        check_hyper_parameters(lr, beta1, beta2, eps)
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t = 0
         self.m, self.v = {}, {}
@@ -164,6 +220,7 @@ class Adam:
         there training finds a divergence by its loss instead.
         """
         check_gradient_shapes(params, grads)
+        check_moments_fit(params, self.m, self.v)
         if params and not backend.is_gpu_array(next(iter(params.values()))):
             check_gradients(params, grads)
         self.t += 1
@@ -222,11 +279,32 @@ class Adam:
                 "t": self.t}, arrays
 
     def load_state_dict(self, hyper, arrays):
-        self.lr, self.beta1, self.beta2, self.eps = (hyper["lr"], hyper["beta1"],
-                                                     hyper["beta2"], hyper["eps"])
-        self.t = int(hyper["t"])
-        self.m = {k[2:]: a for k, a in arrays.items() if k.startswith("m/")}
-        self.v = {k[2:]: a for k, a in arrays.items() if k.startswith("v/")}
+        """The state of state_dict() back; ValueError, the state left as it was, when a
+        field is missing or out of range (as Adam() checks), or the moments do not pair
+        up (check_moments). Whether they fit the parameters, step checks."""
+        fields = ("lr", "beta1", "beta2", "eps", "t")
+        missing = [f for f in fields if f not in hyper]
+        if missing:
+            raise ValueError(f"the optimizer state lacks the fields {missing}")
+        lr, beta1, beta2, eps, t = (hyper[f] for f in fields)
+        check_hyper_parameters(lr, beta1, beta2, eps)
+        if not (is_int(t) and t >= 0):
+            raise ValueError(f"the optimizer state's t (steps taken) must be a whole "
+                             f"number >= 0, got t={t!r}")
+        unknown = [k for k in arrays if k[:2] not in ("m/", "v/")]
+        if unknown:
+            raise ValueError(f"unexpected optimizer entries {unknown}: expected m/<name> "
+                             f"and v/<name>")
+        m = {k[2:]: a for k, a in arrays.items() if k.startswith("m/")}
+        v = {k[2:]: a for k, a in arrays.items() if k.startswith("v/")}
+        unpaired = sorted(set(m) ^ set(v))
+        if unpaired:
+            name = unpaired[0]
+            raise ValueError(f"the optimizer moment {'v' if name in m else 'm'}/{name} is "
+                             f"missing: m/<name> and v/<name> come in pairs")
+        check_moments({name: (m[name], v[name]) for name in m})
+        self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
+        self.t, self.m, self.v = int(t), m, v
 
 
 class ParameterAverage:
@@ -241,8 +319,9 @@ class ParameterAverage:
     """
 
     def __init__(self, params, decay=0.999):
-        if not 0 < decay < 1:
-            raise ValueError(f"the average's decay must lie in (0, 1), got {decay}")
+        if not (_is_float(decay) and 0 < decay < 1):
+            raise ValueError(f"the average's decay must be a number in (0, 1), "
+                             f"got decay={decay!r}")
         self.decay = decay
         self.params = backend.FlatArrays.of(params)      # one buffer, when it can be
         self._blockwise = Blockwise()

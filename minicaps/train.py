@@ -977,7 +977,12 @@ def _check_resume(ckpt, config, settings, kind=None):
     if config is not None:
         a, b = config.to_dict(), ckpt.model.config.to_dict()
         problems += [f"{k}={a[k]!r} (checkpoint {b[k]!r})" for k in a if a[k] != b[k]]
-    saved = ckpt.extra.get("settings", {})
+    saved = ckpt.extra.get("settings")
+    if not saved:
+        raise ValueError(f"{ckpt.path} keeps no training settings (a weights file, or a "
+                         f"damaged checkpoint): a run cannot go on from it, since nothing "
+                         f"says how it trained; start a new run, or resume from the run's "
+                         f"own last.npz")
     _check_same_split(ckpt, saved.get("data_info") or {}, settings.get("data_info") or {})
     problems += [f"{k}={settings[k]!r} (checkpoint {saved[k]!r})"
                  for k in RESUME_SETTINGS if k in saved and saved[k] != settings[k]]

@@ -208,7 +208,7 @@ def read_metrics(path, warn=None):
         if line.strip():
             try:
                 row = json.loads(line)
-            except ValueError as e:
+            except (ValueError, RecursionError) as e:     # RecursionError: nested too deep
                 row, problem = None, f"not JSON ({e})"
             else:
                 problem = metrics_line_problem(row)
