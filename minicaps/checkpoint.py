@@ -627,7 +627,7 @@ SETTINGS = {              # what train writes (train.train's settings), each of 
     "seed": (_count, COUNT),
     "shift": (_count, COUNT),
     "average": (lambda x: is_finite_real(x) and 0 < x < 1, "a decay in (0, 1), or null"),
-    "model": (lambda x: x in MODELS, f"one of {', '.join(MODELS)}"),
+    "model": (lambda x: isinstance(x, str) and x in MODELS, f"one of {', '.join(MODELS)}"),
     "flip": (lambda x: isinstance(x, bool), "true or false"),
     "dataset": (_text, "a data set's name"),
     "classes": (lambda x: isinstance(x, list) and all(map(_text, x)), "a list of class names"),

@@ -102,6 +102,9 @@ AVERAGE_KERNEL = backend.ElementwiseKernel(
     "minicaps_average")
 
 
+MAX_STEPS = 2 ** 53          # counts of steps stay exact as floats below this
+
+
 class NonFiniteGradientError(ValueError):
     """A gradient held NaN or infinite values: Adam.step left the parameters as they were."""
 
@@ -132,29 +135,36 @@ def _plain_array_type(p):
     return get_xp(p).ndarray
 
 
-def check_gradient_shapes(params, grads):
+def check_gradient_shapes(params, grads, what="gradient"):
     """ValueError unless every parameter has a gradient of its own array type (exactly),
-    shape and dtype: the update writes each gradient into its parameter in place, so one
-    that does not fit would fail after the others were changed. Only the arrays' headers
-    are read."""
+    shape and dtype, no gradient names another parameter, and every parameter can be
+    written: the update writes each gradient into its parameter in place, so one that does
+    not fit would fail after the others were changed. Only the arrays' headers are read.
+    (``what``: "parameter" when the average checks the parameters against itself.)"""
+    given = "grads" if what == "gradient" else "params"
     if not isinstance(grads, dict):
-        raise ValueError(f"grads must be a dict of arrays keyed like the parameters, got "
+        raise ValueError(f"{given} must be a dict of arrays keyed like the parameters, got "
                          f"{type(grads).__name__}")
-    missing = set(params) - set(grads)
+    missing, unknown = set(params) - set(grads), set(grads) - set(params)
     if missing:
-        raise ValueError(f"no gradient for parameters {sorted(missing)}")
+        raise ValueError(f"no {what} for parameters {sorted(missing)}: nothing was updated")
+    if unknown:
+        raise ValueError(f"{given} names parameters the model lacks: {sorted(unknown)}: "
+                         f"nothing was updated")
     for name, p in params.items():
-        g = grads[name]
+        g, label = grads[name], (f"the gradient of {name}" if what == "gradient"
+                                 else f"the parameter {name}")
         if type(g) is not _plain_array_type(p):
-            raise ValueError(f"the gradient of {name} is a {type(g).__module__}."
+            raise ValueError(f"{label} is a {type(g).__module__}."
                              f"{type(g).__name__}, expected a plain "
                              f"{_plain_array_type(p).__module__}.ndarray like the "
                              f"parameter: nothing was updated")
         if g.shape != p.shape or g.dtype != p.dtype:
-            found = (f"{g.shape} {g.dtype}" if hasattr(g, "shape") and hasattr(g, "dtype")
-                     else type(g).__name__)
-            raise ValueError(f"the gradient of {name} is {found}, expected {p.shape} "
+            raise ValueError(f"{label} is {g.shape} {g.dtype}, expected {p.shape} "
                              f"{p.dtype} like the parameter: nothing was updated")
+        if not getattr(getattr(p, "flags", None), "writeable", True):
+            raise ValueError(f"the parameter {name} is read-only (flags.writeable is False): "
+                             f"nothing was updated; give arrays that can be written")
 
 
 def check_gradients(params, grads):
@@ -288,9 +298,9 @@ class Adam:
             raise ValueError(f"the optimizer state lacks the fields {missing}")
         lr, beta1, beta2, eps, t = (hyper[f] for f in fields)
         check_hyper_parameters(lr, beta1, beta2, eps)
-        if not (is_int(t) and t >= 0):
+        if not (is_int(t) and 0 <= t < MAX_STEPS):
             raise ValueError(f"the optimizer state's t (steps taken) must be a whole "
-                             f"number >= 0, got t={t!r}")
+                             f"number from 0 to below 2**53, got t={t!r}")
         unknown = [k for k in arrays if k[:2] not in ("m/", "v/")]
         if unknown:
             raise ValueError(f"unexpected optimizer entries {unknown}: expected m/<name> "
@@ -303,6 +313,12 @@ class Adam:
             raise ValueError(f"the optimizer moment {'v' if name in m else 'm'}/{name} is "
                              f"missing: m/<name> and v/<name> come in pairs")
         check_moments({name: (m[name], v[name]) for name in m})
+        for name in m:
+            xp = get_xp(m[name])
+            if not (bool(xp.isfinite(m[name]).all()) and bool(xp.isfinite(v[name]).all())
+                    and bool((v[name] >= 0).all())):
+                raise ValueError(f"the optimizer moments of {name} hold NaN, infinite or "
+                                 f"(in v) negative values: not a state Adam could reach")
         self.lr, self.beta1, self.beta2, self.eps = lr, beta1, beta2, eps
         self.t, self.m, self.v = int(t), m, v
 
@@ -335,7 +351,11 @@ class ParameterAverage:
         block over the threads on the CPU (Blockwise), over the whole buffer when the
         average and ``params`` are flat alike (backend.FlatArrays); one kernel on the GPU
         then."""
-        d = self.rate(t)
+        if not (is_int(t) and 0 <= t < MAX_STEPS):
+            raise ValueError(f"the update count t must be a whole number from 0 to below "
+                             f"2**53, got t={t!r}")
+        check_gradient_shapes(self.params, params, what="parameter")
+        d = self.rate(t)     # (NaN parameters are training's to catch: its loss says so)
         if backend.flat_buffer(params) is not None and not backend.same_layout(params, self.params):
             self.params = _laid_out(params, self.params)     # as the parameters, once
         if backend.same_layout(params, self.params):

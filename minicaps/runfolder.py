@@ -59,16 +59,19 @@ class RunLock:
 
     def __init__(self, path, fd):
         self.path, self._fd = path, fd
+        folder = os.stat(os.path.dirname(path))
+        self._folder = (folder.st_dev, folder.st_ino)    # the folder claimed, as it was
 
     def check_held(self):
         """RunFolderError unless the lock's name still leads to the lock held: the run folder
         was moved, or swapped for a link, while the run wrote to it."""
         try:
-            there = os.stat(self.path)
+            there, folder = os.stat(self.path), os.stat(os.path.dirname(self.path))
         except OSError:
-            there = None
+            there = folder = None
         held = os.fstat(self._fd)
-        if there is None or (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino):
+        if (there is None or (held.st_dev, held.st_ino) != (there.st_dev, there.st_ino)
+                or (folder.st_dev, folder.st_ino) != self._folder):
             folder = os.path.dirname(self.path)
             raise RunFolderError(
                 f"{folder} was moved or replaced while the run wrote to it (its lock is no "

@@ -123,3 +123,62 @@ def test_good_state_still_loads_and_steps():
     ps = params()
     opt.step(ps, grads())
     assert opt.t == 4 and np.all(ps["a"] < 1) and np.all(ps["b"] < 1)
+
+
+# --- a fourth pass: read-only parameters, unknown gradients, loaded counts and moments --------
+
+def test_a_read_only_parameter_is_refused_before_any_write():
+    ps = params()
+    ps["b"].flags.writeable = False
+    assert_refused_untouched(Adam(), ps, grads(), r"parameter b is read-only")
+
+
+def test_a_gradient_for_a_parameter_the_model_lacks_is_refused():
+    assert_refused_untouched(Adam(), params(), {**grads(), "c": np.zeros(3, np.float32)},
+                             r"grads names parameters the model lacks: \['c'\]")
+
+
+@pytest.mark.parametrize("t", [2 ** 53, 10 ** 400, -1])
+def test_load_state_dict_refuses_a_step_count_no_float_holds(t):
+    opt = Adam()
+    with pytest.raises(ValueError, match=r"t \(steps taken\) must be a whole number from 0"):
+        opt.load_state_dict({**GOOD, "t": t}, {})
+    assert opt.t == 0
+
+
+@pytest.mark.parametrize("m, v", [(np.nan, 1.0), (0.0, np.inf), (0.0, -1.0)])
+def test_load_state_dict_refuses_moments_adam_cannot_reach(m, v):
+    opt = Adam()
+    arrays = {"m/a": np.full(4, m, np.float32), "v/a": np.full(4, v, np.float32)}
+    with pytest.raises(ValueError, match=r"moments of a hold NaN, infinite or"):
+        opt.load_state_dict(GOOD, arrays)
+    assert opt.m == {} and opt.v == {}
+
+
+def average_refused_untouched(avg, ps, t, match):
+    before = {k: np.array(a) for k, a in avg.params.items()}
+    with pytest.raises(ValueError, match=match):
+        avg.update(ps, t)
+    for k, a in avg.params.items():
+        np.testing.assert_array_equal(a, before[k])
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda ps: ps.update(b=np.full((3, 3), 5, np.float32)), r"parameter b is \(3, 3\)"),
+    (lambda ps: ps.update(a=np.array(["1", "2", "3", "4"])), r"parameter a is \(4,\) <U1"),
+    (lambda ps: ps.update(a=np.ones(1, np.float32)), r"parameter a is \(1,\)"),
+    (lambda ps: ps.update(a=np.ma.masked_invalid(np.array([np.nan, 1, 1, 1], np.float32))),
+     r"parameter a is a numpy\.ma"),
+    (lambda ps: ps.update(c=np.ones(2, np.float32)), r"params names parameters the model lacks"),
+], ids=["shape", "strings", "broadcasts", "masked", "unknown"])
+def test_the_average_refuses_parameters_that_do_not_fit_changing_nothing(change, match):
+    avg = ParameterAverage(params(), 0.9)
+    ps = params()
+    change(ps)
+    average_refused_untouched(avg, ps, 1, match)
+
+
+@pytest.mark.parametrize("t", [-5, -10, 2.5, True, float("nan"), 10 ** 400])
+def test_the_average_refuses_an_update_count_that_is_no_count(t):
+    avg = ParameterAverage(params(), 0.9)
+    average_refused_untouched(avg, params(), t, r"update count t must be a whole number")

@@ -268,3 +268,21 @@ def test_a_run_folder_swapped_for_a_link_mid_run_stops_the_run(tmp_path):
     assert file_hashes(elsewhere) == before
     moved = tmp_path / "run.moved"
     assert {p.name for p in moved.iterdir()} >= {"last.npz", "best.npz", "metrics.jsonl"}
+
+
+def test_a_folder_swapped_for_a_link_to_a_hard_link_of_its_lock_still_stops_the_run(tmp_path):
+    """The lock's name may still lead to the lock held (a hard link of it put in the other
+    folder): the folder itself is not the one claimed, so the run stops all the same."""
+    out, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    for name in ("last.npz", "best.npz", "metrics.jsonl"):
+        (elsewhere / name).write_bytes(VICTIM_TEXT)
+
+    def swap_after_epoch_1(line):
+        if line.startswith("epoch 1/"):
+            moved = swap_for_link(out, elsewhere)
+            os.link(moved / ".minicaps.lock", elsewhere / ".minicaps.lock")
+    before = {n: (elsewhere / n).read_bytes() for n in ("last.npz", "best.npz", "metrics.jsonl")}
+    with pytest.raises(runfolder.RunFolderError, match=r"was moved or replaced while the run"):
+        run_tiny(out, epochs=2, log=swap_after_epoch_1)
+    assert {n: (elsewhere / n).read_bytes() for n in before} == before

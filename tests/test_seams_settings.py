@@ -88,3 +88,13 @@ def test_a_checkpoint_without_settings_cannot_be_resumed(run_dir):
     with pytest.raises(ValueError, match=r"last\.npz keeps no training settings"):
         run_tiny(run_dir, epochs=2, resume=path)
     assert file_hashes(run_dir) == before
+
+
+@pytest.mark.parametrize("model", [["capsnet"], {"a": 1}])
+def test_a_model_tag_that_is_no_name_is_one_line(run_dir, capsys, bounded, model):
+    """A list or a dict where the settings name the network: refused like any other bad
+    field, not a TypeError from looking it up."""
+    path = run_dir / "last.npz"
+    rewrite_meta(path, set_setting("model", model))
+    err = one_line_error(capsys, ["evaluate", str(path), "--no-progress"], bounded)
+    assert "extra.settings.model" in err and str(path) in err
