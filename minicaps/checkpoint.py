@@ -637,7 +637,20 @@ SETTINGS = {              # what train writes (train.train's settings), each of 
     "limit_test": (lambda x: is_int(x) and 1 <= x < MAX_SIZE, "null or an integer from 1 "
                    "and below 2**31"),
     "val_size": (lambda x: is_int(x) and 0 <= x < MAX_SIZE, "an integer >= 0 and below 2**31"),
+    "lr_decay": (lambda x: is_finite_real(x) and 0 < x <= 1, "a rate in (0, 1]"),
+    "decay_steps": (lambda x: _count(x) and x >= 1, "an integer >= 1"),
+    "dtype": (lambda x: isinstance(x, str) and x in ("float32", "float64"),
+              "'float32' or 'float64'"),
+    "limit_train": (lambda x: is_int(x) and 1 <= x < MAX_SIZE, "null or an integer from 1 "
+                    "and below 2**31"),
+    "n_train": (lambda x: is_int(x) and 0 <= x < MAX_SIZE, "an integer >= 0 and below 2**31"),
+    "n_test": (lambda x: is_int(x) and 0 <= x < MAX_SIZE, "an integer >= 0 and below 2**31"),
+    "ranks": (lambda x: is_int(x) and 1 <= x < MAX_SIZE, "an integer >= 1"),
 }
+# train always writes these as values, never null (older runs too): a null is damage, not a
+# default (a resume would otherwise ask the user for a value no option can give)
+NEVER_NULL = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
+              "dataset", "n_train", "n_test", "model", "ranks")
 MAX_SIZE = 2 ** 31        # a count of images (limit_test, val_size) fits an int32
 DATA_INFO = {             # an image folder's, as folder.load_image_folder records it
     "folder": (_text, "a folder's path"),
@@ -659,6 +672,9 @@ def check_settings(settings, path, where, num_classes):
     _check_meta_field(path, where, settings, settings is None or isinstance(settings, dict),
                       "a JSON object")
     settings = settings or {}
+    for name in NEVER_NULL:
+        if name in settings and settings[name] is None:
+            _check_meta_field(path, f"{where}.{name}", None, False, SETTINGS[name][1])
     _check_fields(settings, path, where, SETTINGS)
     _check_fields(settings.get("data_info") or {}, path, f"{where}.data_info", DATA_INFO)
     classes = settings.get("classes")

@@ -1,6 +1,7 @@
 """Seams of a checkpoint's settings found by a hostile pass: values out of the range train
 writes (crop, shift, limit_test, val_size), a settings.model that disagrees with the file's
 model, and a metrics.jsonl line nested too deep to decode."""
+import numpy as np
 import pytest
 
 from minicaps.checkpoint import load_checkpoint
@@ -98,3 +99,26 @@ def test_a_model_tag_that_is_no_name_is_one_line(run_dir, capsys, bounded, model
     rewrite_meta(path, set_setting("model", model))
     err = one_line_error(capsys, ["evaluate", str(path), "--no-progress"], bounded)
     assert "extra.settings.model" in err and str(path) in err
+
+
+@pytest.mark.parametrize("name, value", [
+    ("dataset", None), ("lr", None), ("batch_size", None), ("seed", None), ("dtype", None),
+    ("model", None), ("lr_decay", {}), ("lr_decay", 1.5), ("decay_steps", 10 ** 400),
+    ("limit_train", {}), ("n_test", [100]), ("n_train", 10 ** 30), ("dtype", ["float32"]),
+])
+@pytest.mark.parametrize("command", ["evaluate", "predict", "export-weights"])
+def test_damaged_settings_are_one_line_in_every_command(run_dir, tmp_path, capsys, bounded,
+                                                        name, value, command):
+    """A value train never writes (null where it always writes one, a dict, a count no
+    int32 holds) is damage, said alike by every command, naming the file and the field."""
+    from PIL import Image
+    path = run_dir / "last.npz"
+    rewrite_meta(path, set_setting(name, value))
+    picture = tmp_path / "p.png"
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(picture)
+    argv = {"evaluate": ["evaluate", str(path), "--no-progress"],
+            "predict": ["predict", str(path), str(picture)],
+            "export-weights": ["export-weights", str(path), str(tmp_path / "w.npz")]}[command]
+    err = one_line_error(capsys, argv, bounded)
+    assert f"extra.settings.{name}" in err and str(path) in err, err
+    assert not (tmp_path / "w.npz").exists()
