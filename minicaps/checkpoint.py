@@ -176,7 +176,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
         raise ValueError(f"not saving {path}: {', '.join(bad[:5])} hold NaN or infinite "
                          f"values (the run diverged); the file on disk is left as it was")
     arrays["meta"] = np.frombuffer(meta_bytes, dtype=np.uint8)
-    _write_atomically(Path(path), arrays)
+    write_atomically(Path(path), arrays)
     return Path(path)
 
 
@@ -184,7 +184,7 @@ class DiskFullError(OSError):
     """A file could not be written for want of disk space; what was on disk is as it was."""
 
 
-def _write_atomically(path, arrays):
+def write_atomically(path, arrays):
     """np.savez ``arrays`` into ``path`` (replace_file); a DiskFullError when the disk is
     full, saying what the file needed."""
     try:
@@ -317,7 +317,7 @@ def load_checkpoint(path, device=None, model=None):
     """
     path = regular_file(Path(path), "checkpoint file")
     meta, params, moments, averages = _read(path)
-    config = _config_from(meta, path)
+    config = config_from(meta, path)
     if model is None:
         try:
             model = build_model(config, dtype=meta["dtype"], device=device, params=params)
@@ -412,7 +412,7 @@ def read_archive(path, check_meta, kinds, dtypes=ARRAY_DTYPES, only_meta=False):
             meta = check_meta(_read_meta(archive, members.pop("meta"), path), path)
             if only_meta:
                 return meta, {}
-            shapes = _config_from(meta, path).param_shapes()
+            shapes = config_from(meta, path).param_shapes()
             allowed = {f"{kind}/{name}": shape for name, shape in shapes.items()
                        for kind in kinds}
             unknown = sorted(set(members) - set(allowed))
@@ -559,7 +559,7 @@ def _check_meta(meta, path):
         return ValueError(_damaged(path, field, value, what))
 
     for field in ("epoch", "step"):
-        if not _count(meta[field]):
+        if not is_count(meta[field]):
             raise bad(field, meta[field], COUNT)
     if meta["dtype"] not in ("float32", "float64"):
         raise bad("dtype", meta["dtype"], "'float32' or 'float64'")
@@ -581,7 +581,7 @@ def _check_meta(meta, path):
         value = hyper.get(field)
         if not is_finite_real(value) or not ok(value):
             raise bad(f"optimizer.{field}", value, f"a finite number {what}")
-    if not _count(hyper.get("t")):
+    if not is_count(hyper.get("t")):
         raise bad("optimizer.t", hyper.get("t"), COUNT)
     average = meta.get("average")
     if average is not None and not (isinstance(average, dict) and is_finite_real(average.get("decay"))
@@ -590,11 +590,11 @@ def _check_meta(meta, path):
     _check_kind(meta, path)
     dropout = meta.get("dropout")
     if dropout is not None and not (isinstance(dropout, dict) and set(dropout) == {"seed", "step"}
-                                    and all(map(_count, dropout.values()))):
+                                    and all(map(is_count, dropout.values()))):
         raise bad("dropout", dropout, f"{{\"seed\": {COUNT}, \"step\": {COUNT}}}")
-    check_settings(extra.get("settings"), path, "extra.settings", _num_classes(meta, path))
+    check_settings(extra.get("settings"), path, "extra.settings", num_classes_of(meta, path))
     _check_settings_fit(meta, extra.get("settings") or {}, path)
-    _check_fields(meta.get("metrics") or {}, path, "metrics", {
+    check_fields(meta.get("metrics") or {}, path, "metrics", {
         name: ACCURACY for name in meta.get("metrics") or {} if name.endswith("accuracy")})
     return meta
 
@@ -608,11 +608,11 @@ MAX_COUNT = 2 ** 53
 COUNT = "an integer >= 0 and below 2**53"
 
 
-def _count(x):
+def is_count(x):
     return is_int(x) and 0 <= x < MAX_COUNT
 
 
-def _text(x):
+def is_text(x):
     return isinstance(x, str)
 
 
@@ -622,23 +622,23 @@ def _positive(x):
 
 
 SETTINGS = {              # what train writes (train.train's settings), each of its type
-    "batch_size": (lambda x: _count(x) and x >= 1, "an integer >= 1"),
+    "batch_size": (lambda x: is_count(x) and x >= 1, "an integer >= 1"),
     "lr": (_positive, "a number > 0"),
-    "seed": (_count, COUNT),
-    "shift": (_count, COUNT),
+    "seed": (is_count, COUNT),
+    "shift": (is_count, COUNT),
     "average": (lambda x: is_finite_real(x) and 0 < x < 1, "a decay in (0, 1), or null"),
     "model": (lambda x: isinstance(x, str) and x in MODELS, f"one of {', '.join(MODELS)}"),
     "flip": (lambda x: isinstance(x, bool), "true or false"),
-    "dataset": (_text, "a data set's name"),
-    "classes": (lambda x: isinstance(x, list) and all(map(_text, x)), "a list of class names"),
+    "dataset": (is_text, "a data set's name"),
+    "classes": (lambda x: isinstance(x, list) and all(map(is_text, x)), "a list of class names"),
     "data_info": (lambda x: isinstance(x, dict), "a JSON object"),
     "crop": (lambda x: is_int(x) and x >= 1, "an integer >= 1"),
-    "pairs_per_digit": (_count, COUNT),
+    "pairs_per_digit": (is_count, COUNT),
     "limit_test": (lambda x: is_int(x) and 1 <= x < MAX_SIZE, "null or an integer from 1 "
                    "and below 2**31"),
     "val_size": (lambda x: is_int(x) and 0 <= x < MAX_SIZE, "an integer >= 0 and below 2**31"),
     "lr_decay": (lambda x: is_finite_real(x) and 0 < x <= 1, "a rate in (0, 1]"),
-    "decay_steps": (lambda x: _count(x) and x >= 1, "an integer >= 1"),
+    "decay_steps": (lambda x: is_count(x) and x >= 1, "an integer >= 1"),
     "dtype": (lambda x: isinstance(x, str) and x in ("float32", "float64"),
               "'float32' or 'float64'"),
     "limit_train": (lambda x: is_int(x) and 1 <= x < MAX_SIZE, "null or an integer from 1 "
@@ -653,15 +653,15 @@ NEVER_NULL = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "d
               "dataset", "n_train", "n_test", "model", "ranks")
 MAX_SIZE = 2 ** 31        # a count of images (limit_test, val_size) fits an int32
 DATA_INFO = {             # an image folder's, as folder.load_image_folder records it
-    "folder": (_text, "a folder's path"),
+    "folder": (is_text, "a folder's path"),
     "image_size": (lambda x: isinstance(x, list) and len(x) == 2
                    and all(is_int(n) and n >= 1 for n in x), "[height, width] in pixels"),
     "color": (lambda x: x in ("gray", "rgb"), "'gray' or 'rgb'"),
     "test_fraction": (lambda x: is_finite_real(x) and 0 < x < 1, "a number in (0, 1)"),
-    "seed": (_count, COUNT),
-    "split": (_text, "a text"),
-    "test_files_sha256": (_text, "a SHA-256 in hex"),
-    "undecodable": (_count, COUNT),
+    "seed": (is_count, COUNT),
+    "split": (is_text, "a text"),
+    "test_files_sha256": (is_text, "a SHA-256 in hex"),
+    "undecodable": (is_count, COUNT),
 }
 
 
@@ -669,17 +669,17 @@ def check_settings(settings, path, where, num_classes):
     """A run's settings (``where``: "extra.settings" of a checkpoint, "provenance.settings"
     of a weights file): null or a JSON object whose fields are of their types, with one
     class name per class of the network. ValueError naming the file and the field."""
-    _check_meta_field(path, where, settings, settings is None or isinstance(settings, dict),
+    check_meta_field(path, where, settings, settings is None or isinstance(settings, dict),
                       "a JSON object")
     settings = settings or {}
     for name in NEVER_NULL:
         if name in settings and settings[name] is None:
-            _check_meta_field(path, f"{where}.{name}", None, False, SETTINGS[name][1])
-    _check_fields(settings, path, where, SETTINGS)
-    _check_fields(settings.get("data_info") or {}, path, f"{where}.data_info", DATA_INFO)
+            check_meta_field(path, f"{where}.{name}", None, False, SETTINGS[name][1])
+    check_fields(settings, path, where, SETTINGS)
+    check_fields(settings.get("data_info") or {}, path, f"{where}.data_info", DATA_INFO)
     classes = settings.get("classes")
     if classes and num_classes is not None:
-        _check_meta_field(path, f"{where}.classes", classes, len(classes) == num_classes,
+        check_meta_field(path, f"{where}.classes", classes, len(classes) == num_classes,
                           f"{num_classes} class names, one per class of the network")
 
 
@@ -691,30 +691,30 @@ def _check_settings_fit(meta, settings, path):
         raise ValueError(f"{path}: damaged checkpoint metadata: extra.settings.model is "
                          f"{named!r} but the file's model is {kind!r}; they must agree")
     try:
-        side = _config_from(meta, path).input_shape[:2]
+        side = config_from(meta, path).input_shape[:2]
     except (ValueError, TypeError, AttributeError):
         return                                  # a bad config: loading the arrays says so
     for name, top in (("crop", min(side)), ("shift", max(side))):
         value = settings.get(name)
         if value is not None:
             low = 1 if name == "crop" else 0
-            _check_meta_field(path, f"extra.settings.{name}", value, low <= value <= top,
+            check_meta_field(path, f"extra.settings.{name}", value, low <= value <= top,
                               f"an integer from {low} to {top} (the network's "
                               f"{side[0]}x{side[1]} input)")
 
 
-def _check_fields(record, path, where, rules):
+def check_fields(record, path, where, rules):
     for name, (ok, what) in rules.items():
         value = record.get(name)
         if value is not None:
-            _check_meta_field(path, f"{where}.{name}", value, ok(value), what)
+            check_meta_field(path, f"{where}.{name}", value, ok(value), what)
 
 
-def _num_classes(meta, path):
+def num_classes_of(meta, path):
     """The number of classes of the network in the metadata; None where its config is bad
     (which loading the arrays then says)."""
     try:
-        return _config_from(meta, path).num_classes
+        return config_from(meta, path).num_classes
     except ValueError:
         return None
 
@@ -735,13 +735,13 @@ def _damaged(path, field, value, what):
             f"expected {what}")
 
 
-def _check_meta_field(path, field, value, ok, what):
+def check_meta_field(path, field, value, ok, what):
     """ValueError naming the file and the field unless ``ok``."""
     if not ok:
         raise ValueError(_damaged(path, field, value, what))
 
 
-def _config_from(meta, path):
+def config_from(meta, path):
     """The config of the network the metadata's "model" tag names (a CapsNetConfig for a
     file without one, a CNNConfig), from its "config" fields."""
     config_class = MODELS[_check_kind(meta, path)][0]

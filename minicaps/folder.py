@@ -20,7 +20,7 @@ colour as (N, H, W, 3), as MNIST's come out of load_mnist. Before any pixel is d
 every header is read and the memory the arrays need checked against what is free.
 Reading one picture is bounded, as in images.read_grayscale, by what it would hold at
 once (at most MAX_PICTURE_BYTES, worked out from its header). A file that cannot
-be read (images._open, images._decode), or a folder inside a class folder, is an error
+be read (images.open_picture, images.decode_picture), or a folder inside a class folder, is an error
 naming it (``bad_images="error"``) or skipped with a warning naming it (``"skip"``); a
 class folder that cannot be read is an error. Pillow is needed: ``pip install "minicaps[viz]"``.
 """
@@ -36,7 +36,7 @@ import numpy as np
 
 from . import backend
 from .data import DataError, Dataset
-from .images import _bytes_to_decode, _decode, _jpeg_coefficient_bytes, _open, _pil, _unreadable
+from .images import bytes_to_decode, decode_picture, jpeg_coefficient_bytes, open_picture, load_pil, unreadable_picture
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 COLORS = ("gray", "rgb")
@@ -435,11 +435,11 @@ def _bad(path, why, bad_images, log):
 
 def _read_headers(files, bad_images, log):
     """Each image's (size as (H, W), mode), from its header alone; the files kept."""
-    Image = _pil()
+    Image = load_pil()
     headers, kept = [], []
     for path, label in files:
         try:
-            image = _open(Image, path)
+            image = open_picture(Image, path)
         except (ValueError, OSError) as e:
             _bad(path, str(e).replace(f"{path}: ", ""), bad_images, log)
             continue
@@ -521,11 +521,11 @@ def read_image(path, size, color):
     (bilinear, with Pillow's anti-aliasing when shrinking); alpha is dropped, 16-bit and
     float gray scaled to 0..255. ValueError for a file that is not a picture this reads or
     whose reading would hold more than MAX_PICTURE_BYTES at once (_bytes_to_read)."""
-    Image = _pil()
-    image = _open(Image, path)
+    Image = load_pil()
+    image = open_picture(Image, path)
     with image:
         h, w = size
-        coefficients = _jpeg_coefficient_bytes(image, path)
+        coefficients = jpeg_coefficient_bytes(image, path)
         orientation = _orientation(image)
         if image.format in ("JPEG", "MPO"):        # decode at 1/2..1/8 scale, as stored
             image.draft("L" if color == "gray" else "RGB",
@@ -536,7 +536,7 @@ def read_image(path, size, color):
                              f"{need / 1e6:.0f} MB to read, more than this reads "
                              f"({MAX_PICTURE_BYTES / 1e6:.0f} MB); shrink the picture first")
         try:
-            _decode(image, path)
+            decode_picture(image, path)
             if orientation != 1:
                 from PIL import ImageOps
                 image = ImageOps.exif_transpose(image)
@@ -545,13 +545,13 @@ def read_image(path, size, color):
                 image = image.resize((w, h), Image.BILINEAR)
             pixels = np.asarray(image)
         except (OSError, SyntaxError, ValueError) as e:     # a damaged or cut-off file
-            raise _unreadable(path, e) from e
+            raise unreadable_picture(path, e) from e
     return pixels
 
 
 def _bytes_to_read(image, orientation, size, color):
     """What read_image holds at once for ``image`` (at its drafted size) read at ``size``
-    (H, W) in ``color``: its decoding (images._bytes_to_decode); a copy in the colour mode
+    (H, W) in ``color``: its decoding (images.bytes_to_decode); a copy in the colour mode
     asked for (Pillow's RGB: 4 bytes a pixel); a turned copy when the EXIF orientation
     turns it; for 16-bit or float gray, its float32, rounded and 8-bit copies; the resized picture
     and the pass between (Pillow resizes across, then down); and the array, which NumPy
@@ -565,7 +565,7 @@ def _bytes_to_read(image, orientation, size, color):
         resized, final = 0, w * h
     else:
         resized, final = out * (size[0] * size[1] + size[1] * max(w, h)), size[0] * size[1]
-    return _bytes_to_decode(image) + copies * w * h + resized + 2 * channels * final
+    return bytes_to_decode(image) + copies * w * h + resized + 2 * channels * final
 
 
 def _to_mode(image, color):

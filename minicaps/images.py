@@ -45,7 +45,7 @@ ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (
          (0, 1, 1, 2))    # each interlacing pass: first column, first row, their steps
 
 
-def _pil():
+def load_pil():
     try:
         from PIL import Image
     except ImportError as e:
@@ -63,32 +63,32 @@ def read_grayscale(path):
     MAX_BYTES (refused from its header, undecoded), and one with NaN or infinite pixels
     (a float TIFF can hold them).
     """
-    Image = _pil()
+    Image = load_pil()
     path = Path(path)
     if path.is_file() and path.stat().st_size > MAX_BYTES:
         raise ValueError(f"{path}: a file of {path.stat().st_size / 1e6:.0f} MB is more than "
                          f"this reads ({MAX_BYTES / 1e6:.0f} MB); {SHRINK}")
-    image = _open(Image, path)
+    image = open_picture(Image, path)
     try:
         width, height = image.size
-        coefficients = _jpeg_coefficient_bytes(image, path)    # at full size, whatever the scale
+        coefficients = jpeg_coefficient_bytes(image, path)    # at full size, whatever the scale
         _draft(image)
-        need = _bytes_to_decode(image) + coefficients
+        need = bytes_to_decode(image) + coefficients
         if need > MAX_BYTES:
             raise ValueError(f"{path}: {width} x {height} pixels would take {need / 1e6:.0f} MB "
                              f"to decode, more than this reads ({MAX_BYTES / 1e6:.0f} MB); {SHRINK}")
         try:
-            _decode(image, path)
+            decode_picture(image, path)
             small = _shrink(image, _working_mode(image))
             pixels, mode = np.asarray(small), small.mode   # a copy: small may be image itself
         except (OSError, SyntaxError, ValueError) as e:     # a damaged or cut-off file
-            raise _unreadable(path, e) from e
+            raise unreadable_picture(path, e) from e
     finally:
         image.close()       # the file, and the memory of the full-size picture
     return _gray(pixels, mode, path)
 
 
-def _open(Image, path):
+def open_picture(Image, path):
     """The picture at path, its header read and nothing decoded. ValueError naming it
     for what is not a picture this reads: a named pipe or a folder, a file this user may
     not read, a JPEG too short for the pixels its header claims (_check_jpeg_length)."""
@@ -107,16 +107,16 @@ def _open(Image, path):
     except Image.DecompressionBombError as e:      # far above MAX_BYTES
         raise ValueError(f"{path}: {str(e).rstrip('.')}; {SHRINK}") from e
     except (OSError, SyntaxError, ValueError) as e:   # PIL.UnidentifiedImageError: OSError
-        raise _unreadable(path, e) from e
+        raise unreadable_picture(path, e) from e
     try:
         _check_jpeg_length(image, path)
     except OSError as e:
         image.close()
-        raise _unreadable(path, e) from e
+        raise unreadable_picture(path, e) from e
     return image
 
 
-def _decode(image, path):
+def decode_picture(image, path):
     """Decode ``image``'s pixels (Image.load), or an OSError where its data ends before
     they do: Pillow's LOAD_TRUNCATED_IMAGES is kept off meanwhile, whatever the program
     set, and a PNG's rows are counted first (_check_png_rows)."""
@@ -125,14 +125,14 @@ def _decode(image, path):
         _check_png_rows(image, path)
     setting, ImageFile.LOAD_TRUNCATED_IMAGES = ImageFile.LOAD_TRUNCATED_IMAGES, False
     try:
-        with warnings.catch_warnings():     # as in _open: read or refused, not warned about
+        with warnings.catch_warnings():     # as in open_picture: read or refused, not warned about
             warnings.simplefilter("ignore")
             image.load()
     finally:
         ImageFile.LOAD_TRUNCATED_IMAGES = setting
 
 
-def _unreadable(path, e):
+def unreadable_picture(path, e):
     why = "" if str(path) in str(e) else f" ({e})"
     return ValueError(f"{path}: not an image that can be read{why}; this reads "
                       f"{', '.join(sorted(FORMATS))} files")
@@ -156,7 +156,7 @@ def _bytes_per_pixel(mode):
     return 4 if len(m.bands) > 1 else np.dtype(m.typestr).itemsize
 
 
-def _bytes_to_decode(image):
+def bytes_to_decode(image):
     """Bytes that reading ``image`` at its (drafted) size holds at once: the decoded
     picture, the decoder's own buffers, a copy converted to the mode it is shrunk in and,
     for transparency, the premultiplied copy that Image.reduce averages; and 8 bytes a
@@ -170,7 +170,7 @@ def _bytes_to_decode(image):
     return height * (rows + 4 * width * FORMATS.get(image.format, 1))
 
 
-def _jpeg_coefficient_bytes(image, path):
+def jpeg_coefficient_bytes(image, path):
     """The DCT coefficients (2 bytes each) that libjpeg keeps for the whole picture, at
     full size whatever the scale, when it comes in several scans: a progressive JPEG, or
     one with a scan for each component. 0 for the usual single scan, decoded a row of
@@ -368,7 +368,7 @@ def mnist_style(gray, size=(28, 28), box=None):
        in 28x28, where MNIST's are.
     Raises ValueError for NaN or infinite pixels and for a picture with no ink.
     """
-    Image = _pil()
+    Image = load_pil()
     with np.errstate(over="ignore"):
         gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim != 2 or min(gray.shape) < 1:
@@ -448,7 +448,7 @@ def save_gray(images, path, scale=4, inputs=()):
     1-pixel gray gap, each pixel drawn as scale x scale, as a PNG (checkpoint.replace_file:
     never over one of the ``inputs`` the command read)."""
     from .checkpoint import replace_file
-    Image = _pil()
+    Image = load_pil()
     images = [np.asarray(a, dtype=np.float64) for a in images]
     images = [a.mean(axis=-1) if a.ndim == 3 else a for a in images]
     h = max(a.shape[0] for a in images)

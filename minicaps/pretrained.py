@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from . import backend
-from .checkpoint import (ACCURACY, ARRAY_DTYPES, _check_fields, _check_meta_field, _config_from,
-                         _count, _num_classes, _text, _write_atomically, build_model,
+from .checkpoint import (ACCURACY, ARRAY_DTYPES, check_fields, check_meta_field, config_from,
+                         is_count, num_classes_of, is_text, write_atomically, build_model,
                          check_settings, load_checkpoint, model_kind, read_archive)
 from .checkpoint import FORMAT as CHECKPOINT_FORMAT
 from .files import regular_file, writable_file
@@ -46,14 +46,14 @@ SHIPPED_SHA256 = "eaf6fde942e24f57b6ca757da55dd65c54c48e529eca4095bf78b6bbf6f6a6
 # fields of other names are notes, kept as they are). The settings are checked as a
 # checkpoint's (checkpoint.check_settings).
 PROVENANCE = {
-    "checkpoint": (_text, "the path of a checkpoint"),
-    "epoch": (_count, "an integer >= 0"),
-    "step": (_count, "an integer >= 0"),
-    "seed": (_count, "an integer >= 0"),
-    "command": (_text, "a text"),
-    "weights": (_text, "a text"),
+    "checkpoint": (is_text, "the path of a checkpoint"),
+    "epoch": (is_count, "an integer >= 0"),
+    "step": (is_count, "an integer >= 0"),
+    "seed": (is_count, "an integer >= 0"),
+    "command": (is_text, "a text"),
+    "weights": (is_text, "a text"),
     "test_accuracy": ACCURACY,
-    "test_accuracy_note": (_text, "a text"),
+    "test_accuracy_note": (is_text, "a text"),
 }
 
 
@@ -122,7 +122,7 @@ def export_weights(checkpoint, out, weights="auto", dtype="float16", provenance=
             "model": model_kind(model), "config": model.config.to_dict(), "dtype": dtype.name, "weights": used,
             "provenance": made}
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    _write_atomically(Path(out), arrays)
+    write_atomically(Path(out), arrays)
     return Path(out)
 
 
@@ -154,7 +154,7 @@ def load_weights(path, device=None, dtype="float32"):
     meta, arrays = read_archive(path, _check_weights_meta, ("param",), dtypes=WEIGHT_DTYPES)
     params = {k[len("param/"):]: a.astype(dtype) for k, a in arrays.items()}
     try:
-        model = build_model(_config_from(meta, path), dtype=dtype, device=device,
+        model = build_model(config_from(meta, path), dtype=dtype, device=device,
                             params=params)
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from e
@@ -207,18 +207,18 @@ def _check_weights_meta(meta, path):
         raise ValueError(f"{path}: not a minicaps weights file (format is not {FORMAT!r}); "
                          f"a checkpoint of a run is given without --pretrained")
     version = meta.get("format_version")
-    _check_meta_field(path, "format_version", version,
+    check_meta_field(path, "format_version", version,
                       isinstance(version, int) and 1 <= version <= FORMAT_VERSION,
                       f"an integer in 1..{FORMAT_VERSION}")
-    _check_meta_field(path, "config", meta.get("config"), isinstance(meta.get("config"), dict),
+    check_meta_field(path, "config", meta.get("config"), isinstance(meta.get("config"), dict),
                       "a JSON object")
-    _check_meta_field(path, "dtype", meta.get("dtype"),
+    check_meta_field(path, "dtype", meta.get("dtype"),
                       meta.get("dtype") in [d.name for d in WEIGHT_DTYPES], "float16/32/64")
-    _check_meta_field(path, "weights", meta.get("weights"),
+    check_meta_field(path, "weights", meta.get("weights"),
                       meta.get("weights") in ("average", "trained"), "'average' or 'trained'")
-    _check_meta_field(path, "provenance", meta.get("provenance"),
+    check_meta_field(path, "provenance", meta.get("provenance"),
                       isinstance(meta.get("provenance"), dict), "a JSON object")
-    _check_fields(meta["provenance"], path, "provenance", PROVENANCE)
+    check_fields(meta["provenance"], path, "provenance", PROVENANCE)
     check_settings(meta["provenance"].get("settings"), path, "provenance.settings",
-                   _num_classes(meta, path))
+                   num_classes_of(meta, path))
     return meta

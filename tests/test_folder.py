@@ -759,7 +759,7 @@ def test_without_pillow_the_cli_says_so_in_one_line(tmp_path, capsys, monkeypatc
 
     def no_pillow():
         raise ImportError('reading images needs Pillow: pip install "minicaps[viz]"')
-    monkeypatch.setattr(minicaps.folder, "_pil", no_pillow)
+    monkeypatch.setattr(minicaps.folder, "load_pil", no_pillow)
     folder = good_folder(tmp_path / "f")
     assert cli.main(["train", "--data-dir", str(folder), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
