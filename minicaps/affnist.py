@@ -2,8 +2,13 @@
 test on affNIST.
 
 Expanded MNIST: "each example is an MNIST digit placed randomly on a black background of
-40x40 pixels": the 28x28 digit at integer offsets (oy, ox) uniform in 0..12, i.e. up to 6
-pixels from the centre (``expand``, ``expanded_mnist``).
+40x40 pixels". The authors' generator (research/capsules/input_data/mnist/mnist_shift.py,
+``--shift=6 --pad=6``) pads each 28x28 digit by 6 pixels and writes it at every shift of
+-6..6 pixels on each axis: 169 placements of each of the 60,000 training digits. Here the
+training digits are centred on 40x40 (``expanded_mnist``) and training shifts each one by
+integers uniform in -6..6 every epoch (``TRAIN_SHIFT``, the run's ``--shift``): each epoch
+draws one of those 169 placements per digit, uniformly. The validation set places each test
+digit at a seeded random one of its 169 places.
 
 affNIST (Tijmen Tieleman, https://www.cs.toronto.edu/~tijmen/affNIST/): MNIST digits on
 40x40 under "various reasonable affine transformations", "with significant translations
@@ -18,17 +23,20 @@ each MNIST test digit's class (the class counts), and ``label_one_of_n`` against
 ``<root>/affnist/test.mat`` (or the 32 files of ``test_batches`` in
 ``<root>/affnist/test_batches/``), root being the data folder (``$MINICAPS_DATA``).
 
-Without those files ``affnist_test`` generates a stand-in, named "affnist-generated"
-everywhere it goes: each MNIST test digit scaled, sheared and rotated about its centre
-with bilinear resampling, then moved. The ranges (AFFNIST_RANGES) are rotation within
-+-20 degrees, shear within +-0.2, horizontal and vertical scale each within 0.8..1.2, the
-affNIST page's as we read them; the stored copy of that page reachable here holds only
-its introduction, and the one other statement of them found (TensorFlow Federated's
-infinite EMNIST, "approximately equivalent to the one described at" that page: rotation
-+-20 degrees, shear +-0.2, scale 0.8..1.25 log-uniform, translation +-5 pixels) agrees but
-for the scale's upper end. Check them against the page before quoting results. The
-translation is our choice: integers, uniform over every position that keeps all of the
-digit's ink on the canvas.
+Without those files ``affnist_test`` generates a stand-in from the MNIST test digits, each
+scaled, sheared and rotated about its centre with bilinear resampling, then moved, named
+after its ranges everywhere it goes:
+
+- "affnist-like" (the default; ``AFFNIST_LIKE``): the ranges of TensorFlow Federated's
+  affNIST-like transformations (tensorflow_federated/python/simulation/datasets/emnist,
+  ``get_infinite``: "approximately equivalent to the one described at" the affNIST page):
+  rotation uniform in +-20 degrees, shear uniform in +-0.2, horizontal and vertical scale
+  each log-uniform in 0.8..1.25, a move uniform in +-5 pixels on each axis (not whole
+  pixels); a move that would push ink off the 40x40 canvas is shortened until none leaves.
+- "affnist-wide" (``AFFNIST_WIDE``, a harder variant; called "affnist-generated" by
+  checkpoints written before it had this name): rotation +-20 degrees, shear +-0.2, scales
+  uniform in 0.8..1.2, and a whole-pixel move uniform over every position that keeps all of
+  the ink on the canvas: up to 18 pixels across, past anything training shows.
 """
 import hashlib
 import math
@@ -46,15 +54,26 @@ from .files import data_file
 DIGIT = 28
 CANVAS = 40
 MAX_OFFSET = CANVAS - DIGIT          # 12: the digit's top-left corner at 0..12, centre +-6
-EXPANDED_SEED = 40                   # the placements of expanded_mnist
+TRAIN_SHIFT = 6                      # expanded MNIST's shifts: -6..6 on each axis, each epoch
+EXPANDED_SEED = 40                   # the validation set's placements (expanded_mnist)
 GENERATED_SEED = 320                 # the transformations of the generated affNIST test set
 CLASSES = tuple(str(d) for d in range(10))
 
-# Uniform ranges of the generated affNIST stand-in; see the module docstring for sources.
-AFFNIST_RANGES = {"rotation": (-20.0, 20.0),    # degrees, counter-clockwise on the screen
-                  "shear": (-0.2, 0.2),         # x += shear * y, about the digit's centre
-                  "scale_y": (0.8, 1.2),
-                  "scale_x": (0.8, 1.2)}
+# The generated stand-ins of the affNIST test set (see the module's docstring for sources):
+# name -> {parameter: (low, high)} and how each is drawn.
+AFFNIST_LIKE = {"rotation": (-20.0, 20.0),      # degrees, counter-clockwise on the screen
+                "shear": (-0.2, 0.2),           # x += shear * y, about the digit's centre
+                "scale_y": (0.8, 1.25),         # log-uniform
+                "scale_x": (0.8, 1.25),
+                "move": (-5.0, 5.0)}            # pixels on each axis, uniform, shortened if
+                                                # ink would leave the canvas
+AFFNIST_WIDE = {"rotation": (-20.0, 20.0),
+                "shear": (-0.2, 0.2),
+                "scale_y": (0.8, 1.2),          # uniform
+                "scale_x": (0.8, 1.2)}          # and a whole-pixel move anywhere ink fits
+AFFNIST_RANGES = AFFNIST_WIDE                   # draw_affine's ranges
+GENERATED = {"affnist-like": AFFNIST_LIKE, "affnist-wide": AFFNIST_WIDE}
+OLD_NAMES = {"affnist-generated": "affnist-wide"}   # in checkpoints written before the rename
 
 AFFNIST_TEST_SIZE = 320_000          # 32 transformations of each of 10,000 test digits
 AFFNIST_COPIES = 32
@@ -113,16 +132,25 @@ def expand(images, rng, size=CANVAS):
     return place_on_canvas(images, offsets, size), offsets
 
 
+def centre(images, size=CANVAS):
+    """Each 28x28 image at the centre of a black size x size canvas (offset (size-28)/2)."""
+    images = np.asarray(images)
+    offset = (size - images.shape[1]) // 2
+    return place_on_canvas(images, np.full((len(images), 2), offset), size)
+
+
 def expanded_mnist(mnist, seed=EXPANDED_SEED):
-    """The paper's training set for section 5.2, and its like-for-like test set: both MNIST
-    splits placed at random on 40x40 (expand, train then test, from default_rng(seed)).
-    Re-draw the training placements each epoch with expand() for more variety."""
-    rng = np.random.default_rng(seed)
-    x_train, _ = expand(mnist[0], rng)
-    x_test, _ = expand(mnist[2], rng)
-    return Dataset(x_train, np.asarray(mnist[1]), x_test, np.asarray(mnist[3]), CLASSES,
-                   "expanded-mnist", {"canvas": CANVAS, "max_offset": MAX_OFFSET,
-                                      "seed": seed})
+    """The paper's training set for section 5.2, and its like-for-like test set: the
+    training digits centred on 40x40, to be shifted by up to TRAIN_SHIFT = 6 pixels each
+    epoch (the run's shift: one of the authors' 169 placements of each digit, drawn
+    anew every epoch), and the test digits each at one random place within 6 pixels of the
+    centre (expand, from default_rng(seed))."""
+    x_test, _ = expand(mnist[2], np.random.default_rng(seed))
+    return Dataset(centre(mnist[0]), np.asarray(mnist[1]), x_test, np.asarray(mnist[3]),
+                   CLASSES, "expanded-mnist",
+                   {"canvas": CANVAS, "max_offset": MAX_OFFSET, "seed": seed,
+                    "train": "centred, shifted by up to 6 pixels each epoch",
+                    "shift": TRAIN_SHIFT})
 
 
 # --- affine transformations ------------------------------------------------------------------
@@ -173,22 +201,54 @@ def warp(digits, params, size=CANVAS):
     return out
 
 
-def draw_affine(digits, rng, ranges=AFFNIST_RANGES, size=CANVAS, chunk=2000):
-    """AffineParams for each digit. From rng, in this order and for all digits at once:
-    rotation, shear, scale_y, scale_x uniform in ranges, then two fractions uniform in
-    [0, 1) that pick integers ty, tx uniformly among the moves keeping all the transformed
-    digit's ink (pixels > 0) on the size x size canvas (an MNIST digit always fits; ink
-    wider than the canvas is centred and cut). chunk bounds the memory, not the result."""
+def draw_affine(digits, rng, ranges=AFFNIST_WIDE, size=CANVAS, chunk=2000):
+    """AffineParams for each digit, the "affnist-wide" way. From rng, in this order and for
+    all digits at once: rotation, shear, scale_y, scale_x uniform in ranges, then two
+    fractions uniform in [0, 1) that pick integers ty, tx uniformly among the moves keeping
+    all the transformed digit's ink (pixels > 0) on the size x size canvas (an MNIST digit
+    always fits; ink wider than the canvas is centred and cut). chunk bounds the memory,
+    not the result."""
     digits = np.asarray(digits)
     n = len(digits)
-    drawn = {name: rng.uniform(*ranges[name], size=n) for name in AFFNIST_RANGES}
+    drawn = {name: rng.uniform(*ranges[name], size=n) for name in AFFNIST_WIDE}
     where = rng.random((2, n))
     params = AffineParams(**drawn, ty=np.zeros(n), tx=np.zeros(n))
+    low, high = move_bounds(digits, params, size, chunk)
+    moves = low + np.floor(where * (high - low + 1))
+    return params._replace(ty=moves[0], tx=moves[1])
+
+
+def draw_affnist_like(digits, rng, ranges=AFFNIST_LIKE, size=CANVAS, chunk=2000):
+    """AffineParams for each digit, the "affnist-like" way. From rng, in this order and for
+    all digits at once: rotation and shear uniform in ranges, scale_y and scale_x
+    log-uniform (exp of a uniform draw between the logs of the ends), then the moves ty,
+    tx uniform in ranges["move"], each brought back within move_bounds when it would push
+    ink off the canvas (with bilinear resampling a fractional move inside the bounds keeps
+    all the ink)."""
+    digits = np.asarray(digits)
+    n = len(digits)
+    drawn = {name: rng.uniform(*ranges[name], size=n) for name in ("rotation", "shear")}
+    for name in ("scale_y", "scale_x"):
+        drawn[name] = np.exp(rng.uniform(*np.log(ranges[name]), size=n))
+    moves = rng.uniform(*ranges["move"], size=(2, n))
+    params = AffineParams(**drawn, ty=np.zeros(n), tx=np.zeros(n))
+    low, high = move_bounds(digits, params, size, chunk)
+    moves = np.clip(moves, low, high)
+    return params._replace(ty=moves[0], tx=moves[1])
+
+
+def move_bounds(digits, params, size=CANVAS, chunk=2000):
+    """(low, high), each (2, N): the whole-pixel moves (ty, tx) of each transformed digit
+    (params' moves aside) that keep all its ink (pixels > 0) on the size x size canvas.
+    Ink wider than the canvas: low = high, the move that centres it."""
+    n = len(digits)
     low, high = np.zeros((2, n)), np.zeros((2, n))
     margin = (_WORK - size) // 2
     for start in range(0, n, chunk):
         part = slice(start, start + chunk)
-        big = warp(digits[part], AffineParams(*(f[part] for f in params)), _WORK)  # no ink cut
+        still = AffineParams(*(f[part] for f in params[:4]), ty=np.zeros(len(digits[part])),
+                             tx=np.zeros(len(digits[part])))
+        big = warp(digits[part], still, _WORK)                    # no ink cut on 64x64
         for axis, ink in enumerate((big.any(axis=2), big.any(axis=1))):
             first = ink.argmax(1)
             last = _WORK - 1 - ink[:, ::-1].argmax(1)
@@ -198,17 +258,24 @@ def draw_affine(digits, rng, ranges=AFFNIST_RANGES, size=CANVAS, chunk=2000):
             wide = hi < lo                     # ink wider than the canvas: centre it, cut both
             lo[wide] = hi[wide] = np.floor((lo[wide] + hi[wide]) / 2)
             low[axis, part], high[axis, part] = lo, hi
-    moves = low + np.floor(where * (high - low + 1))
-    return params._replace(ty=moves[0], tx=moves[1])
+    return low, high
 
 
-def generate_affnist(digits, labels, seed=GENERATED_SEED, copies=1, ranges=AFFNIST_RANGES):
-    """The generated affNIST stand-in: copies transformations of each digit (pass MNIST's
-    test split), copy after copy, from default_rng(seed). Returns (images (N*copies, 40, 40)
-    uint8, labels (N*copies,) int64, AffineParams of every image)."""
+DRAWS = {"affnist-like": draw_affnist_like, "affnist-wide": draw_affine}
+
+
+def generate_affnist(digits, labels, seed=GENERATED_SEED, copies=1, name="affnist-like"):
+    """A generated affNIST stand-in (name: "affnist-like" or "affnist-wide", GENERATED):
+    copies transformations of each digit (pass MNIST's test split), copy after copy, from
+    default_rng(seed). Returns (images (N*copies, 40, 40) uint8, labels (N*copies,) int64,
+    AffineParams of every image)."""
+    name = OLD_NAMES.get(name, name)
+    if name not in GENERATED:
+        raise ValueError(f"a generated affNIST set is one of {', '.join(GENERATED)}, "
+                         f"got {name!r}")
     digits, labels = np.asarray(digits), np.asarray(labels)
     rng = np.random.default_rng(seed)
-    params = [draw_affine(digits, rng, ranges) for _ in range(int(copies))]
+    params = [DRAWS[name](digits, rng, GENERATED[name]) for _ in range(int(copies))]
     images = np.concatenate([warp(digits, p) for p in params])
     all_params = AffineParams(*(np.concatenate(f) for f in zip(*params)))
     return images, np.tile(labels.astype(np.int64), int(copies)), all_params
@@ -319,41 +386,56 @@ class AffNISTTest(NamedTuple):
     info: dict
 
 
-def affnist_test(mnist=None, root=None, seed=GENERATED_SEED, copies=1, generate=True):
-    """The real affNIST test set when its files are there (load_affnist_test), else (with
-    generate) the generated stand-in from MNIST's test split (generate_affnist):
-    copies transformations of each of the 10,000 test digits; the real set has 32."""
-    try:
-        images, labels, files = load_affnist_test(root)
-        return AffNISTTest(images, labels, "affnist",
-                           {"files": [os.fspath(f) for f in files]})
-    except DataNotFoundError:
-        if not generate:
-            raise
+def affnist_test(mnist=None, root=None, seed=GENERATED_SEED, copies=1, generate=True,
+                 name="affnist"):
+    """The test set ``name`` says: "affnist", the real files when they are there
+    (load_affnist_test), else (with generate) the "affnist-like" stand-in; or a generated
+    set asked for by its name ("affnist-like", "affnist-wide"; generate_affnist), made
+    from MNIST's test split: copies transformations of each of the 10,000 test digits (the
+    real set has 32)."""
+    name = OLD_NAMES.get(name, name)
+    if name not in ("affnist", *GENERATED):
+        raise ValueError(f"an affNIST test set is one of affnist, {', '.join(GENERATED)}; "
+                         f"got {name!r}")
+    if name == "affnist":
+        try:
+            images, labels, files = load_affnist_test(root)
+            return AffNISTTest(images, labels, "affnist",
+                               {"files": [os.fspath(f) for f in files]})
+        except DataNotFoundError:
+            if not generate:
+                raise
+        name = "affnist-like"
     if mnist is None:
         from .data import load_mnist
         mnist = load_mnist(root)
-    images, labels, _ = generate_affnist(mnist[2], mnist[3], seed, copies)
-    return AffNISTTest(images, labels, "affnist-generated",
+    images, labels, _ = generate_affnist(mnist[2], mnist[3], seed, copies, name)
+    moves = ("uniform in +-5 pixels, shortened where ink would leave the 40x40 canvas"
+             if name == "affnist-like" else
+             "whole pixels, uniform over the moves keeping all the ink on the 40x40 canvas")
+    return AffNISTTest(images, labels, name,
                        {"generated": True, "seed": seed, "copies": copies,
-                        "ranges": dict(AFFNIST_RANGES), "resampling": "bilinear",
-                        "translation": "integers keeping all the ink on the 40x40 canvas"})
+                        "ranges": dict(GENERATED[name]), "resampling": "bilinear",
+                        "translation": moves})
 
 
 def affnist_dataset(mnist=None, root=None, seed=EXPANDED_SEED, test_seed=GENERATED_SEED,
-                    copies=1, generate=True):
+                    copies=1, generate=True, test="affnist"):
     """Section 5.2 as one Dataset: train on expanded MNIST (expanded_mnist's training
-    split), validate on expanded MNIST's test split (the paper stopped training at about
-    99.2% there), test on affNIST (affnist_test). Its name is the test set's: "affnist" or
-    "affnist-generated"; info says which (test, test_info: affnist_test's info) and how
-    the training set was placed (train_seed)."""
+    split: centred digits that training shifts by up to TRAIN_SHIFT pixels), validate on
+    expanded MNIST's test split (the paper stopped training at about 99.2% there), test on
+    the affine set ``test`` names (affnist_test). Its name is the test set's: "affnist",
+    "affnist-like" or "affnist-wide"; info says which (test, test_info: affnist_test's
+    info), how the training set was placed (train_seed) and the shift its training takes
+    (shift)."""
     if mnist is None:
         from .data import load_mnist
         mnist = load_mnist(root)
     train = expanded_mnist(mnist, seed)
-    test = affnist_test(mnist, root, test_seed, copies, generate)
+    test = affnist_test(mnist, root, test_seed, copies, generate, test)
     info = {"train": "expanded-mnist", "canvas": CANVAS, "max_offset": MAX_OFFSET,
-            "train_seed": seed, "test": test.name, "test_info": test.info}
+            "train_seed": seed, "shift": TRAIN_SHIFT, "test": test.name,
+            "test_info": test.info}
     return Dataset(train.x_train, train.y_train, test.images, test.labels, CLASSES,
                    test.name, info, x_val=train.x_test, y_val=train.y_test)
 

@@ -7,8 +7,10 @@ from pathlib import Path
 
 from .multimnist import MAX_PAIRS_PER_DIGIT
 from .robustness import MAX_STEPS
+from .train import AFFINE_SETS
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist", "affnist")
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist", "affnist",
+            "affnist-like", "affnist-wide")
 # --preset: the network and the recipe. "paper": the paper's network and learning rate;
 # "quick": a smaller CapsNet (64 conv1 channels, 16 primary capsule maps: 2.8 M parameters
 # against 8.2 M, about 3x the images per second) at twice the learning rate, 2 epochs.
@@ -19,11 +21,15 @@ PRESETS = {"paper": {"config": {}, "epochs": 1, "lr": 1e-3},
 # data's input size and classes: "paper", three 5x5 SAME convolutions of 256, 256, 128
 # channels, fc 328-192, dropout (35.4 M parameters at 28x28); "pooled", a 2x2 max-pool
 # after conv1 and conv2 and fc 847-192 (the affNIST experiment's baseline: CapsNet's size
-# at 40x40, 7.9 M parameters at 28x28); "released", the authors' released baseline, 5x5
+# at 40x40, 7.9 M parameters at 28x28); "pooled-quick", the same kind of network the size of
+# --preset quick's CapsNet at 40x40 (5x5 convolutions of 64, 128, 128, fc 404-192: 5,867,614
+# parameters against 5,865,792); "released", the authors' released baseline, 5x5
 # convolutions of 512 and 256 channels each with a 2x2 max-pool, fc 1024 (Table 1's
 # MultiMNIST CNN: 24.5 M parameters at 36x36). "model" is train()'s name of the network.
 CNN_PRESETS = {"paper": {"model": "cnn", "config": {}, "epochs": 1, "lr": 1e-3},
                "pooled": {"model": "cnn-pooled", "config": {}, "epochs": 1, "lr": 1e-3},
+               "pooled-quick": {"model": "cnn-pooled-quick", "config": {}, "epochs": 1,
+                                "lr": 1e-3},
                "released": {"model": "cnn-released", "config": {}, "epochs": 1, "lr": 1e-3}}
 MODELS = ("capsnet", "cnn")                       # --model
 GRADCHECK_NAMES = {"capsnet": "CapsNet", "cnn": "CNN baseline"}   # gradcheck's title
@@ -110,8 +116,10 @@ def _train_command(args, comm=None):
         out = (Path(args.resume).parent if args.resume
                else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     preset, fields = _network_options(args)
-    if args.shift is None:     # MultiMNIST's pairs come shifted by up to 4 pixels already
-        args.shift = 0 if args.dataset == "multimnist" and args.data_dir is None else 2
+    if args.shift is None:     # MultiMNIST's pairs come shifted by up to 4 pixels already;
+        # expanded MNIST's centred digits move by up to 6 (affnist.TRAIN_SHIFT)
+        args.shift = (0 if args.dataset == "multimnist" and args.data_dir is None else
+                      6 if args.dataset in AFFINE_SETS and args.data_dir is None else 2)
     args.epochs = preset["epochs"] if args.epochs is None else args.epochs
     args.lr = preset["lr"] if args.lr is None else args.lr
     check_before_loading(epochs=args.epochs, out_dir=out, resume=args.resume,
@@ -149,7 +157,8 @@ def _train_command(args, comm=None):
                        flip=args.flip or None,
                        average=None if args.no_average else args.average,
                        resume=args.resume, overwrite=args.overwrite,
-                       progress=not args.no_progress, comm=comm)
+                       progress=not args.no_progress, comm=comm,
+                       keep_epochs=args.keep_epochs)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {_how_to_go_on(Path(out) / 'last.npz')}", file=sys.stderr)
         return 130
@@ -522,7 +531,7 @@ def _digits_to_transform(args, ckpt):
     digits for networks trained on expanded MNIST (their affNIST test set is transformed
     already)."""
     settings = ckpt.extra.get("settings", {}) or {}
-    if (args.dataset or settings.get("dataset")) in ("affnist", "affnist-generated"):
+    if (args.dataset or settings.get("dataset")) in AFFINE_SETS:
         args = argparse.Namespace(**{**vars(args), "dataset": "mnist"})
     return _test_data(args, ckpt)
 
@@ -879,7 +888,9 @@ def build_parser():
                         "CapsNet (64 conv1 channels, 16 primary maps) at lr 0.002 for 2 "
                         "epochs, 99%% in minutes; pooled (--model cnn): the max-pooling "
                         "baseline of the affNIST experiment, a 2x2 max-pool after conv1 and "
-                        "conv2, fc 847-192; released (--model cnn): the authors' released "
+                        "conv2, fc 847-192; pooled-quick (--model cnn): the same kind, the "
+                        "size of the quick CapsNet at 40x40 (64-128-128 channels, fc "
+                        "404-192); released (--model cnn): the authors' released "
                         "baseline, Table 1's for MultiMNIST, 512-256 5x5 convolutions each "
                         "with a 2x2 max-pool, fc 1024 (default: paper)")
     p.add_argument("--epochs", type=nonnegative_int, default=None,
@@ -894,8 +905,13 @@ def build_parser():
     p.add_argument("--decay-steps", type=positive_int, default=2000, help="see --lr-decay")
     p.add_argument("--shift", type=nonnegative_int, default=None,
                    help="random shift of each training image by up to this many pixels "
-                        "(0: no augmentation) (default: 2; 0 for multimnist, whose pairs "
-                        "are shifted by up to 4 as they are made)")
+                        "(0: no augmentation) (default: 2; 6 for the affnist sets, whose "
+                        "digits come centred on 40x40: the authors' expanded MNIST; 0 for "
+                        "multimnist, whose pairs are shifted by up to 4 as they are made)")
+    p.add_argument("--keep-epochs", action="store_true",
+                   help="also keep every epoch's checkpoint, as epoch-001.npz and so on in "
+                        "the run folder (to pick the network at a chosen validation "
+                        "accuracy afterwards)")
     p.add_argument("--pairs-per-digit", type=pairs_per_digit, metavar="K", default=1,
                    help="with --dataset multimnist: each epoch pairs every training digit K "
                         "times with a digit of another class, K from 1 to "

@@ -42,7 +42,8 @@ except ImportError:          # not on Windows: the pid in the file is all there 
 
 LOCK_FILE = ".minicaps.lock"
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
-TEMP_PATTERNS = (".last.npz.*.tmp", ".best.npz.*.tmp")
+TEMP_PATTERNS = (".last.npz.*.tmp", ".best.npz.*.tmp", ".epoch-*.npz.*.tmp")
+EPOCH_PATTERN = "epoch-*.npz"         # train(keep_epochs=True): every epoch's checkpoint
 CHECKPOINTS = ("last.npz", "best.npz")
 MAX_LEFTOVER_BYTES = 1 << 16     # one epoch's metrics line is about 1 kB
 MAX_METRICS_BYTES = 1 << 26      # 64 MiB: some 60000 epochs' lines
@@ -223,9 +224,17 @@ def check_room(out_dir, overwrite=False):
             f"delete {', '.join(found)} there")
 
 
+def epoch_file(epoch):
+    """The name of epoch ``epoch``'s own checkpoint (train's keep_epochs)."""
+    return f"epoch-{int(epoch):03d}.npz"
+
+
 def _make_room(out_dir, overwrite, log):
     check_room(out_dir, overwrite)
     found = existing_run(out_dir)
+    if found:                     # --overwrite: the old run's epoch checkpoints go too
+        found += sorted(p.name for p in out_dir.glob(EPOCH_PATTERN)
+                        if p.is_file() and not p.is_symlink())
     for name in found:
         os.remove(out_dir / name)
     if found:

@@ -46,10 +46,14 @@ LAST, BEST = "last.npz", "best.npz"
 RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
                    "dataset", "val_size", "limit_train", "n_train", "limit_test", "n_test",
                    "crop", "flip", "classes", "pairs_per_digit")
+# Section 5.2's datasets: expanded MNIST to train, and the affine test set each names
+# (affnist.affnist_test; "affnist-generated" is "affnist-wide" in older checkpoints).
+AFFINE_SETS = ("affnist", "affnist-like", "affnist-wide", "affnist-generated")
 # The networks train builds by name (model=...) when it is given no config: their configs.
 NETWORKS = {"capsnet": CapsNetConfig,          # the paper's CapsNet
             "cnn": CNNConfig.paper,            # its CNN baseline (section 5), 35.4 M at 28x28
             "cnn-pooled": CNNConfig.pooled,    # the max-pooling baseline of section 5.2
+            "cnn-pooled-quick": CNNConfig.pooled_quick,   # the same, the quick CapsNet's size
             "cnn-released": CNNConfig.released}    # the MultiMNIST baseline of Table 1
 
 
@@ -77,10 +81,11 @@ def load_data(dataset="mnist", data_root=None):
     """The dataset named ``dataset`` as a data.Dataset (datasets.DATASETS lists the names),
     from ``data_root`` (see data.load_mnist for where files are looked for)."""
     from .datasets import FASHION_CLASSES, MNIST_CLASSES, load_dataset
-    if dataset in ("affnist", "affnist-generated"):    # section 5.2: expanded MNIST to train,
-        # affNIST to test: the real files when they are there, else the generated stand-in
+    if dataset in AFFINE_SETS:    # section 5.2: expanded MNIST to train, an affine set to test:
+        # affNIST's files when they are there, else a generated stand-in named by its ranges
         from .affnist import affnist_dataset
-        return affnist_dataset(load_mnist(root=data_root, dataset="mnist")[:4], root=data_root)
+        return affnist_dataset(load_mnist(root=data_root, dataset="mnist")[:4], root=data_root,
+                               test=dataset)
     if dataset == "multimnist":       # pairs made from MNIST's digits as training goes
         return Dataset(*load_mnist(root=data_root, dataset="mnist")[:4], classes=MNIST_CLASSES,
                        name="multimnist", info={"pairs_per_digit": 1})
@@ -566,6 +571,7 @@ class TrainResult:
     average: ParameterAverage = None               # the parameters' moving average, if kept
     resumed_metrics: dict = None                   # the checkpoint's metrics, when resumed
     lock: object = None                            # rank 0's runfolder.RunLock while it trains
+    keep_epochs: bool = False                      # also write epoch-NNN.npz each epoch
 
     @property
     def last_checkpoint(self):
@@ -581,7 +587,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
           decay_steps=2000, seed=0, dtype="float32", device=None, data=None, dataset="mnist",
           data_root=None, limit_train=None, limit_test=None, val_size=0, shift=2, crop=None,
           flip=None, average=0.999, resume=None, overwrite=False, progress=True, log=print,
-          comm=None):
+          comm=None, keep_epochs=False):
     """Train a CapsNet, or the paper's CNN baseline, until ``epochs`` epochs are done in
     all; returns a TrainResult.
 
@@ -596,8 +602,9 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     the data's info (smallNORB's crop), 0 and False turn them off. The class names go into
     the checkpoints. Each epoch appends a line to ``out_dir/metrics.jsonl`` and saves
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
-    accuracy if val_size is 0) is the best so far, the average's when there is one.
-    ``resume``: a checkpoint path to continue from; the settings that change the
+    accuracy if val_size is 0) is the best so far, the average's when there is one;
+    ``keep_epochs`` keeps every epoch's checkpoint too, as ``out_dir/epoch-NNN.npz`` (to
+    pick a network at a given validation accuracy afterwards). ``resume``: a checkpoint path to continue from; the settings that change the
     computation, and the test set (limit_test), must be the ones it was trained with.
     ``average``: the decay of a moving average of the parameters (optim.ParameterAverage)
     kept beside training and evaluated too, as "avg_test_accuracy" and so on; None keeps
@@ -660,6 +667,7 @@ def train(config=None, *, model=None, epochs, out_dir, batch_size=100, lr=1e-3, 
     if config is None and resume is None:
         config = config_for_data(data, crop, model or "capsnet")
     run = _start(config, settings, device, Path(out_dir), resume, log, epochs, kind)
+    run.keep_epochs = bool(keep_epochs)
     settings["model"] = model_kind(run.model)      # into the checkpoints, for evaluate & co.
     _check_classes(data, run.model.config)
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
@@ -904,6 +912,8 @@ def _save(run, metrics, settings, score):
     if is_best:
         run.best_accuracy = score
     paths = [run.last_checkpoint] + ([run.best_checkpoint] if is_best else [])
+    if run.keep_epochs:
+        paths.append(run.out_dir / runfolder.epoch_file(run.epoch))
     _write_checkpoints(run, paths, metrics, settings)
     return is_best
 

@@ -48,17 +48,43 @@ def test_expand_places_each_digit_unchanged_at_offsets_0_to_12():
         assert not rest.any()                                     # black everywhere else
 
 
-def test_expanded_mnist_is_a_seeded_dataset():
+def test_expanded_mnist_centres_the_training_digits_and_places_the_test_ones_seeded():
     mnist = fake_mnist()
     a, b = af.expanded_mnist(mnist, seed=5), af.expanded_mnist(mnist, seed=5)
     assert isinstance(a, Dataset) and a.name == "expanded-mnist"
     assert a.x_train.shape == (30, 40, 40) and a.x_test.shape == (20, 40, 40)
     assert a.classes == tuple("0123456789") and a.info["seed"] == 5
-    np.testing.assert_array_equal(a.x_train, b.x_train)
-    assert not np.array_equal(a.x_train, af.expanded_mnist(mnist, seed=6).x_train)
+    assert a.info["shift"] == af.TRAIN_SHIFT == 6
+    # training digits: at the centre, 6 pixels from every edge, whatever the seed
+    np.testing.assert_array_equal(a.x_train[:, 6:34, 6:34], mnist[0])
+    assert a.x_train.sum() == mnist[0].sum()
+    np.testing.assert_array_equal(a.x_train, af.expanded_mnist(mnist, seed=6).x_train)
+    # test digits: each at one place within 6 pixels, from the seed
+    np.testing.assert_array_equal(a.x_test, b.x_test)
+    assert not np.array_equal(a.x_test, af.expanded_mnist(mnist, seed=6).x_test)
     np.testing.assert_array_equal(a.y_test, mnist[3])
-    # the ink is the digits' ink, moved
-    np.testing.assert_array_equal(a.x_train.sum(axis=(1, 2)), mnist[0].sum(axis=(1, 2)))
+    np.testing.assert_array_equal(a.x_test.sum(axis=(1, 2)), mnist[2].sum(axis=(1, 2)))
+
+
+def test_shifts_of_up_to_6_give_the_authors_169_placements_uniformly():
+    """mnist_shift.py --shift=6 --pad=6 writes each digit at every (dy, dx) in -6..6: a
+    shift of the centred digit by (dy, dx) is the digit at offset (6 + dy, 6 + dx)."""
+    from minicaps.data import draw_shifts, shift_images
+    images, _ = digits(1, 11)
+    n = 16_900
+    many = np.repeat(images, n, axis=0)
+    centred = af.centre(many)
+    dy, dx = draw_shifts(n, af.TRAIN_SHIFT, np.random.default_rng(0), (40, 40))
+    shifted = shift_images(centred, dy, dx, af.TRAIN_SHIFT)
+    for k in range(0, n, 997):
+        np.testing.assert_array_equal(
+            shifted[k], af.place_on_canvas(images, np.array([[6 + dy[k], 6 + dx[k]]]))[0])
+    assert (shifted.sum(axis=(1, 2)) == images.sum()).all()         # no ink ever cut
+    counts = np.bincount((dy + 6) * 13 + (dx + 6), minlength=169)
+    assert counts.size == 169 and counts.min() > 0                  # every placement drawn
+    expected = n / 169                                              # uniform: chi-square,
+    chi2 = ((counts - expected) ** 2 / expected).sum()              # 168 degrees of freedom
+    assert chi2 < 240                                               # p about 0.0002
 
 
 def test_place_on_canvas_refuses_offsets_off_the_canvas():
@@ -129,17 +155,17 @@ def test_warp_matches_a_bilinear_loop_written_from_the_definition():
 
 # --- the generated affNIST stand-in ----------------------------------------------------------
 
-def test_drawn_transformations_stay_in_the_published_ranges_and_keep_all_ink():
+def test_the_wide_set_stays_in_its_ranges_moves_far_and_keeps_all_ink():
     images, labels = digits(500, 8)
-    out, out_labels, p = af.generate_affnist(images, labels, seed=9)
+    out, out_labels, p = af.generate_affnist(images, labels, seed=9, name="affnist-wide")
     assert out.shape == (500, 40, 40) and out.dtype == np.uint8
     np.testing.assert_array_equal(out_labels, labels)
-    for name, (low, high) in af.AFFNIST_RANGES.items():
+    for name, (low, high) in af.AFFNIST_WIDE.items():
         values = getattr(p, name)
         assert values.min() >= low and values.max() <= high
         reach = 0.05 * (high - low)                               # 500 draws span the range
         assert values.min() < low + reach and values.max() > high - reach
-    assert af.AFFNIST_RANGES == {"rotation": (-20.0, 20.0), "shear": (-0.2, 0.2),
+    assert af.AFFNIST_WIDE == {"rotation": (-20.0, 20.0), "shear": (-0.2, 0.2),
                                  "scale_y": (0.8, 1.2), "scale_x": (0.8, 1.2)}
     assert (p.ty == np.round(p.ty)).all() and (p.tx == np.round(p.tx)).all()
     assert np.abs(p.ty).max() >= 6 and np.abs(p.tx).max() >= 6    # real moves, not jitter
@@ -148,14 +174,62 @@ def test_drawn_transformations_stay_in_the_published_ranges_and_keep_all_ink():
     np.testing.assert_array_equal(out.sum(axis=(1, 2)), roomy.sum(axis=(1, 2)))
     np.testing.assert_array_equal(out, af.warp(images, p))       # what the params say
     # reproducible from the seed, another seed another set; copies come one after another
-    again, _, _ = af.generate_affnist(images[:50], labels[:50], seed=9)
-    np.testing.assert_array_equal(again, af.generate_affnist(images[:50], labels[:50], 9)[0])
+    wide = dict(name="affnist-wide")
+    again, _, _ = af.generate_affnist(images[:50], labels[:50], seed=9, **wide)
+    np.testing.assert_array_equal(again,
+                                  af.generate_affnist(images[:50], labels[:50], 9, **wide)[0])
     chunked = af.draw_affine(images, np.random.default_rng(9), chunk=7)
     for field, whole in zip(chunked, p):                           # chunks bound memory only
         np.testing.assert_array_equal(field, whole)
-    assert not np.array_equal(again, af.generate_affnist(images[:50], labels[:50], 10)[0])
-    two, two_labels, _ = af.generate_affnist(images[:50], labels[:50], seed=9, copies=2)
+    assert not np.array_equal(again,
+                              af.generate_affnist(images[:50], labels[:50], 10, **wide)[0])
+    two, two_labels, _ = af.generate_affnist(images[:50], labels[:50], seed=9, copies=2,
+                                             **wide)
     assert two.shape == (100, 40, 40) and (two_labels == np.tile(labels[:50], 2)).all()
+
+
+def test_the_affnist_like_set_draws_tffs_ranges_and_keeps_all_ink():
+    """TensorFlow Federated's affNIST-like ranges: rotation +-20 degrees and shear +-0.2
+    uniform, each scale log-uniform in 0.8..1.25, moves uniform in +-5 pixels."""
+    images, labels = digits(2000, 12)
+    out, out_labels, p = af.generate_affnist(images, labels, seed=4, name="affnist-like")
+    assert out.shape == (2000, 40, 40) and out.dtype == np.uint8
+    np.testing.assert_array_equal(out_labels, labels)
+    for name, (low, high) in (("rotation", (-20, 20)), ("shear", (-0.2, 0.2)),
+                              ("scale_y", (0.8, 1.25)), ("scale_x", (0.8, 1.25)),
+                              ("ty", (-5, 5)), ("tx", (-5, 5))):
+        values = getattr(p, name)
+        assert values.min() >= low and values.max() <= high, name
+        reach = 0.05 * (high - low)
+        assert values.min() < low + reach and values.max() > high - reach, name
+    for scale in (p.scale_y, p.scale_x):
+        # log-uniform: log(scale) uniform on [log 0.8, log 1.25] = [-0.223, 0.223], so
+        # half the scales fall below 1 (a uniform draw on 0.8..1.25 puts 44% there) and
+        # the log's mean is 0, its standard deviation 0.223 / sqrt(3) = 0.129
+        assert abs(np.mean(scale < 1) - 0.5) < 0.035
+        assert abs(np.log(scale).mean()) < 0.009
+        assert abs(np.log(scale).std() - np.log(1.25) / np.sqrt(3)) < 0.006
+    assert (p.ty != np.round(p.ty)).mean() > 0.99                   # moves are not whole
+    # all the ink made on a roomy canvas is on the 40x40 one: the 64x64 canvas's centre
+    # is 12 pixels further on each axis, so the same moves sample the same grid
+    roomy = af.warp(images, p, size=64)
+    np.testing.assert_array_equal(roomy[:, 12:52, 12:52], out)
+    np.testing.assert_array_equal(out.sum(axis=(1, 2)), roomy.sum(axis=(1, 2)))
+    np.testing.assert_array_equal(out, af.warp(images, p))       # what the params say
+
+
+def test_an_affnist_like_move_that_would_cut_ink_is_shortened():
+    """A full 28x28 square scaled by 1.25 is 35 wide: on 40x40 it can move about 2 pixels
+    either way, not 5: the drawn moves are brought back inside, and no ink is lost."""
+    square = np.full((300, 28, 28), 200, np.uint8)
+    ranges = dict(af.AFFNIST_LIKE, scale_y=(1.25, 1.25), scale_x=(1.25, 1.25),
+                  rotation=(0.0, 0.0), shear=(0.0, 0.0))
+    p = af.draw_affnist_like(square, np.random.default_rng(1), ranges)
+    assert np.abs(p.ty).max() <= 3 and np.abs(p.tx).max() <= 3
+    assert np.abs(p.tx).max() >= 2                                # clipped, not zeroed
+    out = af.warp(square, p)
+    roomy = af.warp(square, p, size=64)
+    np.testing.assert_array_equal(out.sum(axis=(1, 2)), roomy.sum(axis=(1, 2)))
 
 
 def test_ink_wider_than_the_canvas_is_centred_not_refused():
@@ -168,14 +242,27 @@ def test_ink_wider_than_the_canvas_is_centred_not_refused():
 def test_without_the_files_the_test_set_is_generated_and_says_so(tmp_path):
     mnist = fake_mnist()
     test = af.affnist_test(mnist, root=tmp_path, seed=3)
-    assert test.name == "affnist-generated" and test.info["generated"] is True
-    assert test.images.shape == (20, 40, 40) and test.info["ranges"] == af.AFFNIST_RANGES
+    assert test.name == "affnist-like" and test.info["generated"] is True
+    assert test.images.shape == (20, 40, 40) and test.info["ranges"] == af.AFFNIST_LIKE
+    np.testing.assert_array_equal(
+        test.images, af.generate_affnist(mnist[2], mnist[3], 3, name="affnist-like")[0])
+    wide = af.affnist_test(mnist, root=tmp_path, seed=3, name="affnist-wide")
+    assert wide.name == "affnist-wide" and wide.info["ranges"] == af.AFFNIST_WIDE
+    np.testing.assert_array_equal(
+        wide.images, af.generate_affnist(mnist[2], mnist[3], 3, name="affnist-wide")[0])
+    # checkpoints written before the sets had names call the wide one "affnist-generated"
+    old = af.affnist_test(mnist, root=tmp_path, seed=3, name="affnist-generated")
+    assert old.name == "affnist-wide"
+    np.testing.assert_array_equal(old.images, wide.images)
+    with pytest.raises(ValueError, match="affnist-like"):
+        af.affnist_test(mnist, root=tmp_path, name="affnist-narrow")
     data = af.affnist_dataset(mnist, root=tmp_path, seed=8, test_seed=3)
-    assert isinstance(data, Dataset) and data.name == "affnist-generated"
+    assert isinstance(data, Dataset) and data.name == "affnist-like"
     assert data.info["train_seed"] == 8 and data.info["test_info"]["seed"] == 3
     np.testing.assert_array_equal(data.x_test, test.images)
     np.testing.assert_array_equal(data.x_train, af.expanded_mnist(mnist, seed=8).x_train)
-    assert data.info["test"] == "affnist-generated" and data.info["train"] == "expanded-mnist"
+    assert data.info["test"] == "affnist-like" and data.info["train"] == "expanded-mnist"
+    assert data.info["shift"] == 6
     assert data.x_train.shape == (30, 40, 40) and data.x_test.shape == (20, 40, 40)
     with pytest.raises(DataNotFoundError, match="test.mat"):
         af.affnist_test(mnist, root=tmp_path, generate=False)
