@@ -59,8 +59,8 @@ if ROOT not in sys.path:
 from minicaps import backend  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minicaps.model import CapsNet, CapsNetConfig, init_params  # noqa: E402
-from minicaps.cnn import BaselineCNN, CNNConfig  # noqa: E402
+from minicaps.nn.capsnet import CapsNet, CapsNetConfig, init_params  # noqa: E402
+from minicaps.nn.cnn import BaselineCNN, CNNConfig  # noqa: E402
 
 QUICK_CONFIG = dict(input_shape=(12, 12, 1), conv1_channels=16, conv1_kernel=3, primary_maps=4,
                     primary_dims=4, primary_kernel=3, primary_stride=2, num_classes=4,
@@ -314,7 +314,7 @@ def _spec_config(spec):
 
 
 def _run_minicaps(spec):
-    from minicaps.optim import Adam
+    from minicaps.training.optim import Adam
     cfg = _spec_config(spec)
     device = spec["device"]
     if spec.get("cnn"):          # the CNN baseline (fast path: its default)

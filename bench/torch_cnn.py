@@ -1,4 +1,4 @@
-"""The CNN baseline of minicaps.cnn (CNNConfig) in PyTorch: the peer ``bench.py --cnn``
+"""The CNN baseline of minicaps.nn.cnn (CNNConfig) in PyTorch: the peer ``bench.py --cnn``
 times minicaps' BaselineCNN against. The same layers in the same order (5x5 SAME
 convolutions + ReLU, 2x2 max-pooling where ``pool_after`` says, fully connected + ReLU,
 dropout, the softmax layer, cross-entropy), the input NHWC in [0, 1] as minicaps takes it.

@@ -4,7 +4,7 @@ what the recipe itself reaches, apart from minicaps' hand-written passes.
 Everything but the forward and backward passes is the same as in ``minicaps train``: the
 initial weights of ``minicaps.CapsNet(seed=SEED)`` (or, with ``--init torch``, PyTorch's own
 default initialisation), the order of the images and their shifts drawn from the same seed
-(``minicaps.train.epoch_draws``), the learning rate lr * 0.96^(step / 2000), and Adam in
+(``minicaps.training.run.epoch_draws``), the learning rate lr * 0.96^(step / 2000), and Adam in
 TensorFlow's form: PyTorch's Adam with its eps set each step to eps / sqrt(1 - beta2^t),
 which makes its update equal to minicaps.Adam's. Gradients come from autograd.
 
@@ -26,10 +26,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_capsnet as tc  # noqa: E402
-from minicaps.data import shift_images, to_model_input  # noqa: E402
-from minicaps.model import CapsNetConfig, init_params  # noqa: E402
-from minicaps.optim import Adam  # noqa: E402
-from minicaps.train import epoch_draws, learning_rate, prepare_data  # noqa: E402
+from minicaps.data.mnist import shift_images, to_model_input  # noqa: E402
+from minicaps.nn.capsnet import CapsNetConfig, init_params  # noqa: E402
+from minicaps.training.optim import Adam  # noqa: E402
+from minicaps.training.run import epoch_draws, learning_rate, prepare_data  # noqa: E402
 
 
 def tf_adam_eps(eps, beta2, t):
@@ -54,7 +54,7 @@ def peer_model(config, seed, init="minicaps", dtype=torch.float32):
 
 def train_epochs(model, train, *, epochs=1, seed=0, batch_size=100, lr=1e-3, lr_decay=0.96,
                  decay_steps=2000, shift=2, after_epoch=None):
-    """Train ``model`` as minicaps.train.train trains a CapsNet with the same arguments:
+    """Train ``model`` as minicaps.training.run.train trains a CapsNet with the same arguments:
     the same draws from default_rng(seed), learning rates and Adam. ``train`` has
     .images (uint8) and .labels. after_epoch(epoch, seconds) is called after each epoch.
     Returns the number of steps made."""

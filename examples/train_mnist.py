@@ -9,7 +9,8 @@ import argparse
 import time
 
 import minicaps as mc      # before NumPy: it tells OpenBLAS to rest idle threads soon (README)
-from minicaps.data import iterate_minibatches, load_mnist, random_shift, to_model_input
+from minicaps.data.mnist import (iterate_minibatches, load_mnist, random_shift,
+                                 to_model_input)
 
 import numpy as np
 

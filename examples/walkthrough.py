@@ -34,8 +34,10 @@ import sys
 import numpy as np
 
 import minicaps as mc
-from minicaps import ops, viz
-from minicaps.gradcheck import check_model, check_op, randomize_params, routing_v, tiny_config
+from minicaps import ops
+from minicaps import viz
+from minicaps.gradcheck import (check_model, check_op, randomize_params, routing_v,
+                                tiny_config)
 
 
 def options():
@@ -51,7 +53,7 @@ def options():
                         help="the network that ships with minicaps (trained on MNIST)")
     args = parser.parse_args()
     if args.pretrained:
-        from minicaps.pretrained import SHIPPED
+        from minicaps.io.weights import SHIPPED
         return str(SHIPPED), args.tiny
     return args.checkpoint, args.tiny
 
@@ -87,7 +89,7 @@ CHECKPOINT, TINY = options()
 
 # %%
 if CHECKPOINT:
-    from minicaps.pretrained import load_any      # a checkpoint or a weights file
+    from minicaps.io.weights import load_any      # a checkpoint or a weights file
     model, weights = load_any(CHECKPOINT, device="cpu").model_with("auto")
     print(f"loaded {CHECKPOINT} ({weights} parameters)")
 elif TINY:
@@ -102,7 +104,7 @@ H, W, C = cfg.input_shape
 
 label = None
 if (H, W, C) == (28, 28, 1):
-    from minicaps.data import DataError, load_mnist
+    from minicaps.data.mnist import DataError, load_mnist
     try:
         _, _, x_test, y_test = load_mnist(download=False)
         image, label = x_test[0] / 255.0, int(y_test[0])

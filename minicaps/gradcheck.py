@@ -14,7 +14,7 @@ Everything runs in float64, where h = 1e-6 leaves errors near 1e-10.
 """
 import numpy as np
 
-from . import backend
+from minicaps import backend
 
 TINY = 1e-300
 
@@ -100,7 +100,7 @@ def check_model(model, x, y, h=1e-6, rng=None, **kw):
     differences hold the coupling coefficients at their routed values, which is the
     function that mode differentiates. A BaselineCNN's hold its dropout mask: the one of
     the training step checked (its dropout_step), as loss_and_grads drew it."""
-    from .cnn import BaselineCNN
+    from minicaps.nn.cnn import BaselineCNN
     if model.dtype != np.float64:
         raise ValueError("gradient checks need a float64 model (dtype='float64')")
     if isinstance(model, BaselineCNN):
@@ -134,7 +134,7 @@ def _away_from_zero(rng, shape, margin=0.05):
 
 def routing_v(u_hat, *args, **kw):
     """routing_forward with v alone as its output (the coupling carries no gradient)."""
-    from .ops import routing_forward
+    from minicaps.ops import routing_forward
     (v, _), cache = routing_forward(u_hat, *args, **kw)
     return v, cache
 
@@ -151,8 +151,8 @@ def op_cases(rng, device="cpu"):
     capsule network (minicaps.ops), small shapes; the inputs and the constants the
     forwards hold (labels, coupling, mask, target) on ``device``, so the same seed gives
     the same cases on the CPU and on the GPU."""
-    from . import ops
-    from .backend import to_device
+    from minicaps import ops
+    from minicaps.backend import to_device
     x = rng.standard_normal((2, 7, 6, 3))
     u_hat = 0.5 * rng.standard_normal((2, 6, 3, 4))
     y = np.array([0, 2])
@@ -203,8 +203,8 @@ def cnn_op_cases(rng, device="cpu"):
     after), 2x2 max-pooling (odd sizes leave a row and a column out; no ties), dropout
     with its mask held (a Generator seeded the same at each call), softmax cross-entropy
     with one label and with two (MultiMNIST's pairs)."""
-    from . import ops
-    from .backend import to_device
+    from minicaps import ops
+    from minicaps.backend import to_device
     y = to_device(np.array([2, 0, 1, 2]), device)
     pairs = to_device(np.array([[2, 0], [0, 1], [1, 2], [2, 1]]), device)
     cases = [
@@ -236,8 +236,8 @@ def fast_op_cases(rng, device="cpu"):
     """Cases like op_cases for the fast ops that do more than their reference twin
     (minicaps.fast): the convolution in chunks of images and through the DFT, and
     predictions + routing a chunk of images at a time."""
-    from . import fast, ops
-    from .backend import to_device
+    from minicaps import fast, ops
+    from minicaps.backend import to_device
     x = rng.standard_normal((2, 7, 6, 3))
 
     coupling = to_device(ops.softmax_forward(rng.standard_normal((3, 6, 3)), axis=2), device)
@@ -270,7 +270,7 @@ def fast_op_cases(rng, device="cpu"):
 
 def tiny_config(**overrides):
     """A CapsNet small enough to check element by element in seconds."""
-    from .model import CapsNetConfig
+    from minicaps.nn.capsnet import CapsNetConfig
     cfg = dict(input_shape=(10, 10, 1), conv1_channels=4, conv1_kernel=3, primary_maps=2,
                primary_dims=4, primary_kernel=3, primary_stride=2, num_classes=3, digit_dims=4,
                decoder_sizes=(6,), recon_weight=0.05)
@@ -281,7 +281,7 @@ def tiny_config(**overrides):
 def tiny_cnn_config(**overrides):
     """A CNN baseline small enough to check element by element: two 3x3 SAME convolutions,
     a max-pool after the first, two dense layers, dropout 0.3, 3 classes."""
-    from .cnn import CNNConfig
+    from minicaps.nn.cnn import CNNConfig
     cfg = dict(input_shape=(6, 6, 2), conv_channels=(3, 4), conv_kernel=3, pool_after=(1,),
                fc_sizes=(5, 4), dropout=0.3, num_classes=3)
     cfg.update(overrides)
@@ -316,8 +316,8 @@ def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("fu
     their twin, and every parameter of tiny CapsNets, reference and fast. "cnn": the CNN
     baseline's layers and every parameter of tiny CNN baselines (CNN_MODELS), each at a
     training step with its dropout mask."""
-    from .cnn import BaselineCNN
-    from .model import CapsNet
+    from minicaps.nn.cnn import BaselineCNN
+    from minicaps.nn.capsnet import CapsNet
     unknown = set(models) - {"capsnet", "cnn"}
     if unknown or not models:
         raise ValueError(f"models must name capsnet and/or cnn, got {models!r}")

@@ -21,9 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from minicaps import backend, distributed
+from minicaps import backend
+from minicaps.training import distributed
 from minicaps.gradcheck import tiny_cnn_config, tiny_config
-from minicaps.train import evaluate, train
+from minicaps.training.run import evaluate, train
 
 from synthetic import bars, bars_data
 
@@ -84,7 +85,7 @@ def train_mode(comm, folder):
     run(comm, folder / "B", 3, resume=folder / "B" / "last.npz")
     run(comm, folder / "C", 2, config=CNN)
     # the sharded evaluation against the whole set on one rank, on A's parameters
-    from minicaps.checkpoint import load_checkpoint
+    from minicaps.io.checkpoint import load_checkpoint
     model = load_checkpoint(folder / "A" / "last.npz").model
     x, y = bars(203, 7)
     shared = evaluate(model, x, y, 16, comm=comm)
@@ -101,7 +102,7 @@ def train_mode(comm, folder):
 
 def faulty(comm, folder, fault):
     """Rank 1's model raises, hangs or gives NaN at its 4th step."""
-    from minicaps import model as model_module
+    from minicaps.nn import capsnet as model_module
     cls = type(model_module.CapsNet(CONFIG))
     real = cls.loss_and_grads
     calls = [0]

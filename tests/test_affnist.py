@@ -1,4 +1,4 @@
-"""Tests for minicaps.affnist: placements read back, the warp against a bilinear loop
+"""Tests for minicaps.data.affnist: placements read back, the warp against a bilinear loop
 written from the definition, drawn transformations inside their ranges, and the reader of
 the real .mat files on files written here in the real layout, good and damaged."""
 import hashlib
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-from minicaps import affnist as af
-from minicaps.data import DataError, DataNotFoundError, Dataset
+from minicaps.data import affnist as af
+from minicaps.data.mnist import DataError, DataNotFoundError, Dataset
 
 
 def digits(n, seed):
@@ -69,7 +69,7 @@ def test_expanded_mnist_centres_the_training_digits_and_places_the_test_ones_see
 def test_shifts_of_up_to_6_give_the_authors_169_placements_uniformly():
     """mnist_shift.py --shift=6 --pad=6 writes each digit at every (dy, dx) in -6..6: a
     shift of the centred digit by (dy, dx) is the digit at offset (6 + dy, 6 + dx)."""
-    from minicaps.data import draw_shifts, shift_images
+    from minicaps.data.mnist import draw_shifts, shift_images
     images, _ = digits(1, 11)
     n = 16_900
     many = np.repeat(images, n, axis=0)

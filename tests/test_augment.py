@@ -1,13 +1,14 @@
-"""Random crops and flips (minicaps.augment) and the trainer's use of them: against naive
+"""Random crops and flips (minicaps.data.augment) and the trainer's use of them: against naive
 loops, the draws' ranges, centre-cropped test sets, and exact resume with both on."""
 import numpy as np
 import pytest
 
-from minicaps.augment import center_crop, crop_images, draw_crops, draw_flips, flip_images
-from minicaps.checkpoint import load_checkpoint
-from minicaps.data import Dataset
+from minicaps.data.augment import (center_crop, crop_images, draw_crops, draw_flips,
+                                   flip_images)
+from minicaps.io.checkpoint import load_checkpoint
+from minicaps.data.mnist import Dataset
 from minicaps.gradcheck import tiny_config
-from minicaps.train import epoch_draws, epoch_plan, prepare_data, train
+from minicaps.training.run import epoch_draws, epoch_plan, prepare_data, train
 
 from synthetic import bars
 
@@ -126,7 +127,7 @@ def test_resume_without_the_flip_is_refused(tmp_path):
 def test_the_network_is_fitted_to_the_data(tmp_path):
     """With no config, the paper's network with the data's input (the crop's size) and
     its number of classes."""
-    from minicaps.train import config_for_data
+    from minicaps.training.run import config_for_data
     config = config_for_data(cropped_data(), crop=10, conv1_channels=8, primary_maps=2,
                              conv1_kernel=3, primary_kernel=3, decoder_sizes=(8,))
     assert config.input_shape == (10, 10, 1) and config.num_classes == 3

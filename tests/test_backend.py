@@ -69,7 +69,7 @@ MISSING = "cannot open shared object file: No such file or directory"
 ])
 def test_a_gpu_that_cannot_compute_is_said_before_any_data_loads(cupy_to_import, monkeypatch,
                                                                   tmp_path, where, error, said):
-    from minicaps.train import train
+    from minicaps.training.run import train
     if isinstance(error, str):
         error = cupy_to_import.cuda.runtime.CUDARuntimeError(error)
     monkeypatch.setitem(cupy_to_import.broken, where, error)
@@ -181,7 +181,7 @@ def test_gradient_check_on_the_gpu():
 
 @pytest.mark.gpu
 def test_shifted_batches_are_the_same_on_the_gpu():
-    from minicaps.data import shift_images, to_model_input
+    from minicaps.data.mnist import shift_images, to_model_input
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50, 28, 28), np.uint8)
     dy, dx = rng.integers(-2, 3, (2, 50))
@@ -193,7 +193,7 @@ def test_shifted_batches_are_the_same_on_the_gpu():
 
 @pytest.mark.gpu
 def test_an_epoch_on_the_gpu_follows_the_cpu_epoch():
-    from minicaps.train import Split, train_epoch
+    from minicaps.training.run import Split, train_epoch
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (60, 10, 10), np.uint8), rng.integers(0, 3, 60))
     runs = []
@@ -216,7 +216,7 @@ def test_a_float32_model_does_its_gpu_work_in_float32(stand_in, n):
     # Every array a float32 model makes on the GPU, in a training step (as the user calls
     # it and as train_epoch does), an Adam step, inference and evaluation, is float32 (or
     # integer/bool): no silent float64 or complex128 work.
-    from minicaps.train import evaluate
+    from minicaps.training.run import evaluate
     model = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
     opt = mc.Adam()
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ bench = load_bench_module("bench.py", "minicaps_bench")
 
 
 def test_flop_counts_of_the_paper_network_match_a_hand_count():
-    from minicaps.model import CapsNetConfig
+    from minicaps.nn.capsnet import CapsNetConfig
     f = bench.flops_per_image(CapsNetConfig())
     conv1 = 2 * 20 * 20 * 81 * 256                  # 16.6 M
     primary = 2 * 6 * 6 * 81 * 256 * 256            # 382.2 M
@@ -60,7 +60,7 @@ def test_quick_run_writes_the_expected_json(tmp_path, capsys):
 
 
 def test_flop_counts_of_the_cnn_baselines_match_a_hand_count():
-    from minicaps.cnn import CNNConfig
+    from minicaps.nn.cnn import CNNConfig
     f = bench.flops_per_image(CNNConfig.pooled())             # 40x40, pools after conv1, conv2
     conv = [2 * 40 * 40 * 25 * 1 * 256, 2 * 20 * 20 * 25 * 256 * 256, 2 * 10 * 10 * 25 * 256 * 128]
     dense = [2 * 12800 * 847, 2 * 847 * 192, 2 * 192 * 10]

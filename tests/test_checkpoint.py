@@ -8,7 +8,7 @@ import pytest
 
 import minicaps as mc
 from minicaps import backend
-from minicaps.checkpoint import load_checkpoint, save_checkpoint
+from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
 from minicaps.gradcheck import tiny_config
 
 
@@ -252,7 +252,7 @@ def test_gpu_checkpoint_loads_on_cpu_and_back(tmp_path):
 
 def averaged_checkpoint(path):
     """A checkpoint that keeps a moving average of the parameters (not equal to them)."""
-    from minicaps.optim import ParameterAverage
+    from minicaps.training.optim import ParameterAverage
     model, opt = trained_pair()
     average = ParameterAverage(model.params, decay=0.99)
     for name, a in average.params.items():

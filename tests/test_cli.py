@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-import minicaps.train
+import minicaps.training.run
 from minicaps import cli
-from minicaps.checkpoint import load_checkpoint
-from minicaps.data import load_mnist, to_model_input
+from minicaps.io.checkpoint import load_checkpoint
+from minicaps.data.mnist import load_mnist, to_model_input
 
 from synthetic import synthetic_mnist
 
@@ -41,7 +41,7 @@ def fake_mnist(monkeypatch):
         calls.append((root, dataset))
         return data
 
-    monkeypatch.setattr(minicaps.train, "load_mnist", fake_load)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", fake_load)
     return data, calls
 
 
@@ -190,7 +190,7 @@ def test_train_evaluate_resume(tmp_path, capsys, fake_mnist):
 
 
 def test_an_interrupted_run_says_what_was_saved(tmp_path, capsys, fake_mnist, monkeypatch):
-    real_epoch, calls = minicaps.train.train_epoch, []
+    real_epoch, calls = minicaps.training.run.train_epoch, []
 
     def epoch_then_interrupt(*args, **kw):      # Ctrl-C in every epoch after the first
         calls.append(1)
@@ -198,7 +198,7 @@ def test_an_interrupted_run_says_what_was_saved(tmp_path, capsys, fake_mnist, mo
             raise KeyboardInterrupt
         return real_epoch(*args, **kw)
 
-    monkeypatch.setattr(minicaps.train, "train_epoch", epoch_then_interrupt)
+    monkeypatch.setattr(minicaps.training.run, "train_epoch", epoch_then_interrupt)
     out = tmp_path / "run"
     argv = ["train", "--epochs", "2", "--batch-size", "8", "--out", str(out), "--no-progress"]
     assert cli.main(argv) == 130

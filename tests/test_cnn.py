@@ -1,4 +1,4 @@
-"""The paper's CNN baselines (minicaps/cnn.py) and their layers (minicaps/ops/cnn_layers.py):
+"""The paper's CNN baselines (minicaps/nn/cnn.py) and their layers (minicaps/ops/cnn_layers.py):
 every backward pass against central finite differences in float64, every forward pass
 against plain loops, the parameter counts from the layer sizes, dropout's statistics and
 its replay, and short training runs on the synthetic bars."""
@@ -10,9 +10,9 @@ from hypothesis import given, strategies as st
 
 import minicaps as mc
 from minicaps import ops
-from minicaps.cnn import DROPOUT_STREAM, BaselineCNN, CNNConfig
+from minicaps.nn.cnn import DROPOUT_STREAM, BaselineCNN, CNNConfig
 from minicaps.gradcheck import check_array, check_op, randomize_params
-from minicaps.model import CapsNetConfig
+from minicaps.nn.capsnet import CapsNetConfig
 from paper_reference import conv_valid     # the valid convolution as loops over positions
 from synthetic import bars, bars_data
 
@@ -449,8 +449,8 @@ def test_a_few_dozen_adam_steps_lower_the_loss_on_bars():
 
 
 def test_train_epoch_trains_it_unchanged():
-    """minicaps.train's epoch loop reads what a BaselineCNN gives, its loss by its name."""
-    from minicaps.train import Split, train_epoch
+    """minicaps.training.run's epoch loop reads what a BaselineCNN gives, its loss by its name."""
+    from minicaps.training.run import Split, train_epoch
     x_train, y_train, _, _ = bars_data(120, 60)
     model = BaselineCNN(CNNConfig(input_shape=(10, 10, 1), conv_channels=(4,), conv_kernel=3,
                                   pool_after=(1,), fc_sizes=(16,), dropout=0.25, num_classes=3),

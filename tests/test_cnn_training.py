@@ -13,16 +13,16 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-import minicaps.cnn
-import minicaps.train
+import minicaps.nn.cnn
+import minicaps.training.run
 from minicaps import cli
-from minicaps.checkpoint import load_checkpoint, save_checkpoint
-from minicaps.cnn import BaselineCNN, CNNConfig
-from minicaps.data import Dataset, to_model_input
+from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
+from minicaps.nn.cnn import BaselineCNN, CNNConfig
+from minicaps.data.mnist import Dataset, to_model_input
 from minicaps.gradcheck import (check_model, check_op, cnn_op_cases, randomize_params,
                                 tiny_cnn_config, tiny_config)
-from minicaps.pretrained import export_weights, load_weights
-from minicaps.train import config_for_data, evaluate, train
+from minicaps.io.weights import export_weights, load_weights
+from minicaps.training.run import config_for_data, evaluate, train
 
 from synthetic import bars_data, synthetic_mnist
 from hostile_cases import rewrite_meta
@@ -280,7 +280,7 @@ def test_a_cnn_weights_file_round_trips_with_its_kind(tmp_path):
 def cnn_cli(monkeypatch):
     """Synthetic 28x28 MNIST for train, and a tiny CNN as --preset tiny of --model cnn."""
     data = synthetic_mnist(n_train=24, n_test=8)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *args, **kw: data)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *args, **kw: data)
     monkeypatch.setitem(cli.CNN_PRESETS, "tiny", {"model": "cnn", "config": dict(TINY),
                                                   "epochs": 1, "lr": 0.01})
     return data
@@ -336,7 +336,7 @@ def test_the_pooled_preset_trains_the_max_pooling_baseline(tmp_path, capsys, cnn
                                                              monkeypatch):
     built = []
     monkeypatch.setattr(cli, "_training_data", lambda args: Dataset(*bars_data(10, 5)))
-    monkeypatch.setattr(minicaps.train, "_train_epochs", lambda run, *a, **kw: built.append(run))
+    monkeypatch.setattr(minicaps.training.run, "_train_epochs", lambda run, *a, **kw: built.append(run))
     assert cli.main(["train", "--model", "cnn", "--preset", "pooled", "--out",
                      str(tmp_path / "run"), "--no-progress"]) == 0
     assert built[0].model.config == CNNConfig.pooled(input_shape=(10, 10, 1), num_classes=3)
@@ -354,7 +354,7 @@ def cnn_checkpoint(tmp_path, cnn_cli, capsys):
 def test_predict_with_a_cnn_prints_probabilities_and_refuses_a_reconstruction(
         cnn_checkpoint, cnn_cli, tmp_path, capsys):
     Image = pytest.importorskip("PIL.Image")
-    from minicaps.images import load_digit
+    from minicaps.data.pictures import load_digit
     picture = tmp_path / "digit.png"
     Image.fromarray(cnn_cli[2][0]).save(picture)
     assert cli.main(["predict", str(cnn_checkpoint), str(picture)]) == 0
@@ -405,7 +405,7 @@ def test_the_cnn_layers_and_models_pass_the_gradient_checker_and_a_broken_one_fa
     assert set(errors) == set(model.params) and max(errors.values()) < 1e-6, errors
     assert model.dropout_step == 6                   # checked at the step it was at
     # a backward that forgets dropout's scale is caught
-    monkeypatch.setattr(minicaps.cnn, "dropout_backward", lambda dout, scale: dout)
+    monkeypatch.setattr(minicaps.nn.cnn, "dropout_backward", lambda dout, scale: dout)
     errors = check_model(model, x, y, rng=rng)
     assert errors["fc1.W"] > 1e-3
 

@@ -1,4 +1,4 @@
-"""Tests for minicaps.data: IDX parsing, verified loading and download, training helpers.
+"""Tests for minicaps.data.mnist: IDX parsing, verified loading and download, training helpers.
 
 IDX files are written here by hand (struct + tobytes) and hashed here with hashlib, so the
 parser and the checksum code are checked against an independent encoding of the format.
@@ -21,9 +21,10 @@ import pytest
 from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minicaps import data
-from minicaps.data import (ChecksumError, DataError, DataNotFoundError, iterate_minibatches,
-                           load_mnist, random_shift, read_idx, to_model_input, train_val_split)
+from minicaps.data import mnist as data
+from minicaps.data.mnist import (ChecksumError, DataError, DataNotFoundError,
+                                 iterate_minibatches, load_mnist, random_shift, read_idx,
+                                 to_model_input, train_val_split)
 
 CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
          np.float32: 0x0D, np.float64: 0x0E}

@@ -1,4 +1,4 @@
-"""Tests for minicaps.datasets and its formats: CIFAR-10 binary, SVHN .mat, smallNORB matrices.
+"""Tests for minicaps.data.registry and its formats: CIFAR-10 binary, SVHN .mat, smallNORB matrices.
 
 Every file is written here in the real format from its description (records of bytes, a
 tarfile, scipy.io.savemat, NORB headers packed with struct) and hashed here with hashlib;
@@ -21,9 +21,11 @@ import scipy.io
 from hypothesis import given, strategies as st
 from hypothesis.extra import numpy as hnp
 
-from minicaps import cifar10, smallnorb, svhn
-from minicaps.data import ChecksumError, DataError, DataNotFoundError, Dataset
-from minicaps.datasets import DATASETS, FASHION_CLASSES, load_dataset
+from minicaps.data import cifar10
+from minicaps.data import smallnorb
+from minicaps.data import svhn
+from minicaps.data.mnist import ChecksumError, DataError, DataNotFoundError, Dataset
+from minicaps.data.registry import DATASETS, FASHION_CLASSES, load_dataset
 
 MB = 1 << 20
 

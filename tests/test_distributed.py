@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minicaps import distributed
-from minicaps.checkpoint import load_checkpoint
+from minicaps.training import distributed
+from minicaps.io.checkpoint import load_checkpoint
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))

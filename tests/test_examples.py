@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-from minicaps.checkpoint import save_checkpoint
+from minicaps.io.checkpoint import save_checkpoint
 from minicaps.gradcheck import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def broken(backward):
 @pytest.mark.parametrize("module, op, said", [
     ("minicaps.ops", "squash_backward", "squash"),
     ("minicaps.ops", "routing_backward", "routing (full, 3 iterations)"),
-    ("minicaps.model", "routing_backward", "tiny CapsNet, every parameter"),   # CapsNet.backward's
+    ("minicaps.nn.capsnet", "routing_backward", "tiny CapsNet, every parameter"),   # CapsNet.backward's
 ])
 def test_the_walkthrough_stops_at_a_wrong_gradient(monkeypatch, capsys, module, op, said):
     target = importlib.import_module(module)

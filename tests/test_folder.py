@@ -1,4 +1,4 @@
-"""Image folders (minicaps.folder): what comes back against what the test wrote, the seeded
+"""Image folders (minicaps.data.folder): what comes back against what the test wrote, the seeded
 split, conversions, bad data, the CLI, and a run on a folder equal to a run on the arrays."""
 import hashlib
 import os
@@ -12,10 +12,10 @@ PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
 from minicaps import cli  # noqa: E402
-from minicaps.data import DataError, Dataset  # noqa: E402
-from minicaps.folder import load_image_folder, parse_image_size, read_image  # noqa: E402
+from minicaps.data.mnist import DataError, Dataset  # noqa: E402
+from minicaps.data.folder import load_image_folder, parse_image_size, read_image  # noqa: E402
 from minicaps.gradcheck import tiny_config  # noqa: E402
-from minicaps.train import train  # noqa: E402
+from minicaps.training.run import train  # noqa: E402
 
 from synthetic import bars  # noqa: E402
 
@@ -79,7 +79,7 @@ def test_train_and_test_folders_come_back_as_written(tmp_path):
 
 
 def test_limits_on_a_folder_keep_every_class(tmp_path):
-    from minicaps.train import prepare_data
+    from minicaps.training.run import prepare_data
     x, y = bars(60, 0)
     write(tmp_path, x, y)
     train, _, test = prepare_data(load_image_folder(tmp_path, test_fraction=0.5, **QUIET),
@@ -178,7 +178,7 @@ def test_the_seeded_split_holds_out_a_share_of_every_class(tmp_path):
 def test_the_test_images_alone_are_the_test_split_of_the_whole(tmp_path, monkeypatch, own_split):
     """only="test" (what evaluate reads) gives the test split a full read gives, in the
     same order and with the same hash, and decodes no other picture."""
-    import minicaps.folder
+    import minicaps.data.folder
     x, y = bars(40, 0)
     if own_split:
         write(tmp_path / "train", x[:30], y[:30])
@@ -186,8 +186,8 @@ def test_the_test_images_alone_are_the_test_split_of_the_whole(tmp_path, monkeyp
     else:
         write(tmp_path, x, y)
     whole = load_image_folder(tmp_path, test_fraction=0.25, seed=5, **QUIET)
-    decoded, read = [], minicaps.folder.read_image
-    monkeypatch.setattr(minicaps.folder, "read_image",
+    decoded, read = [], minicaps.data.folder.read_image
+    monkeypatch.setattr(minicaps.data.folder, "read_image",
                         lambda path, *a: decoded.append(path) or read(path, *a))
     alone = load_image_folder(tmp_path, test_fraction=0.25, seed=5, only="test", **QUIET)
     np.testing.assert_array_equal(alone.x_test, whole.x_test)
@@ -220,8 +220,8 @@ def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
     printed = capsys.readouterr().out
     # the three the run held out, as a full read (the run's own) splits the folder; the
     # first read, drawn before decoding, holds other pictures
-    from minicaps.checkpoint import load_checkpoint
-    from minicaps.data import to_model_input
+    from minicaps.io.checkpoint import load_checkpoint
+    from minicaps.data.mnist import to_model_input
     held_out = load_image_folder(tmp_path / "f", image_size=20, bad_images="skip", **QUIET)
     first = load_image_folder(tmp_path / "f", image_size=20, bad_images="skip", only="test",
                               **QUIET)
@@ -382,7 +382,7 @@ def test_names_that_are_not_utf8_print(tmp_path, capsys):
 
 
 def test_headers_tell_a_gray_palette_without_decoding_it(tmp_path, monkeypatch):
-    from minicaps.folder import _read_headers
+    from minicaps.data.folder import _read_headers
     gray = Image.fromarray(np.arange(64, dtype=np.uint8).reshape(8, 8)).convert("P")
     coloured = Image.new("P", (8, 8))
     coloured.putpalette([0, 0, 0, 255, 0, 0])
@@ -463,7 +463,7 @@ def test_a_big_photo_is_read_and_a_giant_refused_undecoded(tmp_path, bounded):
     """A picture 4600 pixels a side (84 MB decoded, over predict's 80 MB) is read; one
     whose header promises 12000 a side (720 MB to read, under Pillow's own bomb limit) is
     refused from its header, under a 256 MB memory cap."""
-    from minicaps.folder import MAX_PICTURE_BYTES
+    from minicaps.data.folder import MAX_PICTURE_BYTES
     big = np.zeros((4600, 4600, 3), np.uint8)
     big[:2300, :, 0] = 255                                   # red above, black below
     Image.fromarray(big).save(tmp_path / "big.png", compress_level=1)
@@ -632,8 +632,8 @@ def test_the_cli_trains_evaluates_and_predicts_on_a_folder(tmp_path, capsys, tin
 
 def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_refused(
         tmp_path, capsys, monkeypatch, tiny, drawn):
-    import minicaps.folder
-    from minicaps.checkpoint import load_checkpoint
+    import minicaps.data.folder
+    from minicaps.io.checkpoint import load_checkpoint
     rng = np.random.default_rng(1)
     images = rng.integers(0, 256, (20, 28, 28, 3)).astype(np.uint8)
     write(tmp_path / "mnist", images, np.arange(20) % 2, names=("red", "blue"))
@@ -661,8 +661,8 @@ def test_a_folder_named_mnist_is_read_as_its_pictures_and_a_changed_split_is_ref
     # having decoded the test share alone (the run skipped no picture: no full read)
     for k in range(10):
         Image.fromarray(images[k]).save(tmp_path / "mnist" / "red" / f"new{k}.png")
-    decoded, read = [], minicaps.folder.read_image
-    monkeypatch.setattr(minicaps.folder, "read_image",
+    decoded, read = [], minicaps.data.folder.read_image
+    monkeypatch.setattr(minicaps.data.folder, "read_image",
                         lambda path, *a: decoded.append(path) or read(path, *a))
     assert cli.main(["evaluate", "run/last.npz", "--no-progress"]) == 2
     assert "has changed since the run was trained" in capsys.readouterr().err
@@ -708,7 +708,7 @@ def test_evaluate_refuses_a_folder_split_otherwise_since(tmp_path, capsys, tiny)
 
 
 def test_predict_on_many_pictures_gives_a_line_each(tmp_path, capsys, tiny):
-    from minicaps.checkpoint import load_checkpoint
+    from minicaps.io.checkpoint import load_checkpoint
     rng = np.random.default_rng(2)
     images = rng.integers(0, 256, (12, 20, 20, 3)).astype(np.uint8)
     write(tmp_path / "pets", images, np.arange(12) % 3, names=("bird", "cat", "dog"))
@@ -755,11 +755,11 @@ def test_folder_options_go_with_a_folder(tmp_path, capsys, argv, message):
 
 
 def test_without_pillow_the_cli_says_so_in_one_line(tmp_path, capsys, monkeypatch):
-    import minicaps.folder
+    import minicaps.data.folder
 
     def no_pillow():
         raise ImportError('reading images needs Pillow: pip install "minicaps[viz]"')
-    monkeypatch.setattr(minicaps.folder, "load_pil", no_pillow)
+    monkeypatch.setattr(minicaps.data.folder, "load_pil", no_pillow)
     folder = good_folder(tmp_path / "f")
     assert cli.main(["train", "--data-dir", str(folder), "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
@@ -782,7 +782,7 @@ def test_a_test_fraction_beside_a_split_of_its_own_is_said_unused(tmp_path, caps
 @pytest.mark.mnist
 @pytest.mark.skipif(not MNIST_ROOT, reason="set MINICAPS_DATA to the MNIST files")
 def test_mnist_written_as_pngs_reads_back_exactly(tmp_path):
-    from minicaps.data import load_mnist
+    from minicaps.data.mnist import load_mnist
     x, y, xt, yt = load_mnist(download=False)
     write(tmp_path / "train", x[:500], y[:500], names=tuple(str(k) for k in range(10)))
     write(tmp_path / "test", xt[:200], yt[:200], names=tuple(str(k) for k in range(10)))

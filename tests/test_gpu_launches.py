@@ -43,7 +43,7 @@ import pytest
 
 import minicaps as mc
 from minicaps import backend
-from minicaps.optim import ParameterAverage
+from minicaps.training.optim import ParameterAverage
 
 # The paper's structure with narrow layers: the same ops, the DFT route for the primary
 # capsules at batch 100 as the paper's network takes it, a step in a fraction of a second.

@@ -22,11 +22,12 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-import minicaps.train
-from minicaps import cli, runfolder
-from minicaps.checkpoint import load_checkpoint, read_epoch
-from minicaps.optim import Adam
-from minicaps.train import DivergedError, train
+import minicaps.training.run
+from minicaps import cli
+from minicaps.training import runfolder
+from minicaps.io.checkpoint import load_checkpoint, read_epoch
+from minicaps.training.optim import Adam
+from minicaps.training.run import DivergedError, train
 
 from limits import file_hashes
 from synthetic import bars_data, synthetic_mnist
@@ -64,7 +65,7 @@ def test_a_second_process_is_kept_out_by_the_lock(run_dir, bounded):
     holder = subprocess.Popen(
         [sys.executable, "-c",
          "import sys, time; sys.path.insert(0, sys.argv[1]);"
-         "from minicaps import runfolder;"
+         "from minicaps.training import runfolder;"
          "lock = runfolder.claim(sys.argv[2], fresh=False, log=lambda s: None);"
          "print('locked', flush=True); time.sleep(60)",
          os.path.dirname(os.path.dirname(mc.__file__)), str(run_dir)],
@@ -119,7 +120,7 @@ def test_temp_files_of_a_killed_write_are_removed_when_the_next_run_starts(run_d
 def test_an_out_folder_that_cannot_be_created_fails_before_the_first_batch(tmp_path, bounded,
                                                                            monkeypatch):
     (tmp_path / "file").write_text("not a folder")
-    monkeypatch.setattr(minicaps.train, "train_epoch", pytest.fail)   # never reached
+    monkeypatch.setattr(minicaps.training.run, "train_epoch", pytest.fail)   # never reached
     with bounded(memory=512 * MB, seconds=30):
         with pytest.raises(runfolder.RunFolderError, match="cannot create the run folder .*--out"):
             run_tiny(tmp_path / "file" / "run")
@@ -135,7 +136,7 @@ def test_an_unwritable_out_folder_fails_before_the_first_batch(tmp_path, bounded
         return real_open(path, flags, *args)
 
     monkeypatch.setattr(runfolder.os, "open", read_only)
-    monkeypatch.setattr(minicaps.train, "train_epoch", pytest.fail)
+    monkeypatch.setattr(minicaps.training.run, "train_epoch", pytest.fail)
     with bounded(memory=512 * MB, seconds=30):
         with pytest.raises(runfolder.RunFolderError, match="cannot write in the run folder"):
             run_tiny(tmp_path / "run")
@@ -147,7 +148,7 @@ def test_a_read_only_folder_fails_before_the_first_batch(tmp_path, bounded, monk
     out = tmp_path / "run"
     out.mkdir()
     out.chmod(0o555)
-    monkeypatch.setattr(minicaps.train, "train_epoch", pytest.fail)
+    monkeypatch.setattr(minicaps.training.run, "train_epoch", pytest.fail)
     try:
         with bounded(memory=512 * MB, seconds=30):
             with pytest.raises(runfolder.RunFolderError, match="cannot write in the run folder"):
@@ -160,7 +161,7 @@ def test_a_full_disk_is_said_before_the_first_batch(tmp_path, bounded, monkeypat
     import collections
     usage = collections.namedtuple("usage", "total used free")
     monkeypatch.setattr(runfolder.shutil, "disk_usage", lambda path: usage(10**9, 10**9, 1000))
-    monkeypatch.setattr(minicaps.train, "train_epoch", pytest.fail)
+    monkeypatch.setattr(minicaps.training.run, "train_epoch", pytest.fail)
     with bounded(memory=512 * MB, seconds=30):
         with pytest.raises(runfolder.RunFolderError, match="has 0 MiB free; the checkpoints need"):
             run_tiny(tmp_path / "run")
@@ -485,7 +486,7 @@ def test_a_learning_rate_that_diverges_saves_nothing(tmp_path, bounded):
 
 
 def test_non_finite_parameters_are_never_saved(run_dir, bounded):
-    from minicaps.checkpoint import save_checkpoint
+    from minicaps.io.checkpoint import save_checkpoint
     ckpt = load_checkpoint(run_dir / "last.npz")
     ckpt.model.params["conv1.b"][0] = np.inf
     before = file_hashes(run_dir)
@@ -501,7 +502,7 @@ def test_non_finite_parameters_are_never_saved(run_dir, bounded):
 @pytest.fixture
 def fake_mnist(monkeypatch):
     data = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
     return data
 
 
@@ -551,7 +552,7 @@ def test_cli_bad_values_are_one_line(capsys, bounded, argv, said):
 def test_minicaps_data_that_is_no_folder_is_said_not_created(tmp_path, bounded, monkeypatch):
     missing = tmp_path / "nonexistent"
     monkeypatch.setenv("MINICAPS_DATA", str(missing))
-    from minicaps.data import DataNotFoundError, load_mnist
+    from minicaps.data.mnist import DataNotFoundError, load_mnist
     with bounded(memory=256 * MB, seconds=10):
         with pytest.raises(DataNotFoundError, match="MINICAPS_DATA is .*which is not a folder"):
             load_mnist()

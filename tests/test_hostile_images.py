@@ -14,12 +14,12 @@ import pytest
 
 import minicaps as mc
 from minicaps import cli
-from minicaps.checkpoint import save_checkpoint
+from minicaps.io.checkpoint import save_checkpoint
 from minicaps.gradcheck import randomize_params, tiny_config
 
 Image = pytest.importorskip("PIL.Image", reason='needs Pillow: pip install "minicaps[viz]"')
 from PIL import ImageDraw   # noqa: E402
-from minicaps.images import load_digit, mnist_style, read_grayscale  # noqa: E402
+from minicaps.data.pictures import load_digit, mnist_style, read_grayscale  # noqa: E402
 
 CAP = 160 << 20     # address space a case may add: reading is meant to stay under ~100 MB
 SMALL_CAP = 64 << 20    # for a picture whose decoding at full size would take more than this

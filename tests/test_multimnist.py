@@ -1,4 +1,4 @@
-"""Tests for minicaps.multimnist: pictures against per-pixel loops, shifts read back from
+"""Tests for minicaps.data.multimnist: pictures against per-pixel loops, shifts read back from
 the pictures, plans counted, and the overlap against a closed form and real MNIST."""
 import os
 from pathlib import Path
@@ -6,8 +6,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from minicaps import multimnist as mm
-from minicaps.data import load_mnist
+from minicaps.data import multimnist as mm
+from minicaps.data.mnist import load_mnist
 
 MNIST_ROOT = os.environ.get("MINICAPS_DATA")
 
@@ -202,7 +202,7 @@ def test_overlap_on_real_mnist_is_the_papers_measure():
 
 
 def test_pair_scores_against_a_loop():
-    from minicaps.multimnist import pair_scores
+    from minicaps.data.multimnist import pair_scores
     rng = np.random.default_rng(5)
     lengths = rng.random((200, 10))
     labels = np.stack([rng.choice(10, 2, replace=False) for _ in range(200)])

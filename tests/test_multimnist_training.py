@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
-import minicaps.train
-from minicaps import cli, multimnist
-from minicaps.checkpoint import load_checkpoint
-from minicaps.data import Dataset, to_model_input
+import minicaps.training.run
+from minicaps import cli
+from minicaps.data import multimnist
+from minicaps.io.checkpoint import load_checkpoint
+from minicaps.data.mnist import Dataset, to_model_input
 from minicaps.gradcheck import tiny_config
-from minicaps.train import evaluate, prepare_data, train
+from minicaps.training.run import evaluate, prepare_data, train
 
 from synthetic import synthetic_mnist
 
@@ -82,7 +83,7 @@ def test_what_multimnist_refuses(tmp_path):
 
 def test_the_cli_trains_evaluates_and_plots_pairs(tmp_path, capsys, monkeypatch):
     x, y, xt, yt = synthetic_mnist(40, 30)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: (x, y, xt, yt))
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: (x, y, xt, yt))
     monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {
         "conv1_channels": 8, "primary_maps": 4, "decoder_sizes": (16,)},
         "epochs": 1, "lr": 1e-3})

@@ -106,7 +106,7 @@ def test_parameter_average_is_the_weighted_sum_of_the_iterates(monkeypatch, shap
     """avg_T = prod_t d_t p_0 + sum_t (1 - d_t) prod_{s > t} d_s p_t, with the warm-up
     rates d_t = min(decay, (1 + t) / (10 + t)): the recursion unrolled (also over arrays
     of many blocks, shared out over the threads)."""
-    from minicaps.optim import ParameterAverage
+    from minicaps.training.optim import ParameterAverage
     monkeypatch.setenv("MINICAPS_THREADS", threads)
     rng = np.random.default_rng(0)
     iterates = [rng.standard_normal(shape) for _ in range(40)]
@@ -175,7 +175,7 @@ def test_adam_and_average_on_flat_parameters_equal_them_array_by_array(monkeypat
     and walked, never a bit of the result; moments loaded per name (a checkpoint) go on
     from where they were."""
     from minicaps.backend import FlatArrays
-    from minicaps.optim import ParameterAverage
+    from minicaps.training.optim import ParameterAverage
     monkeypatch.setenv("MINICAPS_THREADS", threads)
     rng = np.random.default_rng(2)
     p0 = _some_params(rng)
@@ -208,7 +208,7 @@ def test_adam_and_average_on_the_gpu_are_one_kernel_each_and_the_cpus_numbers(st
     expressions, gives the CPU's numbers bit for bit."""
     from minicaps import backend
     from minicaps.backend import FlatArrays
-    from minicaps.optim import ParameterAverage
+    from minicaps.training.optim import ParameterAverage
     rng = np.random.default_rng(3)
     p0 = _some_params(rng)
     steps = [{k: rng.standard_normal(v.shape).astype(np.float32) for k, v in p0.items()}

@@ -1,4 +1,4 @@
-"""Your own picture: MNIST-style preparation (minicaps.images) and `minicaps predict`.
+"""Your own picture: MNIST-style preparation (minicaps.data.pictures) and `minicaps predict`.
 
 The pictures are drawn by the tests with Pillow; the network is the gradient checker's tiny
 10x10, 3-class one with random weights (predict only has to run it and print its lengths).
@@ -15,12 +15,13 @@ import pytest
 
 import minicaps as mc
 from minicaps import cli
-from minicaps.checkpoint import load_checkpoint, save_checkpoint
+from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
 from minicaps.gradcheck import randomize_params, tiny_config
 
 Image = pytest.importorskip("PIL.Image", reason='needs Pillow: pip install "minicaps[viz]"')
 from PIL import ImageDraw   # noqa: E402
-from minicaps.images import INK, center_by_mass, load_digit, mnist_style, read_grayscale  # noqa: E402
+from minicaps.data.pictures import (INK, center_by_mass, load_digit, mnist_style,
+                                    read_grayscale)  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +65,7 @@ def test_an_mnist_style_digit_stays_as_it_is():
 @pytest.mark.mnist
 @pytest.mark.skipif(not os.environ.get("MINICAPS_DATA"), reason="set MINICAPS_DATA to the MNIST files")
 def test_real_mnist_digits_are_unchanged():
-    from minicaps.data import load_mnist
+    from minicaps.data.mnist import load_mnist
     x_test = load_mnist(download=False).x_test[:100] / 255.0
     out = np.stack([mnist_style(a) for a in x_test])
     assert np.abs(out - x_test).max(axis=(1, 2)).mean() < 0.02     # MNIST is already MNIST-style

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-from minicaps import pretrained
-from minicaps.checkpoint import load_checkpoint
+from minicaps.io import weights as pretrained
+from minicaps.io.checkpoint import load_checkpoint
 from minicaps.gradcheck import tiny_config
-from minicaps.pretrained import export_weights, load_pretrained, load_weights
-from minicaps.train import evaluate, train
+from minicaps.io.weights import export_weights, load_pretrained, load_weights
+from minicaps.training.run import evaluate, train
 
 from synthetic import bars_data
 
@@ -63,7 +63,7 @@ def test_trained_weights_can_be_exported_in_float32_exactly(run, tmp_path):
 def test_values_beyond_float16_are_refused(run, tmp_path, monkeypatch):
     ckpt = load_checkpoint(run / "last.npz")
     ckpt.model.params["conv1.b"][0] = 1e6
-    from minicaps.checkpoint import save_checkpoint
+    from minicaps.io.checkpoint import save_checkpoint
     save_checkpoint(tmp_path / "big.npz", ckpt.model, ckpt.optimizer, epoch=1, step=1,
                     rng_state=ckpt.rng())
     with pytest.raises(ValueError, match=r"conv1\.b holds values beyond float16's range"):
@@ -115,7 +115,7 @@ def test_the_shipped_network_is_the_papers_and_says_where_it_came_from():
 @needs_shipped
 @pytest.mark.skipif(not HAVE_MNIST, reason="set MINICAPS_DATA to the MNIST files")
 def test_the_shipped_networks_accuracy_is_what_its_provenance_says():
-    from minicaps.data import load_mnist
+    from minicaps.data.mnist import load_mnist
     _, _, x_test, y_test = load_mnist(download=False)
     shipped = load_pretrained()
     accuracy = evaluate(shipped.model, x_test, y_test)["accuracy"]
@@ -126,8 +126,8 @@ def test_the_shipped_networks_accuracy_is_what_its_provenance_says():
 
 def test_export_weights_and_evaluate_them_from_the_command_line(run, tmp_path, capsys, monkeypatch):
     from minicaps import cli
-    import minicaps.train
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: bars_data())
+    import minicaps.training.run
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: bars_data())
     out = tmp_path / "w.npz"
     assert cli.main(["export-weights", str(run / "best.npz"), str(out)]) == 0
     assert cli.main(["evaluate", str(out), "--no-progress"]) == 0

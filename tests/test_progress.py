@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from minicaps import progress
-from minicaps.progress import Progress
+from minicaps.training import progress
+from minicaps.training.progress import Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -104,7 +104,7 @@ def test_a_run_writing_to_a_file_shows_progress_before_its_first_epoch_ends(tmp_
         import sys
         sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
         from minicaps.gradcheck import tiny_config
-        from minicaps.train import train
+        from minicaps.training.run import train
         from synthetic import bars_data
         train(tiny_config(), epochs=1, out_dir={str(tmp_path / 'run')!r}, batch_size=20,
               lr=0.01, data=bars_data(200, 20))

@@ -267,7 +267,7 @@ def test_impl_chooses_the_class_and_nothing_else():
 
 
 def test_a_checkpoint_does_not_know_which_implementation_wrote_it(tmp_path, rng):
-    from minicaps.checkpoint import load_checkpoint, save_checkpoint
+    from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
     reference = randomize_params(mc.CapsNet(tiny_config(), impl="reference", dtype="float64"), rng)
     path = tmp_path / "reference.npz"
     save_checkpoint(path, reference, mc.Adam(), epoch=1, step=1,

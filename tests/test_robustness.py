@@ -1,4 +1,4 @@
-"""Robustness by transformation (minicaps/robustness.py, `minicaps robustness`): each
+"""Robustness by transformation (minicaps/training/robustness.py, `minicaps robustness`): each
 transformation alone, at growing strength, on the test digits centred on the networks'
 canvas.
 
@@ -13,17 +13,17 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-import minicaps.train
+import minicaps.training.run
 from minicaps import cli
-from minicaps.affnist import place_on_canvas
-from minicaps.checkpoint import save_checkpoint
-from minicaps.cnn import BaselineCNN, CNNConfig
-from minicaps.data import to_model_input
+from minicaps.data.affnist import place_on_canvas
+from minicaps.io.checkpoint import save_checkpoint
+from minicaps.nn.cnn import BaselineCNN, CNNConfig
+from minicaps.data.mnist import to_model_input
 from minicaps.gradcheck import tiny_config
-from minicaps.robustness import (IDENTITY, TRANSFORMATIONS, affine_params,
-                                 check_canvas, draw_directions, robustness, strengths,
-                                 transformed)
-from minicaps.train import evaluate
+from minicaps.training.robustness import (IDENTITY, TRANSFORMATIONS, affine_params,
+                                          check_canvas, draw_directions, robustness,
+                                          strengths, transformed)
+from minicaps.training.run import evaluate
 
 from synthetic import synthetic_mnist
 
@@ -229,7 +229,7 @@ def save(path, model, dataset="affnist-generated", classes=CLASSES):
 @pytest.fixture
 def mnist(monkeypatch, tmp_path):
     data = synthetic_mnist(n_train=4, n_test=10)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
     monkeypatch.setenv("MINICAPS_DATA", str(tmp_path))
     return data
 

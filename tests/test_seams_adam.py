@@ -3,7 +3,7 @@ refused step leaves the parameters, the moments and t as they were."""
 import numpy as np
 import pytest
 
-from minicaps.optim import Adam, ParameterAverage
+from minicaps.training.optim import Adam, ParameterAverage
 
 GOOD = {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "t": 0}
 

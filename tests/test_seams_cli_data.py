@@ -10,11 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-import minicaps.download
+import minicaps.data.download
 from minicaps import cli
-from minicaps.affnist import find_affnist_test, load_affnist_test
-from minicaps.data import DataError, load_mnist
-from minicaps.folder import load_image_folder
+from minicaps.data.affnist import find_affnist_test, load_affnist_test
+from minicaps.data.mnist import DataError, load_mnist
+from minicaps.data.folder import load_image_folder
 
 from hostile_cases import one_line_error
 from limits import file_hashes
@@ -65,7 +65,7 @@ def no_download(*args, **kwargs):
 @pytest.mark.parametrize("kind", ["pipe", "folder"])
 def test_an_mnist_file_that_is_a_pipe_or_folder_is_refused_by_name(tmp_path, monkeypatch,
                                                                      capsys, bounded, kind):
-    monkeypatch.setattr(minicaps.download, "fetch", no_download)
+    monkeypatch.setattr(minicaps.data.download, "fetch", no_download)
     for name in MNIST_FILES[1:]:
         (tmp_path / (name + ".gz")).write_bytes(gzip.compress(b""))
     bad = tmp_path / MNIST_FILES[0]
@@ -83,11 +83,11 @@ def test_an_mnist_file_that_is_a_pipe_or_folder_is_refused_by_name(tmp_path, mon
 
 
 def test_the_other_datasets_refuse_a_data_file_that_is_a_pipe(tmp_path, monkeypatch, bounded):
-    from minicaps.cifar10 import ARCHIVE, load_cifar10
-    from minicaps.smallnorb import FILES as NORB_FILES, load_smallnorb
-    from minicaps.svhn import FILES as SVHN_FILES, load_svhn
+    from minicaps.data.cifar10 import ARCHIVE, load_cifar10
+    from minicaps.data.smallnorb import FILES as NORB_FILES, load_smallnorb
+    from minicaps.data.svhn import FILES as SVHN_FILES, load_svhn
     for module in ("cifar10", "svhn", "smallnorb"):
-        monkeypatch.setattr(f"minicaps.{module}.fetch", no_download)
+        monkeypatch.setattr(f"minicaps.data.{module}.fetch", no_download)
     cases = [(load_cifar10, ARCHIVE), (load_svhn, SVHN_FILES["train"]),
              (load_smallnorb, next(iter(NORB_FILES.values())))]
     for load, name in cases:
@@ -159,7 +159,7 @@ def test_a_picture_too_deep_to_open_is_said_and_refused(deep_folder, capsys, bou
 
 def test_cli_image_size_3000_is_refused_before_reading_a_picture(tmp_path, capsys, bounded,
                                                                   monkeypatch):
-    import minicaps.folder
+    import minicaps.data.folder
     folder = tmp_path / "pictures"
     for name in ("a", "b"):
         (folder / name).mkdir(parents=True)
@@ -167,7 +167,7 @@ def test_cli_image_size_3000_is_refused_before_reading_a_picture(tmp_path, capsy
 
     def no_reading(*args, **kwargs):
         raise AssertionError("the pictures were read")
-    monkeypatch.setattr(minicaps.folder, "load_image_folder", no_reading)
+    monkeypatch.setattr(minicaps.data.folder, "load_image_folder", no_reading)
     err = one_line_error(capsys, ["train", "--data-dir", str(folder), "--image-size", "3000",
                                   "--out", str(tmp_path / "run"), "--no-progress"], bounded,
                          seconds=10)
@@ -180,7 +180,7 @@ def test_train_advice_under_memory_pressure_names_only_trains_options(tmp_path, 
     """Room for a training batch of 20 and little more: the evaluation batch does not
     fit, and no option of train sets it."""
     from minicaps import backend
-    from minicaps.model import CapsNet
+    from minicaps.nn.capsnet import CapsNet
     model = CapsNet(run_tiny.__globals__["CONFIG"])
     room = model.batch_bytes(30, training=True)
     monkeypatch.setattr(backend, "available_memory", lambda device=None: room)

@@ -12,7 +12,7 @@ import pytest
 from hostile_cases import one_line_error
 from limits import file_hashes
 from minicaps import cli
-from minicaps.files import output_folder
+from minicaps.io.files import output_folder
 
 
 def _digit(path):

@@ -12,14 +12,15 @@ import shutil
 import numpy as np
 import pytest
 
-import minicaps.train
-from minicaps import cli, pretrained
-from minicaps.checkpoint import load_checkpoint
-from minicaps.data import Dataset
-from minicaps.datasets import MNIST_CLASSES
+import minicaps.training.run
+from minicaps import cli
+from minicaps.io import weights as pretrained
+from minicaps.io.checkpoint import load_checkpoint
+from minicaps.data.mnist import Dataset
+from minicaps.data.registry import MNIST_CLASSES
 from minicaps.gradcheck import tiny_config
-from minicaps.pretrained import export_weights, load_pretrained
-from minicaps.train import train
+from minicaps.io.weights import export_weights, load_pretrained
+from minicaps.training.run import train
 
 from limits import file_hashes
 from synthetic import synthetic_mnist
@@ -54,7 +55,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture
 def fake_mnist(monkeypatch):
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: DIGITS)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: DIGITS)
 
 
 @pytest.fixture

@@ -11,8 +11,8 @@ import pytest
 
 from hostile_cases import one_line_error
 from limits import file_hashes
-from minicaps import checkpoint
-from minicaps.pretrained import export_weights
+from minicaps.io import checkpoint
+from minicaps.io.weights import export_weights
 
 
 def _digit(path):

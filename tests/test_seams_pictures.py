@@ -25,16 +25,16 @@ import pytest
 
 import minicaps as mc
 from minicaps import cli
-from minicaps.checkpoint import save_checkpoint
-from minicaps.data import DataError
+from minicaps.io.checkpoint import save_checkpoint
+from minicaps.data.mnist import DataError
 from minicaps.gradcheck import randomize_params, tiny_config
 
 from limits import file_hashes
 
 Image = pytest.importorskip("PIL.Image", reason='needs Pillow: pip install "minicaps[viz]"')
 from PIL import ImageDraw, ImageFile  # noqa: E402
-from minicaps.folder import load_image_folder, picture_files, read_image  # noqa: E402
-from minicaps.images import load_digit, read_grayscale  # noqa: E402
+from minicaps.data.folder import load_image_folder, picture_files, read_image  # noqa: E402
+from minicaps.data.pictures import load_digit, read_grayscale  # noqa: E402
 from hostile_cases import one_line_error
 
 MB = 1 << 20
@@ -232,8 +232,8 @@ def test_a_pipe_named_as_a_checkpoint_is_refused(checkpoint, pipe, tmp_path, cap
 
 
 def test_the_checkpoint_readers_refuse_a_pipe_and_a_folder(pipe, tmp_path, bounded):
-    from minicaps.checkpoint import load_checkpoint, read_epoch
-    from minicaps.pretrained import load_any, load_weights
+    from minicaps.io.checkpoint import load_checkpoint, read_epoch
+    from minicaps.io.weights import load_any, load_weights
     fifo = pipe("last.npz")
     for read in (load_checkpoint, load_any, load_weights, read_epoch):
         with bounded(memory=256 * MB, seconds=SECONDS):

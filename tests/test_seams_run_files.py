@@ -8,8 +8,8 @@ import os
 
 import pytest
 
-import minicaps.train
-from minicaps import runfolder
+import minicaps.training.run
+from minicaps.training import runfolder
 
 from hostile_cases import one_line_error
 from limits import file_hashes
@@ -148,7 +148,7 @@ def test_the_metrics_readers_look_before_they_read(tmp_path, bounded, make, kind
         with pytest.raises(runfolder.RunFolderError, match=kind):
             runfolder._leftover_metrics(tmp_path)
         with pytest.raises(runfolder.RunFolderError, match=kind):
-            minicaps.train._truncate_metrics(path, 1)
+            minicaps.training.run._truncate_metrics(path, 1)
 
 
 # --- through the CLI: one line naming the file and what it is ---------------------------------
@@ -162,7 +162,7 @@ def test_the_metrics_readers_look_before_they_read(tmp_path, bounded, make, kind
 ])
 def test_the_cli_says_in_one_line_what_stands_in_place_of_a_run_file(
         tmp_path, capsys, bounded, monkeypatch, name, make, kind):
-    monkeypatch.setattr(minicaps.train, "load_data", pytest.fail)
+    monkeypatch.setattr(minicaps.training.run, "load_data", pytest.fail)
     out = tmp_path / "rf"
     out.mkdir()
     make(out, name)
@@ -171,7 +171,7 @@ def test_the_cli_says_in_one_line_what_stands_in_place_of_a_run_file(
 
 
 def test_overwrite_with_a_folder_for_last_npz_names_it(run_dir, capsys, bounded, monkeypatch):
-    monkeypatch.setattr(minicaps.train, "load_data", pytest.fail)
+    monkeypatch.setattr(minicaps.training.run, "load_data", pytest.fail)
     (run_dir / "last.npz").unlink()
     (run_dir / "last.npz").mkdir()
     (run_dir / "last.npz" / "kept").write_bytes(b"the user's")
@@ -207,7 +207,7 @@ def swap_for_link(folder, target):
 def test_a_write_into_a_folder_swapped_for_a_link_stays_in_the_folder_it_opened(tmp_path):
     """The temp file is made, renamed and removed by the folder's descriptor: the write
     lands in the folder as it was opened (moved aside), never in the link's target."""
-    from minicaps.checkpoint import replace_file
+    from minicaps.io.checkpoint import replace_file
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
     elsewhere.mkdir()
@@ -225,7 +225,7 @@ def test_a_write_into_a_folder_swapped_for_a_link_stays_in_the_folder_it_opened(
 
 
 def test_a_failed_write_into_a_swapped_folder_leaves_no_temp_file(tmp_path):
-    from minicaps.checkpoint import replace_file
+    from minicaps.io.checkpoint import replace_file
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
     elsewhere.mkdir()

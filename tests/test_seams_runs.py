@@ -10,9 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-import minicaps.train
-from minicaps import checkpoint, cli, runfolder
-from minicaps.checkpoint import load_checkpoint, read_epoch
+import minicaps.training.run
+from minicaps.io import checkpoint
+from minicaps import cli
+from minicaps.training import runfolder
+from minicaps.io.checkpoint import load_checkpoint, read_epoch
 
 from limits import file_hashes
 from synthetic import synthetic_mnist
@@ -100,7 +102,7 @@ def test_a_picture_written_where_a_link_stands_replaces_the_link(run_dir, victim
 @pytest.fixture
 def fake_mnist(monkeypatch):
     data = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
     monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
                                                          "decoder_sizes": (16,)},
                                               "epochs": 1, "lr": 1e-3})
@@ -120,7 +122,7 @@ def test_ctrl_c_in_the_first_checkpoint_write_then_the_same_command_works(
     assert not (out / "last.npz").exists()
     monkeypatch.undo()
     fake_mnist_again = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: fake_mnist_again)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: fake_mnist_again)
     monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
                                                          "decoder_sizes": (16,)},
                                               "epochs": 1, "lr": 1e-3})
@@ -150,7 +152,7 @@ def test_a_folder_whose_checkpoints_were_deleted_is_not_taken_for_leftovers(run_
 @pytest.fixture
 def scores(monkeypatch):
     """The test accuracy of epoch k is scores[k - 1]: evaluate's own numbers otherwise."""
-    given, real = [0.9, 0.5, 0.4], minicaps.train.evaluate
+    given, real = [0.9, 0.5, 0.4], minicaps.training.run.evaluate
     calls = []
 
     def evaluate(*args, **kw):
@@ -158,7 +160,7 @@ def scores(monkeypatch):
         result["accuracy"] = given[len(calls)]
         calls.append(1)
         return result
-    monkeypatch.setattr(minicaps.train, "evaluate", evaluate)
+    monkeypatch.setattr(minicaps.training.run, "evaluate", evaluate)
     return given
 
 

@@ -4,7 +4,7 @@ model, and a metrics.jsonl line nested too deep to decode."""
 import numpy as np
 import pytest
 
-from minicaps.checkpoint import load_checkpoint
+from minicaps.io.checkpoint import load_checkpoint
 from minicaps.viz import read_metrics
 
 from hostile_cases import one_line_error, rewrite_meta

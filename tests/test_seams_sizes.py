@@ -16,13 +16,13 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-import minicaps.train
+import minicaps.training.run
 from minicaps import cli
-from minicaps.affnist import load_affnist_test
-from minicaps.data import DataError, load_mnist
+from minicaps.data.affnist import load_affnist_test
+from minicaps.data.mnist import DataError, load_mnist
 from minicaps.gradcheck import tiny_config
-from minicaps.optim import Adam
-from minicaps.train import evaluate, train
+from minicaps.training.optim import Adam, ParameterAverage
+from minicaps.training.run import evaluate, train
 
 from limits import file_hashes
 from synthetic import bars_data, synthetic_mnist
@@ -146,7 +146,7 @@ def test_an_honest_small_affnist_mat_still_reads_past_the_size_check(tmp_path, b
 @pytest.fixture
 def fake_mnist(monkeypatch):
     data = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
     return data
 
 
@@ -217,7 +217,7 @@ def test_cli_image_size_600_is_refused_naming_a_size_that_fits(tmp_path, capsys,
 
     def network_and_state():
         model = mc.CapsNet(mc.CapsNetConfig(input_shape=(side, side, 1), num_classes=2))
-        average = mc.optim.ParameterAverage(model.params)
+        average = ParameterAverage(model.params)
         Adam().step(model.params, {k: np.zeros_like(p) for k, p in model.params.items()})
         average.update(model.params, 1)
 
@@ -344,7 +344,7 @@ def test_cli_evaluate_batch_size_100000_is_refused_naming_one_that_fits(tmp_path
     under a 512 MB cap before it runs, naming a batch size; evaluating that many images
     at once then takes less than the cap (tracemalloc's peak over NumPy's allocations)."""
     data = synthetic_mnist(8, 2000)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
     err = one_line_error(capsys, ["evaluate", "--pretrained", "--batch-size", "100000",
                                   "--no-progress"], bounded)
     assert "an inference batch of 2000 images needs about" in err, err

@@ -12,7 +12,7 @@ import time
 import numpy as np
 import pytest
 
-from minicaps.checkpoint import load_checkpoint, read_meta
+from minicaps.io.checkpoint import load_checkpoint, read_meta
 from tiny_runs import run_tiny
 
 try:

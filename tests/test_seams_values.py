@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from minicaps import viz
-from minicaps.checkpoint import generator_from_state, load_checkpoint, save_checkpoint
-from minicaps.cnn import BaselineCNN, CNNConfig
-from minicaps.model import CapsNet, CapsNetConfig
-from minicaps.optim import Adam
+from minicaps.io.checkpoint import generator_from_state, load_checkpoint, save_checkpoint
+from minicaps.nn.cnn import BaselineCNN, CNNConfig
+from minicaps.nn.capsnet import CapsNet, CapsNetConfig
+from minicaps.training.optim import Adam
 
 from hostile_cases import one_line_error, rewrite_meta
 from limits import file_hashes
@@ -283,7 +283,7 @@ def test_a_cnn_too_big_to_build_is_a_value_error_naming_the_field(bounded, field
 def test_a_metrics_file_too_big_for_a_run_is_refused_unread(tmp_path, bounded):
     """A metrics.jsonl of 100 MiB (a sparse file: no run writes that much) is refused from
     its size, before a byte is read."""
-    from minicaps.runfolder import MAX_METRICS_BYTES
+    from minicaps.training.runfolder import MAX_METRICS_BYTES
     from minicaps.viz import read_metrics
     path = tmp_path / "metrics.jsonl"
     with open(path, "wb") as f:

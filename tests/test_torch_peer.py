@@ -298,7 +298,7 @@ def test_peer_trains_the_same_epochs_as_minicaps_float64(one_thread):
     minicaps' own training loop ends with; only the passes differ (autograd against
     hand-written)."""
     mc = _minicaps()
-    from minicaps.train import Split, train_epoch
+    from minicaps.training.run import Split, train_epoch
     te = load_bench_module("torch_epoch.py", "torch_epoch")
     config = mc.CapsNetConfig(**dict(TINY, recon_weight=0.0005))
     rng = np.random.default_rng(5)
@@ -313,7 +313,7 @@ def test_peer_trains_the_same_epochs_as_minicaps_float64(one_thread):
     assert te.train_epochs(peer, train, epochs=2, seed=4, **recipe) == step == 6
 
     theirs = tc.params_as_minicaps(peer)
-    start = mc.model.init_params(config, 4, "float64")
+    start = mc.init_params(config, 4, "float64")
     for k in tc.PARAM_NAMES:
         moved = np.abs(model.params[k] - start[k]).max()
         assert moved > 1e-4, k                                     # every parameter trained

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 import minicaps as mc
-import minicaps.train
-from minicaps import cli, viz
-from minicaps.checkpoint import load_checkpoint, save_checkpoint
+import minicaps.training.run
+from minicaps import cli
+from minicaps import viz
+from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
 from minicaps.gradcheck import randomize_params, tiny_config
-from minicaps.optim import ParameterAverage
+from minicaps.training.optim import ParameterAverage
 from synthetic import bars
 
 pytest.importorskip("matplotlib", reason='plots need matplotlib: pip install "minicaps[viz]"')
@@ -463,7 +464,7 @@ def fake_test_set(monkeypatch):
     for image, label in zip(x, labels):
         image[4 + label:14 + label, 8:20] = 255
     data = (x, labels, x, labels)
-    monkeypatch.setattr(minicaps.train, "load_mnist", lambda root=None, dataset="mnist", **kw: data)
+    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda root=None, dataset="mnist", **kw: data)
     return data
 
 
@@ -546,7 +547,7 @@ def test_plot_shows_progress_over_the_test_set_unless_told_not(checkpoint, fake_
         bars.append((total, desc, enabled))
         return Progress(total, desc, enabled=enabled, log=log)
 
-    from minicaps.progress import Progress
+    from minicaps.training.progress import Progress
     monkeypatch.setattr(viz, "Progress", recorded)
     args = ["plot", str(checkpoint), "--kind", "confusion", "--out", str(tmp_path), "--dpi", str(DPI)]
     assert cli.main(args) == 0

@@ -1,7 +1,7 @@
 """A tiny run the run-folder tests share: a 1-epoch training on bars, seconds long (conftest's
 ``saved_run`` saves one per module, ``run_dir`` copies it fresh for each test)."""
 from minicaps.gradcheck import tiny_config
-from minicaps.train import train
+from minicaps.training.run import train
 
 from synthetic import bars_data
 

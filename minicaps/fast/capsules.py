@@ -8,12 +8,12 @@ Shape letters: N batch, I input capsules, J output capsules, D_in and D_out
 capsule dimensions. u (N, I, D_in), u_hat (N, I, J, D_out), v (N, J, D_out),
 logits b and coupling c (N, I, J) (as views of (N, J, I) arrays).
 """
-from .. import backend
-from ..backend import get_xp
-from ..ops.capsules import SQUASH_EPS
-from .fused import SHIFTED_EXP_KERNEL, squash_forward, squash_backward
-from .fused import softmax_backward as fused_softmax_backward
-from .inplace import matmul_into
+from minicaps import backend
+from minicaps.backend import get_xp
+from minicaps.ops.capsules import SQUASH_EPS
+from minicaps.fast.fused import SHIFTED_EXP_KERNEL, squash_forward, squash_backward
+from minicaps.fast.fused import softmax_backward as fused_softmax_backward
+from minicaps.fast.inplace import matmul_into
 
 
 # ---------------------------------------------------------------- predictions (eq. 2)

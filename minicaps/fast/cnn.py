@@ -1,7 +1,7 @@
 """The fast CNN baseline: cnn.BaselineCNN with its convolutions swapped for the fast one
 (``BaselineCNN(config)``, impl="fast", the default).
 
-The network, its layers and their order are BaselineCNN's (read minicaps/cnn.py); only the
+The network, its layers and their order are BaselineCNN's (read minicaps/nn/cnn.py); only the
 convolution changes, and with it the speed and the rounding (tests/test_cnn.py compares
 the two in float64):
 - SAME convolution = the zero frame of ops/cnn_layers.py, then fast.conv2d_forward: im2col
@@ -17,13 +17,13 @@ the reference's 6.2 s (docs/claims.md).
 """
 import contextlib
 
-from .. import backend
-from ..cnn import BaselineCNN
-from ..backend import get_xp
-from ..ops.cnn_layers import POOL_OFFSETS, same_padding, pad_forward, pad_backward
-from . import conv_fft
-from .conv import conv2d_forward, conv2d_backward
-from .model import FastCapsNet
+from minicaps import backend
+from minicaps.nn.cnn import BaselineCNN
+from minicaps.backend import get_xp
+from minicaps.ops.cnn_layers import POOL_OFFSETS, same_padding, pad_forward, pad_backward
+from minicaps.fast import conv_fft
+from minicaps.fast.conv import conv2d_forward, conv2d_backward
+from minicaps.fast.model import FastCapsNet
 
 
 def conv2d_same_forward(x, W, b, training=True, spectrum=None):

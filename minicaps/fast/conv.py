@@ -22,10 +22,10 @@ the same function through the discrete Fourier transform, whose per-frequency
 products need about a quarter of the multiplications of the GEMM here;
 ``method="auto"`` picks that route where a training step gains from it.
 """
-from .. import backend
-from ..backend import get_xp
-from ..ops.conv import conv_output_size
-from .conv_fft import conv2d_fft_forward, conv2d_fft_backward, fft_pays
+from minicaps import backend
+from minicaps.backend import get_xp
+from minicaps.ops.conv import conv_output_size
+from minicaps.fast.conv_fft import conv2d_fft_forward, conv2d_fft_backward, fft_pays
 
 METHODS = ("auto", "gemm", "fft")
 

@@ -42,9 +42,9 @@ import functools
 
 import numpy as np
 
-from .. import backend
-from ..backend import get_xp
-from .inplace import matmul_into
+from minicaps import backend
+from minicaps.backend import get_xp
+from minicaps.fast.inplace import matmul_into
 
 
 def fft_grid(x_shape, w_shape, stride):

@@ -10,12 +10,12 @@ NumPy has no launches to save.
 
 Shape letters as in ops/capsules.py: N batch, J output capsules, D capsule dimensions.
 """
-from .. import backend
-from ..backend import get_xp
-from ..ops import capsules as ref_capsules
-from ..ops import dense as ref_dense
-from ..ops import losses as ref_losses
-from ..ops.capsules import SQUASH_EPS
+from minicaps import backend
+from minicaps.backend import get_xp
+from minicaps.ops import capsules as ref_capsules
+from minicaps.ops import dense as ref_dense
+from minicaps.ops import losses as ref_losses
+from minicaps.ops.capsules import SQUASH_EPS
 
 # sum_k a_k b_k over an axis, one launch: (a * b).sum(axis), the product and its sum
 SUM_OF_PRODUCTS_KERNEL = backend.ReductionKernel(

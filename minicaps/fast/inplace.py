@@ -3,9 +3,9 @@ a strided slice of a bigger array, and a ReLU that overwrites its input. Their r
 twins (ops.dense.relu_forward, a plain ``a @ b``) allocate a new array each time."""
 import numpy as np
 
-from .. import backend
-from ..backend import get_xp
-from .fused import RELU_BACKWARD_KERNEL
+from minicaps import backend
+from minicaps.backend import get_xp
+from minicaps.fast.fused import RELU_BACKWARD_KERNEL
 
 
 def matmul_into(a, b, out):

@@ -1,4 +1,4 @@
-"""The fast CapsNet: the model of minicaps/model.py with its pieces swapped for the fast
+"""The fast CapsNet: the model of minicaps/nn/capsnet.py with its pieces swapped for the fast
 ops (``CapsNet(config)``, impl="fast", the default).
 
 What changes against the reference composition, and only the speed and the rounding
@@ -15,14 +15,15 @@ import contextlib
 
 import numpy as np
 
-from .. import backend
-from ..model import CapsNet, decoded_backward
-from . import conv_fft
-from . import (conv2d_forward, conv2d_backward, relu_forward, relu_backward, dense_forward,
-               dense_backward, mask_forward, mask_backward, digit_capsules_forward,
-               digit_capsules_backward)
-from .fused import (primary_capsules_forward, primary_capsules_backward, sigmoid_forward,
-                    margin_length_backward, recon_sigmoid_backward)
+from minicaps import backend
+from minicaps.nn.capsnet import CapsNet, decoded_backward
+from minicaps.fast import conv_fft
+from minicaps.fast import (conv2d_forward, conv2d_backward, relu_forward, relu_backward,
+                           dense_forward, dense_backward, mask_forward, mask_backward,
+                           digit_capsules_forward, digit_capsules_backward)
+from minicaps.fast.fused import (primary_capsules_forward, primary_capsules_backward,
+                                 sigmoid_forward, margin_length_backward,
+                                 recon_sigmoid_backward)
 
 CONV_METHODS = ("auto", "gemm")
 

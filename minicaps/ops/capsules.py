@@ -6,7 +6,7 @@ capsule dimensions. u (N, I, D_in), u_hat (N, I, J, D_out), v (N, J, D_out),
 logits b and coupling c (N, I, J). In the einsum strings: n image, i input capsule,
 j output capsule, k input dimension, d output dimension.
 """
-from ..backend import get_xp
+from minicaps.backend import get_xp
 
 SQUASH_EPS = 1e-7
 

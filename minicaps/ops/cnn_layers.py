@@ -4,9 +4,9 @@ convolution itself, dense layers and ReLU are minicaps.ops' own.
 
 Shapes as elsewhere: x (N, H, W, C) images and maps, logits (N, K) for K classes.
 """
-from ..backend import get_xp
-from .conv import conv2d_forward, conv2d_backward
-from .losses import one_hot
+from minicaps.backend import get_xp
+from minicaps.ops.conv import conv2d_forward, conv2d_backward
+from minicaps.ops.losses import one_hot
 
 
 # ------------------------------------------------------------------ SAME convolution

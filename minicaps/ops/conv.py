@@ -8,7 +8,7 @@ b (C_out,) the bias -> out (N, Ho, Wo, C_out), Ho = (H - kh) // s + 1. im2col co
 every window of x into a row, so the sum over (p, q, c) is one product of the whole
 batch's windows with W reshaped to (kh kw C_in, C_out).
 """
-from ..backend import get_xp
+from minicaps.backend import get_xp
 
 
 def conv_output_size(size, kernel, stride):

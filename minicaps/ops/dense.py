@@ -1,5 +1,5 @@
 """Fully connected layer and the two elementwise nonlinearities of CapsNet."""
-from ..backend import get_xp
+from minicaps.backend import get_xp
 
 
 def dense_forward(x, W, b):

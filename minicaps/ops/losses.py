@@ -1,5 +1,5 @@
 """Margin loss (eq. 4), masking, and the reconstruction loss."""
-from ..backend import get_xp
+from minicaps.backend import get_xp
 
 
 def one_hot(y, num_classes, dtype):

@@ -13,10 +13,10 @@ import zlib
 
 import numpy as np
 
-from .data import DataError, Dataset, data_root
-from .files import data_file
-from .download import (DOWNLOAD_TIMEOUT, check_sha256, check_size, expected_digest, fetch,
-                       not_found_error, sha256_of)
+from minicaps.data.mnist import DataError, Dataset, data_root
+from minicaps.io.files import data_file
+from minicaps.data.download import (DOWNLOAD_TIMEOUT, check_sha256, check_size,
+                                    expected_digest, fetch, not_found_error, sha256_of)
 
 ARCHIVE = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"

@@ -29,9 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
-from .progress import Progress
-from .ops import predictions_forward, routing_forward, length_forward, one_hot
+from minicaps import backend
+from minicaps.training.progress import Progress
+from minicaps.ops import predictions_forward, routing_forward, length_forward, one_hot
 
 VIZ_EXTRA = 'pip install "minicaps[viz]"'
 NUDGES = np.round(np.arange(-0.25, 0.2501, 0.05), 2) + 0.0   # the paper's fig. 4: 11 steps
@@ -198,7 +198,7 @@ def read_metrics(path, warn=None):
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no metrics file (train writes metrics.jsonl beside "
                                 "its checkpoints)")
-    from .runfolder import MAX_METRICS_BYTES
+    from minicaps.training.runfolder import MAX_METRICS_BYTES
     if path.stat().st_size > MAX_METRICS_BYTES:
         raise ValueError(f"{path} holds {path.stat().st_size >> 20} MiB, more than the "
                          f"{MAX_METRICS_BYTES >> 20} MiB a run's metrics take: not a run's "
@@ -372,7 +372,7 @@ def _save(fig, path, notes=()):
     file is replaced whole (checkpoint.replace_file): a link in its place is replaced, not
     followed out of the folder."""
     import textwrap
-    from .checkpoint import replace_file
+    from minicaps.io.checkpoint import replace_file
     path = Path(path)
     if notes:
         width = int(fig.get_figwidth() * 14)        # about the characters of 8 pt in a line

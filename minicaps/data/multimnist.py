@@ -231,7 +231,7 @@ def pair_scores(lengths, labels):
     the two longest capsules. lengths (N, J), labels (N, 2) -> {"both": fraction of pairs
     with both right, "one or more": fraction with at least one of the two longest among the
     labels, "n"}. NumPy or CuPy; the numbers come back as floats."""
-    from .backend import get_xp, to_numpy
+    from minicaps.backend import get_xp, to_numpy
     xp = get_xp(lengths)
     if lengths.ndim != 2 or labels.ndim != 2 or labels.shape != (lengths.shape[0], 2):
         raise ValueError(f"need lengths (N, J) and labels (N, 2), got {tuple(lengths.shape)} "
@@ -244,7 +244,7 @@ def pair_scores(lengths, labels):
 def pair_hits(lengths, labels):
     """How many of each pair's two labels are among its two longest capsules: (N,) of 0, 1
     or 2, on the device the lengths are on (no wait for the host)."""
-    from .backend import get_xp
+    from minicaps.backend import get_xp
     xp = get_xp(lengths)
     top2 = xp.argsort(-lengths, axis=1)[:, :2]                             # (N, 2)
     return (top2[:, :, None] == labels[:, None, :]).any(axis=2).sum(axis=1)

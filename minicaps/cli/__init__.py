@@ -5,9 +5,9 @@ import sys
 import time
 from pathlib import Path
 
-from .multimnist import MAX_PAIRS_PER_DIGIT
-from .robustness import MAX_STEPS
-from .train import AFFINE_SETS
+from minicaps.data.multimnist import MAX_PAIRS_PER_DIGIT
+from minicaps.training.robustness import MAX_STEPS
+from minicaps.training.run import AFFINE_SETS
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist", "affnist",
             "affnist-like", "affnist-wide")
@@ -17,7 +17,7 @@ DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnis
 PRESETS = {"paper": {"config": {}, "epochs": 1, "lr": 1e-3},
            "quick": {"config": {"conv1_channels": 64, "primary_maps": 16}, "epochs": 2,
                      "lr": 2e-3}}
-# --preset with --model cnn: the paper's CNN baselines (minicaps/cnn.py), fitted to the
+# --preset with --model cnn: the paper's CNN baselines (minicaps/nn/cnn.py), fitted to the
 # data's input size and classes: "paper", three 5x5 SAME convolutions of 256, 256, 128
 # channels, fc 328-192, dropout (35.4 M parameters at 28x28); "pooled", a 2x2 max-pool
 # after conv1 and conv2 and fc 847-192 (the affNIST experiment's baseline: CapsNet's size
@@ -41,7 +41,7 @@ WEIGHTS = {"average": "moving average of the parameters", "trained": "trained pa
 
 
 def cmd_gradcheck(args):
-    from .gradcheck import report, format_table
+    from minicaps.gradcheck import report, format_table
     models = MODELS if args.model == "all" else (args.model,)
     rows = report(seed=args.seed, models=models)
     print(f"Gradient check of the {' and the '.join(GRADCHECK_NAMES[m] for m in models)}: "
@@ -90,7 +90,7 @@ def _check_data_options(args):
                              f"too, or leave {'them' if len(given) > 1 else 'it'} out")
     args.dataset = args.dataset or "mnist"
     if args.test_fraction is not None and args.data_dir is not None:
-        from .folder import split_folders
+        from minicaps.data.folder import split_folders
         folders = split_folders(args.data_dir)
         if folders:
             print(f"note: {args.data_dir} has a split of its own ({folders[0].name}/ and "
@@ -100,7 +100,7 @@ def _check_data_options(args):
 
 
 def cmd_train(args):
-    from . import distributed
+    from minicaps.training import distributed
     comm = getattr(args, "comm", None) or distributed.from_environment()
     if comm is None:          # one process (not started by mpiexec, srun)
         return _train_command(args)
@@ -108,7 +108,7 @@ def cmd_train(args):
 
 
 def _train_command(args, comm=None):
-    from .train import check_before_loading, config_for_data, train
+    from minicaps.training.run import check_before_loading, config_for_data, train
     _check_data_options(args)
     out = args.out
     if out is None:
@@ -178,9 +178,9 @@ def _check_folder_network(args, preset, fields):
     """With --data-dir and --image-size the network's input is known before a picture is
     read: refused then (check_network_fits) when even the smallest network the folder
     could give (gray unless --color rgb, 2 classes) would not fit in memory."""
-    from .backend import resolve_device
-    from .model import check_network_fits
-    from .train import NETWORKS
+    from minicaps.backend import resolve_device
+    from minicaps.nn.capsnet import check_network_fits
+    from minicaps.training.run import NETWORKS
     if args.data_dir is None or args.image_size is None or args.resume is not None:
         return
     height, width = (args.crop, args.crop) if args.crop else args.image_size
@@ -195,13 +195,13 @@ def _check_folder_network(args, preset, fields):
 
 def _training_data(args):
     """The data train reads: an image folder (--data-dir) or a named dataset."""
-    from .train import load_data
+    from minicaps.training.run import load_data
     if args.data_dir is None:
         data = load_data(args.dataset, args.data_root)
         if args.dataset == "multimnist":
             data = data._replace(info={"pairs_per_digit": args.pairs_per_digit})
         return data
-    from .folder import load_image_folder
+    from minicaps.data.folder import load_image_folder
     return load_image_folder(args.data_dir, image_size=args.image_size, color=args.color,
                              test_fraction=args.test_fraction, seed=args.seed,
                              bad_images=args.bad_images)
@@ -210,7 +210,7 @@ def _training_data(args):
 def _test_data(args, ckpt):
     """(test Split, class names, dataset name) for a checkpoint: the data it was trained
     on (its image folder, read the same way, or its dataset), or the one the options name."""
-    from .train import load_data, prepare_data
+    from minicaps.training.run import load_data, prepare_data
     settings = ckpt.extra.get("settings", {}) or {}
     info = settings.get("data_info") or {}
     folder = getattr(args, "data_dir", None) or (info.get("folder") if args.dataset is None
@@ -226,8 +226,8 @@ def _test_data(args, ckpt):
         raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but "
                          f"{ckpt.path} was trained on {', '.join(classes)}")
     if folder:                  # its training images were not read: the test split as is
-        from .augment import center_crop
-        from .train import Split
+        from minicaps.data.augment import center_crop
+        from minicaps.training.run import Split
         cut = slice(None, args.limit_test)
         test = Split(center_crop(data.x_test[cut], settings.get("crop")), data.y_test[cut])
     else:
@@ -239,7 +239,7 @@ def _read_test_folder(folder, info):
     """The test images of an image folder (its training images are not decoded), split as
     the run recorded in ``info`` (its data_info). A ValueError when it is the run's folder
     and no longer splits as it did: other split folders, or another seeded test share."""
-    from .folder import load_image_folder
+    from minicaps.data.folder import load_image_folder
     options = dict(image_size=info.get("image_size"), color=info.get("color"),
                    test_fraction=info.get("test_fraction", 0.1), seed=info.get("seed", 0),
                    bad_images="skip")
@@ -267,7 +267,7 @@ def _trained_classes(ckpt, num_classes=None):
     """The class names a network was trained on: its settings' classes, else those of the
     data set it names (a file from before the classes were kept: MNIST's digits, say), else
     None (not known, or not ``num_classes`` of them)."""
-    from .datasets import FASHION_CLASSES, MNIST_CLASSES
+    from minicaps.data.registry import FASHION_CLASSES, MNIST_CLASSES
     settings = ckpt.extra.get("settings") or {}
     known = {"mnist": MNIST_CLASSES, "fashion-mnist": FASHION_CLASSES}
     classes = list(settings.get("classes") or known.get(settings.get("dataset"), ()))
@@ -289,7 +289,7 @@ def _named(classes):
 
 
 def _how_to_go_on(last):
-    from .checkpoint import read_epoch
+    from minicaps.io.checkpoint import read_epoch
     try:
         epoch = read_epoch(last)
     except (OSError, ValueError):
@@ -299,8 +299,8 @@ def _how_to_go_on(last):
 
 def _load(args):
     """The checkpoint or weights file the command names; --pretrained: the shipped network."""
-    from .files import regular_file
-    from .pretrained import SHIPPED, load_any, load_pretrained
+    from minicaps.io.files import regular_file
+    from minicaps.io.weights import SHIPPED, load_any, load_pretrained
     if args.pretrained == (args.checkpoint is not None):
         raise ValueError("give a CHECKPOINT (a .npz of a run, or a weights file) or "
                          "--pretrained (the network that ships with minicaps), one of them")
@@ -312,7 +312,7 @@ def _load(args):
 
 
 def cmd_export_weights(args):
-    from .pretrained import export_weights
+    from minicaps.io.weights import export_weights
     path = export_weights(args.checkpoint, args.out, weights=args.weights, dtype=args.dtype)
     print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB): the {args.weights} weights "
           f"of {args.checkpoint} in {args.dtype}; use it as a CHECKPOINT of evaluate, plot "
@@ -321,8 +321,8 @@ def cmd_export_weights(args):
 
 
 def cmd_evaluate(args):
-    from .checkpoint import model_kind
-    from .train import evaluate
+    from minicaps.io.checkpoint import model_kind
+    from minicaps.training.run import evaluate
     ckpt = _load(args)
     model, weights = ckpt.model_with(args.weights)
     test, classes, dataset = _test_data(args, ckpt)
@@ -361,11 +361,11 @@ def cmd_evaluate(args):
 
 
 def cmd_plot(args):
-    from . import viz
-    from .files import output_folder
-    from .checkpoint import model_kind
-    from .data import to_model_input
-    from .pretrained import metrics_beside
+    from minicaps import viz
+    from minicaps.io.files import output_folder
+    from minicaps.io.checkpoint import model_kind
+    from minicaps.data.mnist import to_model_input
+    from minicaps.io.weights import metrics_beside
     ckpt = _load(args)
     metrics = metrics_beside(args.checkpoint)
     kinds = args.kind or [k for k in PLOT_KINDS if k != "curves" or metrics.exists()]
@@ -429,8 +429,8 @@ def _two_networks(args, test_data=None):
     """The checkpoints args.first and args.second, refused unless they read one test set:
     (loaded [(path, ckpt, model, weights)] x 2, test Split, class names, dataset name).
     test_data(args, ckpt): the test set (default: _test_data)."""
-    from .files import regular_file
-    from .pretrained import load_any
+    from minicaps.io.files import regular_file
+    from minicaps.io.weights import load_any
     loaded = []
     for path in (args.first, args.second):
         regular_file(path, "checkpoint file")
@@ -487,7 +487,7 @@ def _trained_folder(ckpt):
 
 def _network_names(loaded):
     """"CapsNet" or "CNN" for each loaded network, with its folder's name when both are."""
-    from .checkpoint import model_kind
+    from minicaps.io.checkpoint import model_kind
     names = []
     for path, _, model, _ in loaded:
         name = "CapsNet" if model_kind(model) == "capsnet" else "CNN"
@@ -498,10 +498,10 @@ def _network_names(loaded):
 def cmd_compare(args):
     """Two networks on one test set: each one's accuracy, where they differ, compare.png."""
     import numpy as np
-    from . import viz
-    from .files import output_folder
-    from .backend import to_numpy
-    from .data import to_model_input
+    from minicaps import viz
+    from minicaps.io.files import output_folder
+    from minicaps.backend import to_numpy
+    from minicaps.data.mnist import to_model_input
     loaded, test, classes, dataset = _two_networks(args)
     (path_a, _, model_a, _), (path_b, _, model_b, _) = loaded
     x = to_model_input(test.images, model_a.dtype)
@@ -540,10 +540,11 @@ def cmd_robustness(args):
     """Two networks' accuracy under each transformation alone: a table, robustness.json
     and robustness.png."""
     import json
-    from . import viz
-    from .checkpoint import replace_file
-    from .files import output_folder
-    from .robustness import at_each_strength, check_canvas, robustness, strength_text
+    from minicaps import viz
+    from minicaps.io.checkpoint import replace_file
+    from minicaps.io.files import output_folder
+    from minicaps.training.robustness import (at_each_strength, check_canvas, robustness,
+                                              strength_text)
     loaded, test, _, dataset = _two_networks(args, _digits_to_transform)
     height, width, _ = loaded[0][2].config.input_shape
     if height != width:
@@ -587,9 +588,9 @@ def cmd_robustness(args):
 
 
 def cmd_predict(args):
-    from .backend import to_numpy
-    from .images import save_gray
-    from .checkpoint import model_kind
+    from minicaps.backend import to_numpy
+    from minicaps.data.pictures import save_gray
+    from minicaps.io.checkpoint import model_kind
     if args.pretrained and args.checkpoint is not None:    # then every positional is a picture
         args.image, args.checkpoint = [args.checkpoint, *args.image], None
     ckpt = _load(args)
@@ -637,7 +638,7 @@ def _picture_target(path, inputs):
     """Refuse, before any work, a --save-reconstruction PATH whose name does not end in
     .png or that holds something other than a PNG (files.png_file), or that
     checkpoint.replace_file would refuse (files.writable_file)."""
-    from .files import png_file, writable_file
+    from minicaps.io.files import png_file, writable_file
     png_file(path, "--save-reconstruction")
     writable_file(path, inputs)
 
@@ -645,7 +646,7 @@ def _picture_target(path, inputs):
 def _pictures(names):
     """The picture files that predict's IMAGE arguments name: each file, and every .png,
     .jpg or .jpeg under a folder (folder.picture_files), in order."""
-    from .folder import picture_files
+    from minicaps.data.folder import picture_files
     pictures = []
     for name in names:
         path = Path(name)
@@ -662,7 +663,7 @@ def _pictures(names):
 def _prepared(path, model, settings):
     """One picture as the network's data was made: as MNIST's digits for a network trained
     on MNIST or Fashion-MNIST, else as its image folder or dataset was read (_picture)."""
-    from .images import load_digit
+    from minicaps.data.pictures import load_digit
     digits = settings.get("dataset", "mnist") in ("mnist", "fashion-mnist")
     if digits and not (settings.get("data_info") or {}).get("folder"):
         return load_digit(path, model.config.input_shape)
@@ -682,7 +683,7 @@ def _predict_many(model, pictures, classes, settings, capsnet, batch=256):
                 xs.append(_prepared(path, model, settings))
                 read.append(path)
             except (ValueError, OSError) as e:
-                from .folder import printable
+                from minicaps.data.folder import printable
                 print(f"minicaps predict: error: {printable(str(e))}", file=sys.stderr)
                 failed += 1
         if not xs:
@@ -701,8 +702,8 @@ def _picture(path, config, settings):
     """A picture as the network's test images were made: resized to the size its data was
     read at (its input size without one), in its colour, centre-cropped with a crop;
     (H, W, C) floats in [0, 1]."""
-    from .augment import center_crop
-    from .folder import read_image
+    from minicaps.data.augment import center_crop
+    from minicaps.data.folder import read_image
     H, W, C = config.input_shape
     size = tuple((settings.get("data_info") or {}).get("image_size") or (H, W))
     if settings.get("crop"):
@@ -717,7 +718,7 @@ def _picture(path, config, settings):
 
 def cmd_bench(args):
     # bench/ sits beside the package in a source checkout; it is not installed with it
-    bench_file = Path(__file__).resolve().parent.parent / "bench" / "bench.py"
+    bench_file = Path(__file__).resolve().parents[2] / "bench" / "bench.py"
     if not bench_file.exists():
         raise RuntimeError(f"the benchmark lives in bench/bench.py of a source checkout, not found "
                            f"at {bench_file}; clone the repository and install it with pip install -e .")
@@ -753,7 +754,7 @@ pairs_per_digit = _number(int, lambda v: 1 <= v <= MAX_PAIRS_PER_DIGIT,
 
 
 def image_size(text):
-    from .folder import parse_image_size
+    from minicaps.data.folder import parse_image_size
     try:
         return parse_image_size(text)
     except ValueError as e:
@@ -785,7 +786,7 @@ def add_device_option(p):
 def use_math_mode(args):
     """Switch TF32 on for the GPU when --tf32 asks (a clear error on the CPU)."""
     if getattr(args, "tf32", False):
-        from . import backend
+        from minicaps import backend
         if backend.resolve_device(args.device) != "gpu":
             raise ValueError("--tf32 is a math mode of the GPU: give --device gpu "
                              "(or set MINICAPS_DEVICE=gpu)")
@@ -793,7 +794,7 @@ def use_math_mode(args):
 
 
 def add_weights_option(p):
-    from .checkpoint import WEIGHT_CHOICES
+    from minicaps.io.checkpoint import WEIGHT_CHOICES
     p.add_argument("--weights", choices=WEIGHT_CHOICES, default="auto",
                    help="which parameters of the checkpoint: the moving average of the "
                         "parameters that train keeps, the trained ones, or auto: the average "
@@ -1170,7 +1171,7 @@ def _parse_intermixed(command, argv, namespace):
 
 
 def _launched_ranks():
-    from .distributed import launched_ranks
+    from minicaps.training.distributed import launched_ranks
     return launched_ranks()
 
 
@@ -1180,7 +1181,7 @@ def _parse_on_every_rank(argv, parser):
     were refused, or that the ranks' options differ: printed once, by rank 0."""
     import contextlib
     import io
-    from . import distributed
+    from minicaps.training import distributed
     said = io.StringIO()
     try:
         with contextlib.redirect_stderr(said):
@@ -1219,8 +1220,8 @@ def main(argv=None):
         use_math_mode(args)
         return args.func(args)
     except (ValueError, RuntimeError, OSError, ImportError) as e:
-        from .files import os_error_said
-        from .folder import printable          # a file name that is not UTF-8 prints too
+        from minicaps.io.files import os_error_said
+        from minicaps.data.folder import printable          # a file name that is not UTF-8 prints too
         said = os_error_said(e) if isinstance(e, OSError) else None   # not "[Errno 20] ..."
         print(f"minicaps {args.command}: error: {printable(said or str(e))}", file=sys.stderr)
         return 2

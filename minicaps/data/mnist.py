@@ -18,7 +18,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backend import get_xp, is_gpu_array
+from minicaps.backend import get_xp, is_gpu_array
 
 # --- IDX files -------------------------------------------------------------------------------
 
@@ -208,7 +208,7 @@ def data_root(root=None):
 def _find(folder, name):
     """The path of ``name`` or ``name.gz`` in folder, or None; DataError naming one that
     is there but is no regular file (files.data_file)."""
-    from .files import data_file
+    from minicaps.io.files import data_file
     for candidate in (folder / (name + ".gz"), folder / name):
         if data_file(candidate):
             return candidate
@@ -269,7 +269,7 @@ def _load_verified(path, expected, dataset, name):
 
 def _download(name, folder, mirrors, expected, dataset, timeout):
     """Fetch name.gz from the first mirror that serves a valid file; keep it in folder."""
-    from .download import fetch   # download.py imports this module's errors
+    from minicaps.data.download import fetch   # download.py imports this module's errors
     return fetch(name + ".gz", folder, mirrors,
                  lambda path: _load_verified(path, expected, dataset, name), timeout,
                  lambda why: _not_found(str(folder), dataset, why))

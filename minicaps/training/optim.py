@@ -17,9 +17,9 @@ threads (Blockwise), array by array as the gradients come.
 import math
 import sys
 
-from . import backend
-from .backend import get_xp
-from .values import is_finite_real, is_int, is_real
+from minicaps import backend
+from minicaps.backend import get_xp
+from minicaps.values import is_finite_real, is_int, is_real
 
 
 class Blockwise:

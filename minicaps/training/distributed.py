@@ -30,7 +30,7 @@ import traceback
 
 import numpy as np
 
-from . import backend
+from minicaps import backend
 
 TIMEOUT = 300.0       # seconds a rank may wait for its peers in one collective
 # Set by the launchers (mpiexec of MPICH and Open MPI, srun): the number of ranks.
@@ -422,7 +422,7 @@ def evaluate_shared(comm, evaluate, model, images, labels, batch_size, targets=N
                     per_class=False, **options):
     """evaluate() with every rank taking whole batches of the set (batch_share) and the
     counts and loss sums added up: the accuracy one process computes, exactly."""
-    from .train import DivergedError
+    from minicaps.training.run import DivergedError
     n = len(labels)
     mine = comm.batch_share(n, batch_size)
     m, part = mine.stop - mine.start, {}

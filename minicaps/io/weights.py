@@ -27,18 +27,19 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
-from .checkpoint import (ACCURACY, ARRAY_DTYPES, check_fields, check_meta_field, config_from,
-                         is_count, num_classes_of, is_text, write_atomically, build_model,
-                         check_settings, load_checkpoint, model_kind, read_archive)
-from .checkpoint import FORMAT as CHECKPOINT_FORMAT
-from .files import regular_file, writable_file
-from .model import CapsNet
+from minicaps import backend
+from minicaps.io.checkpoint import (ACCURACY, ARRAY_DTYPES, check_fields, check_meta_field,
+                                    config_from, is_count, num_classes_of, is_text,
+                                    write_atomically, build_model, check_settings,
+                                    load_checkpoint, model_kind, read_archive)
+from minicaps.io.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from minicaps.io.files import regular_file, writable_file
+from minicaps.nn.capsnet import CapsNet
 
 FORMAT = "minicaps-weights"
 FORMAT_VERSION = 1
 WEIGHT_DTYPES = (np.dtype("float16"),) + ARRAY_DTYPES
-SHIPPED = Path(__file__).resolve().parent / "weights" / "capsnet-mnist.npz"
+SHIPPED = Path(__file__).resolve().parents[1] / "weights" / "capsnet-mnist.npz"
 SHIPPED_METRICS = SHIPPED.with_suffix(".metrics.jsonl")
 SHIPPED_SHA256 = "eaf6fde942e24f57b6ca757da55dd65c54c48e529eca4095bf78b6bbf6f6a680"
 

@@ -32,7 +32,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .affnist import AffineParams, warp
+from minicaps.data.affnist import AffineParams, warp
 
 # the strongest of each: degrees, shear s, the scale factor's distance from 1, pixels
 STRONGEST = {"rotation": 60.0, "shear": 0.6, "scale": 0.4, "translation": 12.0}
@@ -119,7 +119,7 @@ def transformed(images, params, size):
 
 def accuracy(model, images, labels, batch_size=256):
     """The share of uint8 images the model classifies as labels."""
-    from .data import to_model_input
+    from minicaps.data.mnist import to_model_input
     predicted = model.predict(to_model_input(images, model.dtype), batch_size=batch_size)
     return float(np.mean(predicted == np.asarray(labels)))
 

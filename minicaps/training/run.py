@@ -13,7 +13,7 @@ numpy Generator seeded by ``seed``; its state is saved with each checkpoint, so
 ``resume=`` continues a run exactly: on the CPU two epochs in one go and one epoch, save,
 resume, one more epoch give bit-for-bit the same parameters.
 
-The same loop trains the paper's CNN baseline (model="cnn", minicaps.cnn): its loss is
+The same loop trains the paper's CNN baseline (model="cnn", minicaps.nn.cnn): its loss is
 the cross-entropy alone, its dropout masks a function of (seed, step), so a resumed CNN
 run is exact too.
 """
@@ -26,18 +26,23 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend, distributed, multimnist, runfolder
-from .checkpoint import (DiskFullError, build_model, load_checkpoint, model_kind, read_epoch,
-                         read_meta, save_checkpoint)
-from .cnn import CNNConfig
-from .augment import center_crop, check_crop, crop_images, draw_crops, draw_flips, flip_images
-from .data import Dataset, draw_shifts, load_mnist, shift_images, to_model_input, train_val_split
-from .files import regular_file
-from .model import CapsNet, CapsNetConfig, check_network_fits
-from .ops import margin_loss_forward, reconstruction_loss_forward
-from .optim import Adam, NonFiniteGradientError, ParameterAverage
-from .progress import Progress
-from .values import is_int
+from minicaps import backend
+from minicaps.training import distributed
+from minicaps.data import multimnist
+from minicaps.training import runfolder
+from minicaps.io.checkpoint import (DiskFullError, build_model, load_checkpoint,
+                                    model_kind, read_epoch, read_meta, save_checkpoint)
+from minicaps.nn.cnn import CNNConfig
+from minicaps.data.augment import (center_crop, check_crop, crop_images, draw_crops,
+                                   draw_flips, flip_images)
+from minicaps.data.mnist import (Dataset, draw_shifts, load_mnist, shift_images,
+                                 to_model_input, train_val_split)
+from minicaps.io.files import regular_file
+from minicaps.nn.capsnet import CapsNet, CapsNetConfig, check_network_fits
+from minicaps.ops import margin_loss_forward, reconstruction_loss_forward
+from minicaps.training.optim import Adam, NonFiniteGradientError, ParameterAverage
+from minicaps.training.progress import Progress
+from minicaps.values import is_int
 
 METRICS_FILE = "metrics.jsonl"
 LAST, BEST = "last.npz", "best.npz"
@@ -80,10 +85,10 @@ class Split:
 def load_data(dataset="mnist", data_root=None):
     """The dataset named ``dataset`` as a data.Dataset (datasets.DATASETS lists the names),
     from ``data_root`` (see data.load_mnist for where files are looked for)."""
-    from .datasets import FASHION_CLASSES, MNIST_CLASSES, load_dataset
+    from minicaps.data.registry import FASHION_CLASSES, MNIST_CLASSES, load_dataset
     if dataset in AFFINE_SETS:    # section 5.2: expanded MNIST to train, an affine set to test:
         # affNIST's files when they are there, else a generated stand-in named by its ranges
-        from .affnist import affnist_dataset
+        from minicaps.data.affnist import affnist_dataset
         return affnist_dataset(load_mnist(root=data_root, dataset="mnist")[:4], root=data_root,
                                test=dataset)
     if dataset == "multimnist":       # pairs made from MNIST's digits as training goes

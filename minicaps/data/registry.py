@@ -15,10 +15,10 @@ svhn               uint8 (N, 32, 32, 3), 10       train_32x32.mat, test_32x32.ma
 smallnorb          uint8 (N, 48, 48, 2), 5        the -dat and -cat .mat.gz of both splits
 =================  =============================  =========================================
 """
-from .cifar10 import load_cifar10
-from .data import DOWNLOAD_TIMEOUT, Dataset, load_mnist
-from .smallnorb import load_smallnorb
-from .svhn import load_svhn
+from minicaps.data.cifar10 import load_cifar10
+from minicaps.data.mnist import DOWNLOAD_TIMEOUT, Dataset, load_mnist
+from minicaps.data.smallnorb import load_smallnorb
+from minicaps.data.svhn import load_svhn
 
 DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb")
 

@@ -8,10 +8,10 @@ bytes than the file could hold compressed: a hostile file cannot make loadmat al
 """
 import numpy as np
 
-from .data import DataError, Dataset, data_root
-from .files import data_file
-from .download import (DOWNLOAD_TIMEOUT, check_sha256, check_size, expected_digest, fetch,
-                       not_found_error, sha256_of)
+from minicaps.data.mnist import DataError, Dataset, data_root
+from minicaps.io.files import data_file
+from minicaps.data.download import (DOWNLOAD_TIMEOUT, check_sha256, check_size,
+                                    expected_digest, fetch, not_found_error, sha256_of)
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 CLASSES = tuple(str(d) for d in range(10))

@@ -33,7 +33,7 @@ import stat
 import time
 from pathlib import Path
 
-from .files import kind_of
+from minicaps.io.files import kind_of
 
 try:
     import fcntl

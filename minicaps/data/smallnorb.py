@@ -18,10 +18,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .data import DataError, Dataset, data_root
-from .files import data_file
-from .download import (DOWNLOAD_TIMEOUT, check_sha256, check_size, expected_digest, fetch,
-                       not_found_error, read_exactly, sha256_of)
+from minicaps.data.mnist import DataError, Dataset, data_root
+from minicaps.io.files import data_file
+from minicaps.data.download import (DOWNLOAD_TIMEOUT, check_sha256, check_size,
+                                    expected_digest, fetch, not_found_error, read_exactly,
+                                    sha256_of)
 
 # The element types of the binary-matrix format (its readme); 0x1E3D4C52, "packed", is never
 # used by NORB and is not read.

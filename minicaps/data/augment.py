@@ -9,7 +9,7 @@ flip (smallNORB's protocol: 48x48 images, random 32x32 crops to train on, the ce
 """
 import numpy as np
 
-from .backend import get_xp
+from minicaps.backend import get_xp
 
 
 def check_crop(crop, size):

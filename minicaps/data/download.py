@@ -9,8 +9,9 @@ import hashlib
 import os
 import tempfile
 
-from .data import DOWNLOAD_TIMEOUT, ChecksumError, DataError, DataNotFoundError  # noqa: F401
-from .data import read_exactly  # noqa: F401  (the readers of every format use it)
+from minicaps.data.mnist import (DOWNLOAD_TIMEOUT, ChecksumError, DataError,
+                                 DataNotFoundError)  # noqa: F401
+from minicaps.data.mnist import read_exactly  # noqa: F401  (the readers of every format use it)
 
 _CHUNK = 1 << 24        # read and hash in 16 MiB pieces
 

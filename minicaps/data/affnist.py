@@ -48,8 +48,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .data import DataError, DataNotFoundError, Dataset, data_root
-from .files import data_file
+from minicaps.data.mnist import DataError, DataNotFoundError, Dataset, data_root
+from minicaps.io.files import data_file
 
 DIGIT = 28
 CANVAS = 40
@@ -407,7 +407,7 @@ def affnist_test(mnist=None, root=None, seed=GENERATED_SEED, copies=1, generate=
                 raise
         name = "affnist-like"
     if mnist is None:
-        from .data import load_mnist
+        from minicaps.data.mnist import load_mnist
         mnist = load_mnist(root)
     images, labels, _ = generate_affnist(mnist[2], mnist[3], seed, copies, name)
     moves = ("uniform in +-5 pixels, shortened where ink would leave the 40x40 canvas"
@@ -429,7 +429,7 @@ def affnist_dataset(mnist=None, root=None, seed=EXPANDED_SEED, test_seed=GENERAT
     info), how the training set was placed (train_seed) and the shift its training takes
     (shift)."""
     if mnist is None:
-        from .data import load_mnist
+        from minicaps.data.mnist import load_mnist
         mnist = load_mnist(root)
     train = expanded_mnist(mnist, seed)
     test = affnist_test(mnist, root, test_seed, copies, generate, test)

@@ -32,12 +32,12 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
-from .cnn import BaselineCNN, CNNConfig
-from .files import output_folder, regular_file, writable_file
-from .model import CapsNet, CapsNetConfig
-from .optim import Adam, ParameterAverage
-from .values import is_finite_real, is_int
+from minicaps import backend
+from minicaps.nn.cnn import BaselineCNN, CNNConfig
+from minicaps.io.files import output_folder, regular_file, writable_file
+from minicaps.nn.capsnet import CapsNet, CapsNetConfig
+from minicaps.training.optim import Adam, ParameterAverage
+from minicaps.values import is_finite_real, is_int
 
 FORMAT = "minicaps-checkpoint"
 FORMAT_VERSION = 1
@@ -146,7 +146,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
     metrics, extra: JSON-serialisable dicts kept alongside (e.g. the run's settings).
     average: a ParameterAverage kept with the run, or None.
     """
-    from . import __version__
+    from minicaps import __version__
     if isinstance(rng_state, np.random.Generator):
         rng_state = rng_state.bit_generator.state
     try:

@@ -51,14 +51,15 @@ from typing import ClassVar
 
 import numpy as np
 
-from . import backend
-from .model import (CapsNet, DTYPES, check_buildable, glorot_uniform,
-                    implementation)
-from .ops import (dense_forward, dense_backward, relu_forward, relu_backward, softmax_forward,
-                  conv2d_same_forward, conv2d_same_backward, max_pool_forward,
-                  max_pool_backward, dropout_forward, dropout_backward,
-                  softmax_cross_entropy_forward, softmax_cross_entropy_backward)
-from .values import is_int, is_real
+from minicaps import backend
+from minicaps.nn.capsnet import (CapsNet, DTYPES, check_buildable, glorot_uniform,
+                                 implementation)
+from minicaps.ops import (dense_forward, dense_backward, relu_forward, relu_backward,
+                          softmax_forward, conv2d_same_forward, conv2d_same_backward,
+                          max_pool_forward, max_pool_backward, dropout_forward,
+                          dropout_backward, softmax_cross_entropy_forward,
+                          softmax_cross_entropy_backward)
+from minicaps.values import is_int, is_real
 
 # Dropout's masks come from np.random.default_rng((DROPOUT_STREAM, seed, step)). The tag
 # keeps them apart from a run's own default_rng(seed): a SeedSequence pads its entropy
@@ -234,7 +235,7 @@ class BaselineCNN:
     long as it knows both (a checkpoint keeps them). ``dropout_step`` counts the training
     passes (the next one uses it); loss_and_grads(step=t) uses t and sets it to t + 1.
     ``dropout_offset`` k: the batch is rows k, k+1, ... of a bigger one (one rank's share,
-    minicaps.distributed), and its mask those rows of the bigger batch's mask.
+    minicaps.training.distributed), and its mask those rows of the bigger batch's mask.
     """
     impl = "reference"
     dropout_offset = 0     # the reference ops; BaselineCNN(config) builds fast.cnn's twin

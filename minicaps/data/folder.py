@@ -34,9 +34,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import backend
-from .data import DataError, Dataset
-from .images import bytes_to_decode, decode_picture, jpeg_coefficient_bytes, open_picture, load_pil, unreadable_picture
+from minicaps import backend
+from minicaps.data.mnist import DataError, Dataset
+from minicaps.data.pictures import (bytes_to_decode, decode_picture,
+                                    jpeg_coefficient_bytes, open_picture, load_pil,
+                                    unreadable_picture)
 
 SUFFIXES = (".png", ".jpg", ".jpeg")
 COLORS = ("gray", "rgb")

@@ -23,15 +23,16 @@ from dataclasses import MISSING, dataclass, asdict, fields, replace
 
 import numpy as np
 
-from . import backend
-from .ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forward,
-                  relu_backward, dense_forward, dense_backward, sigmoid_forward,
-                  sigmoid_backward, primary_capsules_forward, primary_capsules_backward,
-                  predictions_forward, predictions_backward, routing_forward,
-                  routing_backward, length_forward, length_backward, margin_loss_forward,
-                  margin_loss_backward, mask_forward, mask_backward, one_hot,
-                  reconstruction_loss_forward, reconstruction_loss_backward)
-from .values import is_int, is_real
+from minicaps import backend
+from minicaps.ops import (conv2d_forward, conv2d_backward, conv_output_size, relu_forward,
+                          relu_backward, dense_forward, dense_backward, sigmoid_forward,
+                          sigmoid_backward, primary_capsules_forward,
+                          primary_capsules_backward, predictions_forward,
+                          predictions_backward, routing_forward, routing_backward,
+                          length_forward, length_backward, margin_loss_forward,
+                          margin_loss_backward, mask_forward, mask_backward, one_hot,
+                          reconstruction_loss_forward, reconstruction_loss_backward)
+from minicaps.values import is_int, is_real
 
 DTYPES = ("float32", "float64")
 # Routing keeps (I, J) arrays of every iteration for each image (_routing_floats_per_image);
