@@ -4,7 +4,7 @@ what the recipe itself reaches, apart from minicaps' hand-written passes.
 Everything but the forward and backward passes is the same as in ``minicaps train``: the
 initial weights of ``minicaps.CapsNet(seed=SEED)`` (or, with ``--init torch``, PyTorch's own
 default initialisation), the order of the images and their shifts drawn from the same seed
-(``minicaps.training.run.epoch_draws``), the learning rate lr * 0.96^(step / 2000), and Adam in
+(``minicaps.training.epoch.epoch_draws``), the learning rate lr * 0.96^(step / 2000), and Adam in
 TensorFlow's form: PyTorch's Adam with its eps set each step to eps / sqrt(1 - beta2^t),
 which makes its update equal to minicaps.Adam's. Gradients come from autograd.
 
@@ -26,10 +26,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch_capsnet as tc  # noqa: E402
-from minicaps.data.mnist import shift_images, to_model_input  # noqa: E402
+from minicaps.data.augment import shift_images
+from minicaps.data.dataset import to_model_input  # noqa: E402
 from minicaps.nn.capsnet import CapsNetConfig, init_params  # noqa: E402
 from minicaps.training.optim import Adam  # noqa: E402
-from minicaps.training.run import epoch_draws, learning_rate, prepare_data  # noqa: E402
+from minicaps.training.epoch import epoch_draws, learning_rate
+from minicaps.training.splits import prepare_data  # noqa: E402
 
 
 def tf_adam_eps(eps, beta2, t):

@@ -9,8 +9,9 @@ import argparse
 import time
 
 import minicaps as mc      # before NumPy: it tells OpenBLAS to rest idle threads soon (README)
-from minicaps.data.mnist import (iterate_minibatches, load_mnist, random_shift,
-                                 to_model_input)
+from minicaps.data.augment import random_shift
+from minicaps.data.dataset import iterate_minibatches, to_model_input
+from minicaps.data.mnist import load_mnist
 
 import numpy as np
 

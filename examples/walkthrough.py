@@ -104,7 +104,8 @@ H, W, C = cfg.input_shape
 
 label = None
 if (H, W, C) == (28, 28, 1):
-    from minicaps.data.mnist import DataError, load_mnist
+    from minicaps.data.dataset import DataError
+    from minicaps.data.mnist import load_mnist
     try:
         _, _, x_test, y_test = load_mnist(download=False)
         image, label = x_test[0] / 255.0, int(y_test[0])

@@ -29,7 +29,7 @@ def _install_stand_in(monkeypatch):
     import cupy_stand_in
     from minicaps.fast import conv_fft
     conv_fft._plan_gpu.cache_clear()         # no DFT plans from another array library
-    monkeypatch.setattr(backend, "_cupy", cupy_stand_in)
+    monkeypatch.setattr(backend.device, "_cupy", cupy_stand_in)
     cupy_stand_in.made.clear()
     cupy_stand_in._core._routines_linalg.modes.clear()      # strict float32, as CuPy starts
     cupy_stand_in.waits.clear()
@@ -78,13 +78,14 @@ def bounded_fixture():
 def drawn(monkeypatch):
     """{file name: the Figure} of every PNG minicaps.viz writes while the test runs."""
     from pathlib import Path
-    from minicaps import viz
-    figures, save = {}, viz._save
+    from minicaps.viz import accuracy, canvas, capsules, curves, pairs
+    figures, save = {}, canvas.save
 
     def keep(fig, path, notes=()):
         figures[Path(path).name] = fig
         return save(fig, path, notes)
-    monkeypatch.setattr(viz, "_save", keep)
+    for module in (accuracy, capsules, curves, pairs):     # each imports canvas.save
+        monkeypatch.setattr(module, "save", keep)
     return figures
 
 

@@ -26,8 +26,8 @@ from getDeviceCount without a GPU), for the tests of the backend's GPU check.
 The numbers come from NumPy underneath, so parity with the CPU is exact; tests against the
 real CuPy (tests marked ``gpu`` on a machine with one) check the numerics.
 
-    from minicaps import backend
-    monkeypatch.setattr(backend, "_cupy", cupy_stand_in)    # what conftest does
+    from minicaps.backend import device
+    monkeypatch.setattr(device, "_cupy", cupy_stand_in)     # what conftest does
 """
 import collections
 import re

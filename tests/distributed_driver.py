@@ -24,7 +24,8 @@ import numpy as np
 from minicaps import backend
 from minicaps.training import distributed
 from minicaps.gradcheck import tiny_cnn_config, tiny_config
-from minicaps.training.run import evaluate, train
+from minicaps.training.evaluation import evaluate
+from minicaps.training.run import train
 
 from synthetic import bars, bars_data
 
@@ -73,7 +74,7 @@ def fake_nccl_over_mpi(comm):
         get_unique_id=lambda: b"uid", NcclCommunicator=NcclCommunicator)
     cupy_stand_in.cuda.Device = lambda i: types.SimpleNamespace(
         use=lambda: calls.append(("device", i)))
-    backend._cupy = cupy_stand_in
+    backend.device._cupy = cupy_stand_in
     return calls
 
 

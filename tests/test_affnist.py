@@ -1,6 +1,7 @@
-"""Tests for minicaps.data.affnist: placements read back, the warp against a bilinear loop
-written from the definition, drawn transformations inside their ranges, and the reader of
-the real .mat files on files written here in the real layout, good and damaged."""
+"""Tests for minicaps.data.affnist and affnist_mat: placements read back, the warp against a
+bilinear loop written from the definition, drawn transformations inside their ranges, and
+the reader of the real .mat files on files written here in the real layout, good and
+damaged."""
 import hashlib
 
 import numpy as np
@@ -8,7 +9,8 @@ import pytest
 from scipy.io import savemat
 
 from minicaps.data import affnist as af
-from minicaps.data.mnist import DataError, DataNotFoundError, Dataset
+from minicaps.data.affnist_mat import MAX_MAT_BYTES, read_affnist_mat
+from minicaps.data.dataset import DataError, DataNotFoundError, Dataset
 
 
 def digits(n, seed):
@@ -69,7 +71,7 @@ def test_expanded_mnist_centres_the_training_digits_and_places_the_test_ones_see
 def test_shifts_of_up_to_6_give_the_authors_169_placements_uniformly():
     """mnist_shift.py --shift=6 --pad=6 writes each digit at every (dy, dx) in -6..6: a
     shift of the centred digit by (dy, dx) is the digit at offset (6 + dy, 6 + dx)."""
-    from minicaps.data.mnist import draw_shifts, shift_images
+    from minicaps.data.augment import draw_shifts, shift_images
     images, _ = digits(1, 11)
     n = 16_900
     many = np.repeat(images, n, axis=0)
@@ -287,14 +289,14 @@ def test_reader_reads_the_real_layout(tmp_path):
     pictures[:, 0, :] = 0                                         # not symmetric: rows count
     labels = rng.integers(0, 10, 12)
     path = write_mat(tmp_path / "1.mat", pictures, labels)
-    images, got = af.read_affnist_mat(path)
+    images, got = read_affnist_mat(path)
     np.testing.assert_array_equal(images, pictures)
     np.testing.assert_array_equal(got, labels)
     assert images.dtype == np.uint8 and got.dtype == np.int64
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    af.read_affnist_mat(path, sha256=digest.upper())              # the right digest passes
+    read_affnist_mat(path, sha256=digest.upper())              # the right digest passes
     with pytest.raises(DataError, match="SHA-256"):
-        af.read_affnist_mat(path, sha256="0" * 64)
+        read_affnist_mat(path, sha256="0" * 64)
 
 
 @pytest.fixture
@@ -389,4 +391,4 @@ def test_damaged_files_raise_a_clear_data_error(tmp_path, damage, message):
     elif damage == "too big":
         write_mat(path, pictures, labels)
     with pytest.raises(DataError, match=message):
-        af.read_affnist_mat(path, max_bytes=1000 if damage == "too big" else af.MAX_MAT_BYTES)
+        read_affnist_mat(path, max_bytes=1000 if damage == "too big" else MAX_MAT_BYTES)

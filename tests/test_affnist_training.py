@@ -7,12 +7,13 @@ import json
 import numpy as np
 import pytest
 
-import minicaps.training.run
 from minicaps import cli
+from minicaps.cli.options import CNN_PRESETS, PRESETS
 from minicaps.data.affnist import expanded_mnist
 from minicaps.io.checkpoint import load_checkpoint, read_meta
 from minicaps.gradcheck import tiny_config
-from minicaps.training.run import load_data, prepare_data, train
+from minicaps.training.run import train
+from minicaps.training.splits import load_data, prepare_data
 
 from synthetic import synthetic_mnist
 
@@ -22,7 +23,7 @@ QUIET = dict(progress=False, log=lambda line: None)
 @pytest.fixture
 def fake_mnist(monkeypatch, tmp_path):
     data = synthetic_mnist(40, 20)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: data)
     monkeypatch.setenv("MINICAPS_DATA", str(tmp_path))     # no real affNIST files there
     return data
 
@@ -55,7 +56,7 @@ def test_a_run_scores_both(fake_mnist, tmp_path):
 
 
 def test_the_cli_evaluates_on_the_affine_set(fake_mnist, tmp_path, capsys, monkeypatch):
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {
         "conv1_channels": 8, "primary_maps": 4, "decoder_sizes": (16,)}, "epochs": 1,
         "lr": 1e-3})
     out = tmp_path / "run"
@@ -108,4 +109,4 @@ def test_the_matched_cnn_is_the_quick_capsnets_size_at_40x40():
                                     primary_maps=16))
     assert capsnet.num_params() == caps
     assert abs(cnn.num_params() / capsnet.num_params() - 1) < 0.05
-    assert cli.CNN_PRESETS["pooled-quick"]["model"] == "cnn-pooled-quick"
+    assert CNN_PRESETS["pooled-quick"]["model"] == "cnn-pooled-quick"

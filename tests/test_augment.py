@@ -6,9 +6,11 @@ import pytest
 from minicaps.data.augment import (center_crop, crop_images, draw_crops, draw_flips,
                                    flip_images)
 from minicaps.io.checkpoint import load_checkpoint
-from minicaps.data.mnist import Dataset
+from minicaps.data.dataset import Dataset
 from minicaps.gradcheck import tiny_config
-from minicaps.training.run import epoch_draws, epoch_plan, prepare_data, train
+from minicaps.training.epoch import epoch_draws, epoch_plan
+from minicaps.training.run import train
+from minicaps.training.splits import prepare_data
 
 from synthetic import bars
 
@@ -127,7 +129,7 @@ def test_resume_without_the_flip_is_refused(tmp_path):
 def test_the_network_is_fitted_to_the_data(tmp_path):
     """With no config, the paper's network with the data's input (the crop's size) and
     its number of classes."""
-    from minicaps.training.run import config_for_data
+    from minicaps.training.splits import config_for_data
     config = config_for_data(cropped_data(), crop=10, conv1_channels=8, primary_maps=2,
                              conv1_kernel=3, primary_kernel=3, decoder_sizes=(8,))
     assert config.input_shape == (10, 10, 1) and config.num_classes == 3

@@ -37,14 +37,14 @@ def cupy_to_import(monkeypatch):
     """The stand-in as the module `import cupy` finds, nothing of the GPU checked yet."""
     import cupy_stand_in
     monkeypatch.setitem(sys.modules, "cupy", cupy_stand_in)
-    monkeypatch.setattr(backend, "_cupy", None)
-    monkeypatch.setattr(backend, "_cupy_error", None)
+    monkeypatch.setattr(backend.device, "_cupy", None)
+    monkeypatch.setattr(backend.device, "_cupy_error", None)
     cupy_stand_in.launches.clear()
     return cupy_stand_in
 
 
 def test_choosing_the_gpu_runs_a_product_and_an_elementwise_kernel_first(cupy_to_import):
-    assert backend.resolve_device("gpu") == "gpu" and backend._cupy is cupy_to_import
+    assert backend.resolve_device("gpu") == "gpu" and backend.loaded_cupy() is cupy_to_import
     # two arrays sent, one product (cuBLAS), a * 2 + 1 (two kernels): read back and compared
     assert cupy_to_import.launches == {"transfer": 2, "matmul": 1, "elementwise": 2}
     summary = backend.gpu_summary()
@@ -78,7 +78,7 @@ def test_a_gpu_that_cannot_compute_is_said_before_any_data_loads(cupy_to_import,
             backend.resolve_device("gpu")
         for sentence in said:
             assert re.search(sentence, str(e.value)), (sentence, str(e.value))
-    assert backend._cupy is None and not backend.gpu_available()
+    assert backend.loaded_cupy() is None and not backend.gpu_available()
     with pytest.raises(RuntimeError, match=said[0]):
         mc.CapsNet(tiny_config(), device="gpu")
     with pytest.raises(RuntimeError, match=said[0]):  # not a missing-data error: said first
@@ -181,7 +181,8 @@ def test_gradient_check_on_the_gpu():
 
 @pytest.mark.gpu
 def test_shifted_batches_are_the_same_on_the_gpu():
-    from minicaps.data.mnist import shift_images, to_model_input
+    from minicaps.data.augment import shift_images
+    from minicaps.data.dataset import to_model_input
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (50, 28, 28), np.uint8)
     dy, dx = rng.integers(-2, 3, (2, 50))
@@ -193,7 +194,8 @@ def test_shifted_batches_are_the_same_on_the_gpu():
 
 @pytest.mark.gpu
 def test_an_epoch_on_the_gpu_follows_the_cpu_epoch():
-    from minicaps.training.run import Split, train_epoch
+    from minicaps.training.epoch import train_epoch
+    from minicaps.training.splits import Split
     rng = np.random.default_rng(0)
     split = Split(rng.integers(0, 256, (60, 10, 10), np.uint8), rng.integers(0, 3, 60))
     runs = []
@@ -216,7 +218,7 @@ def test_a_float32_model_does_its_gpu_work_in_float32(stand_in, n):
     # Every array a float32 model makes on the GPU, in a training step (as the user calls
     # it and as train_epoch does), an Adam step, inference and evaluation, is float32 (or
     # integer/bool): no silent float64 or complex128 work.
-    from minicaps.training.run import evaluate
+    from minicaps.training.evaluation import evaluate
     model = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
     opt = mc.Adam()
     rng = np.random.default_rng(0)
@@ -272,7 +274,7 @@ def test_tf32_without_a_gpu_is_a_clear_error():
 def test_tf32_is_off_until_asked_and_switches_back():
     if os.environ.get("CUPY_TF32", "0") not in ("", "0"):
         pytest.skip("CUPY_TF32 is set in this environment")
-    cuda = backend._cupy.cuda
+    cuda = backend.loaded_cupy().cuda
     math_mode = lambda: cuda.cublas.getMathMode(cuda.device.get_cublas_handle())
     try:
         assert backend.tf32_enabled() is False and math_mode() == backend.CUBLAS_DEFAULT_MATH
@@ -286,7 +288,7 @@ def test_tf32_is_off_until_asked_and_switches_back():
 
 @pytest.mark.gpu
 def test_tf32_rounds_the_inputs_of_float32_products_on_a_real_gpu():
-    cupy = backend._cupy
+    cupy = backend.loaded_cupy()
     if cupy.__name__ != "cupy":
         pytest.skip("needs CuPy on a GPU: the stand-in multiplies with NumPy")
     if int(cupy.cuda.Device().compute_capability) < 80:

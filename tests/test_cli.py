@@ -17,7 +17,8 @@ import minicaps as mc
 import minicaps.training.run
 from minicaps import cli
 from minicaps.io.checkpoint import load_checkpoint
-from minicaps.data.mnist import load_mnist, to_model_input
+from minicaps.data.dataset import to_model_input
+from minicaps.data.mnist import load_mnist
 
 from synthetic import synthetic_mnist
 
@@ -41,7 +42,7 @@ def fake_mnist(monkeypatch):
         calls.append((root, dataset))
         return data
 
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", fake_load)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", fake_load)
     return data, calls
 
 

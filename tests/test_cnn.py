@@ -450,7 +450,8 @@ def test_a_few_dozen_adam_steps_lower_the_loss_on_bars():
 
 def test_train_epoch_trains_it_unchanged():
     """minicaps.training.run's epoch loop reads what a BaselineCNN gives, its loss by its name."""
-    from minicaps.training.run import Split, train_epoch
+    from minicaps.training.epoch import train_epoch
+    from minicaps.training.splits import Split
     x_train, y_train, _, _ = bars_data(120, 60)
     model = BaselineCNN(CNNConfig(input_shape=(10, 10, 1), conv_channels=(4,), conv_kernel=3,
                                   pool_after=(1,), fc_sizes=(16,), dropout=0.25, num_classes=3),

@@ -16,13 +16,17 @@ import minicaps as mc
 import minicaps.nn.cnn
 import minicaps.training.run
 from minicaps import cli
+from minicaps.cli import train as train_command
+from minicaps.cli.options import CNN_PRESETS, PRESETS
 from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
 from minicaps.nn.cnn import BaselineCNN, CNNConfig
-from minicaps.data.mnist import Dataset, to_model_input
+from minicaps.data.dataset import Dataset, to_model_input
 from minicaps.gradcheck import (check_model, check_op, cnn_op_cases, randomize_params,
                                 tiny_cnn_config, tiny_config)
 from minicaps.io.weights import export_weights, load_weights
-from minicaps.training.run import config_for_data, evaluate, train
+from minicaps.training.evaluation import evaluate
+from minicaps.training.run import train
+from minicaps.training.splits import config_for_data
 
 from synthetic import bars_data, synthetic_mnist
 from hostile_cases import rewrite_meta
@@ -280,8 +284,8 @@ def test_a_cnn_weights_file_round_trips_with_its_kind(tmp_path):
 def cnn_cli(monkeypatch):
     """Synthetic 28x28 MNIST for train, and a tiny CNN as --preset tiny of --model cnn."""
     data = synthetic_mnist(n_train=24, n_test=8)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *args, **kw: data)
-    monkeypatch.setitem(cli.CNN_PRESETS, "tiny", {"model": "cnn", "config": dict(TINY),
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *args, **kw: data)
+    monkeypatch.setitem(CNN_PRESETS, "tiny", {"model": "cnn", "config": dict(TINY),
                                                   "epochs": 1, "lr": 0.01})
     return data
 
@@ -335,7 +339,7 @@ def test_capsnet_options_for_a_cnn_are_refused_in_one_line(tmp_path, capsys, cnn
 def test_the_pooled_preset_trains_the_max_pooling_baseline(tmp_path, capsys, cnn_cli,
                                                              monkeypatch):
     built = []
-    monkeypatch.setattr(cli, "_training_data", lambda args: Dataset(*bars_data(10, 5)))
+    monkeypatch.setattr(train_command, "_training_data", lambda args: Dataset(*bars_data(10, 5)))
     monkeypatch.setattr(minicaps.training.run, "_train_epochs", lambda run, *a, **kw: built.append(run))
     assert cli.main(["train", "--model", "cnn", "--preset", "pooled", "--out",
                      str(tmp_path / "run"), "--no-progress"]) == 0
@@ -430,7 +434,7 @@ def test_agreement_sorts_each_image_by_who_gets_it_right():
 
 def test_compare_tests_two_networks_on_one_test_set(tmp_path, capsys, cnn_cli, monkeypatch):
     x_test, y_test = cnn_cli[2:]
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {
         "conv1_channels": 8, "primary_maps": 4, "decoder_sizes": (16,)}, "epochs": 1, "lr": 1e-3})
     caps, cnn = tmp_path / "caps", tmp_path / "cnn"
     assert cli.main(["train", "--preset", "tiny", "--out", str(caps), "--no-progress"]) == 0

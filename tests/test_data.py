@@ -22,9 +22,9 @@ from hypothesis import given, settings, strategies as st
 from hypothesis.extra import numpy as hnp
 
 from minicaps.data import mnist as data
-from minicaps.data.mnist import (ChecksumError, DataError, DataNotFoundError,
-                                 iterate_minibatches, load_mnist, random_shift, read_idx,
-                                 to_model_input, train_val_split)
+from minicaps.data.augment import random_shift
+from minicaps.data.dataset import ChecksumError, DataError, DataNotFoundError, iterate_minibatches, to_model_input, train_val_split
+from minicaps.data.mnist import load_mnist, read_idx
 
 CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
          np.float32: 0x0D, np.float64: 0x0E}

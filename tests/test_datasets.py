@@ -24,7 +24,7 @@ from hypothesis.extra import numpy as hnp
 from minicaps.data import cifar10
 from minicaps.data import smallnorb
 from minicaps.data import svhn
-from minicaps.data.mnist import ChecksumError, DataError, DataNotFoundError, Dataset
+from minicaps.data.dataset import ChecksumError, DataError, DataNotFoundError, Dataset
 from minicaps.data.registry import DATASETS, FASHION_CLASSES, load_dataset
 
 MB = 1 << 20

@@ -12,7 +12,9 @@ PIL = pytest.importorskip("PIL")
 from PIL import Image  # noqa: E402
 
 from minicaps import cli  # noqa: E402
-from minicaps.data.mnist import DataError, Dataset  # noqa: E402
+from minicaps.cli.evaluation_data import read_test_folder  # noqa: E402
+from minicaps.cli.options import PRESETS  # noqa: E402
+from minicaps.data.dataset import DataError, Dataset  # noqa: E402
 from minicaps.data.folder import load_image_folder, parse_image_size, read_image  # noqa: E402
 from minicaps.gradcheck import tiny_config  # noqa: E402
 from minicaps.training.run import train  # noqa: E402
@@ -28,7 +30,7 @@ MNIST_ROOT = os.environ.get("MINICAPS_DATA")
 @pytest.fixture
 def tiny(monkeypatch):
     """--preset tiny: a CapsNet small enough to train on a folder in a second."""
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
                                                          "decoder_sizes": (16,)},
                                               "epochs": 1, "lr": 1e-3})
 
@@ -79,7 +81,7 @@ def test_train_and_test_folders_come_back_as_written(tmp_path):
 
 
 def test_limits_on_a_folder_keep_every_class(tmp_path):
-    from minicaps.training.run import prepare_data
+    from minicaps.training.splits import prepare_data
     x, y = bars(60, 0)
     write(tmp_path, x, y)
     train, _, test = prepare_data(load_image_folder(tmp_path, test_fraction=0.5, **QUIET),
@@ -221,7 +223,7 @@ def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
     # the three the run held out, as a full read (the run's own) splits the folder; the
     # first read, drawn before decoding, holds other pictures
     from minicaps.io.checkpoint import load_checkpoint
-    from minicaps.data.mnist import to_model_input
+    from minicaps.data.dataset import to_model_input
     held_out = load_image_folder(tmp_path / "f", image_size=20, bad_images="skip", **QUIET)
     first = load_image_folder(tmp_path / "f", image_size=20, bad_images="skip", only="test",
                               **QUIET)
@@ -229,7 +231,7 @@ def test_evaluate_finds_the_split_of_a_run_that_skipped_an_undecodable_picture(
     checkpoint = load_checkpoint(out / "last.npz")
     info = checkpoint.extra["settings"]["data_info"]
     assert info["undecodable"] == 1
-    read = cli._read_test_folder(tmp_path / "f", info)
+    read = read_test_folder(tmp_path / "f", info)
     np.testing.assert_array_equal(read.x_test, held_out.x_test)
     model, _ = checkpoint.model_with("auto")
     right = int((model.predict(to_model_input(held_out.x_test, model.dtype))

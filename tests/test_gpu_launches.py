@@ -114,7 +114,7 @@ def test_kernels_launched_by_a_training_step_at_batch_100(stand_in, impl, capsys
 
 if __name__ == "__main__":                # the paper's network, once, outside pytest
     import cupy_stand_in                  # beside this file, so on sys.path
-    backend._cupy = cupy_stand_in
+    backend.device._cupy = cupy_stand_in
     for impl in sys.argv[1:] or ["fast"]:      # fast, reference
         print(report(step_launches(cupy_stand_in, mc.CapsNetConfig(), 100, impl),
                      f"the paper's network, {impl} path, batch 100"))

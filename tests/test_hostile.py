@@ -27,7 +27,8 @@ from minicaps import cli
 from minicaps.training import runfolder
 from minicaps.io.checkpoint import load_checkpoint, read_epoch
 from minicaps.training.optim import Adam
-from minicaps.training.run import DivergedError, train
+from minicaps.training.evaluation import DivergedError
+from minicaps.training.run import train
 
 from limits import file_hashes
 from synthetic import bars_data, synthetic_mnist
@@ -361,7 +362,8 @@ def test_read_epoch_of_a_damaged_epoch_names_the_file(ckpt, bounded):
 
 
 def test_a_checkpoint_that_would_not_fit_in_memory_is_refused(ckpt, bounded, monkeypatch):
-    monkeypatch.setattr(mc.backend, "available_memory", lambda device="cpu": 1000)
+    # read_archive asks check_fits, which looks available_memory up in backend.memory
+    monkeypatch.setattr(mc.backend.memory, "available_memory", lambda device="cpu": 1000)
     assert_refused(ckpt, "needs about .* GiB of memory and 0.00 GiB is available", bounded)
 
 
@@ -502,7 +504,7 @@ def test_non_finite_parameters_are_never_saved(run_dir, bounded):
 @pytest.fixture
 def fake_mnist(monkeypatch):
     data = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: data)
     return data
 
 
@@ -552,7 +554,8 @@ def test_cli_bad_values_are_one_line(capsys, bounded, argv, said):
 def test_minicaps_data_that_is_no_folder_is_said_not_created(tmp_path, bounded, monkeypatch):
     missing = tmp_path / "nonexistent"
     monkeypatch.setenv("MINICAPS_DATA", str(missing))
-    from minicaps.data.mnist import DataNotFoundError, load_mnist
+    from minicaps.data.dataset import DataNotFoundError
+    from minicaps.data.mnist import load_mnist
     with bounded(memory=256 * MB, seconds=10):
         with pytest.raises(DataNotFoundError, match="MINICAPS_DATA is .*which is not a folder"):
             load_mnist()

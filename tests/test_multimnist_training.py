@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 
-import minicaps.training.run
 from minicaps import cli
+from minicaps.cli.options import PRESETS
 from minicaps.data import multimnist
 from minicaps.io.checkpoint import load_checkpoint
-from minicaps.data.mnist import Dataset, to_model_input
+from minicaps.data.dataset import Dataset, to_model_input
 from minicaps.gradcheck import tiny_config
-from minicaps.training.run import evaluate, prepare_data, train
+from minicaps.training.evaluation import evaluate
+from minicaps.training.run import train
+from minicaps.training.splits import prepare_data
 
 from synthetic import synthetic_mnist
 
@@ -83,8 +85,8 @@ def test_what_multimnist_refuses(tmp_path):
 
 def test_the_cli_trains_evaluates_and_plots_pairs(tmp_path, capsys, monkeypatch):
     x, y, xt, yt = synthetic_mnist(40, 30)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: (x, y, xt, yt))
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: (x, y, xt, yt))
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {
         "conv1_channels": 8, "primary_maps": 4, "decoder_sizes": (16,)},
         "epochs": 1, "lr": 1e-3})
     out = tmp_path / "run"

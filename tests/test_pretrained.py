@@ -11,7 +11,8 @@ from minicaps.io import weights as pretrained
 from minicaps.io.checkpoint import load_checkpoint
 from minicaps.gradcheck import tiny_config
 from minicaps.io.weights import export_weights, load_pretrained, load_weights
-from minicaps.training.run import evaluate, train
+from minicaps.training.evaluation import evaluate
+from minicaps.training.run import train
 
 from synthetic import bars_data
 
@@ -126,8 +127,7 @@ def test_the_shipped_networks_accuracy_is_what_its_provenance_says():
 
 def test_export_weights_and_evaluate_them_from_the_command_line(run, tmp_path, capsys, monkeypatch):
     from minicaps import cli
-    import minicaps.training.run
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: bars_data())
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: bars_data())
     out = tmp_path / "w.npz"
     assert cli.main(["export-weights", str(run / "best.npz"), str(out)]) == 0
     assert cli.main(["evaluate", str(out), "--no-progress"]) == 0

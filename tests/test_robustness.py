@@ -18,12 +18,12 @@ from minicaps import cli
 from minicaps.data.affnist import place_on_canvas
 from minicaps.io.checkpoint import save_checkpoint
 from minicaps.nn.cnn import BaselineCNN, CNNConfig
-from minicaps.data.mnist import to_model_input
+from minicaps.data.dataset import to_model_input
 from minicaps.gradcheck import tiny_config
 from minicaps.training.robustness import (IDENTITY, TRANSFORMATIONS, affine_params,
                                           check_canvas, draw_directions, robustness,
                                           strengths, transformed)
-from minicaps.training.run import evaluate
+from minicaps.training.evaluation import evaluate
 
 from synthetic import synthetic_mnist
 
@@ -229,7 +229,7 @@ def save(path, model, dataset="affnist-generated", classes=CLASSES):
 @pytest.fixture
 def mnist(monkeypatch, tmp_path):
     data = synthetic_mnist(n_train=4, n_test=10)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: data)
     monkeypatch.setenv("MINICAPS_DATA", str(tmp_path))
     return data
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from scipy.io import savemat
 
-import minicaps.training.run
 from minicaps import cli
 from minicaps.training import robustness
-from minicaps.data.affnist import load_affnist_test, read_affnist_mat
-from minicaps.data.mnist import DataError
+from minicaps.data.affnist import load_affnist_test
+from minicaps.data.affnist_mat import read_affnist_mat
+from minicaps.data.dataset import DataError
 from minicaps.training.optim import Adam
 
 from hostile_cases import one_line_error
@@ -173,7 +173,7 @@ def test_the_train_command_says_the_cell_array_in_one_line(tmp_path, bounded, ca
     write_mat(tmp_path / "affnist" / "test.mat", affnist_of(pieces, size))
     monkeypatch.setenv("MINICAPS_DATA", str(tmp_path))
     data = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: data)
     err = one_line_error(capsys, ["train", "--preset", "quick", "--limit-train", "8",
                                   "--limit-test", "4", "--no-progress", "--dataset", "affnist",
                                   "--epochs", "1", "--out", str(tmp_path / "run")],

@@ -10,10 +10,11 @@ import shutil
 import numpy as np
 import pytest
 
-import minicaps.data.download
 from minicaps import cli
+from minicaps.cli.command_line import parse_command_line
 from minicaps.data.affnist import find_affnist_test, load_affnist_test
-from minicaps.data.mnist import DataError, load_mnist
+from minicaps.data.dataset import DataError
+from minicaps.data.mnist import load_mnist
 from minicaps.data.folder import load_image_folder
 
 from hostile_cases import one_line_error
@@ -38,10 +39,10 @@ def write_png(path, side=10, seed=0):
 def test_predict_parses_options_between_pictures():
     """`predict digit.png --pretrained d2.png`: both are pictures; without --pretrained
     the first positional is still the checkpoint, wherever the options stand."""
-    args = cli.parse_command_line(["predict", "digit.png", "--pretrained", "d2.png"])
+    args = parse_command_line(["predict", "digit.png", "--pretrained", "d2.png"])
     assert args.command == "predict" and args.pretrained
     assert [args.checkpoint, *args.image] == ["digit.png", "d2.png"]
-    args = cli.parse_command_line(["predict", "run.npz", "a.png", "--weights", "trained",
+    args = parse_command_line(["predict", "run.npz", "a.png", "--weights", "trained",
                                    "b.png"])
     assert (args.checkpoint, args.image, args.weights) == ("run.npz", ["a.png", "b.png"],
                                                           "trained")
@@ -65,7 +66,7 @@ def no_download(*args, **kwargs):
 @pytest.mark.parametrize("kind", ["pipe", "folder"])
 def test_an_mnist_file_that_is_a_pipe_or_folder_is_refused_by_name(tmp_path, monkeypatch,
                                                                      capsys, bounded, kind):
-    monkeypatch.setattr(minicaps.data.download, "fetch", no_download)
+    monkeypatch.setattr("minicaps.data.mnist.fetch", no_download)
     for name in MNIST_FILES[1:]:
         (tmp_path / (name + ".gz")).write_bytes(gzip.compress(b""))
     bad = tmp_path / MNIST_FILES[0]

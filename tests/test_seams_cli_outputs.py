@@ -12,6 +12,7 @@ import pytest
 from hostile_cases import one_line_error
 from limits import file_hashes
 from minicaps import cli
+from minicaps.cli import evaluate as evaluate_command
 from minicaps.io.files import output_folder
 
 
@@ -148,7 +149,7 @@ def test_permission_denied_is_said_plainly(run_dir, tmp_path, capsys, bounded, m
 
     def refused(args):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(victim))
-    monkeypatch.setattr(cli, "_load", refused)
+    monkeypatch.setattr(evaluate_command, "load_checkpoint", refused)
     err = one_line_error(capsys, ["evaluate", str(run_dir / "best.npz")], bounded)
     assert "[Errno" not in err and "permission denied" in err.lower()
     assert str(victim) in err and "chmod" in err

@@ -12,11 +12,10 @@ import shutil
 import numpy as np
 import pytest
 
-import minicaps.training.run
 from minicaps import cli
 from minicaps.io import weights as pretrained
 from minicaps.io.checkpoint import load_checkpoint
-from minicaps.data.mnist import Dataset
+from minicaps.data.dataset import Dataset
 from minicaps.data.registry import MNIST_CLASSES
 from minicaps.gradcheck import tiny_config
 from minicaps.io.weights import export_weights, load_pretrained
@@ -55,7 +54,7 @@ def runs(tmp_path_factory):
 
 @pytest.fixture
 def fake_mnist(monkeypatch):
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: DIGITS)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: DIGITS)
 
 
 @pytest.fixture

@@ -1,6 +1,6 @@
 """Hostile cases at the files the commands write outside a run: export-weights OUT,
 predict --save-reconstruction, the pictures of plot --out. Each goes through one writer
-(checkpoint.replace_file): the target must be a regular file (or nothing yet), never one
+(writer.replace_file): the target must be a regular file (or nothing yet), never one
 of the command's own inputs nor a checkpoint, and it is replaced whole or not at all."""
 import errno
 import os
@@ -11,7 +11,7 @@ import pytest
 
 from hostile_cases import one_line_error
 from limits import file_hashes
-from minicaps.io import checkpoint
+from minicaps.io import writer
 from minicaps.io.weights import export_weights
 
 
@@ -149,7 +149,7 @@ def test_export_weights_into_a_read_only_folder_names_the_target(run_dir, tmp_pa
                                                                  bounded, monkeypatch):
     def denied(folder, name, write):  # root writes anywhere: deny as a read-only folder would
         raise PermissionError(errno.EACCES, "Permission denied", f".{name}.abc123.tmp")
-    monkeypatch.setattr(checkpoint, "_write_temp", denied)
+    monkeypatch.setattr(writer, "_write_temp", denied)
     err = one_line_error(capsys, ["export-weights", str(run_dir / "best.npz"),
                                   str(tmp_path / "w.npz")], bounded)
     assert "w.npz" in err and "permission denied" in err.lower() and ".tmp" not in err
@@ -179,7 +179,7 @@ def test_plot_into_a_read_only_folder_names_the_picture(run_dir, tmp_path, capsy
                                                         monkeypatch):
     def denied(folder, name, write):
         raise PermissionError(errno.EACCES, "Permission denied", f".{name}.xyz.tmp")
-    monkeypatch.setattr(checkpoint, "_write_temp", denied)
+    monkeypatch.setattr(writer, "_write_temp", denied)
     err = one_line_error(capsys, ["plot", str(run_dir / "best.npz"), "--kind", "curves",
                                   "--out", str(tmp_path / "pics"), "--no-progress"], bounded)
     assert "curves.png" in err and "permission denied" in err.lower() and ".tmp" not in err
@@ -193,7 +193,7 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
         f.write(b"half a pict")
         raise OSError(errno.ENOSPC, "No space left on device")
     with pytest.raises(OSError, match=r"disk full writing .*curves\.png") as caught:
-        checkpoint.replace_file(target, full)
+        writer.replace_file(target, full)
     assert caught.value.errno == errno.ENOSPC and ".tmp" not in str(caught.value)
     assert target.read_bytes() == b"old picture" and os.listdir(tmp_path) == ["curves.png"]
 
@@ -201,5 +201,5 @@ def test_a_full_disk_names_the_file_and_keeps_the_old_one(tmp_path):
 def test_the_writer_refuses_a_folder_in_the_targets_place(tmp_path):
     (tmp_path / "robustness.json").mkdir()
     with pytest.raises(ValueError, match=r"robustness\.json.*a folder"):
-        checkpoint.replace_file(tmp_path / "robustness.json", lambda f: f.write(b"{}"))
+        writer.replace_file(tmp_path / "robustness.json", lambda f: f.write(b"{}"))
     assert (tmp_path / "robustness.json").is_dir()

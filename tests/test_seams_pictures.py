@@ -26,14 +26,15 @@ import pytest
 import minicaps as mc
 from minicaps import cli
 from minicaps.io.checkpoint import save_checkpoint
-from minicaps.data.mnist import DataError
+from minicaps.data.dataset import DataError
 from minicaps.gradcheck import randomize_params, tiny_config
 
 from limits import file_hashes
 
 Image = pytest.importorskip("PIL.Image", reason='needs Pillow: pip install "minicaps[viz]"')
 from PIL import ImageDraw, ImageFile  # noqa: E402
-from minicaps.data.folder import load_image_folder, picture_files, read_image  # noqa: E402
+from minicaps.data.folder import load_image_folder, read_image  # noqa: E402
+from minicaps.data.folder_files import picture_files  # noqa: E402
 from minicaps.data.pictures import load_digit, read_grayscale  # noqa: E402
 from hostile_cases import one_line_error
 

@@ -148,7 +148,7 @@ def test_the_metrics_readers_look_before_they_read(tmp_path, bounded, make, kind
         with pytest.raises(runfolder.RunFolderError, match=kind):
             runfolder._leftover_metrics(tmp_path)
         with pytest.raises(runfolder.RunFolderError, match=kind):
-            minicaps.training.run._truncate_metrics(path, 1)
+            minicaps.training.resume.truncate_metrics(path, 1)
 
 
 # --- through the CLI: one line naming the file and what it is ---------------------------------
@@ -207,7 +207,7 @@ def swap_for_link(folder, target):
 def test_a_write_into_a_folder_swapped_for_a_link_stays_in_the_folder_it_opened(tmp_path):
     """The temp file is made, renamed and removed by the folder's descriptor: the write
     lands in the folder as it was opened (moved aside), never in the link's target."""
-    from minicaps.io.checkpoint import replace_file
+    from minicaps.io.writer import replace_file
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
     elsewhere.mkdir()
@@ -225,7 +225,7 @@ def test_a_write_into_a_folder_swapped_for_a_link_stays_in_the_folder_it_opened(
 
 
 def test_a_failed_write_into_a_swapped_folder_leaves_no_temp_file(tmp_path):
-    from minicaps.io.checkpoint import replace_file
+    from minicaps.io.writer import replace_file
     run, elsewhere = tmp_path / "run", tmp_path / "elsewhere"
     run.mkdir()
     elsewhere.mkdir()

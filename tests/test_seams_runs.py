@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 import minicaps.training.run
-from minicaps.io import checkpoint
+from minicaps.io import writer
 from minicaps import cli
+from minicaps.cli.options import PRESETS
 from minicaps.training import runfolder
 from minicaps.io.checkpoint import load_checkpoint, read_epoch
 
@@ -102,8 +103,8 @@ def test_a_picture_written_where_a_link_stands_replaces_the_link(run_dir, victim
 @pytest.fixture
 def fake_mnist(monkeypatch):
     data = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: data)
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
                                                          "decoder_sizes": (16,)},
                                               "epochs": 1, "lr": 1e-3})
     return data
@@ -114,7 +115,7 @@ def test_ctrl_c_in_the_first_checkpoint_write_then_the_same_command_works(
     out = tmp_path / "run"
     argv = ["train", "--preset", "tiny", "--out", str(out), "--batch-size", "4",
             "--no-progress"]
-    monkeypatch.setattr(checkpoint.np, "savez", savez_stopping_at(1, KeyboardInterrupt()))
+    monkeypatch.setattr(writer.np, "savez", savez_stopping_at(1, KeyboardInterrupt()))
     with bounded(memory=1024 * MB, seconds=60):
         assert cli.main(argv) == 130
     err = capsys.readouterr().err
@@ -122,8 +123,8 @@ def test_ctrl_c_in_the_first_checkpoint_write_then_the_same_command_works(
     assert not (out / "last.npz").exists()
     monkeypatch.undo()
     fake_mnist_again = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: fake_mnist_again)
-    monkeypatch.setitem(cli.PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: fake_mnist_again)
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {"conv1_channels": 8, "primary_maps": 4,
                                                          "decoder_sizes": (16,)},
                                               "epochs": 1, "lr": 1e-3})
     with bounded(memory=1024 * MB, seconds=60):
@@ -168,7 +169,7 @@ def test_a_best_npz_lost_to_ctrl_c_is_written_again_on_resume(tmp_path, bounded,
                                                             monkeypatch):
     out = tmp_path / "run"
     with monkeypatch.context() as m:
-        m.setattr(checkpoint.np, "savez", savez_stopping_at(2, KeyboardInterrupt()))
+        m.setattr(writer.np, "savez", savez_stopping_at(2, KeyboardInterrupt()))
         with bounded(memory=512 * MB, seconds=30):
             with pytest.raises(KeyboardInterrupt):
                 run_tiny(out, average=None)         # last.npz written, best.npz stopped
@@ -188,7 +189,7 @@ def test_a_best_npz_left_behind_by_ctrl_c_catches_up_on_resume(tmp_path, bounded
     out = tmp_path / "run"
     scores[:] = [0.5, 0.9, 0.4]
     with monkeypatch.context() as m:
-        m.setattr(checkpoint.np, "savez", savez_stopping_at(4, KeyboardInterrupt()))
+        m.setattr(writer.np, "savez", savez_stopping_at(4, KeyboardInterrupt()))
         with bounded(memory=512 * MB, seconds=30):
             with pytest.raises(KeyboardInterrupt):
                 run_tiny(out, epochs=2, average=None)
@@ -211,7 +212,7 @@ def test_a_full_disk_mid_run_names_the_file_the_need_and_the_intact_checkpoint(
         run_dir, bounded, monkeypatch):
     before = file_hashes(run_dir)
     last = run_dir / "last.npz"
-    monkeypatch.setattr(checkpoint.np, "savez", savez_stopping_at(
+    monkeypatch.setattr(writer.np, "savez", savez_stopping_at(
         1, OSError(errno.ENOSPC, "No space left on device")))
     with bounded(memory=512 * MB, seconds=30):
         with pytest.raises(OSError) as full:
@@ -247,7 +248,7 @@ def test_a_full_disk_while_logging_the_epoch_says_so_and_how_to_go_on(run_dir, b
 def test_a_full_disk_through_the_cli_is_one_line(tmp_path, capsys, bounded, fake_mnist,
                                                   monkeypatch):
     out = tmp_path / "run"
-    monkeypatch.setattr(checkpoint.np, "savez", savez_stopping_at(
+    monkeypatch.setattr(writer.np, "savez", savez_stopping_at(
         1, OSError(errno.ENOSPC, "No space left on device")))
     with bounded(memory=1024 * MB, seconds=60):
         code = cli.main(["train", "--preset", "tiny", "--out", str(out), "--batch-size", "4",

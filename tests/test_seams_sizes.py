@@ -19,10 +19,12 @@ import minicaps as mc
 import minicaps.training.run
 from minicaps import cli
 from minicaps.data.affnist import load_affnist_test
-from minicaps.data.mnist import DataError, load_mnist
+from minicaps.data.dataset import DataError
+from minicaps.data.mnist import load_mnist
 from minicaps.gradcheck import tiny_config
 from minicaps.training.optim import Adam, ParameterAverage
-from minicaps.training.run import evaluate, train
+from minicaps.training.evaluation import evaluate
+from minicaps.training.run import train
 
 from limits import file_hashes
 from synthetic import bars_data, synthetic_mnist
@@ -146,7 +148,7 @@ def test_an_honest_small_affnist_mat_still_reads_past_the_size_check(tmp_path, b
 @pytest.fixture
 def fake_mnist(monkeypatch):
     data = synthetic_mnist(8, 4)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: data)
     return data
 
 
@@ -344,7 +346,7 @@ def test_cli_evaluate_batch_size_100000_is_refused_naming_one_that_fits(tmp_path
     under a 512 MB cap before it runs, naming a batch size; evaluating that many images
     at once then takes less than the cap (tracemalloc's peak over NumPy's allocations)."""
     data = synthetic_mnist(8, 2000)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda *a, **k: data)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda *a, **k: data)
     err = one_line_error(capsys, ["evaluate", "--pretrained", "--batch-size", "100000",
                                   "--no-progress"], bounded)
     assert "an inference batch of 2000 images needs about" in err, err

@@ -87,10 +87,10 @@ def test_ctrl_c_in_a_resume_into_a_new_folder_leaves_it_as_it_was(run_dir, tmp_p
 
 
 def test_the_cli_says_nothing_was_saved_and_the_same_command_works(run_dir, tmp_path, capsys):
-    from minicaps import cli
+    from minicaps.cli import train as train_command
     new = tmp_path / "rb2"
     assert not (new / "last.npz").exists()
-    assert "nothing was saved" in cli._how_to_go_on(new / "last.npz")
+    assert "nothing was saved" in train_command._how_to_go_on(new / "last.npz")
 
 
 def with_settings(path, **changes):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from minicaps import viz
-from minicaps.io.checkpoint import generator_from_state, load_checkpoint, save_checkpoint
+from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
+from minicaps.io.metadata import generator_from_state
 from minicaps.nn.cnn import BaselineCNN, CNNConfig
 from minicaps.nn.capsnet import CapsNet, CapsNetConfig
 from minicaps.training.optim import Adam

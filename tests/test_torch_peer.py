@@ -298,7 +298,8 @@ def test_peer_trains_the_same_epochs_as_minicaps_float64(one_thread):
     minicaps' own training loop ends with; only the passes differ (autograd against
     hand-written)."""
     mc = _minicaps()
-    from minicaps.training.run import Split, train_epoch
+    from minicaps.training.epoch import train_epoch
+    from minicaps.training.splits import Split
     te = load_bench_module("torch_epoch.py", "torch_epoch")
     config = mc.CapsNetConfig(**dict(TINY, recon_weight=0.0005))
     rng = np.random.default_rng(5)

@@ -11,9 +11,11 @@ import pytest
 
 import minicaps as mc
 from minicaps.io.checkpoint import load_checkpoint, read_epoch
-from minicaps.data.mnist import to_model_input
+from minicaps.data.dataset import to_model_input
 from minicaps.gradcheck import randomize_params, tiny_config
-from minicaps.training.run import evaluate, learning_rate, train
+from minicaps.training.epoch import learning_rate
+from minicaps.training.evaluation import evaluate
+from minicaps.training.run import train
 
 from synthetic import bars, bars_data
 
@@ -118,8 +120,10 @@ def test_an_epoch_equals_the_host_loop_of_the_example_bit_for_bit():
     """train_epoch gathers, shifts and scales the batches on the model's device from draws
     made up front; the loop of examples/train_mnist.py draws and shifts batch by batch on
     the host. Same generator, same draws: the same parameters, to the last bit (CPU)."""
-    from minicaps.data.mnist import iterate_minibatches, random_shift
-    from minicaps.training.run import Split, train_epoch
+    from minicaps.data.augment import random_shift
+    from minicaps.data.dataset import iterate_minibatches
+    from minicaps.training.epoch import train_epoch
+    from minicaps.training.splits import Split
     images, labels = bars(90, 0)                      # 90 = 4 batches of 25 less 10
     models = [mc.CapsNet(CONFIG, seed=1, dtype="float32") for _ in range(2)]
     optimizers = [mc.Adam(lr=0.01), mc.Adam(lr=0.01)]
@@ -421,7 +425,8 @@ def gpu_waits(stand_in, work, n_images):
 def test_a_gpu_epoch_makes_the_host_wait_at_its_start_and_end_only(stand_in):
     # Each wait for the device stalls the queue of GPU work. None per batch: the labels'
     # range is checked once, the losses and the correct count come back at the end.
-    from minicaps.training.run import Split, train_epoch
+    from minicaps.training.epoch import train_epoch
+    from minicaps.training.splits import Split
 
     def epoch(model, images, labels):
         train_epoch(model, mc.Adam(), Split(images, labels), np.random.default_rng(1), 0,
@@ -464,13 +469,14 @@ def test_evaluate_checks_the_labels():
 
 
 def test_a_missing_gpu_is_reported_before_the_data_loads(tmp_path, monkeypatch):
-    monkeypatch.setattr(mc.backend, "load_cupy", lambda: None)
-    monkeypatch.setattr(mc.backend, "_cupy_error", "CuPy is not installed")
+    # resolve_device looks both up in backend.device
+    monkeypatch.setattr(mc.backend.device, "load_cupy", lambda: None)
+    monkeypatch.setattr(mc.backend.device, "_cupy_error", "CuPy is not installed")
 
     def load_mnist(*args, **kwargs):
         raise AssertionError("the data was loaded before the device was checked")
 
-    monkeypatch.setattr("minicaps.training.run.load_mnist", load_mnist)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", load_mnist)
     with pytest.raises(RuntimeError, match="CuPy is not installed"):
         train(CONFIG, epochs=1, out_dir=tmp_path / "run", device="gpu", **QUIET)
     assert not (tmp_path / "run").exists()

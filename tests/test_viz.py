@@ -15,7 +15,9 @@ import pytest
 import minicaps as mc
 import minicaps.training.run
 from minicaps import cli
+from minicaps.cli.plot import PLOT_KINDS
 from minicaps import viz
+from minicaps.viz import arrays, canvas
 from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
 from minicaps.gradcheck import randomize_params, tiny_config
 from minicaps.training.optim import ParameterAverage
@@ -365,7 +367,7 @@ def test_class_names_stand_where_the_numbers_did(tiny, images, tmp_path, drawn):
     viz.plot_perturbation(tiny, images[0], tmp_path / "p.png", dpi=DPI, classes=names)
     viz.plot_confusion(viz.confusion_matrix(labels, preds, 3), tmp_path / "m.png", DPI,
                        classes=names)
-    short = [viz._name(names, j) for j in range(3)]
+    short = [canvas.class_name(names, j) for j in range(3)]
     assert short[2] == "a very long c…" and short[:2] == ["cat", "dog"]
     recon = texts(drawn["r.png"])
     for k in range(3):
@@ -464,7 +466,7 @@ def fake_test_set(monkeypatch):
     for image, label in zip(x, labels):
         image[4 + label:14 + label, 8:20] = 255
     data = (x, labels, x, labels)
-    monkeypatch.setattr(minicaps.training.run, "load_mnist", lambda root=None, dataset="mnist", **kw: data)
+    monkeypatch.setattr("minicaps.data.mnist.load_mnist", lambda root=None, dataset="mnist", **kw: data)
     return data
 
 
@@ -548,7 +550,7 @@ def test_plot_shows_progress_over_the_test_set_unless_told_not(checkpoint, fake_
         return Progress(total, desc, enabled=enabled, log=log)
 
     from minicaps.training.progress import Progress
-    monkeypatch.setattr(viz, "Progress", recorded)
+    monkeypatch.setattr(arrays, "Progress", recorded)
     args = ["plot", str(checkpoint), "--kind", "confusion", "--out", str(tmp_path), "--dpi", str(DPI)]
     assert cli.main(args) == 0
     assert capsys.readouterr().out.split() == [str(tmp_path / "confusion.png")]   # paths alone
@@ -557,7 +559,7 @@ def test_plot_shows_progress_over_the_test_set_unless_told_not(checkpoint, fake_
 
 
 def test_plot_help_and_kinds(capsys):
-    assert cli.PLOT_KINDS == viz.KINDS
+    assert PLOT_KINDS == viz.KINDS
     with pytest.raises(SystemExit):
         cli.main(["plot", "--help"])
     text = " ".join(capsys.readouterr().out.split())

@@ -1,5 +1,7 @@
-"""Random crops and horizontal flips, beside the paper's 2-pixel shifts (data.shift_images).
+"""The training images' augmentations: the paper's random shifts, random crops and
+horizontal flips.
 
+    shift: out[n, i, j] = images[n, i - dy[n], j - dx[n]]       |dy|, |dx| <= max_shift
     crop:  out[n, i, j] = images[n, cy[n] + i, cx[n] + j]      0 <= cy <= H - crop
     flip:  out[n, i, j] = images[n, i, W - 1 - j]              where flip[n]
 
@@ -62,3 +64,42 @@ def flip_images(images, flip):
     xp = get_xp(images)
     where = flip.reshape((-1,) + (1,) * (images.ndim - 1))
     return xp.where(where, images[:, :, ::-1], images)
+
+
+# --- shifts (the paper's only augmentation) ---------------------------------------------
+
+def random_shift(images, max_shift=2, rng=None):
+    """Shift each image by integers dy, dx uniform in [-max_shift, max_shift], zero-padded.
+
+    images: (N, H, W) or (N, H, W, C); output[n, i, j] = images[n, i - dy, j - dx] (zero
+    where that is outside). rng: a numpy Generator or a seed. The paper's only augmentation.
+    """
+    rng = np.random.default_rng(rng)
+    images = np.asarray(images)
+    dy, dx = draw_shifts(len(images), max_shift, rng, images.shape[1:3])
+    return shift_images(images, dy, dx, max_shift)
+
+
+def draw_shifts(n, max_shift, rng, size):
+    """(dy, dx): two arrays of n integers uniform in [-max_shift, max_shift] from ``rng``
+    (the draw random_shift makes), checked against the images' ``size`` (H, W)."""
+    m = int(max_shift)
+    if not 0 <= m < min(size):
+        raise ValueError(f"max_shift must be in 0..{min(size) - 1} for {size[0]}x{size[1]} "
+                         f"images, got {max_shift}")
+    dy, dx = rng.integers(-m, m + 1, size=(2, n))
+    return dy, dx
+
+
+def shift_images(images, dy, dx, max_shift):
+    """images[n] shifted by (dy[n], dx[n]) with zeros shifted in, |dy|, |dx| <= max_shift:
+    out[n, i, j] = images[n, i - dy[n], j - dx[n]], read from the images zero-padded by
+    max_shift on every side. NumPy or CuPy arrays (all on one device)."""
+    xp = get_xp(images)
+    n, h, w = images.shape[:3]
+    m = int(max_shift)
+    padded = xp.zeros((n, h + 2 * m, w + 2 * m) + images.shape[3:], dtype=images.dtype)
+    padded[:, m:m + h, m:m + w] = images
+    rows = (m - dy)[:, None] + xp.arange(h)                  # (n, h): i - dy + m
+    cols = (m - dx)[:, None] + xp.arange(w)
+    return padded[xp.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]

@@ -9,11 +9,10 @@ import hashlib
 import os
 import tempfile
 
-from minicaps.data.mnist import (DOWNLOAD_TIMEOUT, ChecksumError, DataError,
-                                 DataNotFoundError)  # noqa: F401
-from minicaps.data.mnist import read_exactly  # noqa: F401  (the readers of every format use it)
+from minicaps.data.dataset import ChecksumError, DataError, DataNotFoundError
 
 _CHUNK = 1 << 24        # read and hash in 16 MiB pieces
+DOWNLOAD_TIMEOUT = 30   # seconds without an answer before a mirror counts as failed
 
 
 class DownloadChecksumError(DataNotFoundError, ChecksumError):
@@ -115,3 +114,14 @@ def check_size(path, limit, dataset):
     return size
 
 
+def read_exactly(f, n_bytes, path, what):
+    """Read ``n_bytes`` from a stream in pieces (memory follows the data, not a header's
+    promise); a DataError naming the file if it ends early."""
+    data = bytearray()
+    while len(data) < n_bytes:
+        chunk = f.read(min(_CHUNK, n_bytes - len(data)))
+        if not chunk:
+            raise DataError(f"{path}: truncated: {what} needs {n_bytes} bytes, "
+                            f"the stream ends after {len(data)}")
+        data += chunk
+    return data

@@ -1,4 +1,4 @@
-"""MNIST and Fashion-MNIST: IDX parsing, download + verify, batches, shift augmentation.
+"""MNIST and Fashion-MNIST: the IDX format, read with its sizes bounded, downloaded and verified.
 
 Files are looked up in ``root``, else ``$MINICAPS_DATA``, else a per-user cache
 (``pooch.os_cache("minicaps")``). Missing files are downloaded from a list of mirrors and
@@ -6,7 +6,7 @@ checked against the SHA-256 of their *gunzipped* content, because the published 
 differ between mirrors while the arrays inside do not.
 
 Errors: every problem with the data raises ``DataError`` (a ``ValueError``);
-``ChecksumError`` and ``DataNotFoundError`` are its subclasses.
+``ChecksumError`` and ``DataNotFoundError`` are its subclasses (data/dataset.py).
 """
 import gzip
 import hashlib
@@ -18,7 +18,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicaps.backend import get_xp, is_gpu_array
+from minicaps.data.dataset import ChecksumError, DataError, DataNotFoundError, data_root
+from minicaps.data.download import DOWNLOAD_TIMEOUT, fetch, read_exactly
 
 # --- IDX files -------------------------------------------------------------------------------
 
@@ -28,31 +29,6 @@ IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
 MAX_IDX_NDIM = 4
 MAX_IDX_BYTES = 1 << 30   # refuse to read more than this: MNIST's biggest file is 47 MB
 _CHUNK = 1 << 24          # read in 16 MiB pieces so memory follows the data, not the header
-
-
-class DataError(ValueError):
-    """A data file is malformed, has the wrong content, or the data cannot be found."""
-
-
-class ChecksumError(DataError):
-    """A file parses but its content's SHA-256 is not the published one."""
-
-
-class DataNotFoundError(DataError):
-    """The files are not on disk, and downloading is off or every mirror failed."""
-
-
-def read_exactly(f, n_bytes, path, what):
-    """Read ``n_bytes`` from a stream in pieces (memory follows the data, not a header's
-    promise); a DataError naming the file if it ends early."""
-    data = bytearray()
-    while len(data) < n_bytes:
-        chunk = f.read(min(_CHUNK, n_bytes - len(data)))
-        if not chunk:
-            raise DataError(f"{path}: truncated: {what} needs {n_bytes} bytes, "
-                            f"the stream ends after {len(data)}")
-        data += chunk
-    return data
 
 
 def read_idx(path, max_bytes=MAX_IDX_BYTES):
@@ -157,8 +133,6 @@ SHA256 = {   # for the four FILES, in that order
 # Folders that system packages install into (Debian: dataset-fashion-mnist).
 SYSTEM_DIRS = {"mnist": [], "fashion-mnist": ["/usr/share/datasets/fashion-mnist"]}
 
-DOWNLOAD_TIMEOUT = 30   # seconds without an answer before a mirror counts as failed
-
 
 class MNIST(NamedTuple):
     """Images uint8 (N, 28, 28); labels int64 (N,) in 0..9. Unpacks like a 4-tuple."""
@@ -166,43 +140,6 @@ class MNIST(NamedTuple):
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
-
-
-class Dataset(NamedTuple):
-    """Labelled images from any source (load_dataset, load_image_folder, your own arrays).
-
-    Images uint8 (N, H, W) or (N, H, W, C); labels int64 (N,) in 0..len(classes)-1.
-    ``classes``: the name of each label. ``name``: what the data is ("cifar10", a folder's
-    path). ``info``: how the data is meant to be used, as the trainer reads it: {"crop": 32}
-    trains on random 32x32 crops and tests on the centre crop (smallNORB's protocol),
-    {"flip": True} adds random horizontal flips; and anything worth keeping with a run
-    (a folder's seeded split). Its first four fields unpack like MNIST.
-    """
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    classes: tuple = ()
-    name: str = ""
-    info: dict = None     # None: nothing to say
-    x_val: np.ndarray = None    # a validation set of its own (affNIST's: expanded MNIST's
-    y_val: np.ndarray = None    # test digits), which best.npz then goes by
-
-
-def data_root(root=None):
-    """The folder to look in: ``root``, else $MINICAPS_DATA (which must exist: a typo there
-    is said, not created), else the per-user cache."""
-    if root is None:
-        root = os.environ.get("MINICAPS_DATA") or None
-        if root is not None and not Path(root).expanduser().is_dir():
-            raise DataNotFoundError(
-                f"MINICAPS_DATA is {root!r}, which is not a folder: point it at the folder "
-                f"that holds the data files, or create it (mkdir -p {root}) to download "
-                f"into it, or unset it to use the per-user cache")
-    if root is None:
-        import pooch
-        root = pooch.os_cache("minicaps")
-    return Path(root).expanduser()
 
 
 def _find(folder, name):
@@ -269,7 +206,6 @@ def _load_verified(path, expected, dataset, name):
 
 def _download(name, folder, mirrors, expected, dataset, timeout):
     """Fetch name.gz from the first mirror that serves a valid file; keep it in folder."""
-    from minicaps.data.download import fetch   # download.py imports this module's errors
     return fetch(name + ".gz", folder, mirrors,
                  lambda path: _load_verified(path, expected, dataset, name), timeout,
                  lambda why: _not_found(str(folder), dataset, why))
@@ -297,82 +233,3 @@ def _check_pair(arrays, split, folder):
     if labels.size and labels.max() > 9:
         raise DataError(f"{where}: labels go up to {labels.max()}, expected 0..9")
     return images, labels.astype(np.int64)
-
-
-# --- training helpers ------------------------------------------------------------------------
-
-def random_shift(images, max_shift=2, rng=None):
-    """Shift each image by integers dy, dx uniform in [-max_shift, max_shift], zero-padded.
-
-    images: (N, H, W) or (N, H, W, C); output[n, i, j] = images[n, i - dy, j - dx] (zero
-    where that is outside). rng: a numpy Generator or a seed. The paper's only augmentation.
-    """
-    rng = np.random.default_rng(rng)
-    images = np.asarray(images)
-    dy, dx = draw_shifts(len(images), max_shift, rng, images.shape[1:3])
-    return shift_images(images, dy, dx, max_shift)
-
-
-def draw_shifts(n, max_shift, rng, size):
-    """(dy, dx): two arrays of n integers uniform in [-max_shift, max_shift] from ``rng``
-    (the draw random_shift makes), checked against the images' ``size`` (H, W)."""
-    m = int(max_shift)
-    if not 0 <= m < min(size):
-        raise ValueError(f"max_shift must be in 0..{min(size) - 1} for {size[0]}x{size[1]} "
-                         f"images, got {max_shift}")
-    dy, dx = rng.integers(-m, m + 1, size=(2, n))
-    return dy, dx
-
-
-def shift_images(images, dy, dx, max_shift):
-    """images[n] shifted by (dy[n], dx[n]) with zeros shifted in, |dy|, |dx| <= max_shift:
-    out[n, i, j] = images[n, i - dy[n], j - dx[n]], read from the images zero-padded by
-    max_shift on every side. NumPy or CuPy arrays (all on one device)."""
-    xp = get_xp(images)
-    n, h, w = images.shape[:3]
-    m = int(max_shift)
-    padded = xp.zeros((n, h + 2 * m, w + 2 * m) + images.shape[3:], dtype=images.dtype)
-    padded[:, m:m + h, m:m + w] = images
-    rows = (m - dy)[:, None] + xp.arange(h)                  # (n, h): i - dy + m
-    cols = (m - dx)[:, None] + xp.arange(w)
-    return padded[xp.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
-
-
-def to_model_input(images, dtype=np.float32):
-    """uint8 pixels (N, H, W) or (N, H, W, C) -> dtype in [0, 1], shape (N, H, W, C),
-    on the device the images are on (NumPy or CuPy)."""
-    if not is_gpu_array(images):
-        images = np.asarray(images)
-    xp = get_xp(images)
-    if images.dtype != np.uint8:
-        raise ValueError(f"expected uint8 pixels 0..255, got {images.dtype}: images already "
-                         f"scaled to [0, 1] go to the model as they are")
-    if images.ndim not in (3, 4):
-        raise ValueError(f"expected images (N, H, W) or (N, H, W, C), got shape {images.shape}")
-    if images.ndim == 3:
-        images = images[..., None]
-    return images.astype(dtype) / xp.asarray(255, dtype)
-
-
-def iterate_minibatches(x, y, batch_size, rng=None, shuffle=True, drop_last=False):
-    """Yield (x_batch, y_batch) covering x once, in an order drawn from rng if shuffle."""
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = np.random.default_rng(rng).permutation(len(x)) if shuffle else np.arange(len(x))
-    stop = len(x) - len(x) % batch_size if drop_last else len(x)
-    for start in range(0, stop, batch_size):
-        idx = order[start:start + batch_size]
-        yield x[idx], y[idx]
-
-
-def train_val_split(x, y, n_val, seed=0):
-    """Split off n_val random rows for validation: (x_train, y_train, x_val, y_val)."""
-    if len(x) != len(y):
-        raise ValueError(f"x has {len(x)} rows but y has {len(y)}")
-    if not 0 <= n_val <= len(x):
-        raise ValueError(f"n_val must be in 0..{len(x)}, got {n_val}")
-    order = np.random.default_rng(seed).permutation(len(x))
-    val, train = order[:n_val], order[n_val:]
-    return x[train], y[train], x[val], y[val]

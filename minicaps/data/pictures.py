@@ -447,7 +447,7 @@ def save_gray(images, path, scale=4, inputs=()):
     """Write float images in [0, 1], (H, W) each (or (H, W, C)), side by side with a
     1-pixel gray gap, each pixel drawn as scale x scale, as a PNG (checkpoint.replace_file:
     never over one of the ``inputs`` the command read)."""
-    from minicaps.io.checkpoint import replace_file
+    from minicaps.io.writer import replace_file
     Image = load_pil()
     images = [np.asarray(a, dtype=np.float64) for a in images]
     images = [a.mean(axis=-1) if a.ndim == 3 else a for a in images]

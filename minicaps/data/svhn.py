@@ -8,7 +8,7 @@ bytes than the file could hold compressed: a hostile file cannot make loadmat al
 """
 import numpy as np
 
-from minicaps.data.mnist import DataError, Dataset, data_root
+from minicaps.data.dataset import DataError, Dataset, data_root
 from minicaps.io.files import data_file
 from minicaps.data.download import (DOWNLOAD_TIMEOUT, check_sha256, check_size,
                                     expected_digest, fetch, not_found_error, sha256_of)

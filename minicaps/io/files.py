@@ -126,7 +126,7 @@ def data_file(path):
     data file to read, or to download when missing. Anything else there (a folder, a named
     pipe, a link that leads nowhere) is refused by name, so that it is neither read nor
     taken for missing and downloaded over."""
-    from minicaps.data.mnist import DataError
+    from minicaps.data.dataset import DataError
     try:
         mode = os.stat(path).st_mode
     except NotADirectoryError:          # a file where a folder on the way should be

@@ -28,11 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from minicaps import backend
-from minicaps.io.checkpoint import (ACCURACY, ARRAY_DTYPES, check_fields, check_meta_field,
-                                    config_from, is_count, num_classes_of, is_text,
-                                    write_atomically, build_model, check_settings,
-                                    load_checkpoint, model_kind, read_archive)
-from minicaps.io.checkpoint import FORMAT as CHECKPOINT_FORMAT
+from minicaps.io.archive import ARRAY_DTYPES, read_archive
+from minicaps.io.checkpoint import load_checkpoint
+from minicaps.io.metadata import ACCURACY, check_fields, check_meta_field, config_from, is_count, num_classes_of, is_text, check_settings
+from minicaps.io.writer import write_atomically
+from minicaps.nn.registry import build_model, model_kind
+from minicaps.io.metadata import FORMAT as CHECKPOINT_FORMAT
 from minicaps.io.files import regular_file, writable_file
 from minicaps.nn.capsnet import CapsNet
 

@@ -422,7 +422,7 @@ def evaluate_shared(comm, evaluate, model, images, labels, batch_size, targets=N
                     per_class=False, **options):
     """evaluate() with every rank taking whole batches of the set (batch_share) and the
     counts and loss sums added up: the accuracy one process computes, exactly."""
-    from minicaps.training.run import DivergedError
+    from minicaps.training.evaluation import DivergedError
     n = len(labels)
     mine = comm.batch_share(n, batch_size)
     m, part = mine.stop - mine.start, {}

@@ -119,7 +119,7 @@ def transformed(images, params, size):
 
 def accuracy(model, images, labels, batch_size=256):
     """The share of uint8 images the model classifies as labels."""
-    from minicaps.data.mnist import to_model_input
+    from minicaps.data.dataset import to_model_input
     predicted = model.predict(to_model_input(images, model.dtype), batch_size=batch_size)
     return float(np.mean(predicted == np.asarray(labels)))
 

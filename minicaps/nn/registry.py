@@ -1,0 +1,69 @@
+"""Every network by name, in one registry: the kinds a checkpoint can hold, the layouts
+train builds by name, and the presets of ``minicaps train --preset``.
+
+A kind ("capsnet", "cnn") is a config class and the network class built from it; a
+checkpoint's "model" tag names its kind (a file without the tag, written before the CNN
+baselines came, holds a CapsNet). A layout ("capsnet", "cnn", "cnn-pooled", ...) is a
+function making a config of some kind, with the paper's sizes; a preset adds the recipe
+(epochs, learning rate) to a layout. Adding a network: its config and network classes in a
+module of nn/, one line in KINDS, and a line in LAYOUTS and PRESETS for each layout
+(docs/architecture.md).
+"""
+from minicaps.nn.capsnet import CapsNet, CapsNetConfig
+from minicaps.nn.cnn import BaselineCNN, CNNConfig
+
+# kind -> (config class, network class)
+KINDS = {"capsnet": (CapsNetConfig, CapsNet), "cnn": (CNNConfig, BaselineCNN)}
+DEFAULT_KIND = "capsnet"
+
+# The networks train builds by name (model=...) when it is given no config: their configs.
+LAYOUTS = {"capsnet": CapsNetConfig,          # the paper's CapsNet
+           "cnn": CNNConfig.paper,            # its CNN baseline (section 5), 35.4 M at 28x28
+           "cnn-pooled": CNNConfig.pooled,    # the max-pooling baseline of section 5.2
+           "cnn-pooled-quick": CNNConfig.pooled_quick,   # the same, the quick CapsNet's size
+           "cnn-released": CNNConfig.released}    # the MultiMNIST baseline of Table 1
+
+# --preset of each kind: the layout ("model"), its config fields, and the recipe.
+# capsnet "paper": the paper's network and learning rate; "quick": a smaller CapsNet (64
+# conv1 channels, 16 primary capsule maps: 2.8 M parameters against 8.2 M, about 3x the
+# images per second) at twice the learning rate, 2 epochs.
+# cnn (fitted to the data's input size and classes): "paper", three 5x5 SAME convolutions
+# of 256, 256, 128 channels, fc 328-192, dropout (35.4 M parameters at 28x28); "pooled", a
+# 2x2 max-pool after conv1 and conv2 and fc 847-192 (the affNIST experiment's baseline:
+# CapsNet's size at 40x40, 7.9 M parameters at 28x28); "pooled-quick", the same kind of
+# network the size of the quick CapsNet at 40x40 (5x5 convolutions of 64, 128, 128, fc
+# 404-192: 5,867,614 parameters against 5,865,792); "released", the authors' released
+# baseline, 5x5 convolutions of 512 and 256 channels each with a 2x2 max-pool, fc 1024
+# (Table 1's MultiMNIST CNN: 24.5 M parameters at 36x36).
+PRESETS = {
+    "capsnet": {"paper": {"model": "capsnet", "config": {}, "epochs": 1, "lr": 1e-3},
+                "quick": {"model": "capsnet", "config": {"conv1_channels": 64,
+                                                         "primary_maps": 16},
+                          "epochs": 2, "lr": 2e-3}},
+    "cnn": {"paper": {"model": "cnn", "config": {}, "epochs": 1, "lr": 1e-3},
+            "pooled": {"model": "cnn-pooled", "config": {}, "epochs": 1, "lr": 1e-3},
+            "pooled-quick": {"model": "cnn-pooled-quick", "config": {}, "epochs": 1,
+                             "lr": 1e-3},
+            "released": {"model": "cnn-released", "config": {}, "epochs": 1, "lr": 1e-3}},
+}
+
+
+def model_kind(network):
+    """The kind of a network, or of its config: "capsnet" or "cnn"."""
+    config = getattr(network, "config", network)
+    for kind, (config_class, _) in KINDS.items():
+        if isinstance(config, config_class):
+            return kind
+    raise ValueError(f"not a minicaps network or config: {type(network).__name__}")
+
+
+def build_model(config, **kw):
+    """The network ``config`` describes: CapsNet(config, **kw) or BaselineCNN(config, **kw)."""
+    return KINDS[model_kind(config)][1](config, **kw)
+
+
+def layout_config(model="capsnet", **fields):
+    """The config of the layout ``model`` names (LAYOUTS), with ``fields`` over its sizes."""
+    if model not in LAYOUTS:
+        raise ValueError(f"model must be one of {', '.join(LAYOUTS)}, got {model!r}")
+    return LAYOUTS[model](**fields)
