@@ -4,8 +4,9 @@ from pathlib import Path
 
 from minicaps.cli.checkpoints import named_classes
 from minicaps.cli.networks import network_names, two_networks
-from minicaps.cli.options import (DATASETS, WEIGHTS, add_data_options, add_device_option,
+from minicaps.cli.options import (WEIGHTS, add_data_options, add_device_option,
                                   add_folder_options, add_weights_option, positive_int)
+from minicaps.data.registry import dataset_names
 
 
 def cmd_compare(args):
@@ -50,7 +51,7 @@ def add_parser(sub):
                     "both predictions. Needs matplotlib for the picture.")
     p.add_argument("first", metavar="CHECKPOINT", help="a .npz file written by train")
     p.add_argument("second", metavar="OTHER", help="another, trained on the same data")
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    p.add_argument("--dataset", choices=dataset_names(), default=None,
                    help="which test set (default: the one both were trained on)")
     add_data_options(p)
     add_folder_options(p)

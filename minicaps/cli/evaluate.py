@@ -1,9 +1,10 @@
 """minicaps evaluate: a checkpoint's accuracy and losses on a test set, per class too."""
 from minicaps.cli.checkpoints import load_checkpoint
 from minicaps.cli.evaluation_data import read_test_set
-from minicaps.cli.options import (DATASETS, WEIGHTS, DefaultsHelpFormatter,
+from minicaps.cli.options import (WEIGHTS, DefaultsHelpFormatter,
                                   add_checkpoint_options, add_data_options, add_device_option,
                                   add_folder_options, add_weights_option, positive_int)
+from minicaps.data.registry import dataset_names
 
 
 def cmd_evaluate(args):
@@ -54,7 +55,7 @@ def add_parser(sub):
                     "loss on the test set (decoder masked by the predicted class); for a CNN "
                     "baseline its accuracy and cross-entropy.")
     add_checkpoint_options(p)
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    p.add_argument("--dataset", choices=dataset_names(), default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
     add_folder_options(p)

@@ -8,8 +8,6 @@ from minicaps.data.multimnist import MAX_PAIRS_PER_DIGIT
 from minicaps.nn.registry import PRESETS as NETWORK_PRESETS
 from minicaps.training.robustness import MAX_STEPS
 
-DATASETS = ("mnist", "fashion-mnist", "cifar10", "svhn", "smallnorb", "multimnist", "affnist",
-            "affnist-like", "affnist-wide")
 # --preset: the network and the recipe (nn/registry.py says what each preset is), of
 # --model capsnet and of --model cnn
 PRESETS = NETWORK_PRESETS["capsnet"]

@@ -4,9 +4,10 @@ from pathlib import Path
 
 from minicaps.cli.checkpoints import load_checkpoint, named_classes
 from minicaps.cli.evaluation_data import read_test_set
-from minicaps.cli.options import (DATASETS, add_checkpoint_options, add_data_options,
+from minicaps.cli.options import (add_checkpoint_options, add_data_options,
                                   add_device_option, add_folder_options, add_weights_option,
                                   nonnegative_int, positive_int)
+from minicaps.data.registry import dataset_names
 
 PLOT_KINDS = ("reconstructions", "perturbation", "routing", "lengths", "curves", "confusion",
               "pairs")
@@ -100,7 +101,7 @@ def add_parser(sub):
     p.add_argument("--index", type=nonnegative_int, nargs="+", metavar="I", default=None,
                    help="test images to draw (default: the first 8 for reconstructions, 4 for "
                         "lengths, 2 for perturbation, 1 for routing)")
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    p.add_argument("--dataset", choices=dataset_names(), default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
     add_data_options(p)
     add_folder_options(p)

@@ -5,9 +5,10 @@ from pathlib import Path
 
 from minicaps.cli.evaluation_data import read_test_set
 from minicaps.cli.networks import network_names, two_networks
-from minicaps.cli.options import (DATASETS, DefaultsHelpFormatter, add_data_options,
+from minicaps.cli.options import (DefaultsHelpFormatter, add_data_options,
                                   add_device_option, add_folder_options, add_weights_option,
                                   nonnegative_int, positive_int, robustness_steps)
+from minicaps.data.registry import dataset_names
 from minicaps.data.registry import AFFINE_SETS
 
 
@@ -92,7 +93,7 @@ def add_parser(sub):
     p.add_argument("first", metavar="CHECKPOINT", help="a .npz file written by train")
     p.add_argument("second", metavar="OTHER",
                    help="another, with the same input size and classes")
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    p.add_argument("--dataset", choices=dataset_names(), default=None,
                    help="which test set (default: the one both were trained on)")
     add_data_options(p)
     add_folder_options(p)

@@ -4,13 +4,13 @@ import sys
 import time
 from pathlib import Path
 
-from minicaps.cli.options import (CNN_PRESETS, DATASETS, MODELS, PRESETS,
+from minicaps.cli.options import (CNN_PRESETS, MODELS, PRESETS,
                                   DefaultsHelpFormatter, add_data_options, add_device_option,
                                   add_folder_options, decay, fraction, image_size,
                                   nonnegative_int, pairs_per_digit, positive_float,
                                   positive_int, rate)
+from minicaps.data.registry import dataset_names
 from minicaps.data.multimnist import MAX_PAIRS_PER_DIGIT
-from minicaps.data.registry import AFFINE_SETS
 
 
 def cmd_train(args):
@@ -22,7 +22,9 @@ def cmd_train(args):
 
 
 def _train_command(args, comm=None):
-    from minicaps.training.run import check_before_loading, config_for_data, train
+    from minicaps.training.config import TrainConfig, check_before_loading
+    from minicaps.training.run import train
+    from minicaps.training.splits import config_for_data, pairs_per_digit
     _check_data_options(args)
     out = args.out
     if out is None:
@@ -30,28 +32,24 @@ def _train_command(args, comm=None):
         out = (Path(args.resume).parent if args.resume
                else Path("runs") / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
     preset, fields = _network_options(args)
-    if args.shift is None:     # MultiMNIST's pairs come shifted by up to 4 pixels already;
-        # expanded MNIST's centred digits move by up to 6 (affnist.TRAIN_SHIFT)
-        args.shift = (0 if args.dataset == "multimnist" and args.data_dir is None else
-                      6 if args.dataset in AFFINE_SETS and args.data_dir is None else 2)
-    args.epochs = preset["epochs"] if args.epochs is None else args.epochs
-    args.lr = preset["lr"] if args.lr is None else args.lr
-    check_before_loading(epochs=args.epochs, out_dir=out, resume=args.resume,
-                         overwrite=args.overwrite, batch_size=args.batch_size, lr=args.lr,
-                         lr_decay=args.lr_decay, decay_steps=args.decay_steps, seed=args.seed,
-                         limit_train=args.limit_train, limit_test=args.limit_test,
-                         val_size=args.val_size, shift=args.shift,
-                         average=None if args.no_average else args.average)
+    training = TrainConfig(
+        epochs=preset["epochs"] if args.epochs is None else args.epochs,
+        batch_size=args.batch_size, lr=preset["lr"] if args.lr is None else args.lr,
+        lr_decay=args.lr_decay, decay_steps=args.decay_steps, seed=args.seed,
+        shift=args.shift, dtype=args.dtype, dataset=args.dataset, val_size=args.val_size,
+        limit_train=args.limit_train, limit_test=args.limit_test, crop=args.crop,
+        flip=args.flip or None, average=None if args.no_average else args.average)
+    check_before_loading(training, out_dir=out, resume=args.resume, overwrite=args.overwrite)
     _check_folder_network(args, preset, fields)
     if comm is not None:
         out = comm.on_root(lambda: out, "the run folder's name")   # a clock's name: rank 0's
         comm.on_root(lambda: _training_data(args) and None, "rank 0's download", seconds=3600)
     data = _training_data(args)
-    crop = (data.info or {}).get("crop") if args.crop is None else (args.crop or None)
+    pairs = pairs_per_digit(data)
+    crop = training.for_data(data.info or {}, pairs).crop      # the data's, unless --crop
     config = config_for_data(data, crop, preset.get("model", "capsnet"), **fields)
     network = ("" if args.model == "capsnet" else
                f"the CNN baseline (--preset {args.preset}, {config.num_params():,} parameters) ")
-    pairs = (data.info or {}).get("pairs_per_digit")
     n_train = max(len(data.y_train) - args.val_size, 0)     # --val-size's share held out first
     if args.limit_train is not None:
         n_train = min(args.limit_train, n_train)
@@ -62,14 +60,7 @@ def _train_command(args, comm=None):
           f"{config.num_classes} classes, input "
           f"{'x'.join(map(str, config.input_shape))}), writing to {out}")
     try:
-        result = train(config, epochs=args.epochs, out_dir=out, batch_size=args.batch_size,
-                       lr=args.lr, lr_decay=args.lr_decay, decay_steps=args.decay_steps,
-                       seed=args.seed, dtype=args.dtype, device=args.device,
-                       data=data, dataset=args.dataset,
-                       limit_train=args.limit_train, limit_test=args.limit_test,
-                       val_size=args.val_size, shift=args.shift, crop=crop,
-                       flip=args.flip or None,
-                       average=None if args.no_average else args.average,
+        result = train(config, training=training, out_dir=out, device=args.device, data=data,
                        resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress, comm=comm,
                        keep_epochs=args.keep_epochs)
@@ -216,7 +207,7 @@ def add_parser(sub):
     p.add_argument("--decay-steps", type=positive_int, default=2000, help="see --lr-decay")
     p.add_argument("--shift", type=nonnegative_int, default=None,
                    help="random shift of each training image by up to this many pixels "
-                        "(0: no augmentation) (default: 2; 6 for the affnist sets, whose "
+                        "(0: no augmentation) (default: the data's: 2; 6 for the affnist sets, whose "
                         "digits come centred on 40x40: the authors' expanded MNIST; 0 for "
                         "multimnist, whose pairs are shifted by up to 4 as they are made)")
     p.add_argument("--keep-epochs", action="store_true",
@@ -261,7 +252,7 @@ def add_parser(sub):
                         "its accuracy. Training itself is unchanged")
     keep.add_argument("--no-average", action="store_true",
                    help="keep no moving average (evaluation then takes half the time)")
-    p.add_argument("--dataset", choices=DATASETS, default=None,
+    p.add_argument("--dataset", choices=dataset_names(), default=None,
                    help="which data set (default: mnist)")
     add_data_options(p)
     add_folder_options(p)

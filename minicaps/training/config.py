@@ -99,8 +99,8 @@ class RunSettings:
     classes: Optional[tuple] = None
     data_info: dict = dataclasses.field(default_factory=dict)
     pairs_per_digit: int = 0
-    model: str = "capsnet"
-    ranks: int = 1
+    model: Optional[str] = None      # the kind of network ("capsnet", "cnn")
+    ranks: Optional[int] = None      # processes of a distributed run
 
     def to_dict(self):
         """The dict a checkpoint stores (the same keys as checkpoints before this type)."""
@@ -113,9 +113,10 @@ class RunSettings:
              "crop": c.crop, "flip": c.flip,
              "classes": None if self.classes is None else list(self.classes),
              "data_info": self.data_info, "pairs_per_digit": self.pairs_per_digit}
-        if self.ranks != 1:
+        if self.ranks is not None:
             d["ranks"] = self.ranks
-        d["model"] = self.model
+        if self.model is not None:
+            d["model"] = self.model
         return d
 
     @classmethod

@@ -18,7 +18,7 @@ the cross-entropy alone, its dropout masks a function of (seed, step), so a resu
 run is exact too.
 """
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -144,17 +144,14 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
     found = RunSettings(training.replace(dataset=data.name or dataset),
                         n_train=len(train_set), n_test=len(test_set),
                         classes=tuple(data.classes) or None, data_info=info,
-                        pairs_per_digit=pairs, ranks=1 if comm is None else comm.size)
-    settings = found.to_dict()
-    settings.pop("model")
-    if comm is not None:
-        settings["ranks"] = comm.size
+                        pairs_per_digit=pairs, ranks=None if comm is None else comm.size)
     if config is None and resume is None:
         config = config_for_data(data, crop, model or "capsnet")
     epochs, batch_size = training.epochs, training.batch_size
-    run = _start(config, settings, device, Path(out_dir), resume, log, epochs, kind)
+    run = _start(config, found, device, Path(out_dir), resume, log, epochs, kind)
     run.keep_epochs = bool(keep_epochs)
-    settings["model"] = model_kind(run.model)      # into the checkpoints, for evaluate & co.
+    found = replace(found, model=model_kind(run.model))   # into the checkpoints, for evaluate
+    settings = found.to_dict()                                # & co.: what each epoch saves
     _check_classes(data, run.model.config)
     for split, name in ((train_set, "training"), (val_set, "validation"), (test_set, "test")):
         if split is not None:
@@ -177,7 +174,7 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
             _on_root(comm, lambda: (truncate_metrics(run.out_dir / METRICS_FILE, run.epoch, log),
                                     restore_best(run, settings, score_key(run, val_set), log)),
                      "rank 0's restore of the run folder")
-        _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log,
+        _train_epochs(run, found, settings, train_set, val_set, test_set, progress, log,
                       comm)
     except BaseException:
         # stopped (Ctrl-C) before a first epoch of a resume into a new folder: the best.npz
@@ -205,19 +202,19 @@ def _check_classes(data, config):
                          f"{config.num_classes} ({type(config).__name__}.num_classes)")
 
 
-def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress, log,
+def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, log,
                   comm=None):
-    """The epochs from run.epoch + 1 to ``epochs``: train, evaluate, save (rank 0 alone,
-    with a communicator ``comm``)."""
-    batch_size, lr, lr_decay, decay_steps, shift = (settings[k] for k in (
-        "batch_size", "lr", "lr_decay", "decay_steps", "shift"))
+    """The epochs from run.epoch + 1 to found.config.epochs: train, evaluate, save
+    ``settings`` (found's dict) with each (rank 0 alone, with a communicator ``comm``)."""
+    c = found.config
+    epochs, lr, lr_decay, decay_steps = c.epochs, c.lr, c.lr_decay, c.decay_steps
     while run.epoch < epochs:
         run.epoch += 1
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
-                                      batch_size=batch_size, lr=lr, lr_decay=lr_decay,
-                                      decay_steps=decay_steps, shift=shift,
-                                      crop=settings["crop"], flip=settings["flip"],
-                                      pairs_per_digit=settings["pairs_per_digit"],
+                                      batch_size=c.batch_size, lr=lr, lr_decay=lr_decay,
+                                      decay_steps=decay_steps, shift=c.shift,
+                                      crop=c.crop, flip=c.flip,
+                                      pairs_per_digit=found.pairs_per_digit,
                                       average=run.average,
                                       progress=progress, desc=f"epoch {run.epoch}/{epochs}",
                                       log=log, comm=comm)
@@ -255,26 +252,26 @@ def _train_epochs(run, epochs, settings, train_set, val_set, test_set, progress,
         run.history.append(metrics)
 
 
-def _start(config, settings, device, out_dir, resume, log, epochs, kind=None):
+def _start(config, found, device, out_dir, resume, log, epochs, kind=None):
     """A fresh run (initial weights, dropout masks and generator from the seed), or one
-    resumed (a CNN's dropout going on from the checkpoint's step: load_checkpoint). Nothing
-    in ``out_dir`` changes when a resumed run has no epochs left to train. ``kind``: the
-    kind of network asked for ("capsnet", "cnn"; None: any), checked against the
-    checkpoint's."""
-    decay = settings["average"]
+    resumed (a CNN's dropout going on from the checkpoint's step: load_checkpoint), as the
+    RunSettings ``found`` say. Nothing in ``out_dir`` changes when a resumed run has no
+    epochs left to train. ``kind``: the kind of network asked for ("capsnet", "cnn"; None:
+    any), checked against the checkpoint's."""
+    c = found.config
+    decay = c.average
     if resume is None:
         if config is None:
             raise ValueError("train needs a CapsNetConfig or CNNConfig (or resume=CHECKPOINT)")
-        check_network_fits(config, settings["dtype"], device)
-        model = build_model(config, seed=settings["seed"], dtype=settings["dtype"],
-                            device=device)
-        return TrainResult(model, Adam(lr=settings["lr"]),
-                           np.random.default_rng(settings["seed"]), 0, 0, out_dir,
+        check_network_fits(config, c.dtype, device)
+        model = build_model(config, seed=c.seed, dtype=c.dtype, device=device)
+        return TrainResult(model, Adam(lr=c.lr), np.random.default_rng(c.seed), 0, 0, out_dir,
                            average=None if decay is None else ParameterAverage(model.params, decay))
     ckpt = load_checkpoint(resume, device=device)
-    check_resume(ckpt, config, settings, kind)
+    check_resume(ckpt, config, found.to_dict(), kind)
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
-    saved, ranks = ckpt.extra.get("settings", {}).get("ranks", 1), settings.get("ranks", 1)
+    saved = ckpt.extra.get("settings", {}).get("ranks") or 1
+    ranks = found.ranks or 1
     if saved != ranks:      # the state carries over whole; only the batches split otherwise
         log(f"note: saved by {saved} rank(s), going on with {ranks}: the same run to float32 "
             f"rounding (bit for bit only with {saved})")
