@@ -121,10 +121,10 @@ def test_import_minicaps_loads_nothing_until_a_name_is_used():
 
 
 def test_importlib_only_where_the_module_is_named_at_run_time():
-    # __init__: names imported on first use (PEP 562); backend/device and distributed:
+    # __init__: names imported on first use (PEP 562); backend/device and nccl:
     # CuPy's submodules under whatever name CuPy (or its stand-in) has; cli/bench: a
     # file of the source checkout
-    allowed = {"__init__.py", "backend/device.py", "training/distributed.py", "cli/bench.py"}
+    allowed = {"__init__.py", "backend/device.py", "training/nccl.py", "cli/bench.py"}
     users = {str(path.relative_to(ROOT)) for path, tree in modules().values()
              if "importlib" in path.read_text()}
     assert users <= allowed, users - allowed

@@ -36,9 +36,8 @@ from minicaps.data.folder_files import (check_parts, held_out_files, printable, 
                                         scan_root, scan_split, seeded_parts, some_names,
                                         split_folders, test_files_sha256)
 from minicaps.data.dataset import DataError, Dataset
-from minicaps.data.pictures import (bytes_to_decode, decode_picture,
-                                    jpeg_coefficient_bytes, open_picture, load_pil,
-                                    unreadable_picture)
+from minicaps.data.picture_bytes import bytes_to_decode, jpeg_coefficient_bytes
+from minicaps.data.pictures import decode_picture, load_pil, open_picture, unreadable_picture
 
 COLORS = ("gray", "rgb")
 BAD_IMAGES = ("error", "skip")

@@ -21,7 +21,6 @@ an exception in any one rank (Communicator.guard: MPI_Abort after printing it).
 import contextlib
 import functools
 import hashlib
-import importlib
 import os
 import sys
 import threading
@@ -31,6 +30,8 @@ import traceback
 import numpy as np
 
 from minicaps import backend
+from minicaps.training.evaluation import loss_terms
+from minicaps.training.nccl import NCCLAllReduce, nccl_module
 
 TIMEOUT = 300.0       # seconds a rank may wait for its peers in one collective
 # Set by the launchers (mpiexec of MPICH and Open MPI, srun): the number of ranks.
@@ -286,7 +287,7 @@ class Communicator:
             return
         cupy = backend.load_cupy()
         cupy.cuda.Device(self.local_rank % cupy.cuda.runtime.getDeviceCount()).use()
-        nccl = _nccl_module(cupy)
+        nccl = nccl_module(cupy)
         if nccl is not None:
             with self._watchdog.watch("NCCL's start", self.timeout):
                 uid = self.comm.bcast(nccl.get_unique_id() if self.is_root else None, root=0)
@@ -361,35 +362,6 @@ class PeerError(RuntimeError):
     all_ranks = True
 
 
-class NCCLAllReduce:
-    """The in-place sum of a CuPy buffer over the ranks' GPUs with NCCL, on the current
-    stream (ChainerMN's pure_nccl communicator, reduced to what a step needs)."""
-
-    def __init__(self, cupy, nccl, communicator):
-        self.cupy, self.nccl, self.communicator = cupy, nccl, communicator
-        self.types = {np.dtype("float16"): nccl.NCCL_FLOAT16,
-                      np.dtype("float32"): nccl.NCCL_FLOAT32,
-                      np.dtype("float64"): nccl.NCCL_FLOAT64}
-
-    def allreduce(self, buffer):
-        stream = self.cupy.cuda.get_current_stream()
-        self.communicator.allReduce(buffer.data.ptr, buffer.data.ptr, buffer.size,
-                                    self.types[np.dtype(buffer.dtype)], self.nccl.NCCL_SUM,
-                                    stream.ptr)
-        stream.synchronize()       # under the watchdog: a dead peer does not hang this rank
-
-
-def _nccl_module(cupy):
-    """cupy.cuda.nccl where CuPy was built with NCCL, else None."""
-    nccl = getattr(cupy.cuda, "nccl", None)
-    if nccl is None:
-        try:
-            nccl = importlib.import_module(f"{cupy.__name__}.cuda.nccl")
-        except ImportError:
-            return None
-    return nccl if getattr(nccl, "available", True) else None
-
-
 def _state_arrays(run):
     """The flat buffers (or arrays) of the parameters, Adam's moments and the average."""
     arrays = []
@@ -401,10 +373,6 @@ def _state_arrays(run):
     return arrays
 
 
-def loss_terms(model):
-    return getattr(model, "loss_terms", ("margin_loss", "reconstruction_loss"))
-
-
 def guarded(train):
     """train(..., comm=C) run under C.guard(): a fault in one rank ends every rank."""
     @functools.wraps(train)
@@ -414,48 +382,3 @@ def guarded(train):
         with comm.guard():
             return train(*args, comm=comm, **kwargs)
     return run
-
-
-# --- evaluation ------------------------------------------------------------------------------
-
-def evaluate_shared(comm, evaluate, model, images, labels, batch_size, targets=None,
-                    per_class=False, **options):
-    """evaluate() with every rank taking whole batches of the set (batch_share) and the
-    counts and loss sums added up: the accuracy one process computes, exactly."""
-    from minicaps.training.evaluation import DivergedError
-    n = len(labels)
-    mine = comm.batch_share(n, batch_size)
-    m, part = mine.stop - mine.start, {}
-    try:
-        if m:
-            part = evaluate(model, images[mine], labels[mine], batch_size,
-                            targets=None if targets is None else targets[mine],
-                            per_class=per_class, **options)
-    except DivergedError:            # NaN here: every rank learns it from the sums below
-        part = {"loss": float("nan")}
-    # rank 0 always has a share: its keys, in its order, name the sums
-    keys = comm.gather_objects([k for k in part if k != "per_class"], "the evaluation's keys")[0]
-    sums = np.array([(1 if k == "n" else m) * (part.get(k) or 0.0) for k in keys], dtype=np.float64)
-    if per_class:
-        counts = np.zeros((2, model.config.num_classes))
-        for c, (count, acc) in enumerate(part.get("per_class", [])):
-            counts[:, c] = count, round(count * acc) if acc is not None else 0
-        sums = np.concatenate([sums, counts.ravel()])
-    comm.allreduce(sums, "the evaluation's sums")
-    if not np.isfinite(sums).all():
-        error = DivergedError("the loss became nan in evaluation: the parameters hold NaN "
-                              "or infinite values")
-        error.all_ranks = True
-        raise error
-    result = {}
-    for k, total in zip(keys, sums):
-        # counts of images are exact; a term the network has not (no decoder) stays None
-        result[k] = (round(total) if k == "n" else
-                     round(total) / n if k in ("accuracy", "one_or_more") else
-                     None if comm.is_root and part[k] is None else total / n)
-    result = comm.on_root(lambda: result, "the evaluation's result")
-    if per_class:
-        counts, hits = sums[len(keys):].reshape(2, -1)
-        result["per_class"] = [(int(c), float(round(h) / c) if c else None)
-                               for c, h in zip(counts, hits)]
-    return result

@@ -7,7 +7,7 @@ from minicaps import backend
 from minicaps.data import multimnist
 from minicaps.data.dataset import to_model_input
 from minicaps.ops import margin_loss_forward, reconstruction_loss_forward
-from minicaps.training import distributed
+from minicaps.training.shared_evaluation import evaluate_shared
 from minicaps.training.progress import Progress
 from minicaps.values import is_int
 
@@ -59,7 +59,7 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     if n == 0:
         raise ValueError("cannot evaluate on an empty set")
     if comm is not None:
-        return distributed.evaluate_shared(comm, evaluate, model, images, labels, batch_size,
+        return evaluate_shared(comm, evaluate, model, images, labels, batch_size,
                                            targets, per_class, progress=progress, desc=desc,
                                            log=log)
     if np.ndim(labels) == 2:
