@@ -14,9 +14,9 @@ What is measured (medians of --repeats runs after --warmup runs):
   torch; both start from the same parameters (copied into torch with load_minicaps_params), the
   same images and labels, float32.
 * inference: predicting a stream of --infer-batches batches (default 8) and dividing the time by
-  their number: one ``CapsNet.predict`` call for minicaps (no decoder; it holds the weights fixed
+  their number: one ``FastCapsNet.predict`` call for minicaps (no decoder; it holds the weights fixed
   over its batches, so the primary capsules' weight spectrum is made once per call where the DFT
-  route pays, see ``CapsNet.fixed_weights``), ``torch_infer`` on each batch in turn for torch (no
+  route pays, see ``FastCapsNet.fixed_weights``), ``torch_infer`` on each batch in turn for torch (no
   autograd; its forward also runs the decoder, under 1% of the FLOPs).
 * per layer: minicaps' forward and backward ops timed one by one, in the order the model calls them
   (the capsule part in the model's chunks).
@@ -59,8 +59,9 @@ if ROOT not in sys.path:
 from minicaps import backend  # noqa: E402
 import numpy as np  # noqa: E402
 
-from minicaps.nn.capsnet import CapsNet, CapsNetConfig, init_params  # noqa: E402
-from minicaps.nn.cnn import BaselineCNN, CNNConfig  # noqa: E402
+from minicaps.nn.capsnet import CapsNetConfig, init_params  # noqa: E402
+from minicaps.nn.cnn import CNNConfig  # noqa: E402
+from minicaps.nn.registry import build_model  # noqa: E402
 
 QUICK_CONFIG = dict(input_shape=(12, 12, 1), conv1_channels=16, conv1_kernel=3, primary_maps=4,
                     primary_dims=4, primary_kernel=3, primary_stride=2, num_classes=4,
@@ -206,7 +207,7 @@ def layer_times(model, x, y, repeats=3, warmup=1):
     from minicaps import fast       # the fast model's ops (minicaps.fast re-exports the rest)
     cfg, p, xp = model.config, model.params, model.xp
     sync = lambda: backend.synchronize()
-    x = model._check_x(x)
+    x = model.check_x(x)
     y = backend.to_device(y, model.device)
     N = x.shape[0]
     samples = {name: ([], []) for name in LAYERS}
@@ -317,11 +318,11 @@ def _run_minicaps(spec):
     from minicaps.training.optim import Adam
     cfg = _spec_config(spec)
     device = spec["device"]
-    if spec.get("cnn"):          # the CNN baseline (fast path: its default)
-        model = BaselineCNN(cfg, seed=0, dtype="float32", device=device)
+    if spec.get("cnn"):          # the CNN baseline, its fast class (build_model's default)
+        model = build_model(cfg, seed=0, dtype="float32", device=device)
     else:
-        model = CapsNet(cfg, seed=0, dtype="float32", device=device,
-                        conv_method=spec.get("conv", "auto"))
+        model = build_model(cfg, seed=0, dtype="float32", device=device,
+                            conv_method=spec.get("conv", "auto"))
     opt = Adam()
     x, y = _data(cfg, spec["batch"])
     sync = lambda: backend.synchronize()

@@ -27,8 +27,9 @@ x_train, y_train, x_test, y_test = load_mnist()
 x_train, y_train = x_train[:args.limit_train], y_train[:args.limit_train]
 x_test, y_test = x_test[:args.limit_test], y_test[:args.limit_test]
 
-# The paper's network and optimiser: 3 routing iterations, Adam with lr 0.001.
-model = mc.CapsNet(mc.CapsNetConfig(), seed=0)
+# The paper's network and optimiser: 3 routing iterations, Adam with lr 0.001. build_model
+# makes the fast CapsNet (minicaps/fast/); mc.CapsNet(...) is the reference, slower, to read.
+model = mc.build_model(mc.CapsNetConfig(), seed=0)
 optimizer = mc.Adam(lr=1e-3)
 rng = np.random.default_rng(0)    # shuffling and shifts
 print(f"CapsNet with {model.num_params():,} parameters, "

@@ -93,11 +93,11 @@ if CHECKPOINT:
     model, weights = load_any(CHECKPOINT, device="cpu").model_with("auto")
     print(f"loaded {CHECKPOINT} ({weights} parameters)")
 elif TINY:
-    model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu", impl="reference")
+    model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu")
     randomize_params(model, np.random.default_rng(0))   # weights of order one: something to see
     print("a tiny CapsNet with random weights (10x10 inputs, 3 classes)")
 else:
-    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, device="cpu", impl="reference")
+    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, device="cpu")
     print("the paper's CapsNet with random (untrained) weights")
 cfg, p = model.config, model.params
 H, W, C = cfg.input_shape
@@ -256,7 +256,7 @@ checked("routing (full, 3 iterations)",
         check_op(lambda u: routing_v(u, 3, "full"), ops.routing_backward, [u_hat_small],
                  ["u_hat"], rng=rng), 1e-7)
 
-net = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu", impl="reference")
+net = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device="cpu")
 randomize_params(net, rng)                                     # biases away from ReLU's kink
 x_small = rng.uniform(0, 1, (2,) + net.config.input_shape)
 y_small = np.array([0, 2])

@@ -7,7 +7,8 @@ run, its config, Adam), ``io`` (checkpoints), ``viz`` (pictures), ``cli`` (the c
 
 ``import minicaps`` loads nothing but this list; each name below is imported the first time
 it is used (``minicaps.CapsNet`` imports the network, ``minicaps.load_dataset`` the data
-registry).
+registry). ``minicaps.CapsNet`` is the reference network, the one to read;
+``minicaps.build_model(config)`` builds its fast twin, the one that trains.
 """
 import importlib
 import os
@@ -24,7 +25,8 @@ __version__ = "0.1.0"
 
 # public name -> the module that holds it
 _HOMES = {"CapsNet": "minicaps.nn.capsnet", "CapsNetConfig": "minicaps.nn.capsnet",
-          "init_params": "minicaps.nn.capsnet", "Adam": "minicaps.training.optim",
+          "init_params": "minicaps.nn.capsnet", "build_model": "minicaps.nn.registry",
+          "Adam": "minicaps.training.optim",
           "TrainConfig": "minicaps.training.config", "train": "minicaps.training.run",
           "Dataset": "minicaps.data.mnist", "load_dataset": "minicaps.data.registry",
           "register_dataset": "minicaps.data.registry",

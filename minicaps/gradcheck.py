@@ -318,6 +318,7 @@ def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("fu
     training step with its dropout mask."""
     from minicaps.nn.cnn import BaselineCNN
     from minicaps.nn.capsnet import CapsNet
+    from minicaps.nn.registry import build_model
     unknown = set(models) - {"capsnet", "cnn"}
     if unknown or not models:
         raise ValueError(f"models must name capsnet and/or cnn, got {models!r}")
@@ -330,19 +331,19 @@ def report(seed=0, op_tol=1e-7, model_tol=1e-5, model_routing=(("full", 1), ("fu
             rows.append((what, name, err, op_tol))
     for mode, iters in (model_routing if "capsnet" in models else ()):
         config = tiny_config(routing_grad=mode, routing_iters=iters)
-        reference = CapsNet(config, seed=seed, dtype="float64", impl="reference")
+        reference = CapsNet(config, seed=seed, dtype="float64")
         randomize_params(reference, rng)
         x = rng.uniform(0, 1, (3,) + config.input_shape)
         y = rng.integers(0, config.num_classes, 3)
-        for model in (reference, CapsNet(config, dtype="float64", params=reference.params)):
+        for model in (reference, build_model(config, dtype="float64", params=reference.params)):
             for name, err in check_model(model, x, y, rng=rng).items():
                 rows.append((f"CapsNet {model.impl} ({mode}, {iters} it.)", name, err, model_tol))
     for what, overrides in (CNN_MODELS if "cnn" in models else ()):
         reference = randomize_params(BaselineCNN(tiny_cnn_config(**overrides), seed=seed,
-                                                 dtype="float64", impl="reference"), rng)
+                                                 dtype="float64"), rng)
         x = rng.uniform(0, 1, (3,) + reference.config.input_shape)
         labels = (np.array([0, 2, 1]), np.array([[0, 2], [2, 1], [1, 0]]))   # one, two each
-        for model in (reference, BaselineCNN(reference.config, seed=seed, dtype="float64",
+        for model in (reference, build_model(reference.config, seed=seed, dtype="float64",
                                              params=reference.params)):
             for y in labels:
                 model.dropout_step = 3          # a mask of a later step than the first

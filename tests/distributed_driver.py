@@ -103,8 +103,8 @@ def train_mode(comm, folder):
 
 def faulty(comm, folder, fault):
     """Rank 1's model raises, hangs or gives NaN at its 4th step."""
-    from minicaps.nn import capsnet as model_module
-    cls = type(model_module.CapsNet(CONFIG))
+    from minicaps.nn.registry import build_model
+    cls = type(build_model(CONFIG))                 # the class run() builds: the fast one
     real = cls.loss_and_grads
     calls = [0]
 

@@ -98,7 +98,7 @@ RESIDENT_AFTER_FREE = """
 import os, numpy as np
 from minicaps import backend
 import minicaps as mc
-mc.CapsNet(mc.gradcheck.tiny_config())     # a CPU model asks malloc to keep freed memory
+mc.build_model(mc.gradcheck.tiny_config())   # a fast CPU model asks malloc to keep freed memory
 def resident_mb():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2 ** 20
@@ -155,8 +155,8 @@ def test_every_op_forward_and_backward_agree_on_numpy_and_cupy(cases):
 @pytest.mark.parametrize("dtype,tol,n", [("float64", 1e-11, 4), ("float32", 1e-4, 4),
                                          ("float32", 1e-4, 64)])   # 64: the DFT route
 def test_full_model_agrees_on_numpy_and_cupy(dtype, tol, n):
-    cpu = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype=dtype, device="cpu")
-    gpu = mc.CapsNet(mc.CapsNetConfig(), dtype=dtype, device="gpu", params=cpu.params)
+    cpu = mc.build_model(mc.CapsNetConfig(), seed=0, dtype=dtype, device="cpu")
+    gpu = mc.build_model(mc.CapsNetConfig(), dtype=dtype, device="gpu", params=cpu.params)
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (n, 28, 28, 1)).astype(dtype)
     y = rng.integers(0, 10, n)
@@ -172,7 +172,7 @@ def test_full_model_agrees_on_numpy_and_cupy(dtype, tol, n):
 @pytest.mark.gpu
 def test_gradient_check_on_the_gpu():
     from minicaps.gradcheck import check_model
-    model = mc.CapsNet(tiny_config(), dtype="float64", device="gpu")
+    model = mc.build_model(tiny_config(), dtype="float64", device="gpu")
     randomize_params(model, np.random.default_rng(0))
     rng = np.random.default_rng(0)
     x, y = rng.uniform(0, 1, (2, 10, 10, 1)), rng.integers(0, 3, 2)
@@ -200,7 +200,7 @@ def test_an_epoch_on_the_gpu_follows_the_cpu_epoch():
     split = Split(rng.integers(0, 256, (60, 10, 10), np.uint8), rng.integers(0, 3, 60))
     runs = []
     for device in ("cpu", "gpu"):
-        model = mc.CapsNet(tiny_config(), seed=0, dtype="float64", device=device)
+        model = mc.build_model(tiny_config(), seed=0, dtype="float64", device=device)
         opt = mc.Adam(lr=0.01)
         step, stats = train_epoch(model, opt, split, np.random.default_rng(1), 0, batch_size=20,
                                   lr=0.01, lr_decay=0.96, decay_steps=2000, shift=1,
@@ -219,7 +219,7 @@ def test_a_float32_model_does_its_gpu_work_in_float32(stand_in, n):
     # it and as train_epoch does), an Adam step, inference and evaluation, is float32 (or
     # integer/bool): no silent float64 or complex128 work.
     from minicaps.training.evaluation import evaluate
-    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
+    model = mc.build_model(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
     opt = mc.Adam()
     rng = np.random.default_rng(0)
     x = rng.uniform(0, 1, (n, 28, 28, 1)).astype(np.float32)

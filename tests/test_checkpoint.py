@@ -13,8 +13,9 @@ from minicaps.gradcheck import tiny_config
 
 
 def trained_pair(seed=0, **overrides):
-    """A tiny model and an Adam that has taken two steps (so its moments are not zero)."""
-    model = mc.CapsNet(tiny_config(**overrides), seed=seed, dtype="float32", device="cpu")
+    """A tiny model (fast, as training builds it and load_checkpoint rebuilds it) and an
+    Adam that has taken two steps (so its moments are not zero)."""
+    model = mc.build_model(tiny_config(**overrides), seed=seed, dtype="float32", device="cpu")
     opt = mc.Adam(lr=3e-3)
     rng = np.random.default_rng(seed)
     for _ in range(2):

@@ -13,6 +13,7 @@ from minicaps import ops
 from minicaps.nn.cnn import DROPOUT_STREAM, BaselineCNN, CNNConfig
 from minicaps.gradcheck import check_array, check_op, randomize_params
 from minicaps.nn.capsnet import CapsNetConfig
+from minicaps.nn.registry import build_model
 from paper_reference import conv_valid     # the valid convolution as loops over positions
 from synthetic import bars, bars_data
 
@@ -216,7 +217,7 @@ def test_two_labels_cross_entropy_is_the_mean_of_the_two(rng):
 @pytest.mark.parametrize("impl", ["reference", "fast"])
 def test_whole_network_gradients_against_finite_differences(overrides, impl):
     rng = np.random.default_rng(5)
-    model = BaselineCNN(tiny(**overrides), seed=3, dtype="float64", impl=impl)
+    model = build_model(tiny(**overrides), impl=impl, seed=3, dtype="float64")
     randomize_params(model, rng)            # biases too: ReLU inputs away from 0
     x = rng.uniform(0, 1, (3,) + model.config.input_shape)
     y = np.array([0, 2, 1])
@@ -480,11 +481,12 @@ def test_the_fast_cnn_computes_the_reference_function(overrides, batch):
     from minicaps.fast.cnn import FastBaselineCNN
     cfg = tiny(**overrides)
     rng = np.random.default_rng(8)
-    fast = BaselineCNN(cfg, seed=2, dtype="float64")
-    assert isinstance(fast, FastBaselineCNN) and fast.impl == "fast"
+    fast = build_model(cfg, seed=2, dtype="float64")
+    assert type(fast) is FastBaselineCNN and fast.impl == "fast"
     randomize_params(fast, rng)
-    reference = BaselineCNN(cfg, seed=2, dtype="float64", impl="reference", params=fast.params)
-    assert type(reference) is BaselineCNN
+    reference = BaselineCNN(cfg, seed=2, dtype="float64", params=fast.params)
+    assert type(reference) is BaselineCNN and reference.impl == "reference"
+    assert type(build_model(cfg, impl="reference")) is BaselineCNN
     assert type(reference.with_params(fast.params)) is BaselineCNN
     assert type(fast.with_params(fast.params)) is FastBaselineCNN
     if overrides:       # the second convolution takes the DFT route in training
@@ -524,8 +526,8 @@ def test_the_fast_cnn_makes_the_weights_spectrum_once_for_evaluation(monkeypatch
     from minicaps.fast import conv_fft
     cfg = tiny(input_shape=(12, 12, 1), conv_channels=(32, 32), conv_kernel=5, pool_after=(1,),
                fc_sizes=(8,), dropout=0.0)
-    fast = BaselineCNN(cfg, seed=1, dtype="float64")
-    reference = BaselineCNN(cfg, seed=1, dtype="float64", impl="reference", params=fast.params)
+    fast = build_model(cfg, seed=1, dtype="float64")
+    reference = BaselineCNN(cfg, seed=1, dtype="float64", params=fast.params)
     x = np.random.default_rng(2).uniform(0, 1, (64,) + cfg.input_shape)
     assert conv_fft.fft_pays((64, 10, 10, 32), (5, 5, 32, 32), 1, training=False)   # conv2
     assert not conv_fft.fft_pays((64, 16, 16, 1), (5, 5, 1, 32), 1, training=False)  # conv1

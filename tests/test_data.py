@@ -3,6 +3,7 @@
 IDX files are written here by hand (struct + tobytes) and hashed here with hashlib, so the
 parser and the checksum code are checked against an independent encoding of the format.
 """
+import dataclasses
 import functools
 import gzip
 import hashlib
@@ -23,7 +24,7 @@ from hypothesis.extra import numpy as hnp
 
 from minicaps.data import mnist as data
 from minicaps.data.augment import random_shift
-from minicaps.data.dataset import ChecksumError, DataError, DataNotFoundError, iterate_minibatches, to_model_input, train_val_split
+from minicaps.data.dataset import ChecksumError, DataError, DataNotFoundError, data_root, iterate_minibatches, to_model_input, train_val_split
 from minicaps.data.mnist import load_mnist, read_idx
 
 CODES = {np.uint8: 0x08, np.int8: 0x09, np.int16: 0x0B, np.int32: 0x0C,
@@ -188,7 +189,8 @@ def test_folder_order_subfolder_then_root_then_system(tmp_path, monkeypatch):
     root_arrays, root_hashes = make_fake_mnist(tmp_path / "root", seed=1)
     sub_arrays, sub_hashes = make_fake_mnist(tmp_path / "root" / "fashion-mnist", seed=2)
     sys_arrays, sys_hashes = make_fake_mnist(tmp_path / "system", seed=3)
-    monkeypatch.setitem(data.SYSTEM_DIRS, "fashion-mnist", [str(tmp_path / "system")])
+    monkeypatch.setitem(data.DATA_FILES, "fashion-mnist", dataclasses.replace(
+        data.DATA_FILES["fashion-mnist"], folders=(str(tmp_path / "system"),)))
     load = functools.partial(load_mnist, dataset="fashion-mnist", download=False)
     assert_loaded(load(root=tmp_path / "root", sha256=sub_hashes), sub_arrays)
     assert_loaded(load(root=tmp_path / "root" / "fashion-mnist" / "x", sha256=sys_hashes),
@@ -349,10 +351,10 @@ def test_no_reachable_mirror_lists_files(tmp_path):
 def test_data_root_precedence(tmp_path, monkeypatch):
     (tmp_path / "env").mkdir()
     monkeypatch.setenv("MINICAPS_DATA", str(tmp_path / "env"))
-    assert data.data_root(tmp_path / "arg") == tmp_path / "arg"
-    assert data.data_root() == tmp_path / "env"
+    assert data_root(tmp_path / "arg") == tmp_path / "arg"
+    assert data_root() == tmp_path / "env"
     monkeypatch.delenv("MINICAPS_DATA")
-    assert "minicaps" in str(data.data_root())
+    assert "minicaps" in str(data_root())
 
 
 # --- training helpers ------------------------------------------------------------------------

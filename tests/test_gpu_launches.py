@@ -43,6 +43,7 @@ import pytest
 
 import minicaps as mc
 from minicaps import backend
+from minicaps.nn.registry import build_model
 from minicaps.training.optim import ParameterAverage
 
 # The paper's structure with narrow layers: the same ops, the DFT route for the primary
@@ -57,7 +58,7 @@ def step_launches(stand_in, config, batch, impl="fast", steps=2):
     """Kernels of the last of ``steps`` training steps (the first also makes Adam's moments
     and the DFT plans): {"loss_and_grads", "adam", "average", "total": counts, "kinds":
     {kind: count} and "ops": {operation: count} of the whole step, "params": arrays}."""
-    model = mc.CapsNet(config, seed=0, dtype="float32", device="gpu", impl=impl)
+    model = build_model(config, impl=impl, seed=0, dtype="float32", device="gpu")
     opt, average = mc.Adam(), ParameterAverage(model.params)
     rng = np.random.default_rng(0)
     x = backend.to_device(rng.uniform(0, 1, (batch,) + tuple(config.input_shape))

@@ -1,10 +1,13 @@
 """The whole CapsNet: every parameter's gradient against finite differences,
-the documented API (names, shapes, count), dtypes, input checks and learning."""
+the documented API (names, shapes, count), dtypes, input checks and learning. mc.CapsNet
+is the reference network; the fast one (build_model) where its own options are tested,
+and beside the reference where a check is cheap."""
 import numpy as np
 import pytest
 
 import minicaps as mc
 from minicaps.gradcheck import check_model, randomize_params, relative_error, tiny_config
+from minicaps.nn.registry import build_model
 
 PAPER_SHAPES = {
     "conv1.W": (9, 9, 1, 256), "conv1.b": (256,), "primary.W": (9, 9, 256, 256), "primary.b": (256,),
@@ -13,8 +16,9 @@ PAPER_SHAPES = {
 }
 
 
-def tiny_model(seed=0, dtype="float64", **overrides):
-    return mc.CapsNet(tiny_config(**overrides), seed=seed, dtype=dtype)
+def tiny_model(seed=0, dtype="float64", impl="reference", **overrides):
+    network = mc.CapsNet if impl == "reference" else build_model
+    return network(tiny_config(**overrides), seed=seed, dtype=dtype)
 
 
 def tiny_batch(model, n=3, seed=0):
@@ -24,9 +28,10 @@ def tiny_batch(model, n=3, seed=0):
 
 
 # ------------------------------------------------------------------ gradients of the whole model
+@pytest.mark.parametrize("impl", ["reference", "fast"])
 @pytest.mark.parametrize("routing_grad,iters", [("full", 1), ("full", 3), ("stop", 1), ("stop", 3)])
-def test_every_parameter_gradient_matches_finite_differences(routing_grad, iters):
-    model = tiny_model(routing_grad=routing_grad, routing_iters=iters)
+def test_every_parameter_gradient_matches_finite_differences(routing_grad, iters, impl):
+    model = tiny_model(routing_grad=routing_grad, routing_iters=iters, impl=impl)
     randomize_params(model, np.random.default_rng(iters))
     x, y = tiny_batch(model)
     errors = check_model(model, x, y)
@@ -56,14 +61,15 @@ def test_full_gradient_is_not_the_stop_gradient():
 
 
 # ------------------------------------------------------------------ the forward pass
+@pytest.mark.parametrize("impl", ["reference", "fast"])
 @pytest.mark.parametrize("overrides", [{}, dict(primary_relu=True, routing_iters=2),
                                        dict(input_shape=(9, 11, 2), decoder_sizes=(7, 5))])
-def test_forward_equals_the_paper_written_as_loops(overrides):
+def test_forward_equals_the_paper_written_as_loops(overrides, impl):
     """The whole network (capsule ordering, routing, losses, decoder) against a NumPy
     transcription of the paper that shares no code with minicaps (paper_reference.py)."""
     import dataclasses
     import paper_reference
-    model = tiny_model(**overrides)
+    model = tiny_model(impl=impl, **overrides)
     randomize_params(model, np.random.default_rng(11))
     x, y = tiny_batch(model, n=3, seed=4)
     out, _ = model.forward(x, y)
@@ -139,8 +145,8 @@ def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng, 
     monkeypatch.setattr("minicaps.fast.conv.fft_pays", lambda *shapes: True)
     cfg = mc.CapsNetConfig(conv1_channels=16, primary_maps=2, primary_dims=8, digit_dims=4,
                            decoder_sizes=(16, 32))
-    auto = mc.CapsNet(cfg, seed=1, dtype="float64")
-    gemm = mc.CapsNet(cfg, dtype="float64", params=auto.params, conv_method="gemm")
+    auto = build_model(cfg, seed=1, dtype="float64")
+    gemm = build_model(cfg, dtype="float64", params=auto.params, conv_method="gemm")
     x, y = rng.random((5, 28, 28, 1)), rng.integers(0, 10, 5)
     out, caches = auto.forward(x, y)
     assert caches["primary"][0] == "fft" and caches["conv1"][0] == "fft"
@@ -152,15 +158,15 @@ def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng, 
     for k in grads_g:
         assert relative_error(grads_a[k], grads_g[k]) <= 1e-10, k
     with pytest.raises(ValueError, match="conv_method"):
-        mc.CapsNet(cfg, conv_method="fft")
+        build_model(cfg, conv_method="fft")
 
 
 def _small_auto_and_gemm(**cfg):
     cfg = mc.CapsNetConfig(conv1_channels=16, primary_maps=2, primary_dims=8, digit_dims=4,
                            decoder_sizes=(16, 32), **cfg)
-    auto = mc.CapsNet(cfg, seed=1, dtype="float64")
+    auto = build_model(cfg, seed=1, dtype="float64")
     randomize_params(auto, np.random.default_rng(1))          # capsules of order one
-    return auto, mc.CapsNet(cfg, dtype="float64", params=auto.params, conv_method="gemm")
+    return auto, build_model(cfg, dtype="float64", params=auto.params, conv_method="gemm")
 
 
 def test_fixed_weights_make_each_spectrum_once_and_change_only_the_rounding(rng, monkeypatch):
@@ -209,7 +215,7 @@ def test_fixed_weights_refuse_weights_changed_inside_the_block(rng, monkeypatch)
     with auto.fixed_weights(3):
         assert np.isnan(auto.forward(x)[0]["lengths"]).all()
     W[0, 0, 0, 0] = kept
-    gemm = mc.CapsNet(gemm.config, dtype="float64", params={k: v.copy() for k, v in
+    gemm = build_model(gemm.config, dtype="float64", params={k: v.copy() for k, v in
                                                            auto.params.items()}, conv_method="gemm")
     lengths = gemm.forward(x)[0]["lengths"]
     assert np.isfinite(lengths).all()
@@ -221,7 +227,7 @@ def test_fixed_weights_on_the_gpu_predict_what_the_cpu_predicts(rng, monkeypatch
     from minicaps.fast import conv_fft
     monkeypatch.setattr(conv_fft, "fft_pays", lambda *shapes, training=True: True)
     auto, gemm = _small_auto_and_gemm()
-    gpu = mc.CapsNet(auto.config, dtype="float64", device="gpu", params=auto.params)
+    gpu = build_model(auto.config, dtype="float64", device="gpu", params=auto.params)
     x = rng.random((5, 28, 28, 1))
     lengths = gpu.predict_lengths(x, batch_size=2)
     assert isinstance(lengths, np.ndarray) and gpu._fixed == {}
@@ -251,7 +257,7 @@ def test_fixed_weights_leave_training_passes_alone(rng, monkeypatch):
 
 
 def test_losses_left_on_the_device_are_the_host_losses(rng):
-    model = randomize_params(mc.CapsNet(tiny_config(), seed=0, dtype="float64"), rng)
+    model = randomize_params(build_model(tiny_config(), seed=0, dtype="float64"), rng)
     x, y = rng.random((5, 10, 10, 1)), rng.integers(0, 3, 5)
     on_host, _ = model.forward(x, y)
     on_device, _ = model.forward(x, y, host_losses=False, check_values=False)
@@ -262,7 +268,7 @@ def test_losses_left_on_the_device_are_the_host_losses(rng):
 
 
 def test_unchecked_values_still_get_their_shapes_checked(rng):
-    model = mc.CapsNet(tiny_config(), seed=0)
+    model = build_model(tiny_config(), seed=0)
     with pytest.raises(ValueError, match="shape"):
         model.forward(rng.random((5, 9, 10, 1)), check_values=False)
     with pytest.raises(ValueError, match="y must have shape"):

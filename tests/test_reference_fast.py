@@ -3,6 +3,7 @@ against its twin in minicaps.ops, and the whole fast model against the reference
 outputs and every parameter's gradient, relative error <= 1e-10. The reference ops are
 checked against finite differences (test_ops.py); these tests carry that to the fast ones."""
 import copy
+import inspect
 import itertools
 
 import numpy as np
@@ -11,7 +12,11 @@ from hypothesis import given, strategies as st
 
 import minicaps as mc
 from minicaps import backend, fast, ops
+from minicaps.fast.model import FastCapsNet
 from minicaps.gradcheck import randomize_params, relative_error, tiny_config
+from minicaps.nn.cnn import CNNConfig
+from minicaps.nn.multi_label import MultiLabelCapsNet
+from minicaps.nn.registry import build_model
 
 TOL = 1e-10
 seeds = st.integers(0, 2**32 - 1)
@@ -37,6 +42,27 @@ def test_ops_without_a_fast_twin_are_the_reference_ops_themselves():
                  "reconstruction_loss_forward", "reconstruction_loss_backward",
                  "conv_output_size"):
         assert getattr(fast, name) is getattr(ops, name), name
+
+
+def test_every_fast_op_takes_its_reference_twins_arguments():
+    """A fast twin is called as its reference op is (same parameters, in the same order, with
+    the same defaults); what it adds (chunks, routes, out=) comes after, with a default."""
+    import inspect
+    from minicaps.fast import cnn as fast_cnn, fused
+    twins = 0
+    for name in dir(ops):
+        reference = getattr(ops, name)
+        for module in (fast, fused, fast_cnn):
+            twin = getattr(module, name, None)
+            if not callable(reference) or not callable(twin) or twin is reference:
+                continue
+            ref = list(inspect.signature(reference).parameters.values())
+            got = list(inspect.signature(twin).parameters.values())
+            assert [(p.name, p.default) for p in got[:len(ref)]] == [
+                (p.name, p.default) for p in ref], (module.__name__, name)
+            assert all(p.default is not p.empty for p in got[len(ref):]), (module.__name__, name)
+            twins += 1
+    assert twins >= 20
 
 
 # ------------------------------------------------------------------ convolution
@@ -177,9 +203,10 @@ OUTPUTS = ("lengths", "v", "coupling", "reconstruction", "margin_loss", "reconst
 
 
 def the_two_models(config, seed=0, device="cpu"):
-    reference = mc.CapsNet(config, seed=seed, dtype="float64", device=device, impl="reference")
+    reference = mc.CapsNet(config, seed=seed, dtype="float64", device=device)
     randomize_params(reference, np.random.default_rng(seed))    # capsules of order one
-    return reference, mc.CapsNet(config, dtype="float64", device=device, params=reference.params)
+    return reference, build_model(config, dtype="float64", device=device,
+                                  params=reference.params)
 
 
 def assert_same_model(reference, fast_model, x, y):
@@ -206,7 +233,7 @@ CASES = [dict(routing_grad=grad, routing_iters=iters, use_decoder=decoder, prima
                          ids=lambda o: "-".join(f"{v}" for v in o.values()).replace(" ", ""))
 def test_the_fast_model_is_the_reference_model(overrides):
     reference, fast_model = the_two_models(tiny_config(**overrides))
-    assert type(fast_model).__name__ == "FastCapsNet" and type(reference) is mc.CapsNet
+    assert type(fast_model) is FastCapsNet and type(reference) is mc.CapsNet
     rng = np.random.default_rng(1)
     x = rng.uniform(0, 1, (3,) + reference.config.input_shape)
     y = rng.integers(0, reference.config.num_classes, 3)
@@ -246,37 +273,79 @@ def test_predicting_with_the_weights_spectrum_is_the_reference_prediction(rng, m
 
 
 # ------------------------------------------------------------------ choosing the implementation
-def test_impl_chooses_the_class_and_nothing_else():
+def test_capsnet_is_the_reference_and_build_model_the_fast_one():
     config = tiny_config()
-    default, reference = mc.CapsNet(config), mc.CapsNet(config, impl="reference")
-    assert isinstance(default, mc.CapsNet) and isinstance(reference, mc.CapsNet)
-    assert (default.impl, reference.impl) == ("fast", "reference")
-    assert mc.CapsNet(config, impl="fast", conv_method="gemm").conv_method == "gemm"
-    assert all(np.array_equal(default.params[k], reference.params[k]) for k in default.params)
+    assert list(inspect.signature(mc.CapsNet).parameters) == ["config", "seed", "dtype",
+                                                              "device", "params"]
+    reference, fast_model = mc.CapsNet(config), build_model(config)
+    assert type(reference) is mc.CapsNet and reference.impl == "reference"
+    assert type(fast_model) is FastCapsNet and fast_model.impl == "fast"
+    assert isinstance(fast_model, mc.CapsNet)
+    assert type(build_model(config, impl="reference")) is MultiLabelCapsNet
+    assert build_model(config, conv_method="gemm").conv_method == "gemm"
+    assert all(np.array_equal(fast_model.params[k], reference.params[k]) for k in reference.params)
     assert "impl" not in config.to_dict()
-    for model in (default, reference):                       # copies keep their kind
+    for model in (fast_model, reference):                    # copies keep their kind
         assert type(copy.copy(model)) is type(model)
         assert type(model.with_params(model.params)) is type(model)
+    assert fast_model.with_params(fast_model.params).conv_method == "auto"
     with pytest.raises(ValueError, match="impl must be"):
-        mc.CapsNet(config, impl="naive")
-    with pytest.raises(ValueError, match="takes no conv_method"):
-        mc.CapsNet(config, impl="reference", conv_method="gemm")
-    assert mc.CapsNet(config, impl="reference", conv_method="auto").impl == "reference"
+        build_model(config, impl="naive")
+    with pytest.raises(TypeError):
+        mc.CapsNet(config, conv_method="gemm")            # one convolution in the reference
     with pytest.raises(ValueError, match="conv_method must be"):
-        mc.CapsNet(config, conv_method="fft")
+        build_model(config, conv_method="fft")
+    with pytest.raises(ValueError, match="needs a CapsNetConfig"):
+        mc.CapsNet(CNNConfig())
+
+
+def test_the_reference_forward_pass_is_the_papers_one_label_pass(rng):
+    """K labels an image are the K-label path's (nn/multi_label.py), refused here; the
+    training loop's options are not this network's."""
+    reference, fast_model = the_two_models(tiny_config())
+    x = rng.random((3, 10, 10, 1))
+    with pytest.raises(ValueError, match="one label an image"):
+        reference.forward(x, np.array([[0, 1], [1, 2], [2, 0]]))
+    with pytest.raises(TypeError):
+        reference.forward(x, check_values=False)
+    assert reference.forward(x, np.array([0, 1, 2]))[0]["loss"] == pytest.approx(
+        fast_model.forward(x, np.array([0, 1, 2]), check_values=False)[0]["loss"], rel=1e-12)
+
+
+@pytest.mark.parametrize("stop", [False, True])
+def test_forward_hands_out_the_coupling_of_every_iteration(rng, stop):
+    """out["couplings"]: the c each iteration used, against routing run by hand from the
+    predictions with 1, 2, ..., T iterations (routing_forward(u_hat, t)'s last coupling is
+    the one iteration t used), in both models; the fast one joins its chunks."""
+    config = tiny_config(routing_iters=4, routing_grad="stop" if stop else "full")
+    reference, fast_model = the_two_models(config)
+    x = rng.random((35, 10, 10, 1))                          # several chunks in the fast one
+    u_hat, _ = ops.predictions_forward(reference.primary_capsules(x)[0],
+                                       reference.params["digit.W"])
+    by_hand = [ops.routing_forward(u_hat, t)[0][1] for t in range(1, 5)]
+    np.testing.assert_allclose(by_hand[0], 1 / config.num_classes)
+    for model in (reference, fast_model):
+        out = model.forward(x, keep_couplings=True)[0]
+        assert len(out["couplings"]) == 4
+        for got, want in zip(out["couplings"], by_hand):
+            assert_close(got, want)
+        assert_close(out["couplings"][-1], out["coupling"])
+        assert "couplings" not in model.forward(x)[0]
+    fixed = by_hand[1]
+    assert_close(fast_model.forward(x, coupling=fixed, keep_couplings=True)[0]["couplings"][0],
+                 fixed)
 
 
 def test_a_checkpoint_does_not_know_which_implementation_wrote_it(tmp_path, rng):
     from minicaps.io.checkpoint import load_checkpoint, save_checkpoint
-    reference = randomize_params(mc.CapsNet(tiny_config(), impl="reference", dtype="float64"), rng)
+    reference = randomize_params(mc.CapsNet(tiny_config(), dtype="float64"), rng)
     path = tmp_path / "reference.npz"
     save_checkpoint(path, reference, mc.Adam(), epoch=1, step=1,
                     rng_state=rng.bit_generator.state)
     loaded = load_checkpoint(path).model                        # the default, fast
     assert loaded.impl == "fast"
-    into = load_checkpoint(path, model=mc.CapsNet(tiny_config(), impl="reference",
-                                                  dtype="float64")).model
-    assert into.impl == "reference"
+    into = load_checkpoint(path, model=mc.CapsNet(tiny_config(), dtype="float64")).model
+    assert type(into) is mc.CapsNet
     x, y = rng.random((2, 10, 10, 1)), np.array([0, 2])
     for model in (loaded, into):
         assert all(np.array_equal(model.params[k], reference.params[k]) for k in model.params)
@@ -287,8 +356,7 @@ def test_a_checkpoint_does_not_know_which_implementation_wrote_it(tmp_path, rng)
 @pytest.mark.gpu
 def test_the_reference_model_runs_on_the_gpu_as_on_the_cpu():
     cpu, _ = the_two_models(tiny_config(routing_iters=3))
-    gpu = mc.CapsNet(cpu.config, dtype="float64", device="gpu", params=cpu.params,
-                     impl="reference")
+    gpu = mc.CapsNet(cpu.config, dtype="float64", device="gpu", params=cpu.params)
     rng = np.random.default_rng(3)
     x, y = rng.uniform(0, 1, (3, 10, 10, 1)), rng.integers(0, 3, 3)
     loss_c, grads_c, out_c = cpu.loss_and_grads(x, y)
@@ -301,8 +369,7 @@ def test_the_reference_model_runs_on_the_gpu_as_on_the_cpu():
         assert relative_error(grads_c[name], backend.to_numpy(grads_g[name])) <= 1e-12, name
     np.testing.assert_array_equal(gpu.predict(x), cpu.predict(x))
     # float32 stays float32 on the device
-    gpu32 = mc.CapsNet(cpu.config, dtype="float32", device="gpu", params=cpu.params,
-                       impl="reference")
+    gpu32 = mc.CapsNet(cpu.config, dtype="float32", device="gpu", params=cpu.params)
     made = getattr(backend.loaded_cupy(), "made", None)
     if made is not None:                                     # the stand-in counts arrays made
         made.clear()
@@ -318,8 +385,8 @@ def test_the_fast_model_with_its_fused_kernels_runs_on_the_gpu_as_the_reference(
     """The fast model on the GPU (its fused kernels, fast/fused.py, the first coupling a
     fill, the whole batch one chunk) against the reference model on the CPU, float64."""
     reference, _ = the_two_models(tiny_config(routing_iters=3, use_decoder=decoder))
-    fast_gpu = mc.CapsNet(reference.config, dtype="float64", device="gpu",
-                          params=reference.params, impl="fast")
+    fast_gpu = build_model(reference.config, dtype="float64", device="gpu",
+                           params=reference.params)
     rng = np.random.default_rng(4)
     x, y = rng.uniform(0, 1, (3, 10, 10, 1)), rng.integers(0, 3, 3)
     loss_r, grads_r, out_r = reference.loss_and_grads(x, y)

@@ -184,9 +184,10 @@ def test_colour_channels_move_together():
 # --- the accuracy -----------------------------------------------------------------------------
 
 def tiny_pair(seed=0):
-    """An untrained tiny CapsNet and CNN, both reading 40x40 digits of 10 classes."""
-    capsnet = mc.CapsNet(tiny_config(input_shape=(40, 40, 1), num_classes=10,
-                                     conv1_kernel=5, primary_kernel=5), seed=seed)
+    """An untrained tiny CapsNet (fast, as robustness gets it from a checkpoint) and CNN,
+    both reading 40x40 digits of 10 classes."""
+    capsnet = mc.build_model(tiny_config(input_shape=(40, 40, 1), num_classes=10,
+                                         conv1_kernel=5, primary_kernel=5), seed=seed)
     cnn = BaselineCNN(CNNConfig(input_shape=(40, 40, 1), num_classes=10, conv_channels=(4,),
                                 conv_kernel=3, pool_after=(1,), fc_sizes=(16,)), seed=seed)
     return capsnet, cnn

@@ -66,7 +66,7 @@ def no_download(*args, **kwargs):
 @pytest.mark.parametrize("kind", ["pipe", "folder"])
 def test_an_mnist_file_that_is_a_pipe_or_folder_is_refused_by_name(tmp_path, monkeypatch,
                                                                      capsys, bounded, kind):
-    monkeypatch.setattr("minicaps.data.mnist.fetch", no_download)
+    monkeypatch.setattr("minicaps.data.download.fetch", no_download)
     for name in MNIST_FILES[1:]:
         (tmp_path / (name + ".gz")).write_bytes(gzip.compress(b""))
     bad = tmp_path / MNIST_FILES[0]
@@ -87,8 +87,7 @@ def test_the_other_datasets_refuse_a_data_file_that_is_a_pipe(tmp_path, monkeypa
     from minicaps.data.cifar10 import ARCHIVE, load_cifar10
     from minicaps.data.smallnorb import FILES as NORB_FILES, load_smallnorb
     from minicaps.data.svhn import FILES as SVHN_FILES, load_svhn
-    for module in ("cifar10", "svhn", "smallnorb"):
-        monkeypatch.setattr(f"minicaps.data.{module}.fetch", no_download)
+    monkeypatch.setattr("minicaps.data.download.fetch", no_download)
     cases = [(load_cifar10, ARCHIVE), (load_svhn, SVHN_FILES["train"]),
              (load_smallnorb, next(iter(NORB_FILES.values())))]
     for load, name in cases:
@@ -181,8 +180,8 @@ def test_train_advice_under_memory_pressure_names_only_trains_options(tmp_path, 
     """Room for a training batch of 20 and little more: the evaluation batch does not
     fit, and no option of train sets it."""
     from minicaps import backend
-    from minicaps.nn.capsnet import CapsNet
-    model = CapsNet(run_tiny.__globals__["CONFIG"])
+    from minicaps.nn.registry import build_model
+    model = build_model(run_tiny.__globals__["CONFIG"])      # the model train builds
     room = model.batch_bytes(30, training=True)
     monkeypatch.setattr(backend, "available_memory", lambda device=None: room)
     with bounded(memory=512 * MB, seconds=20):

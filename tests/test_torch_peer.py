@@ -306,7 +306,7 @@ def test_peer_trains_the_same_epochs_as_minicaps_float64(one_thread):
     train = Split(rng.integers(0, 256, (8, 12, 12), dtype=np.uint8), rng.integers(0, 3, 8))
     recipe = dict(batch_size=3, lr=1e-2, lr_decay=0.5, decay_steps=2, shift=2)   # the decay shows
 
-    model = mc.CapsNet(config, seed=4, dtype="float64")
+    model = mc.build_model(config, seed=4, dtype="float64")       # the one train builds
     opt, draws, step = mc.Adam(lr=recipe["lr"]), np.random.default_rng(4), 0
     for _ in range(2):
         step, _ = train_epoch(model, opt, train, draws, step, progress=False, **recipe)

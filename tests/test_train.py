@@ -69,14 +69,15 @@ def shifted(image, dy, dx):
 
 
 def recorded_batches(tmp_path, monkeypatch, **kw):
+    from minicaps.fast.model import FastCapsNet          # what train builds
     seen = []
-    real = mc.CapsNet.loss_and_grads
+    real = FastCapsNet.loss_and_grads
 
     def recording(self, x, y, coupling=None, **kw):
         seen.append((mc.to_numpy(x).copy(), mc.to_numpy(y).copy()))
         return real(self, x, y, coupling, **kw)
 
-    monkeypatch.setattr(mc.CapsNet, "loss_and_grads", recording)
+    monkeypatch.setattr(FastCapsNet, "loss_and_grads", recording)
     run(tmp_path, **kw)
     return seen
 
@@ -125,7 +126,7 @@ def test_an_epoch_equals_the_host_loop_of_the_example_bit_for_bit():
     from minicaps.training.epoch import train_epoch
     from minicaps.training.splits import Split
     images, labels = bars(90, 0)                      # 90 = 4 batches of 25 less 10
-    models = [mc.CapsNet(CONFIG, seed=1, dtype="float32") for _ in range(2)]
+    models = [mc.build_model(CONFIG, seed=1, dtype="float32") for _ in range(2)]
     optimizers = [mc.Adam(lr=0.01), mc.Adam(lr=0.01)]
     step, stats = train_epoch(models[0], optimizers[0], Split(images, labels),
                               np.random.default_rng(7), 0, batch_size=25, lr=0.01,
@@ -148,7 +149,7 @@ def test_an_epoch_equals_the_host_loop_of_the_example_bit_for_bit():
 # --- evaluation ----------------------------------------------------------------------------
 
 def test_evaluate_matches_independent_computation():
-    model = mc.CapsNet(CONFIG, seed=3, dtype="float64")
+    model = mc.build_model(CONFIG, seed=3, dtype="float64")
     images, labels = bars(23, 5)
     scores = evaluate(model, images, labels, batch_size=7)    # uneven batches: 7, 7, 7, 2
     x = to_model_input(images, np.float64)
@@ -167,7 +168,7 @@ def test_evaluate_matches_independent_computation():
 
 
 def test_evaluate_masks_the_decoder_by_the_prediction_not_the_label():
-    model = randomize_params(mc.CapsNet(CONFIG, seed=3, dtype="float64"),
+    model = randomize_params(mc.build_model(CONFIG, seed=3, dtype="float64"),
                              np.random.default_rng(0))    # capsules long enough to matter
     images, labels = bars(12, 5)
     x = to_model_input(images, np.float64)
@@ -367,7 +368,7 @@ def test_the_parameters_average_leaves_training_alone_and_is_evaluated(tmp_path)
     # the logged numbers are those of the average, counted independently
     ckpt = load_checkpoint(tmp_path / "averaged" / "last.npz")
     _, _, test_images, test_labels = bars_data()
-    model = mc.CapsNet(CONFIG, dtype="float32", params=ckpt.average.params)
+    model = mc.build_model(CONFIG, dtype="float32", params=ckpt.average.params)
     predictions = model.predict(to_model_input(test_images, np.float32))
     assert metrics[-1]["avg_test_accuracy"] == np.count_nonzero(predictions == test_labels) / 60
     assert metrics[-1]["test_accuracy"] == json.loads(
@@ -416,7 +417,7 @@ def gpu_waits(stand_in, work, n_images):
     """How often ``work(model, images, labels)`` makes the host wait for a GPU model."""
     rng = np.random.default_rng(0)
     images, labels = rng.integers(0, 256, (n_images, 10, 10), np.uint8), rng.integers(0, 3, n_images)
-    model = mc.CapsNet(tiny_config(), seed=0, dtype="float32", device="gpu")
+    model = mc.build_model(tiny_config(), seed=0, dtype="float32", device="gpu")
     stand_in.waits.clear()
     work(model, images, labels)
     return sum(stand_in.waits.values())
@@ -448,7 +449,7 @@ def test_the_fixed_weights_check_waits_once_a_batch_on_the_gpu(stand_in):
     """With the paper's network, predicting takes the DFT route with one weights' spectrum
     for all batches, and each batch first reads back one device bool: that the weights
     still equal the spectrum's copy (a stale spectrum is an error, not a wrong answer)."""
-    model = mc.CapsNet(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
+    model = mc.build_model(mc.CapsNetConfig(), seed=0, dtype="float32", device="gpu")
     x = np.random.default_rng(0).random((72, 28, 28, 1), dtype=np.float32)
 
     def reads(n_images):
@@ -460,7 +461,7 @@ def test_the_fixed_weights_check_waits_once_a_batch_on_the_gpu(stand_in):
 
 
 def test_evaluate_checks_the_labels():
-    model = mc.CapsNet(CONFIG, seed=3)
+    model = mc.build_model(CONFIG, seed=3)
     images, labels = bars(10, 5)
     with pytest.raises(ValueError, match="labels must be in 0..2"):
         evaluate(model, images, np.where(labels == 0, 3, labels))

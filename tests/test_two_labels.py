@@ -6,16 +6,19 @@ import numpy as np
 import pytest
 
 import minicaps as mc
+from minicaps.fast.model import FastCapsNet
 from minicaps.gradcheck import check_array, randomize_params, relative_error, tiny_config
+from minicaps.nn.multi_label import MultiLabelCapsNet
 from minicaps.ops import margin_loss_forward
 
 CFG = tiny_config(num_classes=4)
 
 
 def models(seed=0):
-    reference = randomize_params(mc.CapsNet(CFG, dtype="float64", impl="reference"),
+    """The reference CapsNet with the K-label path (nn/multi_label.py), and the fast one."""
+    reference = randomize_params(MultiLabelCapsNet(CFG, dtype="float64"),
                                  np.random.default_rng(seed))
-    return reference, mc.CapsNet(CFG, dtype="float64", params=reference.params)   # fast
+    return reference, FastCapsNet(CFG, dtype="float64", params=reference.params)
 
 
 def pair_batch(n=3, seed=1):
@@ -95,3 +98,17 @@ def test_bad_pairs_are_refused():
         model.loss_and_grads(x, y, targets=targets[:, :1])
     with pytest.raises(ValueError, match="targets must be floats"):
         model.loss_and_grads(x, y, targets=(targets * 255).astype(np.uint8))
+
+
+def test_the_k_label_path_with_one_label_is_the_papers_network():
+    """MultiLabel.forward composes CapsNet's stages again: with one label an image it is
+    CapsNet.forward and CapsNet.backward, number for number."""
+    model, _ = models()
+    paper = mc.CapsNet(CFG, dtype="float64", params=model.params)
+    x, y, _ = pair_batch()
+    a_loss, a_grads, a_out = paper.loss_and_grads(x, y[:, 0])
+    b_loss, b_grads, b_out = model.loss_and_grads(x, y[:, 0])
+    assert a_loss == b_loss
+    np.testing.assert_array_equal(a_out["reconstruction"], b_out["reconstruction"])
+    for name in a_grads:
+        np.testing.assert_array_equal(a_grads[name], b_grads[name])

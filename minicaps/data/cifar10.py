@@ -7,16 +7,13 @@ extracted to disk, and anything but the expected regular files is refused), or f
 ``cifar-10-batches-bin/`` folder extracted from it.
 """
 import gzip
-import hashlib
 import tarfile
 import zlib
 
 import numpy as np
 
-from minicaps.data.dataset import DataError, Dataset, data_root
-from minicaps.io.files import data_file
-from minicaps.data.download import (DOWNLOAD_TIMEOUT, check_sha256, check_size,
-                                    expected_digest, fetch, not_found_error, sha256_of)
+from minicaps.data.dataset import DataError, Dataset
+from minicaps.data.download import DOWNLOAD_TIMEOUT, DataFiles, check_size, load_files
 
 ARCHIVE = "cifar-10-binary.tar.gz"
 FOLDER = "cifar-10-batches-bin"
@@ -34,9 +31,6 @@ MAX_ARCHIVE = 1 << 28           # the real archive is 170,052,171 bytes
 # What the archive may unpack to: six full batches, the two small files and tar's headers.
 MAX_UNPACKED = 6 * MAX_RECORDS * RECORD + 4 * MAX_TEXT + (1 << 20)
 
-MIRRORS = ["https://www.cs.toronto.edu/~kriz/",
-           "https://storage.googleapis.com/s4tf-hosted-binaries/datasets/CIFAR10/"]
-
 # SHA-256 of the archive as served: tensorflow/datasets, tensorflow_datasets/url_checksums/
 # cifar10.txt (170052171 bytes). Of the six batch files inside it: ankane/torchvision-ruby,
 # lib/torchvision/datasets/cifar10.rb (which gives the archive's digest too, the same).
@@ -48,7 +42,18 @@ SHA256 = {
     "data_batch_4.bin": "014e562d6e23c72197cc727519169a60359f5eccd8945ad5a09d710285ff4e48",
     "data_batch_5.bin": "755304fc0b379caeae8c14f0dac912fbc7d6cd469eb67a1029a08a39453a9add",
     TEST: "8e2eb146ae340b09e24670f29cabc6326dba54da8789dab6768acf480273f65b",
+    META: None,   # none published: its class names are checked instead
 }
+
+# The archive, or the folder extracted from it where all its files are there.
+DATA_FILES = DataFiles(
+    "cifar10", files=(ARCHIVE,), sha256=SHA256,
+    mirrors=("https://www.cs.toronto.edu/~kriz/",
+             "https://storage.googleapis.com/s4tf-hosted-binaries/datasets/CIFAR10/"),
+    listed=(f"{ARCHIVE} (170 MB), or the folder {FOLDER}/ extracted from it "
+            f"({', '.join(TRAIN)}, {TEST}, {META})",),
+    instead=tuple(f"{FOLDER}/{name}" for name in TRAIN + (TEST, META)),
+    max_bytes=MAX_ARCHIVE)
 
 
 def parse_batch(raw, where):
@@ -138,9 +143,29 @@ class _Capped:
         return data
 
 
-def _read_folder_file(path, limit):
-    check_size(path, limit, "cifar10")
-    return path.read_bytes()
+def read_cifar_archive(path):
+    """{file name: its content} of ``cifar-10-binary.tar.gz``: each batch's (images, labels)
+    (parse_batch), the meta file's class names (parse_meta)."""
+    members = read_archive(path)
+    parts = {name: parse_batch(members.pop(name), f"{path}: {name}") for name in TRAIN + (TEST,)}
+    parts[META] = parse_meta(members[META], f"{path}: {META}")
+    return parts
+
+
+def read_cifar_batch(path):
+    """(images, labels) of one batch file of the extracted folder."""
+    check_size(path, MAX_RECORDS * RECORD, "cifar10")
+    return parse_batch(path.read_bytes(), path)
+
+
+def read_cifar_meta(path):
+    """The class names in the extracted folder's batches.meta.txt."""
+    check_size(path, MAX_TEXT, "cifar10")
+    return parse_meta(path.read_bytes(), path)
+
+
+READERS = {ARCHIVE: read_cifar_archive, f"{FOLDER}/{META}": read_cifar_meta,
+           **{f"{FOLDER}/{name}": read_cifar_batch for name in TRAIN + (TEST,)}}
 
 
 def load_cifar10(root=None, download=True, verify=True, mirrors=None, sha256=None,
@@ -150,65 +175,28 @@ def load_cifar10(root=None, download=True, verify=True, mirrors=None, sha256=Non
 
     Looks in ``<root>/cifar10/`` then ``<root>/`` for the extracted ``cifar-10-batches-bin/``
     folder (all six batches and the meta file), else ``cifar-10-binary.tar.gz``; otherwise
-    downloads the archive into ``<root>/cifar10/``. ``verify`` checks the archive's SHA-256 as
-    served, or each batch file's; ``sha256`` adds to or replaces those digests (by file name).
+    downloads the archive into ``<root>/cifar10/`` (download.load_files). ``verify`` checks
+    the archive's SHA-256 as served, or each batch file's; ``sha256`` adds to or replaces
+    those digests (by file name).
     """
-    base = data_root(root)
-    table = {**SHA256, **(sha256 or {})}
-    mirrors = MIRRORS if mirrors is None else list(mirrors)
-    for folder in (base / "cifar10", base):
-        batches = folder / FOLDER
-        if all(data_file(batches / n) for n in TRAIN + (TEST, META)):
-            files = {}
-            for name in TRAIN + (TEST,):
-                raw = _read_folder_file(batches / name, MAX_RECORDS * RECORD)
-                _verify_bytes(raw, batches / name, name, table, verify)
-                files[name] = raw
-            files[META] = _read_folder_file(batches / META, MAX_TEXT)
-            return _to_dataset(files, batches, verify)
-        if data_file(folder / ARCHIVE):
-            return _to_dataset(_load_archive(folder / ARCHIVE, table, verify),
-                               folder / ARCHIVE, verify)
-    target = base / "cifar10"
-    where = f"{target} (or directly into {base})"
-    if not download:
-        raise _not_found(where, "download=False")
-    files = fetch(ARCHIVE, target, mirrors, lambda path: _load_archive(path, table, verify),
-                  timeout, lambda why: _not_found(where, why))
-    return _to_dataset(files, target / ARCHIVE, verify)
+    folder, found = load_files(DATA_FILES, READERS, root, download, verify, mirrors, sha256,
+                               timeout)
+    if ARCHIVE in found:
+        return _to_dataset(found[ARCHIVE], folder / ARCHIVE, verify)
+    return _to_dataset({name.removeprefix(FOLDER + "/"): part for name, part in found.items()},
+                       folder / FOLDER, verify)
 
 
-def _load_archive(path, table, verify):
-    expected = expected_digest(table, ARCHIVE, path, "cifar10", verify)
-    check_size(path, MAX_ARCHIVE, "cifar10")
-    if expected is not None:
-        check_sha256(path, sha256_of(path), expected, "cifar10", "archive as served")
-    return read_archive(path)
-
-
-def _verify_bytes(raw, path, name, table, verify):
-    expected = expected_digest(table, name, path, "cifar10", verify)
-    if expected is not None:
-        check_sha256(path, hashlib.sha256(raw).hexdigest(), expected, "cifar10")
-
-
-def _to_dataset(files, where, verify):
-    classes = parse_meta(files[META], f"{where}: {META}")
+def _to_dataset(parts, where, verify):
+    """parts: {batch name: (images, labels), META: class names}."""
+    classes = parts[META]
     if verify and classes != CLASSES:   # no digest is published for the meta file
         raise DataError(f"{where}: {META} names {classes}, expected CIFAR-10's {CLASSES}")
-    parts = {}
-    for name in TRAIN + (TEST,):   # popped: each file's bytes go once its arrays are made
-        images, labels = parse_batch(files.pop(name), f"{where}: {name}")
+    for name in TRAIN + (TEST,):
+        labels = parts[name][1]
         if labels.max() >= len(classes):
             raise DataError(f"{where}: {name} has label {labels.max()}, expected "
                             f"0..{len(classes) - 1} for the {len(classes)} classes of {META}")
-        parts[name] = images, labels
     x_train = np.concatenate([parts[n][0] for n in TRAIN])
     y_train = np.concatenate([parts[n][1] for n in TRAIN])
     return Dataset(x_train, y_train, *parts[TEST], classes=classes, name="cifar10")
-
-
-def _not_found(where, why):
-    files = [f"{ARCHIVE} (170 MB), or the folder {FOLDER}/ extracted from it "
-             f"({', '.join(TRAIN)}, {TEST}, {META})"]
-    return not_found_error("cifar10", files, where, why, [m + ARCHIVE for m in MIRRORS])

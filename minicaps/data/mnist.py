@@ -1,13 +1,14 @@
 """MNIST and Fashion-MNIST: the IDX format, read with its sizes bounded, downloaded and verified.
 
 Files are looked up in ``root``, else ``$MINICAPS_DATA``, else a per-user cache
-(``pooch.os_cache("minicaps")``). Missing files are downloaded from a list of mirrors and
-checked against the SHA-256 of their *gunzipped* content, because the published .gz bytes
-differ between mirrors while the arrays inside do not.
+(``pooch.os_cache("minicaps")``); missing files are downloaded from a list of mirrors
+(download.load_files). They are checked against the SHA-256 of their *gunzipped* content,
+because the published .gz bytes differ between mirrors while the arrays inside do not.
 
 Errors: every problem with the data raises ``DataError`` (a ``ValueError``);
 ``ChecksumError`` and ``DataNotFoundError`` are its subclasses (data/dataset.py).
 """
+import functools
 import gzip
 import hashlib
 import math
@@ -18,8 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from minicaps.data.dataset import ChecksumError, DataError, DataNotFoundError, data_root
-from minicaps.data.download import DOWNLOAD_TIMEOUT, fetch, read_exactly
+from minicaps.data.dataset import DataError
+from minicaps.data.download import (DOWNLOAD_TIMEOUT, DataFiles, check_sha256, load_files,
+                                    read_exactly)
 
 # --- IDX files -------------------------------------------------------------------------------
 
@@ -28,7 +30,6 @@ IDX_DTYPES = {0x08: np.dtype("u1"), 0x09: np.dtype("i1"), 0x0B: np.dtype(">i2"),
               0x0C: np.dtype(">i4"), 0x0D: np.dtype(">f4"), 0x0E: np.dtype(">f8")}
 MAX_IDX_NDIM = 4
 MAX_IDX_BYTES = 1 << 30   # refuse to read more than this: MNIST's biggest file is 47 MB
-_CHUNK = 1 << 24          # read in 16 MiB pieces so memory follows the data, not the header
 
 
 def read_idx(path, max_bytes=MAX_IDX_BYTES):
@@ -105,15 +106,7 @@ FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
 # them: a file expected to be a published one is read no further than that.
 FILE_BYTES = dict(zip(FILES, (60000 * 28 * 28, 60000, 10000 * 28 * 28, 10000)))
 
-MIRRORS = {
-    "mnist": ["https://ossci-datasets.s3.amazonaws.com/mnist/",
-              "https://storage.googleapis.com/cvdf-datasets/mnist/",
-              "http://yann.lecun.com/exdb/mnist/"],
-    "fashion-mnist": ["http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
-                      "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/"],
-}
-
-# SHA-256 of the gunzipped files. MNIST: of the four files as the mirrors above serve them.
+# SHA-256 of the gunzipped files. MNIST: of the four files as its mirrors serve them.
 # Fashion-MNIST: computed from Debian's dataset-fashion-mnist 0.0~git20200523.55506a9-1; the
 # same values are published by other projects that derived them from the archives with
 # zalando's MD5s.
@@ -130,8 +123,23 @@ SHA256 = {   # for the four FILES, in that order
         "0402a96d92fd2663957122ceb108a494c5af83dab82d92729df917d7dec38c34"))),
 }
 
-# Folders that system packages install into (Debian: dataset-fashion-mnist).
-SYSTEM_DIRS = {"mnist": [], "fashion-mnist": ["/usr/share/datasets/fashion-mnist"]}
+# Both sets serve the four files gzipped (kept so); a gunzipped copy is read too, and the
+# digests are of the gunzipped files, which read_idx hashes as it reads them.
+AS_SERVED = dict(files=tuple(name + ".gz" for name in FILES),
+                 listed=tuple(f"{name}.gz (or {name})" for name in FILES),
+                 digest_of="gunzipped content", gunzipped=True)
+DATA_FILES = {
+    "mnist": DataFiles(
+        "mnist", sha256=SHA256["mnist"], **AS_SERVED,
+        mirrors=("https://ossci-datasets.s3.amazonaws.com/mnist/",
+                 "https://storage.googleapis.com/cvdf-datasets/mnist/",
+                 "http://yann.lecun.com/exdb/mnist/")),
+    "fashion-mnist": DataFiles(
+        "fashion-mnist", sha256=SHA256["fashion-mnist"], **AS_SERVED,
+        mirrors=("http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+                 "https://github.com/zalandoresearch/fashion-mnist/raw/master/data/fashion/"),
+        folders=("/usr/share/datasets/fashion-mnist",)),   # Debian: dataset-fashion-mnist
+}
 
 
 class MNIST(NamedTuple):
@@ -142,54 +150,33 @@ class MNIST(NamedTuple):
     y_test: np.ndarray
 
 
-def _find(folder, name):
-    """The path of ``name`` or ``name.gz`` in folder, or None; DataError naming one that
-    is there but is no regular file (files.data_file)."""
-    from minicaps.io.files import data_file
-    for candidate in (folder / (name + ".gz"), folder / name):
-        if data_file(candidate):
-            return candidate
-    return None
-
-
 def load_mnist(root=None, download=True, dataset="mnist", verify=True, mirrors=None,
                sha256=None, timeout=DOWNLOAD_TIMEOUT):
     """Load (x_train, y_train, x_test, y_test): uint8 images (N, 28, 28), int64 labels.
 
     Looks for the four files (.gz or not) in ``<root>/<dataset>/``, then ``<root>/``, then
     system folders, using the first folder that has all four. Otherwise the missing ones are
-    downloaded into ``<root>/<dataset>/``, trying ``mirrors`` (default MIRRORS[dataset]) in
-    order. ``verify`` checks each file's gunzipped SHA-256 against ``sha256`` (default
-    SHA256[dataset]; a dict from file name to hex digest). Re-hashing costs ~0.04 s for the
-    train images next to ~0.25 s to gunzip them, so the result is not cached on disk.
+    downloaded into ``<root>/<dataset>/``, trying ``mirrors`` (default the set's own) in
+    order. ``verify`` checks each file's gunzipped SHA-256 against ``sha256`` (a dict from
+    file name to hex digest, replacing the published one of that name). Re-hashing costs
+    ~0.04 s for the train images next to ~0.25 s to gunzip them, so the result is not
+    cached on disk.
     """
-    if dataset not in MIRRORS:
-        raise ValueError(f"unknown dataset {dataset!r}, expected one of {sorted(MIRRORS)}")
-    base = data_root(root)
-    expected = (SHA256[dataset] if sha256 is None else sha256) if verify else {}
-    mirrors = MIRRORS[dataset] if mirrors is None else list(mirrors)
-    folders = [base / dataset, base] + [Path(d) for d in SYSTEM_DIRS[dataset]]
-    folder = next((d for d in folders if all(_find(d, n) for n in FILES)), None)
-    if folder is None and not download:
-        raise _not_found(f"{base / dataset} (or directly into {base})", dataset,
-                         "download=False")
-    target = folder or base / dataset
-    arrays = {}
-    for name in FILES:
-        path = _find(target, name)
-        if path is not None:
-            arrays[name] = _load_verified(path, expected.get(name), dataset, name)
-        else:
-            arrays[name] = _download(name, target, mirrors, expected.get(name), dataset, timeout)
-    x_train, y_train = _check_pair(arrays, "train", target)
-    x_test, y_test = _check_pair(arrays, "t10k", target)
+    if dataset not in DATA_FILES:
+        raise ValueError(f"unknown dataset {dataset!r}, expected one of {sorted(DATA_FILES)}")
+    read = {name + ".gz": functools.partial(_read_idx_checked, dataset=dataset, name=name)
+            for name in FILES}
+    folder, arrays = load_files(DATA_FILES[dataset], read, root, download, verify, mirrors,
+                                sha256, timeout)
+    x_train, y_train = _check_pair(arrays, "train", folder)
+    x_test, y_test = _check_pair(arrays, "t10k", folder)
     return MNIST(x_train, y_train, x_test, y_test)
 
 
-def _load_verified(path, expected, dataset, name):
+def _read_idx_checked(path, expected, dataset, name):
     """read_idx, then compare the content hash; the message says what to do about it. A
     file expected to be the published ``name`` is read no further than its size."""
-    if expected is not None and expected == SHA256.get(dataset, {}).get(name):
+    if expected is not None and expected == SHA256[dataset][name]:
         array, actual = _read_idx(path, FILE_BYTES[name], f"{dataset}'s {name}")
     else:
         array, actual = _read_idx(path)
@@ -197,32 +184,15 @@ def _load_verified(path, expected, dataset, name):
         known = [f"{d}'s {n}" for d, table in SHA256.items() for n, h in table.items()
                  if h == actual]
         advice = (f"It is {known[0]}: point root or MINICAPS_DATA at the {dataset} files."
-                  if known else "Delete the file so that it is downloaded again, "
-                  "or replace it with a good copy.")
-        raise ChecksumError(f"{path}: SHA-256 of the gunzipped content is {actual}, expected "
-                            f"{expected} for {dataset}. {advice}")
+                  if known else None)
+        check_sha256(path, actual, expected, dataset, "gunzipped content", advice)
     return array
-
-
-def _download(name, folder, mirrors, expected, dataset, timeout):
-    """Fetch name.gz from the first mirror that serves a valid file; keep it in folder."""
-    return fetch(name + ".gz", folder, mirrors,
-                 lambda path: _load_verified(path, expected, dataset, name), timeout,
-                 lambda why: _not_found(str(folder), dataset, why))
-
-
-def _not_found(where, dataset, why):
-    files = "\n".join(f"  {n}.gz (or {n})" for n in FILES)
-    return DataNotFoundError(
-        f"{dataset} data not found ({why}). Put these four files\n{files}\n"
-        f"into {where}, or into a folder named by the MINICAPS_DATA environment variable, "
-        f"or with network access let them download (minicaps train --dataset {dataset}, "
-        f"or load_mnist(download=True)).")
 
 
 def _check_pair(arrays, split, folder):
     """Images (N, 28, 28) uint8 and N labels in 0..9, as int64."""
-    images, labels = arrays[f"{split}-images-idx3-ubyte"], arrays[f"{split}-labels-idx1-ubyte"]
+    images = arrays[f"{split}-images-idx3-ubyte.gz"]
+    labels = arrays[f"{split}-labels-idx1-ubyte.gz"]
     where = f"{folder}/{split}-*"
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DataError(f"{where}: images are {images.dtype} {images.shape}, "

@@ -18,11 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from minicaps.data.dataset import DataError, Dataset, data_root
-from minicaps.io.files import data_file
-from minicaps.data.download import (DOWNLOAD_TIMEOUT, check_sha256, check_size,
-                                    expected_digest, fetch, not_found_error, read_exactly,
-                                    sha256_of)
+from minicaps.data.dataset import DataError, Dataset
+from minicaps.data.download import DOWNLOAD_TIMEOUT, DataFiles, load_files, read_exactly
 
 # The element types of the binary-matrix format (its readme); 0x1E3D4C52, "packed", is never
 # used by NORB and is not read.
@@ -40,9 +37,6 @@ PREFIXES = {"train": "smallnorb-5x46789x9x18x6x2x96x96-training",
 FILES = {(split, kind): f"{prefix}-{kind}.mat.gz"
          for split, prefix in PREFIXES.items() for kind in ("dat", "cat")}
 
-MIRRORS = ["https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/",
-           "https://cs.nyu.edu/~yann/data/norb-v1.0-small/"]
-
 # SHA-256 of the .mat.gz files as served: tensorflow/datasets,
 # tensorflow_datasets/url_checksums/smallnorb.txt (the -info files, not read here, are listed
 # there too). No digest of the gunzipped files is published.
@@ -52,6 +46,14 @@ SHA256 = {
     FILES["test", "dat"]: "cf7104eed3e51174d2f65b66d1e5878b9da233b886f161b0d88f4510ba2c7474",
     FILES["test", "cat"]: "ecaf6d5bb8c3bc5eab9cf0258f6d2198dd474e016e374836fc097f2e5ff509ff",
 }
+
+# Gunzipped .mat files load too, but only with digests of their own (sha256=), so the
+# files named when they are missing are the published ones.
+DATA_FILES = DataFiles(
+    "smallnorb", files=tuple(FILES.values()), sha256=SHA256,
+    mirrors=("https://cs.nyu.edu/~ylclab/data/norb-v1.0-small/",
+             "https://cs.nyu.edu/~yann/data/norb-v1.0-small/"),
+    gunzipped=True, max_bytes=MAX_BYTES + 64)   # no bigger than the biggest header allows
 
 
 # --- the binary-matrix format ----------------------------------------------------------------
@@ -168,55 +170,22 @@ def load_smallnorb(root=None, download=True, verify=True, mirrors=None, sha256=N
 
     Looks in ``<root>/smallnorb/`` then ``<root>/`` for the folder that has the four -dat and
     -cat files (``.mat.gz`` as served, or gunzipped ``.mat``); otherwise the missing ones are
-    downloaded into ``<root>/smallnorb/``. ``verify`` checks each file's SHA-256 as served:
-    only the .mat.gz files have published digests, so gunzipped ones need their own digests in
-    ``sha256`` (by file name) or verify=False.
+    downloaded into ``<root>/smallnorb/`` (download.load_files). ``verify`` checks each file's
+    SHA-256 as served: only the .mat.gz files have published digests, so gunzipped ones need
+    their own digests in ``sha256`` (by file name) or verify=False.
     """
-    base = data_root(root)
-    table = {**SHA256, **(sha256 or {})}
-    mirrors = MIRRORS if mirrors is None else list(mirrors)
-    folders = [base / "smallnorb", base]
-    folder = next((d for d in folders if all(_find(d, n) for n in FILES.values())), None)
-    target = folder or base / "smallnorb"
-    where = f"{base / 'smallnorb'} (or directly into {base})"
-    if folder is None and not download:
-        raise _not_found(where, "download=False")
-    arrays = {}
-    for (split, kind), name in FILES.items():
-        reader = read_norb_pairs if kind == "dat" else read_norb
-        path = _find(target, name)
-        if path is not None:   # checked by the digest of its own name: .mat.gz or .mat
-            arrays[split, kind] = _load_verified(path, path.name, reader, table, verify)
-        else:
-            load = lambda tmp, name=name, reader=reader: _load_verified(  # noqa: E731
-                tmp, name, reader, table, verify)
-            arrays[split, kind] = fetch(name, target, mirrors, load, timeout,
-                                        lambda why: _not_found(where, why))
-    x_train, y_train = _check_pair(arrays, "train", target)
-    x_test, y_test = _check_pair(arrays, "test", target)
+    read = {name: read_norb_pairs if kind == "dat" else read_norb
+            for (split, kind), name in FILES.items()}
+    folder, arrays = load_files(DATA_FILES, read, root, download, verify, mirrors, sha256,
+                                timeout)
+    x_train, y_train = _check_pair(arrays, "train", folder)
+    x_test, y_test = _check_pair(arrays, "test", folder)
     return Dataset(x_train, y_train, x_test, y_test, classes=CLASSES, name="smallnorb",
                    info={"crop": 32})
 
 
-def _load_verified(path, name, reader, table, verify):
-    expected = expected_digest(table, name, path, "smallnorb", verify)
-    check_size(path, MAX_BYTES + 64, "smallnorb")   # no bigger than the biggest header allows
-    if expected is not None:
-        check_sha256(path, sha256_of(path), expected, "smallnorb")
-    return reader(path)
-
-
-def _find(folder, name):
-    """The path of name (a .mat.gz) or of its gunzipped .mat in folder, or None; DataError
-    naming one that is there but is no regular file (files.data_file)."""
-    for candidate in (folder / name, folder / name[:-len(".gz")]):
-        if data_file(candidate):
-            return candidate
-    return None
-
-
 def _check_pair(arrays, split, folder):
-    images, cats = arrays[split, "dat"], arrays[split, "cat"]
+    images, cats = arrays[FILES[split, "dat"]], arrays[FILES[split, "cat"]]
     where = f"{folder}/{PREFIXES[split]}-cat"
     if cats.dtype != np.int32 or cats.ndim != 1 or len(cats) != len(images):
         raise DataError(f"{where}: categories are {cats.dtype} {cats.shape}, expected int32 "
@@ -226,9 +195,3 @@ def _check_pair(arrays, split, folder):
         raise DataError(f"{where}: category {bad}, expected 0..{len(CLASSES) - 1}")
     return images, cats.astype(np.int64)
 
-
-def _not_found(where, why):
-    # gunzipped .mat files load too, but only with digests of their own (sha256=), so
-    # the files named are the published ones
-    return not_found_error("smallnorb", list(FILES.values()),
-                           where, why, [MIRRORS[0] + n for n in FILES.values()])

@@ -8,10 +8,8 @@ bytes than the file could hold compressed: a hostile file cannot make loadmat al
 """
 import numpy as np
 
-from minicaps.data.dataset import DataError, Dataset, data_root
-from minicaps.io.files import data_file
-from minicaps.data.download import (DOWNLOAD_TIMEOUT, check_sha256, check_size,
-                                    expected_digest, fetch, not_found_error, sha256_of)
+from minicaps.data.dataset import DataError, Dataset
+from minicaps.data.download import DOWNLOAD_TIMEOUT, DataFiles, check_size, load_files
 
 FILES = {"train": "train_32x32.mat", "test": "test_32x32.mat"}
 CLASSES = tuple(str(d) for d in range(10))
@@ -23,14 +21,18 @@ MAX_RATIO = 16
 LABEL_TYPES = {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "int64",
                "double", "single"}
 
-MIRRORS = ["http://ufldl.stanford.edu/housenumbers/",
-           "https://ufldl.stanford.edu/housenumbers/"]
-
 # SHA-256 of the files as served: tensorflow/datasets, tensorflow_datasets/url_checksums/
 # svhn_cropped.txt (182040794 and 64275384 bytes); the same in pytorch/vision's prototype
 # SVHN dataset (_CHECKSUMS).
 SHA256 = {"train_32x32.mat": "435e94d69a87fde4fd4d7f3dd208dfc32cb6ae8af2240d066de1df7508d083b8",
           "test_32x32.mat": "cdce80dfb2a2c4c6160906d0bd7c68ec5a99d7ca4831afa54f09182025b6a75b"}
+
+DATA_FILES = DataFiles(
+    "svhn", files=tuple(FILES.values()), sha256=SHA256,
+    mirrors=("http://ufldl.stanford.edu/housenumbers/",
+             "https://ufldl.stanford.edu/housenumbers/"),
+    listed=tuple(f"{name} (cropped digits, format 2)" for name in FILES.values()),
+    max_bytes=MAX_FILE)
 
 
 def read_svhn_mat(path):
@@ -86,37 +88,10 @@ def load_svhn(root=None, download=True, verify=True, mirrors=None, sha256=None,
     "0".."9" (73,257 train and 26,032 test images in the real set; the "extra" set is not read).
 
     Looks in ``<root>/svhn/`` then ``<root>/`` for the folder that has both files; otherwise the
-    missing ones are downloaded into ``<root>/svhn/``. ``verify`` checks each file's SHA-256 as
-    served; ``sha256`` adds to or replaces those digests (by file name).
+    missing ones are downloaded into ``<root>/svhn/`` (download.load_files). ``verify`` checks
+    each file's SHA-256 as served; ``sha256`` adds to or replaces those digests (by file name).
     """
-    base = data_root(root)
-    table = {**SHA256, **(sha256 or {})}
-    mirrors = MIRRORS if mirrors is None else list(mirrors)
-    folders = [base / "svhn", base]
-    folder = next((d for d in folders if all(data_file(d / n) for n in FILES.values())), None)
-    target = folder or base / "svhn"
-    where = f"{base / 'svhn'} (or directly into {base})"
-    if folder is None and not download:
-        raise _not_found(where, "download=False")
-    parts = {}
-    for split, name in FILES.items():
-        load = lambda path, name=name: _load_verified(path, name, table, verify)  # noqa: E731
-        if data_file(target / name):
-            parts[split] = load(target / name)
-        else:
-            parts[split] = fetch(name, target, mirrors, load, timeout,
-                                 lambda why: _not_found(where, why))
-    return Dataset(*parts["train"], *parts["test"], classes=CLASSES, name="svhn")
-
-
-def _load_verified(path, name, table, verify):
-    expected = expected_digest(table, name, path, "svhn", verify)
-    check_size(path, MAX_FILE, "svhn")
-    if expected is not None:
-        check_sha256(path, sha256_of(path), expected, "svhn")
-    return read_svhn_mat(path)
-
-
-def _not_found(where, why):
-    return not_found_error("svhn", [f"{n} (cropped digits, format 2)" for n in FILES.values()],
-                           where, why, [MIRRORS[0] + n for n in FILES.values()])
+    _, parts = load_files(DATA_FILES, read_svhn_mat, root, download, verify, mirrors, sha256,
+                          timeout)
+    return Dataset(*parts[FILES["train"]], *parts[FILES["test"]], classes=CLASSES,
+                   name="svhn")

@@ -1,5 +1,5 @@
-"""The fast path: the ops of ``minicaps.ops`` made fast, and the model that walks them
-(``CapsNet(config)``, impl="fast", the default).
+"""The fast path: the ops of ``minicaps.ops`` made fast, and the networks that walk them
+(FastCapsNet, FastBaselineCNN: what ``build_model(config)`` builds, nn/registry.py).
 
 Each fast op computes the function of its reference twin in ``minicaps.ops`` (the tests
 compare them in float64 to 1e-10), only faster: the convolution in chunks of images or

@@ -1,5 +1,5 @@
-"""The fast CNN baseline: cnn.BaselineCNN with its convolutions swapped for the fast one
-(``BaselineCNN(config)``, impl="fast", the default).
+"""The fast CNN baseline: FastBaselineCNN, cnn.BaselineCNN with its convolutions swapped for
+the fast one; what build_model(config) builds for a CNNConfig (nn/registry.py).
 
 The network, its layers and their order are BaselineCNN's (read minicaps/nn/cnn.py); only the
 convolution changes, and with it the speed and the rounding (tests/test_cnn.py compares
@@ -15,15 +15,11 @@ the two in float64):
 A training step of the pooled baseline on 40x40 (batch 100, 2 cores) took 2.5 s against
 the reference's 6.2 s (docs/claims.md).
 """
-import contextlib
-
-from minicaps import backend
 from minicaps.nn.cnn import BaselineCNN
 from minicaps.backend import get_xp
 from minicaps.ops.cnn_layers import POOL_OFFSETS, same_padding, pad_forward, pad_backward
-from minicaps.fast import conv_fft
 from minicaps.fast.conv import conv2d_forward, conv2d_backward
-from minicaps.fast.model import FastCapsNet
+from minicaps.fast.network import FastNetwork
 
 
 def conv2d_same_forward(x, W, b, training=True, spectrum=None):
@@ -71,44 +67,21 @@ def max_pool_backward(dout, cache):
     return dx
 
 
-class FastBaselineCNN(BaselineCNN):
-    """BaselineCNN(config, seed=0, dtype="float32", device=None, params=None), the fast twin."""
-    impl = "fast"
+class FastBaselineCNN(FastNetwork, BaselineCNN):
+    """FastBaselineCNN(config, seed=0, dtype="float32", device=None, params=None), the fast
+    twin of BaselineCNN. Inside fixed_weights (evaluate, predict) each convolution for which
+    the DFT route pays makes its weights' spectrum once, for every batch of the block (the
+    released baseline's forward pass over 256 images on one core: 15.1 s by im2col + GEMM,
+    6.4 s by the DFT with its spectrum made per batch)."""
 
-    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None, *,
-                 impl="fast"):
+    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None):
         super().__init__(config, seed, dtype, device, params)
         self._fixed = {}      # conv name -> (weights copy, spectrum), inside fixed_weights()
 
-    def _place_on(self, device):
-        BaselineCNN._place_on(self, device)
-        if self.device == "cpu":
-            backend.keep_freed_memory()
-
-    @contextlib.contextmanager
-    def fixed_weights(self, n_images):
-        """FastCapsNet.fixed_weights for the CNN: a block of forward passes over about
-        ``n_images`` images with the parameters held fixed (evaluate, predict). Each
-        convolution for which the DFT route then pays (conv_fft.fft_pays with
-        training=False: the 5x5 convolutions on 256 or 512 channels) makes its weights'
-        spectrum once here, for every batch of the block (the released baseline's forward
-        pass over 256 images on one core: 15.1 s by im2col + GEMM, 6.4 s by the DFT with
-        its spectrum made per batch)."""
-        cfg, fixed = self.config, {}
-        k = cfg.conv_kernel
-        for l, (h, w, c_in, _, _) in enumerate(cfg.conv_layers(), start=1):
-            W = self.params[f"conv{l}.W"]
-            x_shape = (int(n_images), h + k - 1, w + k - 1, c_in)        # padded (SAME)
-            if conv_fft.fft_pays(x_shape, W.shape, 1, training=False):
-                plan = conv_fft.dft_plan(x_shape, W.shape, 1, W)
-                fixed[f"conv{l}"] = (W.copy(), conv_fft.weight_spectrum(W, plan))
-        outer, self._fixed = self._fixed, fixed
-        try:
-            yield self
-        finally:
-            self._fixed = outer
-
-    _fixed_spectrum = FastCapsNet._fixed_spectrum    # the spectrum, after checking W is unchanged
+    def _spectrum_inputs(self, n_images):
+        k = self.config.conv_kernel
+        return [(f"conv{l}", (n_images, h + k - 1, w + k - 1, c_in), 1)      # padded (SAME)
+                for l, (h, w, c_in, _, _) in enumerate(self.config.conv_layers(), start=1)]
 
     def conv_forward(self, x, W, b, training=False, name=None):
         spectrum = None if training or name is None else self._fixed_spectrum(name)

@@ -1,22 +1,24 @@
-"""The fast CapsNet: the model of minicaps/nn/capsnet.py with its pieces swapped for the fast
-ops (``CapsNet(config)``, impl="fast", the default).
+"""The fast CapsNet: FastCapsNet, the model of minicaps/nn/capsnet.py with its pieces swapped
+for the fast ops; what build_model(config) builds (nn/registry.py), so what trains,
+evaluates and predicts.
 
 What changes against the reference composition, and only the speed and the rounding
 change with it (tests/test_reference_fast.py):
 - the convolutions take im2col + GEMM in chunks of images or the DFT route
-  (``conv_method``), and inside ``fixed_weights`` inference reuses one weights' spectrum;
+  (``conv_method``), and inside ``fixed_weights`` inference reuses one weights' spectrum
+  (fast/network.py);
 - predictions and routing run a chunk of the batch at a time on every core
   (fast.digit_capsules_forward), recomputing u_hat in the backward pass;
 - ReLUs overwrite their input, the first convolution's dx is never made, and the backward
   pass of loss_and_grads drops each cache once used, so its memory comes back early;
+- on the GPU the margin loss's, the lengths' and the mask's gradients are one kernel, the
+  reconstruction loss's and the sigmoid's another (fused.py): that is why the backward
+  pass is written again here, where the forward pass is MultiLabel's (nn/multi_label.py:
+  CapsNet's stages composed, with K labels an image and the training loop's options);
 - on the CPU, malloc keeps freed memory for the next step (backend.keep_freed_memory).
 """
-import contextlib
-
-import numpy as np
-
-from minicaps import backend
-from minicaps.nn.capsnet import CapsNet, decoded_backward
+from minicaps.nn.capsnet import CapsNet
+from minicaps.nn.multi_label import MultiLabel, decoded_backward
 from minicaps.fast import conv_fft
 from minicaps.fast import (conv2d_forward, conv2d_backward, relu_forward, relu_backward,
                            dense_forward, dense_backward, mask_forward, mask_backward,
@@ -24,12 +26,13 @@ from minicaps.fast import (conv2d_forward, conv2d_backward, relu_forward, relu_b
 from minicaps.fast.fused import (primary_capsules_forward, primary_capsules_backward,
                                  sigmoid_forward, margin_length_backward,
                                  recon_sigmoid_backward)
+from minicaps.fast.network import FastNetwork
 
 CONV_METHODS = ("auto", "gemm")
 
 
-class FastCapsNet(CapsNet):
-    """CapsNet(config, seed=0, dtype="float32", device=None, params=None, conv_method="auto").
+class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
+    """FastCapsNet(config, seed=0, dtype="float32", device=None, params=None, conv_method="auto").
 
     ``conv_method``: "auto" lets each convolution pick im2col + GEMM or the DFT route
     (fast.conv2d_forward; the primary capsules take the DFT from about 15 images
@@ -41,26 +44,17 @@ class FastCapsNet(CapsNet):
     (backend.keep_freed_memory: a batch-128 training step in 0.74-0.85x the time, the
     process's memory stays at its high-water mark; $MINICAPS_KEEP_FREED_MEMORY=0 turns it off).
     """
-    impl = "fast"
 
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
-                 conv_method="auto", *, impl="fast"):
+                 conv_method="auto"):
         if conv_method not in CONV_METHODS:
             raise ValueError(f"conv_method must be 'auto' or 'gemm', got {conv_method!r}")
         self.conv_method = conv_method
         super().__init__(config, seed, dtype, device, params)
         self._fixed = {}      # conv name -> (weights copy, spectrum), inside fixed_weights()
 
-    def with_params(self, params):
-        return type(self)(self.config, dtype=self.dtype, device=self.device, params=params,
-                          conv_method=self.conv_method)
-
-    def _place_on(self, device):
-        """Set the device and its array module; on the CPU, ask malloc to keep freed
-        memory for the next step (backend.keep_freed_memory)."""
-        super()._place_on(device)
-        if self.device == "cpu":
-            backend.keep_freed_memory()
+    def _build_options(self):
+        return {"conv_method": self.conv_method}
 
     def _window_floats_per_image(self):
         return 0              # the windows go through the GEMMs a chunk of images at a time
@@ -74,67 +68,20 @@ class FastCapsNet(CapsNet):
         the parameters and its margin, says 251 and 217."""
         if self.conv_method == "gemm":
             return 0
-        cfg, total = self.config, 0
-        for x_shape, name, stride in (((1,) + cfg.input_shape, "conv1", cfg.conv1_stride),
-                                      ((1, *cfg.conv1_out, cfg.conv1_channels), "primary",
-                                       cfg.primary_stride)):
+        total = 0
+        for name, x_shape, stride in self._spectrum_inputs(1):
             kh, kw, C, O = self.params[f"{name}.W"].shape
             if C >= 16:
                 U, V, _, _ = conv_fft.fft_grid(x_shape, (kh, kw, C, O), stride)
                 total += (2 * U + 2 * kh) * (V // 2 + 1) * C * O
         return total
 
-    # ------------------------------------------------------------ fixed weights
-    @contextlib.contextmanager
-    def fixed_weights(self, n_images):
-        """A block of forward passes over about ``n_images`` images in all, with the
-        parameters held fixed (prediction, evaluation). A convolution for which the
-        DFT route then pays (conv_fft.fft_pays with training=False: the primary
-        capsules from about 22 images on) makes its weights' spectrum once here, and
-        the inference passes in the block use it instead of the im2col GEMM in every
-        batch; training passes make their own as before. Only the speed and the
-        rounding change. The parameters must not change inside the block: each pass
-        checks that the weights still equal the copy the spectrum was made from and
-        raises if not.
-
-            with model.fixed_weights(len(x)):
-                for batch in batches: model.forward(batch)
-        """
-        cfg, p, fixed = self.config, self.params, {}
-        if self.conv_method == "auto":
-            inputs = {"conv1": (cfg.input_shape, cfg.conv1_stride),
-                      "primary": ((*cfg.conv1_out, cfg.conv1_channels), cfg.primary_stride)}
-            for name, (shape, stride) in inputs.items():
-                W = p[f"{name}.W"]
-                x_shape = (int(n_images),) + tuple(shape)
-                if conv_fft.fft_pays(x_shape, W.shape, stride, training=False):
-                    plan = conv_fft.dft_plan(x_shape, W.shape, stride, W)
-                    fixed[name] = (W.copy(), conv_fft.weight_spectrum(W, plan))
-        outer, self._fixed = self._fixed, fixed
-        try:
-            yield self
-        finally:
-            self._fixed = outer
-
-    def _fixed_spectrum(self, name):
-        """The spectrum fixed_weights() made for convolution ``name``, after checking
-        that its weights have not changed since; None outside the block."""
-        if name not in self._fixed:
-            return None
-        copy, spectrum = self._fixed[name]
-        W = self.params[f"{name}.W"]
-        # Compared bit for bit (the spectrum was made from these bits; NaN equals NaN): one
-        # pass over 21 MB, 1.3-1.6 ms, where array_equal(equal_nan=True) took 16 ms a batch.
-        same = (backend.is_gpu_array(W) == backend.is_gpu_array(copy) and W.shape == copy.shape
-                and W.dtype == copy.dtype)
-        if same:
-            bits = np.dtype(f"u{W.dtype.itemsize}")
-            same = bool(self.xp.array_equal(W.view(bits), copy.view(bits)))
-        if not same:
-            raise RuntimeError(f"{name}.W changed inside CapsNet.fixed_weights(): the weights' "
-                               "spectrum made at the start of the block no longer matches them; "
-                               "change parameters (or the device) only outside the block")
-        return spectrum
+    def _spectrum_inputs(self, n_images):
+        if self.conv_method != "auto":
+            return []
+        cfg = self.config
+        return [("conv1", (n_images,) + tuple(cfg.input_shape), cfg.conv1_stride),
+                ("primary", (n_images, *cfg.conv1_out, cfg.conv1_channels), cfg.primary_stride)]
 
     # ------------------------------------------------------------ forward / backward
     def primary_capsules(self, x, training=False):
@@ -161,6 +108,15 @@ class FastCapsNet(CapsNet):
         cfg = self.config
         return digit_capsules_forward(u, self.params["digit.W"], cfg.routing_iters,
                                       cfg.routing_grad, cfg.squash_eps, coupling)
+
+    def iteration_couplings(self, digit_cache):
+        """CapsNet.iteration_couplings from the chunks' caches: each iteration's c of
+        every chunk, joined (only when asked: forward(keep_couplings=True))."""
+        _, chunks = digit_cache
+        steps = [chunk_steps for _, _, (chunk_steps, _) in chunks]
+        if len(steps) == 1:
+            return [c for c, _, _ in steps[0]]
+        return [self.xp.concatenate([s[t][0] for s in steps]) for t in range(len(steps[0]))]
 
     def decode(self, v, mask):
         """The decoder of CapsNet.decode, its ReLUs in place and its sigmoid one kernel on

@@ -34,8 +34,7 @@ from minicaps.io.files import regular_file
 from minicaps.io.metadata import (FORMAT, FORMAT_VERSION, check_meta, check_rng_state,
                                   config_from, generator_from_state)
 from minicaps.io.writer import write_atomically
-from minicaps.nn.capsnet import CapsNet
-from minicaps.nn.cnn import BaselineCNN
+from minicaps.nn.base import Network
 from minicaps.nn.registry import build_model, model_kind
 from minicaps.training.optim import Adam, ParameterAverage
 
@@ -47,7 +46,8 @@ WEIGHT_CHOICES = ("auto", "average", "trained")   # Checkpoint.model_with
 class Checkpoint:
     """What load_checkpoint returns; ``rng()`` rebuilds the random generator."""
     path: Path
-    model: CapsNet          # or a cnn.BaselineCNN: the kind the file's "model" tag names
+    model: Network          # a CapsNet or a BaselineCNN (their fast classes unless told
+                            # otherwise): the kind the file's "model" tag names
     optimizer: Adam
     epoch: int
     step: int
@@ -98,8 +98,7 @@ def save_checkpoint(path, model, optimizer, *, epoch, step, rng_state, metrics=N
             "optimizer": {"name": type(optimizer).__name__, **hyper},
             "rng_state": rng_state, "metrics": metrics or {}, "extra": extra or {},
             "average": None if average is None else {"decay": average.decay}}
-    if isinstance(model, BaselineCNN):      # its masks are default_rng((tag, seed, step))'s
-        meta["dropout"] = {"seed": model.seed, "step": model.dropout_step}
+    meta.update(model.checkpoint_state())   # a CNN's dropout: its seed and next step
     try:
         meta_bytes = json.dumps(meta).encode("utf-8")
     except TypeError as e:
@@ -125,7 +124,7 @@ def load_checkpoint(path, device=None, model=None):
     """Read a checkpoint written by save_checkpoint into a Checkpoint.
 
     The model, a CapsNet or a BaselineCNN as the file's "model" tag says, is rebuilt from
-    the stored config on ``device`` (None: $MINICAPS_DEVICE or cpu); or, when ``model`` is
+    the stored config (build_model: the fast class) on ``device`` (None: $MINICAPS_DEVICE or cpu); or, when ``model`` is
     given, the parameters go into that model, whose kind and config must be the
     checkpoint's. A CNN's dropout goes on with the masks the saved run would have drawn
     next (its seed and dropout_step restored). Anything wrong with the file raises a
@@ -151,8 +150,7 @@ def load_checkpoint(path, device=None, model=None):
             model.set_params(params)
         except ValueError as e:
             raise ValueError(f"{path}: {e}") from e
-    if isinstance(model, BaselineCNN) and "dropout" in meta:
-        model.seed, model.dropout_step = meta["dropout"]["seed"], meta["dropout"]["step"]
+    model.restore_checkpoint_state(meta)
     optimizer = _optimizer_from(meta, moments, model, path)
     average = _average_from(meta, averages, model, path)
     try:

@@ -35,7 +35,7 @@ from minicaps.io.writer import write_atomically
 from minicaps.nn.registry import build_model, model_kind
 from minicaps.io.metadata import FORMAT as CHECKPOINT_FORMAT
 from minicaps.io.files import regular_file, writable_file
-from minicaps.nn.capsnet import CapsNet
+from minicaps.nn.base import Network
 
 FORMAT = "minicaps-weights"
 FORMAT_VERSION = 1
@@ -64,7 +64,7 @@ class Weights:
     """What load_weights returns: the model, which weights it holds ("average" or
     "trained") and how they were made. ``model_with`` answers like a Checkpoint's."""
     path: Path
-    model: CapsNet          # or a cnn.BaselineCNN, as the file's "model" tag says
+    model: Network          # a CapsNet or a BaselineCNN (fast), as the file's "model" tag says
     weights: str
     provenance: dict = field(default_factory=dict)
 

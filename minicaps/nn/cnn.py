@@ -40,10 +40,10 @@ the two labels.
 
 Parameters live in one dict keyed by name ("conv1.W", "fc1.b", "softmax.W", ...), like
 CapsNet's, so Adam, the parameter average and the gradient checker walk the same keys.
-Two implementations, as for CapsNet: BaselineCNN(config, impl="reference") composes the
-reference ops (minicaps.ops and ops/cnn_layers.py), read it to learn the network; the
-default impl="fast" (minicaps/fast/cnn.py) swaps in the fast convolution (im2col + GEMM in
-chunks, or the DFT route), the same function to rounding (tests/test_cnn.py).
+Two implementations, as for CapsNet: BaselineCNN composes the reference ops (minicaps.ops
+and ops/cnn_layers.py), read it to learn the network; FastBaselineCNN (minicaps/fast/cnn.py),
+what build_model(config) builds and so what trains, swaps in the fast convolution (im2col
++ GEMM in chunks, or the DFT route), the same function to rounding (tests/test_cnn.py).
 """
 import math
 from dataclasses import dataclass, asdict, fields
@@ -52,8 +52,7 @@ from typing import ClassVar
 import numpy as np
 
 from minicaps import backend
-from minicaps.nn.capsnet import (CapsNet, DTYPES, check_buildable, glorot_uniform,
-                                 implementation)
+from minicaps.nn.base import Network, glorot_uniform
 from minicaps.ops import (dense_forward, dense_backward, relu_forward, relu_backward,
                           softmax_forward, conv2d_same_forward, conv2d_same_backward,
                           max_pool_forward, max_pool_backward, dropout_forward,
@@ -216,7 +215,7 @@ def init_params(config, seed=0, dtype="float32"):
     return params
 
 
-class BaselineCNN:
+class BaselineCNN(Network):
     """The CNN baseline, with the surface the training loop uses on a CapsNet.
 
     model = BaselineCNN(CNNConfig.paper(), seed=0, dtype="float32", device="cpu")
@@ -237,30 +236,28 @@ class BaselineCNN:
     ``dropout_offset`` k: the batch is rows k, k+1, ... of a bigger one (one rank's share,
     minicaps.training.distributed), and its mask those rows of the bigger batch's mask.
     """
-    impl = "reference"
-    dropout_offset = 0     # the reference ops; BaselineCNN(config) builds fast.cnn's twin
+    config_class = CNNConfig
+    init_params = staticmethod(init_params)
+    dropout_offset = 0
     loss_terms = ("cross_entropy",)     # the loss's terms, as out and the metrics name them
 
-    def __new__(cls, *args, impl="fast", **kwargs):
-        return super().__new__(implementation(cls, BaselineCNN, impl, "cnn", "FastBaselineCNN"))
-
-    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None, *,
-                 impl="reference"):
-        self.config = config if config is not None else CNNConfig()
-        if not isinstance(self.config, CNNConfig):
-            raise ValueError(f"BaselineCNN needs a CNNConfig, got {type(self.config).__name__}")
-        if str(dtype) not in DTYPES:
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None):
         if not is_int(seed) or seed < 0:
             raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
-        self.dtype = np.dtype(str(dtype))
         self.seed, self.dropout_step = int(seed), 0
-        self._place_on(device)
-        if params is None:
-            check_buildable(self.config, self.dtype.name, self.device)
-            params = init_params(self.config, seed, self.dtype)
-        self.params = {}
-        self.set_params(params)
+        super().__init__(config, seed, dtype, device, params)
+
+    def _build_options(self):
+        return {"seed": self.seed}
+
+    def checkpoint_state(self):
+        """The dropout masks' seed and the next step: a resumed run draws the masks the
+        uninterrupted one would have."""
+        return {"dropout": {"seed": self.seed, "step": self.dropout_step}}
+
+    def restore_checkpoint_state(self, meta):
+        if "dropout" in meta:
+            self.seed, self.dropout_step = meta["dropout"]["seed"], meta["dropout"]["step"]
 
     # ------------------------------------------------------------ forward / backward
     # The convolution and the pooling, as methods so that the fast twin can swap them
@@ -292,7 +289,7 @@ class BaselineCNN:
         only: CapsNet's third positional argument is its coupling, which means nothing here.
         """
         cfg, p, caches = self.config, self.params, {}
-        h = self._check_x(x, check_values)
+        h = self.check_x(x, check_values)
         N = h.shape[0]
         for l, (*_, pooled) in enumerate(cfg.conv_layers(), start=1):
             h, caches[f"conv{l}"] = self.conv_forward(h, p[f"conv{l}.W"], p[f"conv{l}.b"],
@@ -314,7 +311,7 @@ class BaselineCNN:
         probabilities = softmax_forward(logits, axis=1)
         out = {"logits": logits, "probabilities": probabilities, "lengths": probabilities}
         if y is not None:
-            y = self._check_y(y, N, check_values)
+            y = self.check_y(y, N, check_values)
             loss, caches["cross_entropy"] = softmax_cross_entropy_forward(logits, y)
             if host_losses:
                 loss = float(backend.to_numpy(loss))
@@ -372,39 +369,16 @@ class BaselineCNN:
         """The numpy Generator that draws training step ``step``'s dropout mask."""
         return np.random.default_rng((DROPOUT_STREAM, self.seed, int(step)))
 
-    def predict(self, x, batch_size=256):
-        """Predicted classes (N,) as a NumPy int array: the most probable class."""
-        return self.predict_probabilities(x, batch_size).argmax(axis=1)
+    def class_scores(self, x):
+        """The class probabilities (N, num_classes) of checked images, dropout off."""
+        return self.forward(x, check_values=False)[0]["probabilities"]
 
     def predict_probabilities(self, x, batch_size=256):
-        """Class probabilities (N, num_classes) as NumPy, in batches, dropout off."""
-        self.check_batch_fits(batch_size, training=False, option="batch_size=")
-        x = self._check_x(x)           # the values once here, not again per batch
-        with self.fixed_weights(x.shape[0]):
-            parts = [self.forward(x[k:k + batch_size], check_values=False)[0]["probabilities"]
-                     for k in range(0, x.shape[0], batch_size)]
-        return backend.to_numpy(self.xp.concatenate(parts))
+        """Class probabilities (N, num_classes) as NumPy, in batches, dropout off
+        (Network.predict_lengths, under the name that says what they are)."""
+        return self.predict_lengths(x, batch_size)
 
-    predict_lengths = predict_probabilities    # the name CapsNet's callers use
-
-    # ------------------------------------------------------------ parameters, devices, memory
-    # The input checks, parameter handling and device moves are CapsNet's, function for
-    # function: they read only config.input_shape, config.num_classes,
-    # config.param_shapes(), dtype, device, xp and batch_bytes.
-    _check_x = CapsNet._check_x
-    _check_y = CapsNet._check_y
-    set_params = CapsNet.set_params
-    num_params = CapsNet.num_params
-    to = CapsNet.to
-    _place_on = CapsNet._place_on
-    fixed_weights = CapsNet.fixed_weights      # nothing to prepare: a block of plain forwards
-    check_batch_fits = CapsNet.check_batch_fits
-
-    def with_params(self, params):
-        """A model like this one (seed, dtype, device) holding ``params``."""
-        return type(self)(self.config, seed=self.seed, dtype=self.dtype, device=self.device,
-                          params=params, impl=self.impl)
-
+    # ------------------------------------------------------------ memory
     def batch_bytes(self, batch_size, training=True):
         """About the most memory one step over ``batch_size`` images takes beyond the
         parameters, with a 25% margin. Per image, what forward's caches hold: for each

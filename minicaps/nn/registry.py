@@ -1,20 +1,30 @@
 """Every network by name, in one registry: the kinds a checkpoint can hold, the layouts
 train builds by name, and the presets of ``minicaps train --preset``.
 
-A kind ("capsnet", "cnn") is a config class and the network class built from it; a
-checkpoint's "model" tag names its kind (a file without the tag, written before the CNN
+A kind ("capsnet", "cnn") is a config class and the two network classes built from it:
+the reference one, which chains the ops of minicaps.ops as the paper writes them, and the
+fast one (minicaps/fast/), the same function made fast, which build_model builds unless
+told otherwise, so that everything that trains, loads, evaluates, predicts or benchmarks a
+network runs the fast one. A checkpoint's "model" tag names its kind (a file without the tag, written before the CNN
 baselines came, holds a CapsNet). A layout ("capsnet", "cnn", "cnn-pooled", ...) is a
 function making a config of some kind, with the paper's sizes; a preset adds the recipe
 (epochs, learning rate) to a layout. Adding a network: its config and network classes in a
-module of nn/, one line in KINDS, and a line in LAYOUTS and PRESETS for each layout
+module of nn/ (and its fast twin in fast/, or the reference class again), one line in KINDS, and a line in LAYOUTS and PRESETS for each layout
 (docs/architecture.md).
 """
-from minicaps.nn.capsnet import CapsNet, CapsNetConfig
+from minicaps.nn.capsnet import CapsNetConfig
+from minicaps.nn.multi_label import MultiLabelCapsNet
 from minicaps.nn.cnn import BaselineCNN, CNNConfig
+from minicaps.fast.model import FastCapsNet
+from minicaps.fast.cnn import FastBaselineCNN
 
-# kind -> (config class, network class)
-KINDS = {"capsnet": (CapsNetConfig, CapsNet), "cnn": (CNNConfig, BaselineCNN)}
+# kind -> (config class, reference network class, fast network class). The reference
+# CapsNet here is nn/capsnet.py's CapsNet with the K-label path and the training loop's
+# options (nn/multi_label.py), so that it runs wherever the fast one does.
+KINDS = {"capsnet": (CapsNetConfig, MultiLabelCapsNet, FastCapsNet),
+         "cnn": (CNNConfig, BaselineCNN, FastBaselineCNN)}
 DEFAULT_KIND = "capsnet"
+IMPLS = ("fast", "reference")
 
 # The networks train builds by name (model=...) when it is given no config: their configs.
 LAYOUTS = {"capsnet": CapsNetConfig,          # the paper's CapsNet
@@ -51,15 +61,20 @@ PRESETS = {
 def model_kind(network):
     """The kind of a network, or of its config: "capsnet" or "cnn"."""
     config = getattr(network, "config", network)
-    for kind, (config_class, _) in KINDS.items():
+    for kind, (config_class, *_) in KINDS.items():
         if isinstance(config, config_class):
             return kind
     raise ValueError(f"not a minicaps network or config: {type(network).__name__}")
 
 
-def build_model(config, **kw):
-    """The network ``config`` describes: CapsNet(config, **kw) or BaselineCNN(config, **kw)."""
-    return KINDS[model_kind(config)][1](config, **kw)
+def build_model(config, impl="fast", **kw):
+    """The network ``config`` describes, built with ``kw`` (seed, dtype, device, params, a
+    fast CapsNet's conv_method): FastCapsNet or FastBaselineCNN, or with impl="reference"
+    the reference class (MultiLabelCapsNet, BaselineCNN): the same parameters and results."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
+    _, reference, fast = KINDS[model_kind(config)]
+    return (fast if impl == "fast" else reference)(config, **kw)
 
 
 def layout_config(model="capsnet", **fields):

@@ -98,7 +98,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     order = backend.to_device(order, device)
     draws = {key: backend.to_device(value, device) for key, value in draws.items()}
     images = backend.to_device(train.images, device)
-    labels = model._check_y(backend.to_device(train.labels, device), n)   # the range, once
+    labels = model.check_y(backend.to_device(train.labels, device), n)   # the range, once
     totals, name = loss_totals(model), loss_terms(model)[0]
     # The batches' losses and correct counts stay on the device and are read when the bar
     # shows them (every 10 steps) or at the end of the epoch: on a GPU the host queues

@@ -69,7 +69,7 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     # Everything goes to the device once and every batch's results stay there until the
     # end: one transfer of the losses and one of the count, not a wait per batch on a GPU.
     images = backend.to_device(images, model.device)
-    labels = model._check_y(backend.to_device(labels, model.device), n)   # the range, once
+    labels = model.check_y(backend.to_device(labels, model.device), n)   # the range, once
     correct, pending, predictions = 0, [], []
     bar = Progress(n, desc, enabled=progress, log=log)
     with model.fixed_weights(n):          # the weights' spectrum once for all batches

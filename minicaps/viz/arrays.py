@@ -5,12 +5,13 @@ model takes them; every function here returns NumPy arrays, whatever the model's
 """
 import json
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from minicaps import backend
-from minicaps.ops import predictions_forward, routing_forward, length_forward, one_hot
+from minicaps.ops import one_hot
 from minicaps.training.progress import Progress
 
 NUDGES = np.round(np.arange(-0.25, 0.2501, 0.05), 2) + 0.0   # the paper's fig. 4: 11 steps
@@ -93,9 +94,9 @@ def primary_capsules(model, x):
 def routing_couplings(model, x, iters=None, label=None):
     """The coupling coefficients of one image used in each routing iteration.
 
-    The coupling used in iteration t is routing_forward(u_hat, t)'s: t = 1 is the
-    uniform softmax(0) = 1/J, later ones have been sharpened by the agreement of the
-    iterations before. Returns a dict of NumPy arrays:
+    The coupling used in iteration t: t = 1 is the uniform softmax(0) = 1/J, later ones
+    have been sharpened by the agreement of the iterations before. Returns a dict of NumPy
+    arrays:
         coupling  (T, I, J)             c_ij used in each iteration (sums to 1 over j)
         grid      (T, rows, cols, maps) c_i,label on the primary capsule grid
                                         (capsule i = (row*cols + col)*maps + map)
@@ -103,23 +104,19 @@ def routing_couplings(model, x, iters=None, label=None):
         per_class (T, J)                sum_i c_ij: how much of the routing each class gets
         label, lengths (J,)             the class shown (default: predicted) and |v_j|
 
-    model.forward hands out only the last iteration's coupling (its caches hold every
-    iteration's, but in a layout private to each implementation, chunked in the fast
-    one), so the iterations are run here from the model's primary capsules with the
-    public ops: predictions_forward (eq. 2), then routing_forward for 1, 2, ..., T
-    iterations, each giving the coupling its last iteration used.
+    They are the model's forward pass's, out["couplings"] (forward(keep_couplings=True)).
+    ``iters`` other than the config's routing_iters routes the same weights that many times.
     """
     cfg = model.config
     iters = cfg.routing_iters if iters is None else int(iters)
-    u_hat, _ = predictions_forward(primary_capsules(model, x), model.params["digit.W"])
-    if u_hat.shape[0] != 1:
-        raise ValueError(f"routing_couplings takes one image, got {u_hat.shape[0]}")
-    coupling = []
-    for t in range(1, iters + 1):
-        (v, c), _ = routing_forward(u_hat, t, "full", cfg.squash_eps)
-        coupling.append(backend.to_numpy(c)[0])
-    coupling = np.stack(coupling)
-    lengths = backend.to_numpy(length_forward(v, cfg.squash_eps)[0])[0]
+    if iters != cfg.routing_iters:
+        model = model.with_params(model.params, replace(cfg, routing_iters=iters))
+    x = as_batch(model, x)
+    if x.shape[0] != 1:
+        raise ValueError(f"routing_couplings takes one image, got {x.shape[0]}")
+    out, _ = model.forward(x, decode=False, keep_couplings=True)
+    coupling = np.stack([backend.to_numpy(c)[0] for c in out["couplings"]])
+    lengths = backend.to_numpy(out["lengths"])[0]
     label = int(lengths.argmax()) if label is None else int(label)
     rows, cols = cfg.primary_grid
     grid = coupling[:, :, label].reshape(iters, rows, cols, cfg.primary_maps)
