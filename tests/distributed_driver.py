@@ -1,4 +1,4 @@
-"""What tests/test_distributed.py runs on every rank: mpiexec -n N python distributed_driver.py
+"""What tests/training/test_distributed.py runs on every rank: mpiexec -n N python distributed_driver.py
 MODE FOLDER. The tests compare what it leaves in FOLDER with one process's run.
 
     train    tiny CapsNet on bars: A (3 epochs straight), B (2 epochs, copied to B2.npz,

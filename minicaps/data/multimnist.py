@@ -26,7 +26,7 @@ the paper's generator (each digit shifted on its own, so the two are up to 8 pix
 the mean is 72.6%: exactly (1 - (240/81)/20)**2 = 0.7257 for 20x20 boxes, and 72.7% on
 real MNIST test pairs. 80% is what the same measure gives for digits at most 4 pixels
 apart in each direction (79.0% for 20x20 boxes, 79.6% on real MNIST): the paper's sentence
-read as one digit shifted against the other. tests/test_multimnist.py checks both.
+read as one digit shifted against the other. tests/data/test_multimnist.py checks both.
 """
 from typing import NamedTuple
 

@@ -2,7 +2,7 @@
 the fast one; what build_model(config) builds for a CNNConfig (nn/registry.py).
 
 The network, its layers and their order are BaselineCNN's (read minicaps/nn/cnn.py); only the
-convolution changes, and with it the speed and the rounding (tests/test_cnn.py compares
+convolution changes, and with it the speed and the rounding (tests/nn/test_cnn.py compares
 the two in float64):
 - SAME convolution = the zero frame of ops/cnn_layers.py, then fast.conv2d_forward: im2col
   + GEMM a chunk of images at a time, or in training the DFT route where

@@ -3,7 +3,7 @@ for the fast ops; what build_model(config) builds (nn/registry.py), so what trai
 evaluates and predicts.
 
 What changes against the reference composition, and only the speed and the rounding
-change with it (tests/test_reference_fast.py):
+change with it (tests/fast/test_reference_fast.py):
 - the convolutions take im2col + GEMM in chunks of images or the DFT route
   (``conv_method``), and inside ``fixed_weights`` inference reuses one weights' spectrum
   (fast/network.py);

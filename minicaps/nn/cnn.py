@@ -43,7 +43,7 @@ CapsNet's, so Adam, the parameter average and the gradient checker walk the same
 Two implementations, as for CapsNet: BaselineCNN composes the reference ops (minicaps.ops
 and ops/cnn_layers.py), read it to learn the network; FastBaselineCNN (minicaps/fast/cnn.py),
 what build_model(config) builds and so what trains, swaps in the fast convolution (im2col
-+ GEMM in chunks, or the DFT route), the same function to rounding (tests/test_cnn.py).
++ GEMM in chunks, or the DFT route), the same function to rounding (tests/nn/test_cnn.py).
 """
 import math
 from dataclasses import dataclass, asdict, fields

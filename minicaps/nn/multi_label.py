@@ -11,7 +11,7 @@ on each image's capsules (decoded_backward).
 MultiLabel is a mixin of the CapsNet classes, written with the reference ops like
 nn/capsnet.py, whose stages (primary_capsules, digit_capsules, decode) it composes:
 - MultiLabelCapsNet: the reference CapsNet with it, what the fast model is checked against
-  on pairs (tests/test_two_labels.py), and what a training loop drives when it is given the
+  on pairs (tests/nn/test_two_labels.py), and what a training loop drives when it is given the
   reference network (build_model(config, impl="reference"));
 - FastCapsNet (fast/model.py): the fast stages and backward pass under this forward pass.
 """

@@ -23,7 +23,7 @@ from PIL import ImageDraw   # noqa: E402
 from minicaps.data.pictures import (INK, center_by_mass, load_digit, mnist_style,
                                     read_grayscale)  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def center_of_mass(a):

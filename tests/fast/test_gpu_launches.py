@@ -33,7 +33,7 @@ chunks, and the primary capsules take the DFT route at both batch sizes), and th
 optimizer's and the average's kernels are a constant, whatever the number of parameter
 arrays: the gradients gathered into one buffer and one fused update, one fused average.
 
-    python tests/test_gpu_launches.py [fast] [reference]   # the paper's network at batch 100
+    python tests/fast/test_gpu_launches.py [fast] [reference]   # the paper's network at batch 100
                                                            # (a minute or so on 2 cores)
 """
 import sys

@@ -47,7 +47,7 @@ def test_reductions_give_zero_dimensional_device_arrays():
 
 
 def test_views_launch_nothing_and_copies_launch_one_kernel():
-    # What CuPy launches a kernel for (tests/test_gpu_launches.py counts a training step's).
+    # What CuPy launches a kernel for (tests/fast/test_gpu_launches.py counts a training step's).
     a = cp.asarray(np.arange(24.0, dtype=np.float32).reshape(2, 3, 4))
     cp.launches.clear()
     views = (a.reshape(6, 4), a.transpose(2, 0, 1), a[1], a[:, 1:], a.T, a.astype(np.float32,

@@ -15,7 +15,7 @@ import minicaps as mc
 from minicaps.io.checkpoint import save_checkpoint
 from minicaps.gradcheck import tiny_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 WALKTHROUGH = ROOT / "examples" / "walkthrough.py"
 
 

@@ -10,7 +10,7 @@ message, and where a run folder exists, that its files' SHA-256 did not change. 
 - training refuses nonsense before it starts and stops at the first NaN;
 - the CLI answers in one line with exit status 2.
 
-(Pictures given to ``predict``: tests/test_hostile_images.py.)
+(Pictures given to ``predict``: tests/data/test_hostile_images.py.)
 """
 import json
 import os

@@ -12,7 +12,7 @@ import pytest
 from minicaps.training import progress
 from minicaps.training.progress import Progress
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class Clock:

@@ -1,7 +1,7 @@
 """Every reference op's backward pass (minicaps.ops) against central finite differences in
 float64, on shapes and values drawn by hypothesis, plus the properties the paper states; and
 the fast-only pieces (minicaps.fast: the convolution's chunks and DFT route, the capsule
-chunks) likewise. tests/test_reference_fast.py checks every fast op against its twin."""
+chunks) likewise. tests/fast/test_reference_fast.py checks every fast op against its twin."""
 import numpy as np
 import pytest
 from hypothesis import given, strategies as st
@@ -518,7 +518,7 @@ def test_digit_capsules_in_chunks_equal_predictions_then_routing_of_the_whole_ba
     """The fast model's capsule part runs a few images at a time, on every thread; chunks
     of 2 of 5 images must give what fast.predictions_forward then fast.routing_forward give
     for all 5, forward and backward (both equal to their gradient-checked reference twins,
-    tests/test_reference_fast.py)."""
+    tests/fast/test_reference_fast.py)."""
     monkeypatch.setenv("MINICAPS_THREADS", threads)
     u, W = rng.standard_normal((5, 6, 3)), rng.standard_normal((6, 4, 2, 3))
     coupling = ops.softmax_forward(rng.standard_normal((5, 6, 4))) if frozen else None

@@ -196,7 +196,7 @@ def test_every_number_is_written_as_soon_as_it_is_measured(tmp_path, monkeypatch
     assert lines[2]["batch"] == 4 and lines[2]["tf32"] is False
 
 
-GPU_CHECK = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+GPU_CHECK = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                          "bench", "gpu_check.sh")
 
 

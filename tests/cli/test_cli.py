@@ -22,7 +22,7 @@ from minicaps.data.mnist import load_mnist
 
 from synthetic import synthetic_mnist
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAVE_MNIST = bool(os.environ.get("MINICAPS_DATA"))
 needs_mnist = pytest.mark.skipif(not HAVE_MNIST, reason="set MINICAPS_DATA to the MNIST files")
 

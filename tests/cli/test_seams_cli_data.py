@@ -19,7 +19,7 @@ from minicaps.data.folder import load_image_folder
 
 from hostile_cases import one_line_error
 from limits import file_hashes
-from test_seams_sizes import mat_bomb
+from bombs import mat_bomb
 from tiny_runs import quiet, run_tiny
 
 MB = 1 << 20

@@ -17,7 +17,7 @@ import pytest
 from minicaps.training import distributed
 from minicaps.io.checkpoint import load_checkpoint
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]       # tests/: the driver and helpers
 sys.path.insert(0, str(HERE))
 import distributed_driver as driver          # noqa: E402  (the runs' settings, on one process)
 
