@@ -21,9 +21,10 @@ def trained_classes(ckpt, num_classes=None):
     data set it names (a file from before the classes were kept: MNIST's digits, say), else
     None (not known, or not ``num_classes`` of them)."""
     from minicaps.data.registry import FASHION_CLASSES, MNIST_CLASSES
-    settings = ckpt.extra.get("settings") or {}
+    from minicaps.training.config import settings_of
+    settings = settings_of(ckpt)
     known = {"mnist": MNIST_CLASSES, "fashion-mnist": FASHION_CLASSES}
-    classes = list(settings.get("classes") or known.get(settings.get("dataset"), ()))
+    classes = list(settings.classes or known.get(settings.dataset, ()))
     if not classes or (num_classes is not None and len(classes) != num_classes):
         return None
     return classes

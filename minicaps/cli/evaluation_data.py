@@ -8,17 +8,18 @@ from minicaps.cli.checkpoints import trained_classes
 def read_test_set(args, ckpt):
     """(test Split, class names, dataset name) for a checkpoint: the data it was trained
     on (its image folder, read the same way, or its dataset), or the one the options name."""
+    from minicaps.training.config import settings_of
     from minicaps.training.run import load_data, prepare_data
-    settings = ckpt.extra.get("settings", {}) or {}
-    info = settings.get("data_info") or {}
+    settings = settings_of(ckpt)
+    info = settings.data_info
     folder = getattr(args, "data_dir", None) or (info.get("folder") if args.dataset is None
                                                  else None)
     if folder:
         data = read_test_folder(folder, info)
     else:
-        data = load_data(args.dataset or settings.get("dataset", "mnist"), args.data_root)
-        if settings.get("pairs_per_digit") and args.dataset in (None, "multimnist"):
-            data = data._replace(info={"pairs_per_digit": settings["pairs_per_digit"]})
+        data = load_data(args.dataset or settings.dataset or "mnist", args.data_root)
+        if settings.pairs_per_digit and args.dataset in (None, "multimnist"):
+            data = data._replace(info={"pairs_per_digit": settings.pairs_per_digit})
     classes = trained_classes(ckpt) or list(data.classes)
     if data.classes and classes and list(data.classes) != list(classes):
         raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but "
@@ -27,9 +28,9 @@ def read_test_set(args, ckpt):
         from minicaps.data.augment import center_crop
         from minicaps.training.splits import Split
         cut = slice(None, args.limit_test)
-        test = Split(center_crop(data.x_test[cut], settings.get("crop")), data.y_test[cut])
+        test = Split(center_crop(data.x_test[cut], settings.crop), data.y_test[cut])
     else:
-        _, _, test = prepare_data(data, limit_test=args.limit_test, crop=settings.get("crop"))
+        _, _, test = prepare_data(data, limit_test=args.limit_test, crop=settings.crop)
     return test, classes, data.name
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from minicaps.cli.checkpoints import trained_classes
 from minicaps.cli.evaluation_data import read_test_set
+from minicaps.training.config import settings_of
 
 
 def two_networks(args, test_data=None):
@@ -19,7 +20,7 @@ def two_networks(args, test_data=None):
         model, weights = ckpt.model_with(args.weights)
         loaded.append((path, ckpt, model, weights))
     (path_a, ckpt_a, model_a, _), (path_b, ckpt_b, model_b, _) = loaded
-    datasets = [(c.extra.get("settings", {}) or {}).get("dataset") for c in (ckpt_a, ckpt_b)]
+    datasets = [settings_of(c).dataset for c in (ckpt_a, ckpt_b)]
     folders = [_trained_folder(c) for c in (ckpt_a, ckpt_b)]
     if args.data_dir is not None and args.dataset is not None:
         raise ValueError(f"--dataset {args.dataset} and --data-dir {args.data_dir} both name "
@@ -62,8 +63,7 @@ def two_networks(args, test_data=None):
 
 def _trained_folder(ckpt):
     """The image folder a network was trained on (its resolved path), or None."""
-    settings = ckpt.extra.get("settings", {}) or {}
-    return (settings.get("data_info") or {}).get("folder")
+    return settings_of(ckpt).data_info.get("folder")
 
 
 def network_names(loaded):

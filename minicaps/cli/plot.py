@@ -36,8 +36,8 @@ def cmd_plot(args):
                   f"{' and '.join(k for k in kinds if k not in capsules)} only; the capsule "
                   f"pictures ({', '.join(capsules)}) need a CapsNet", file=sys.stderr)
         kinds = [k for k in kinds if k not in capsules]
-    settings = ckpt.extra.get("settings", {}) or {}
-    if settings.get("pairs_per_digit") and args.dataset in (None, "multimnist"):
+    from minicaps.training.config import settings_of
+    if settings_of(ckpt).pairs_per_digit and args.dataset in (None, "multimnist"):
         # MultiMNIST: its picture is the paper's fig. 5; the others read one label a picture
         single = [k for k in kinds if k not in PAIR_KINDS]
         if args.kind and single:

@@ -24,8 +24,9 @@ def cmd_predict(args):
         raise ValueError(f"{args.checkpoint}: this network has no decoder to reconstruct with")
     if args.save_reconstruction is not None:
         _picture_target(args.save_reconstruction, [args.checkpoint, *args.image])
-    settings = ckpt.extra.get("settings", {}) or {}
-    classes = settings.get("classes") or [str(j) for j in range(model.config.num_classes)]
+    from minicaps.training.config import settings_of
+    settings = settings_of(ckpt)
+    classes = settings.classes or [str(j) for j in range(model.config.num_classes)]
     pictures = _pictures(args.image)
     if len(pictures) > 1 or Path(args.image[0]).is_dir():
         if args.save_reconstruction is not None:
@@ -84,8 +85,8 @@ def _prepared(path, model, settings):
     """One picture as the network's data was made: as MNIST's digits for a network trained
     on MNIST or Fashion-MNIST, else as its image folder or dataset was read (_picture)."""
     from minicaps.data.pictures import load_digit
-    digits = settings.get("dataset", "mnist") in ("mnist", "fashion-mnist")
-    if digits and not (settings.get("data_info") or {}).get("folder"):
+    digits = (settings.dataset or "mnist") in ("mnist", "fashion-mnist")
+    if digits and not settings.data_info.get("folder"):
         return load_digit(path, model.config.input_shape)
     return _picture(path, model.config, settings)
 
@@ -125,14 +126,14 @@ def _picture(path, config, settings):
     from minicaps.data.augment import center_crop
     from minicaps.data.folder import read_image
     H, W, C = config.input_shape
-    size = tuple((settings.get("data_info") or {}).get("image_size") or (H, W))
-    if settings.get("crop"):
+    size = tuple(settings.data_info.get("image_size") or (H, W))
+    if settings.crop:
         size = (max(size[0], H), max(size[1], W))
     pixels = read_image(path, size, "rgb" if C == 3 else "gray")
     if C not in (1, 3):
         raise ValueError(f"this network reads {C}-channel images, and a picture file gives "
                          f"1 (gray) or 3 (RGB)")
-    pixels = center_crop(pixels[None], settings.get("crop"))[0]
+    pixels = center_crop(pixels[None], settings.crop)[0]
     return pixels.reshape(H, W, C) / 255.0
 
 

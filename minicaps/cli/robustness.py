@@ -16,8 +16,8 @@ def _digits_to_transform(args, ckpt):
     """The test set robustness transforms: compare's (read_test_set), except MNIST's test
     digits for networks trained on expanded MNIST (their affNIST test set is transformed
     already)."""
-    settings = ckpt.extra.get("settings", {}) or {}
-    if (args.dataset or settings.get("dataset")) in AFFINE_SETS:
+    from minicaps.training.config import settings_of
+    if (args.dataset or settings_of(ckpt).dataset) in AFFINE_SETS:
         args = argparse.Namespace(**{**vars(args), "dataset": "mnist"})
     return read_test_set(args, ckpt)
 

@@ -92,8 +92,9 @@ RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift
 @dataclass(frozen=True)
 class RunSettings:
     """A checkpoint's settings read back typed: the run's TrainConfig (epochs aside) and
-    what it found. Checkpoints written before a field existed read its default."""
-    config: TrainConfig
+    what it found. Checkpoints written before a field existed read its default; a file
+    that keeps no settings (a weights file of unknown provenance) has config None."""
+    config: Optional[TrainConfig]
     n_train: Optional[int] = None
     n_test: Optional[int] = None
     classes: Optional[tuple] = None
@@ -102,9 +103,21 @@ class RunSettings:
     model: Optional[str] = None      # the kind of network ("capsnet", "cnn")
     ranks: Optional[int] = None      # processes of a distributed run
 
+    @property
+    def dataset(self):
+        """The data set's name, or None where nothing names it."""
+        return None if self.config is None else self.config.dataset
+
+    @property
+    def crop(self):
+        """The centre crop its test images take (None: none)."""
+        return None if self.config is None else self.config.crop
+
     def to_dict(self):
         """The dict a checkpoint stores (the same keys as checkpoints before this type)."""
         c = self.config
+        if c is None:
+            return {}
         d = {"batch_size": c.batch_size, "lr": c.lr, "lr_decay": c.lr_decay,
              "decay_steps": c.decay_steps, "seed": c.seed, "shift": c.shift,
              "dtype": c.dtype, "dataset": c.dataset, "val_size": c.val_size,
@@ -124,12 +137,19 @@ class RunSettings:
         """RunSettings from a checkpoint's settings dict (checked already at load by
         io.checkpoint): unknown keys are left, missing ones take their defaults."""
         d = dict(d or {})
+        if not d:
+            return cls(None)
         config = TrainConfig(**{k: d[k] for k in STORED
                                 if k in d and (d[k] is not None or k in NULLABLE)})
         found = {k: d[k] for k in FOUND if d.get(k) is not None}
         if "classes" in found:
             found["classes"] = tuple(found["classes"])
         return cls(config, **found)
+
+
+def settings_of(ckpt):
+    """The RunSettings of a loaded checkpoint or weights file (its extra["settings"])."""
+    return RunSettings.from_dict((ckpt.extra or {}).get("settings"))
 
 
 def check_settings(**s):

@@ -36,7 +36,7 @@ from minicaps.training.optim import Adam, ParameterAverage
 from minicaps.training.resume import (check_nothing_overwritten, check_resume, restore_best,
                                       score_key, truncate_metrics)
 from minicaps.training.saving import BEST, LAST, METRICS_FILE, checkpoint_bytes, save_epoch
-from minicaps.training.config import RunSettings, TrainConfig, check_before_loading
+from minicaps.training.config import RunSettings, TrainConfig, check_before_loading, settings_of
 from minicaps.training.splits import (as_dataset, check_shape, config_for_data, load_data,
                                       pairs_per_digit, prepare_data)
 
@@ -270,7 +270,7 @@ def _start(config, found, device, out_dir, resume, log, epochs, kind=None):
     ckpt = load_checkpoint(resume, device=device)
     check_resume(ckpt, config, found.to_dict(), kind)
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
-    saved = ckpt.extra.get("settings", {}).get("ranks") or 1
+    saved = settings_of(ckpt).ranks or 1
     ranks = found.ranks or 1
     if saved != ranks:      # the state carries over whole; only the batches split otherwise
         log(f"note: saved by {saved} rank(s), going on with {ranks}: the same run to float32 "

@@ -149,3 +149,9 @@ def test_a_registered_data_set_trains_and_evaluates_through_the_command_line(
     assert settings["dataset"] == "toy" and settings["classes"] == ["left", "right"]
     assert cli.main(["evaluate", str(out / "best.npz"), "--no-progress"]) == 0
     assert "20 toy test images" in capsys.readouterr().out
+
+
+def test_a_file_that_keeps_no_settings_names_no_data_set():
+    nothing = RunSettings.from_dict({})
+    assert nothing.config is None and nothing.dataset is None and nothing.crop is None
+    assert nothing.to_dict() == {} and RunSettings.from_dict(None) == nothing
