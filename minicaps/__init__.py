@@ -28,7 +28,7 @@ _HOMES = {"CapsNet": "minicaps.nn.capsnet", "CapsNetConfig": "minicaps.nn.capsne
           "init_params": "minicaps.nn.capsnet", "build_model": "minicaps.nn.registry",
           "Adam": "minicaps.training.optim",
           "TrainConfig": "minicaps.training.config", "train": "minicaps.training.run",
-          "Dataset": "minicaps.data.mnist", "load_dataset": "minicaps.data.registry",
+          "Dataset": "minicaps.data.dataset", "load_dataset": "minicaps.data.registry",
           "register_dataset": "minicaps.data.registry",
           "load_image_folder": "minicaps.data.folder",
           "gpu_available": "minicaps.backend", "resolve_device": "minicaps.backend",

@@ -128,3 +128,8 @@ def test_importlib_only_where_the_module_is_named_at_run_time():
     users = {str(path.relative_to(ROOT)) for path, tree in modules().values()
              if "importlib" in path.read_text()}
     assert users <= allowed, users - allowed
+
+
+def test_every_public_name_of_the_package_is_there():
+    for name in minicaps.__all__:
+        assert getattr(minicaps, name) is not None, name

@@ -47,6 +47,7 @@ import numpy as np
 from minicaps.data.affnist_mat import AFFNIST_TEST_SIZE, CANVAS, MAX_MAT_BYTES, read_affnist_mat
 from minicaps.data.dataset import DataError, DataNotFoundError, Dataset, data_root
 from minicaps.io.files import data_file
+from minicaps.data.registry import ALIASES
 
 DIGIT = 28
 MAX_OFFSET = CANVAS - DIGIT          # 12: the digit's top-left corner at 0..12, centre +-6
@@ -69,7 +70,7 @@ AFFNIST_WIDE = {"rotation": (-20.0, 20.0),
                 "scale_x": (0.8, 1.2)}          # and a whole-pixel move anywhere ink fits
 AFFNIST_RANGES = AFFNIST_WIDE                   # draw_affine's ranges
 GENERATED = {"affnist-like": AFFNIST_LIKE, "affnist-wide": AFFNIST_WIDE}
-OLD_NAMES = {"affnist-generated": "affnist-wide"}   # in checkpoints written before the rename
+OLD_NAMES = ALIASES   # in checkpoints written before the rename
 
 AFFNIST_COPIES = 32                  # transformations of each test digit in the real set
 MNIST_TEST_COUNTS = (980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009)
@@ -300,7 +301,8 @@ def load_affnist_test(root=None, sha256=None, max_bytes=MAX_MAT_BYTES):
 
 
 class AffNISTTest(NamedTuple):
-    """A test set of 40x40 digits: name "affnist" (the real files) or "affnist-generated"."""
+    """A test set of 40x40 digits: name "affnist" (the real files), "affnist-like" or
+    "affnist-wide" (generated)."""
     images: np.ndarray
     labels: np.ndarray
     name: str

@@ -51,6 +51,7 @@ class Entry(NamedTuple):
 
 REGISTRY = {}
 ALIASES = {"affnist-generated": "affnist-wide"}    # the name older checkpoints use
+                                                   # (affnist.OLD_NAMES reads this table)
 
 
 def register_dataset(name, load, about="", downloads=False):

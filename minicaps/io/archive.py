@@ -23,7 +23,7 @@ _READ_CHUNK = 1 << 22
 
 def read_archive(path, check_meta, kinds, dtypes=ARRAY_DTYPES, only_meta=False):
     """(meta, {member name: array}) of a minicaps .npz (a checkpoint, or the weights file
-    of pretrained.py), read by an allow-list, nothing on trust.
+    of io/weights.py), read by an allow-list, nothing on trust.
 
     The members' names are checked first (only meta and ``<kind>/<parameter>`` for the
     ``kinds`` given and the parameters the stored config defines), then the metadata (at

@@ -38,7 +38,14 @@ class Network:
     config_class = None         # the network's config dataclass
     impl = "reference"
 
-    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None):
+    def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
+                 **fast_only):
+        if fast_only:      # CapsNet(config, impl="fast") built the fast network, before
+            raise ValueError(
+                f"{type(self).__name__} is the reference network and takes no "
+                f"{', '.join(sorted(fast_only))}: for the fast one, "
+                f"minicaps.build_model(config, {', '.join(f'{k}=...' for k in sorted(fast_only) if k != 'impl')})"
+                .replace(", )", ")"))
         config = self.config_class() if config is None else config
         if not isinstance(config, self.config_class):
             raise ValueError(f"{type(self).__name__} needs a {self.config_class.__name__}, "
@@ -203,7 +210,7 @@ class Network:
             if not finite:
                 raise ValueError("x contains NaN or infinite values")
             if low < 0 or high > 1:
-                hint = ("; pixels 0..255 go in divided by 255 (data.to_model_input)"
+                hint = ("; pixels 0..255 go in divided by 255 (minicaps.data.dataset.to_model_input)"
                         if high > 1 and low >= 0 else "")
                 raise ValueError(f"x must hold pixel values in [0, 1], got values in "
                                  f"{low:g}..{high:g}{hint}")

@@ -1,6 +1,6 @@
 """The math of CapsNet as the paper writes it, as forward/backward pairs:
 ``out, cache = op_forward(...)`` and ``grads = op_backward(dout, cache)``. No state, no
-files, no devices, no speed tricks: minicaps.fast holds the fast twin of each op."""
+files, no speed tricks, NumPy or CuPy alike (backend.get_xp): minicaps.fast holds the fast twin of each op."""
 from .conv import im2col, col2im, conv2d_forward, conv2d_backward, conv_output_size
 from .dense import (dense_forward, dense_backward, relu_forward, relu_backward,
                     sigmoid_forward, sigmoid_backward)

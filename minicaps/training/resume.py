@@ -7,14 +7,8 @@ from pathlib import Path
 from minicaps.io.checkpoint import read_epoch, read_meta
 from minicaps.nn.registry import model_kind
 from minicaps.training import runfolder
+from minicaps.training.config import RESUME_SETTINGS
 from minicaps.training.saving import LAST, write_checkpoints
-
-
-# Settings that change what a resumed run computes, or the test set its best.npz is chosen
-# on: they must match the checkpoint's.
-RESUME_SETTINGS = ("batch_size", "lr", "lr_decay", "decay_steps", "seed", "shift", "dtype",
-                   "dataset", "val_size", "limit_train", "n_train", "limit_test", "n_test",
-                   "crop", "flip", "classes", "pairs_per_digit")
 
 
 def score_key(run, val_set):
@@ -81,7 +75,15 @@ def check_resume(ckpt, config, settings, kind=None):
 
 def check_same_split(ckpt, then, now):
     """An image folder must split as it did when the run began (the same split folders,
-    the same seeded test share): otherwise going on would train on pictures it tested on."""
+    the same seeded test share): otherwise going on would train on pictures it tested on.
+    And expanded MNIST must be placed as it was: a run begun on the digits placed once
+    (before the authors' 169 placements drawn each epoch) cannot go on with them."""
+    if then.get("train") == "expanded-mnist" and then.get("shift") != now.get("shift"):
+        raise ValueError(
+            f"{ckpt.path} began on expanded MNIST placed the earlier way (each digit once, "
+            f"seeded, then shifted by up to 2 pixels); minicaps now centres the digits and "
+            f"shifts them by up to 6 each epoch (the authors' placements), so the run "
+            f"cannot go on the same: start a new run")
     for key in ("split", "test_files_sha256"):
         if then.get(key) is not None and now.get(key) != then[key]:
             raise ValueError(

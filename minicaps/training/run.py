@@ -3,6 +3,7 @@
     for each epoch:
         for each minibatch (shuffled):
             x = random_shift(images, 2)                  # the paper's only augmentation
+                                                         # (6 on expanded MNIST: section 5.2)
             loss, grads = model.loss_and_grads(x, y)     # decoder masked by the label
             Adam step with lr = lr0 * 0.96^(step / 2000)
         evaluate on test (and validation): decoder masked by the prediction
@@ -27,7 +28,8 @@ from minicaps import backend
 from minicaps.data import multimnist
 from minicaps.io.checkpoint import load_checkpoint
 from minicaps.nn.registry import build_model, model_kind
-from minicaps.nn.capsnet import CapsNet, check_network_fits
+from minicaps.nn.base import check_network_fits
+from minicaps.nn.capsnet import CapsNet
 from minicaps.nn.registry import layout_config
 from minicaps.training import distributed, runfolder
 from minicaps.training.epoch import learning_rate, train_epoch
@@ -77,6 +79,8 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
     batch_size, lr, lr_decay, decay_steps, seed, shift, dtype, dataset, val_size,
     limit_train, limit_test, crop, flip, average; ``settings`` are the same fields given
     one by one (train(epochs=2, lr=2e-3, ...)), over ``training``'s when both are given.
+    ``shift`` None (the default) takes the data's: 2 pixels, 6 on expanded MNIST (the
+    affnist sets, whose digits come centred), 0 for MultiMNIST's pairs.
 
     config: a CapsNetConfig or a CNNConfig (None: the checkpoint's with ``resume``, else
     the network ``model`` names fitted to the data by config_for_data). model: a name of
@@ -114,6 +118,9 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
     """
     if comm is not None and not comm.is_root:
         progress, log = False, lambda line: None
+    if training is None and "epochs" not in settings:
+        raise TypeError("train() needs epochs=N (or training=TrainConfig(epochs=N, ...)): "
+                        "how many epochs to have done in all, a resumed run's included")
     training = (TrainConfig(**settings) if training is None
                 else training.replace(**settings) if settings else training)
     kind = None if model is None else model_kind(layout_config(model))

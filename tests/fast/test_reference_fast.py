@@ -275,8 +275,9 @@ def test_predicting_with_the_weights_spectrum_is_the_reference_prediction(rng, m
 # ------------------------------------------------------------------ choosing the implementation
 def test_capsnet_is_the_reference_and_build_model_the_fast_one():
     config = tiny_config()
+    # no impl: the last, **fast_only, only refuses the fast network's options by name
     assert list(inspect.signature(mc.CapsNet).parameters) == ["config", "seed", "dtype",
-                                                              "device", "params"]
+                                                              "device", "params", "fast_only"]
     reference, fast_model = mc.CapsNet(config), build_model(config)
     assert type(reference) is mc.CapsNet and reference.impl == "reference"
     assert type(fast_model) is FastCapsNet and fast_model.impl == "fast"

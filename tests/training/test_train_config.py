@@ -155,3 +155,25 @@ def test_a_file_that_keeps_no_settings_names_no_data_set():
     nothing = RunSettings.from_dict({})
     assert nothing.config is None and nothing.dataset is None and nothing.crop is None
     assert nothing.to_dict() == {} and RunSettings.from_dict(None) == nothing
+
+
+def test_train_needs_its_epochs(tmp_path):
+    with pytest.raises(TypeError, match="epochs"):
+        train(tiny_config(), out_dir=tmp_path / "run", data=bars_data(), **QUIET)
+
+
+def test_an_affnist_run_placed_the_earlier_way_cannot_go_on():
+    from minicaps.training.resume import check_same_split
+
+    class Old:
+        path = "old/last.npz"
+    earlier = {"train": "expanded-mnist", "canvas": 40, "train_seed": 40}   # no "shift"
+    with pytest.raises(ValueError, match="placed the earlier way.*start a new run"):
+        check_same_split(Old, earlier, {**earlier, "shift": 6})
+    check_same_split(Old, {**earlier, "shift": 6}, {**earlier, "shift": 6})    # same: goes on
+
+
+def test_the_reference_network_says_where_the_fast_one_is():
+    from minicaps.nn.capsnet import CapsNet, CapsNetConfig
+    with pytest.raises(ValueError, match=r"build_model\(config\)"):
+        CapsNet(CapsNetConfig(), impl="fast")
