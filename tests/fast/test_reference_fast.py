@@ -292,7 +292,7 @@ def test_capsnet_is_the_reference_and_build_model_the_fast_one():
     assert fast_model.with_params(fast_model.params).conv_method == "auto"
     with pytest.raises(ValueError, match="impl must be"):
         build_model(config, impl="naive")
-    with pytest.raises(TypeError):
+    with pytest.raises(ValueError, match=r"build_model\(config, conv_method=\.\.\.\)"):
         mc.CapsNet(config, conv_method="gemm")            # one convolution in the reference
     with pytest.raises(ValueError, match="conv_method must be"):
         build_model(config, conv_method="fft")
