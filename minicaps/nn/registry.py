@@ -15,14 +15,22 @@ module of nn/ (and its fast twin in fast/, or the reference class again), one li
 from minicaps.nn.capsnet import CapsNetConfig
 from minicaps.nn.multi_label import MultiLabelCapsNet
 from minicaps.nn.cnn import BaselineCNN, CNNConfig
-from minicaps.fast.model import FastCapsNet
-from minicaps.fast.cnn import FastBaselineCNN
 
-# kind -> (config class, reference network class, fast network class). The reference
+# kind -> (config class, reference network class, the function giving the fast class). The reference
 # CapsNet here is nn/capsnet.py's CapsNet with the K-label path and the training loop's
 # options (nn/multi_label.py), so that it runs wherever the fast one does.
-KINDS = {"capsnet": (CapsNetConfig, MultiLabelCapsNet, FastCapsNet),
-         "cnn": (CNNConfig, BaselineCNN, FastBaselineCNN)}
+def fast_capsnet():
+    from minicaps.fast.model import FastCapsNet      # the fast path loads when first built
+    return FastCapsNet
+
+
+def fast_cnn():
+    from minicaps.fast.cnn import FastBaselineCNN
+    return FastBaselineCNN
+
+
+KINDS = {"capsnet": (CapsNetConfig, MultiLabelCapsNet, fast_capsnet),
+         "cnn": (CNNConfig, BaselineCNN, fast_cnn)}
 DEFAULT_KIND = "capsnet"
 IMPLS = ("fast", "reference")
 
@@ -74,7 +82,7 @@ def build_model(config, impl="fast", **kw):
     if impl not in IMPLS:
         raise ValueError(f"impl must be 'fast' or 'reference', got {impl!r}")
     _, reference, fast = KINDS[model_kind(config)]
-    return (fast if impl == "fast" else reference)(config, **kw)
+    return (fast() if impl == "fast" else reference)(config, **kw)
 
 
 def layout_config(model="capsnet", **fields):
