@@ -181,13 +181,11 @@ def check_settings(**s):
         number("average", lambda x: 0 < x < 1, "in (0, 1) (such as 0.999), or None")
 
 
-def check_before_loading(training=None, *, out_dir, resume, overwrite, **settings):
+def check_before_loading(training, *, out_dir, resume, overwrite):
     """What train checks before any data loads, beyond the TrainConfig ``training`` (checked
     when it was made): that it trains something, that ``out_dir`` holds no other run
     (unless ``overwrite``) when the run is not resumed, and that the checkpoint it resumes
-    from is a file when it is. (``settings``: TrainConfig's fields, when no ``training``.)"""
-    if training is None:
-        training = TrainConfig(**settings)
+    from is a file when it is."""
     if training.epochs == 0 and resume is None:
         raise ValueError("epochs=0 trains nothing: give 1 or more (--epochs N), counting the "
                          "epochs of a resumed run too")
