@@ -18,8 +18,11 @@ def cmd_evaluate(args):
     scores = evaluate(model, test.images, test.labels, batch_size=args.batch_size,
                       progress=not args.no_progress, desc="test set", per_class=not pairs,
                       targets=test.targets)
-    print(f"{args.checkpoint} (epoch {ckpt.epoch}, step {ckpt.step}, {WEIGHTS[weights]}) on "
-          f"{scores['n']} {dataset} test {'pairs' if pairs else 'images'}:")
+    within = ckpt.extra.get("mid_epoch")
+    when = (f"step {ckpt.step}, part-way through epoch {within}" if within
+            else f"epoch {ckpt.epoch}, step {ckpt.step}")
+    print(f"{args.checkpoint} ({when}, {WEIGHTS[weights]}) on "
+          f"{scores['n']} {dataset} {args.split} {'pairs' if pairs else 'images'}:")
     print(f"  accuracy            {scores['accuracy']:.4f} "
           f"({round(scores['accuracy'] * scores['n'])}/{scores['n']}, "
           f"error {100 * (1 - scores['accuracy']):.2f}%)"
@@ -57,6 +60,10 @@ def add_parser(sub):
     add_checkpoint_options(p)
     p.add_argument("--dataset", choices=dataset_names(), default=None,
                    help="which test set (default: the one the checkpoint was trained on)")
+    p.add_argument("--split", choices=("test", "validation"), default="test",
+                   help="validation: the run's own validation images, those best.npz was "
+                        "chosen on (expanded MNIST's test digits for the affnist sets; the "
+                        "--val-size images held out of training otherwise)")
     add_data_options(p)
     add_folder_options(p)
     add_device_option(p)

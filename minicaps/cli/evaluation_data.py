@@ -24,6 +24,8 @@ def read_test_set(args, ckpt):
     if data.classes and classes and list(data.classes) != list(classes):
         raise ValueError(f"{data.name} has the classes {', '.join(data.classes)} but "
                          f"{ckpt.path} was trained on {', '.join(classes)}")
+    if getattr(args, "split", "test") == "validation":
+        return validation_split(args, ckpt, settings, data, folder), classes, data.name
     if folder:                  # its training images were not read: the test split as is
         from minicaps.data.augment import center_crop
         from minicaps.training.splits import Split
@@ -32,6 +34,31 @@ def read_test_set(args, ckpt):
     else:
         _, _, test = prepare_data(data, limit_test=args.limit_test, crop=settings.crop)
     return test, classes, data.name
+
+
+def validation_split(args, ckpt, settings, data, folder):
+    """The images the run chose its best.npz on (--split validation): its data set's own
+    validation set (expanded MNIST's test digits for the affnist sets), or the --val-size
+    training images it held out, drawn again from its seed."""
+    from minicaps.training.run import prepare_data
+    config = settings.config
+    if folder or config is None or args.dataset not in (None, config.dataset):
+        raise ValueError(f"--split validation scores a checkpoint on its own run's validation "
+                         f"images: {ckpt.path} " + (
+                             "was trained on an image folder, whose validation images are "
+                             "not read back" if folder else
+                             "keeps no training settings" if config is None else
+                             f"was trained on {config.dataset}, not {args.dataset}")
+                         + "; evaluate on a test set (--split test)")
+    _, val, _ = prepare_data(data, val_size=config.val_size, seed=config.seed,
+                             crop=settings.crop)
+    if val is None:
+        raise ValueError(f"{ckpt.path} was trained with no validation images ({config.dataset} "
+                         f"has none of its own, and --val-size was 0): evaluate on its test "
+                         f"set (--split test)")
+    from minicaps.training.splits import Split
+    cut = slice(None, args.limit_test)
+    return Split(val.images[cut], val.labels[cut])
 
 
 def read_test_folder(folder, info):

@@ -63,7 +63,7 @@ def _train_command(args, comm=None):
         result = train(config, training=training, out_dir=out, device=args.device, data=data,
                        resume=args.resume, overwrite=args.overwrite,
                        progress=not args.no_progress, comm=comm,
-                       keep_epochs=args.keep_epochs)
+                       keep_epochs=args.keep_epochs, keep_every=args.keep_every)
     except KeyboardInterrupt:
         print(f"\ninterrupted; {_how_to_go_on(Path(out) / 'last.npz')}", file=sys.stderr)
         return 130
@@ -214,6 +214,10 @@ def add_parser(sub):
                    help="also keep every epoch's checkpoint, as epoch-001.npz and so on in "
                         "the run folder (to pick the network at a chosen validation "
                         "accuracy afterwards)")
+    p.add_argument("--keep-every", type=nonnegative_int, default=0, metavar="N",
+                   help="also keep the parameters every N steps, as step-0000600.npz and so "
+                        "on, finer than --keep-epochs (to evaluate and pick from, not to "
+                        "resume from) (default: 0, none)")
     p.add_argument("--pairs-per-digit", type=pairs_per_digit, metavar="K", default=1,
                    help="with --dataset multimnist: each epoch pairs every training digit K "
                         "times with a digit of another class, K from 1 to "

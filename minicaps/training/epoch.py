@@ -66,7 +66,7 @@ def augment_batch(batch, draws, k, m, shift, crop):
 
 def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay, decay_steps,
                 shift, crop=None, flip=False, average=None, progress=True, desc="train",
-                log=print, pairs_per_digit=0, comm=None):
+                log=print, pairs_per_digit=0, comm=None, after_step=None):
     """One pass over ``train`` in an order drawn from ``rng``; returns (step, stats).
 
     The epoch's random draws are made first (epoch_plan); the images, the order and the
@@ -88,11 +88,13 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     ``comm``: a distributed.Communicator. Every rank draws the whole epoch's plan, takes
     its share of each batch and adds its gradients to the others' (Communicator.
     loss_and_grads): every rank then takes one process's step.
+
+    ``after_step``: called with the step count after every update (train's keep_every).
     """
     if pairs_per_digit:
         return _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_decay,
                                   decay_steps, pairs_per_digit, average, progress, desc, log,
-                                  comm)
+                                  comm, after_step)
     device, n = model.device, len(train)
     order, draws = epoch_plan(n, batch_size, rng, shift, train.images.shape[1:3], crop, flip)
     order = backend.to_device(order, device)
@@ -115,6 +117,8 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
         x, y = to_model_input(batch, model.dtype), labels[idx[mine]]
         step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y,
                           (len(idx), mine.start, _labels_right), comm=comm)
+        if after_step is not None:
+            after_step(step)
         pending.append((len(idx), out[name], out.get("reconstruction_loss"), step))
         correct = correct + out["correct"]
         bar.update(len(idx))
@@ -185,7 +189,8 @@ def _epoch_stats(totals, pending, model, correct, n, start, bar):
 
 
 def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_decay,
-                       decay_steps, pairs, average, progress, desc, log, comm=None):
+                       decay_steps, pairs, average, progress, desc, log, comm=None,
+                       after_step=None):
     """train_epoch for MultiMNIST: the pairs made on the host as the epoch goes."""
     n = len(train) * pairs
     totals, name = loss_totals(model), loss_terms(model)[0]
@@ -198,6 +203,8 @@ def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_de
                                     batch.digits[mine])
         step, out = _step(model, optimizer, average, step, (lr, lr_decay, decay_steps), x, y,
                           (m, mine.start, _pairs_right), targets, comm)
+        if after_step is not None:
+            after_step(step)
         pending.append((m, out[name], out.get("reconstruction_loss"), step))
         correct = correct + out["correct"]
         bar.update(m)

@@ -55,6 +55,12 @@ def check_resume(ckpt, config, settings, kind=None):
             raise ValueError(f"{ckpt.path} holds a {have} network, not a {asked}; to resume "
                              f"it, train a {have} (minicaps train --model {have}, and the "
                              f"options of the original run)")
+    within = ckpt.extra.get("mid_epoch")
+    if within:
+        raise ValueError(f"{ckpt.path} was kept after step {ckpt.step}, part-way through epoch "
+                         f"{within} (--keep-every), to be evaluated: a run goes on only from "
+                         f"the end of an epoch; resume from the run's last.npz or an "
+                         f"epoch-NNN.npz")
     problems = []
     if config is not None:
         a, b = config.to_dict(), ckpt.model.config.to_dict()

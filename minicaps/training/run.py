@@ -37,7 +37,8 @@ from minicaps.training.evaluation import EVAL_BATCH, evaluate
 from minicaps.training.optim import Adam, ParameterAverage
 from minicaps.training.resume import (check_nothing_overwritten, check_resume, restore_best,
                                       score_key, truncate_metrics)
-from minicaps.training.saving import BEST, LAST, METRICS_FILE, checkpoint_bytes, save_epoch
+from minicaps.training.saving import (BEST, LAST, METRICS_FILE, checkpoint_bytes, save_epoch,
+                                     save_snapshot)
 from minicaps.training.config import RunSettings, TrainConfig, check_before_loading, settings_of
 from minicaps.training.splits import (as_dataset, check_shape, config_for_data, load_data,
                                       pairs_per_digit, prepare_data)
@@ -58,6 +59,7 @@ class TrainResult:
     resumed_metrics: dict = None                   # the checkpoint's metrics, when resumed
     lock: object = None                            # rank 0's runfolder.RunLock while it trains
     keep_epochs: bool = False                      # also write epoch-NNN.npz each epoch
+    keep_every: int = 0                            # and step-NNNNNNN.npz every N steps
 
     @property
     def last_checkpoint(self):
@@ -71,7 +73,7 @@ class TrainResult:
 @distributed.guarded          # with comm=: a fault in one rank ends every rank
 def train(config=None, *, training=None, model=None, out_dir, device=None, data=None,
           data_root=None, resume=None, overwrite=False, progress=True, log=print, comm=None,
-          keep_epochs=False, **settings):
+          keep_epochs=False, keep_every=0, **settings):
     """Train a CapsNet, or the paper's CNN baseline, until ``epochs`` epochs are done in
     all; returns a TrainResult.
 
@@ -95,7 +97,9 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
     accuracy if val_size is 0) is the best so far, the average's when there is one;
     ``keep_epochs`` keeps every epoch's checkpoint too, as ``out_dir/epoch-NNN.npz`` (to
-    pick a network at a given validation accuracy afterwards). ``resume``: a checkpoint path to continue from; the settings that change the
+    pick a network at a given validation accuracy afterwards); ``keep_every`` N > 0 keeps the
+    parameters every N steps as ``out_dir/step-NNNNNNN.npz`` (finer than an epoch, to be
+    evaluated, not resumed from). ``resume``: a checkpoint path to continue from; the settings that change the
     computation, and the test set (limit_test), must be the ones it was trained with.
     ``average``: the decay of a moving average of the parameters (optim.ParameterAverage)
     kept beside training and evaluated too, as "avg_test_accuracy" and so on; None keeps
@@ -157,6 +161,7 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
     epochs, batch_size = training.epochs, training.batch_size
     run = _start(config, found, device, Path(out_dir), resume, log, epochs, kind)
     run.keep_epochs = bool(keep_epochs)
+    run.keep_every = _check_keep_every(keep_every)
     found = replace(found, model=model_kind(run.model))   # into the checkpoints, for evaluate
     settings = found.to_dict()                                # & co.: what each epoch saves
     _check_classes(data, run.model.config)
@@ -197,6 +202,13 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
     return run
 
 
+def _check_keep_every(n):
+    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+        raise ValueError(f"keep_every must be a whole number of steps, 0 or more (0 keeps "
+                         f"none), not {n!r}")
+    return int(n)
+
+
 def _on_root(comm, fn, what, seconds=None):
     """fn() here without a communicator; else on rank 0 alone, and its result (or its
     error) on every rank (distributed.Communicator.on_root)."""
@@ -215,6 +227,13 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
     ``settings`` (found's dict) with each (rank 0 alone, with a communicator ``comm``)."""
     c = found.config
     epochs, lr, lr_decay, decay_steps = c.epochs, c.lr, c.lr_decay, c.decay_steps
+    after_step = None
+    if run.keep_every:
+        def after_step(step):
+            if step % run.keep_every == 0:
+                run.step = step
+                rate = learning_rate(step - 1, lr, lr_decay, decay_steps)
+                _on_root(comm, lambda: save_snapshot(run, settings, rate), "rank 0's save")
     while run.epoch < epochs:
         run.epoch += 1
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
@@ -224,7 +243,7 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
                                       pairs_per_digit=found.pairs_per_digit,
                                       average=run.average,
                                       progress=progress, desc=f"epoch {run.epoch}/{epochs}",
-                                      log=log, comm=comm)
+                                      log=log, comm=comm, after_step=after_step)
         seconds, images_per_second = stats.pop("seconds"), stats.pop("images_per_second")
         metrics = {"epoch": run.epoch, "step": run.step,
                    "lr": learning_rate(run.step - 1, lr, lr_decay, decay_steps),  # last update's

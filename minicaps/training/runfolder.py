@@ -42,8 +42,9 @@ except ImportError:          # not on Windows: the pid in the file is all there 
 
 LOCK_FILE = ".minicaps.lock"
 RUN_FILES = ("last.npz", "best.npz", "metrics.jsonl")
-TEMP_PATTERNS = (".last.npz.*.tmp", ".best.npz.*.tmp", ".epoch-*.npz.*.tmp")
+TEMP_PATTERNS = (".last.npz.*.tmp", ".best.npz.*.tmp", ".epoch-*.npz.*.tmp", ".step-*.npz.*.tmp")
 EPOCH_PATTERN = "epoch-*.npz"         # train(keep_epochs=True): every epoch's checkpoint
+STEP_PATTERN = "step-*.npz"           # train(keep_every=N): every N steps' parameters
 CHECKPOINTS = ("last.npz", "best.npz")
 MAX_LEFTOVER_BYTES = 1 << 16     # one epoch's metrics line is about 1 kB
 MAX_METRICS_BYTES = 1 << 26      # 64 MiB: some 60000 epochs' lines
@@ -229,12 +230,17 @@ def epoch_file(epoch):
     return f"epoch-{int(epoch):03d}.npz"
 
 
+def step_file(step):
+    """The name of the checkpoint kept after ``step`` updates (train's keep_every)."""
+    return f"step-{int(step):07d}.npz"
+
+
 def _make_room(out_dir, overwrite, log):
     check_room(out_dir, overwrite)
     found = existing_run(out_dir)
-    if found:                     # --overwrite: the old run's epoch checkpoints go too
-        found += sorted(p.name for p in out_dir.glob(EPOCH_PATTERN)
-                        if p.is_file() and not p.is_symlink())
+    if found:                     # --overwrite: the old run's kept checkpoints go too
+        found += sorted(p.name for pattern in (EPOCH_PATTERN, STEP_PATTERN)
+                        for p in out_dir.glob(pattern) if p.is_file() and not p.is_symlink())
     for name in found:
         os.remove(out_dir / name)
     if found:

@@ -38,6 +38,24 @@ def save_epoch(run, metrics, settings, score):
     return is_best
 
 
+def save_snapshot(run, settings, lr):
+    """The parameters (and average) after run.step updates, mid-epoch, as
+    ``step-NNNNNNN.npz`` (train's keep_every): a checkpoint to evaluate and pick from, not
+    to resume (its generator is part-way through an epoch's draws; check_resume refuses it)."""
+    if run.lock is not None:
+        run.lock.check_held()
+    metrics = {"epoch": run.epoch, "step": run.step, "lr": lr, "mid_epoch": True}
+    state = dict(epoch=run.epoch - 1, step=run.step, rng_state=run.rng.bit_generator.state,
+                 metrics=metrics, average=run.average,
+                 extra={"settings": settings, "best_accuracy": run.best_accuracy,
+                        "mid_epoch": run.epoch})
+    try:
+        save_checkpoint(run.out_dir / runfolder.step_file(run.step), run.model, run.optimizer,
+                        **state)
+    except DiskFullError as e:
+        raise DiskFullError(f"{e}; {how_to_go_on(run)}") from e
+
+
 def append_line(run, path, line):
     try:
         with runfolder.open_run_file(path, "ab") as f:     # never through a link

@@ -110,3 +110,95 @@ def test_the_matched_cnn_is_the_quick_capsnets_size_at_40x40():
     assert capsnet.num_params() == caps
     assert abs(cnn.num_params() / capsnet.num_params() - 1) < 0.05
     assert CNN_PRESETS["pooled-quick"]["model"] == "cnn-pooled-quick"
+
+
+def test_keep_every_keeps_the_parameters_every_n_steps(fake_mnist, tmp_path):
+    """step-NNNNNNN.npz every N updates: the one at an epoch's end holds what that epoch's
+    own checkpoint does, the ones inside an epoch lie between, none can be resumed from,
+    and --overwrite takes them away."""
+    cfg = tiny_config(input_shape=(40, 40, 1), num_classes=10, conv1_kernel=5,
+                      primary_kernel=5)
+    run = tmp_path / "run"
+    result = train(cfg, epochs=2, out_dir=run, batch_size=10, lr=0.01, dataset="affnist",
+                   keep_epochs=True, keep_every=2, average=0.9, **QUIET)
+    per_epoch = result.step // 2
+    kept = sorted(p.name for p in run.glob("step-*.npz"))
+    assert kept == [f"step-{s:07d}.npz" for s in range(2, result.step + 1, 2)]
+    assert per_epoch == 4      # 40 digits in batches of 10: snapshots at 2 (inside) and 4
+    at_end = load_checkpoint(run / f"step-{per_epoch:07d}.npz")
+    epoch_one = load_checkpoint(run / "epoch-001.npz")
+    for name, value in epoch_one.model.params.items():
+        np.testing.assert_array_equal(at_end.model.params[name], value)
+        np.testing.assert_array_equal(at_end.average.params[name], epoch_one.average.params[name])
+    inside = load_checkpoint(run / "step-0000002.npz")
+    assert inside.step == 2 and inside.epoch == 0 and inside.metrics["mid_epoch"]
+    assert any(not np.array_equal(inside.model.params[k], v)
+               for k, v in epoch_one.model.params.items())
+    with pytest.raises(ValueError, match="part-way through epoch 1"):
+        train(cfg, epochs=2, out_dir=tmp_path / "again", batch_size=10, lr=0.01,
+              dataset="affnist", resume=run / "step-0000002.npz", average=0.9, **QUIET)
+    train(cfg, epochs=1, out_dir=run, batch_size=20, lr=0.01, dataset="affnist",
+          overwrite=True, **QUIET)
+    assert not list(run.glob("step-*.npz"))
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "3"])
+def test_keep_every_wants_a_whole_number_of_steps(fake_mnist, tmp_path, bad):
+    cfg = tiny_config(input_shape=(40, 40, 1), num_classes=10, conv1_kernel=5,
+                      primary_kernel=5)
+    with pytest.raises(ValueError, match="keep_every must be a whole number"):
+        train(cfg, epochs=1, out_dir=tmp_path / "run", batch_size=20, dataset="affnist",
+              keep_every=bad, **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_split_validation_scores_the_runs_expanded_mnist_digits(fake_mnist, tmp_path,
+                                                                           capsys, monkeypatch):
+    """`minicaps evaluate --split validation` on a step snapshot: the accuracy of its averaged
+    parameters on expanded MNIST's test digits, computed here straight from the network."""
+    from minicaps.training.evaluation import evaluate
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {
+        "conv1_channels": 8, "primary_maps": 4, "decoder_sizes": (16,)}, "epochs": 1,
+        "lr": 1e-3})
+    out = tmp_path / "run"
+    assert cli.main(["train", "--dataset", "affnist", "--preset", "tiny", "--batch-size", "10",
+                     "--keep-every", "3", "--out", str(out), "--no-progress"]) == 0
+    capsys.readouterr()
+    snapshot = out / "step-0000003.npz"
+    assert cli.main(["evaluate", str(snapshot), "--split", "validation", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "step 3, part-way through epoch 1" in printed
+    assert "20 affnist-like validation images" in printed
+    model, _ = load_checkpoint(snapshot).model_with("average")
+    digits = expanded_mnist(fake_mnist)
+    right = round(evaluate(model, digits.x_test, digits.y_test, 7, progress=False)["accuracy"]
+                  * 20)
+    assert f"({right}/20," in printed
+
+
+def test_evaluate_split_validation_takes_the_held_out_images_or_says_there_are_none(
+        fake_mnist, tmp_path, capsys, monkeypatch):
+    from minicaps.training.evaluation import evaluate
+    from minicaps.training.splits import train_val_split
+    monkeypatch.setitem(PRESETS, "tiny", {"config": {
+        "conv1_channels": 8, "primary_maps": 4, "decoder_sizes": (16,)}, "epochs": 1,
+        "lr": 1e-3})
+    plain, held = tmp_path / "plain", tmp_path / "held"
+    assert cli.main(["train", "--dataset", "mnist", "--preset", "tiny", "--batch-size", "20",
+                     "--out", str(plain), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(plain / "best.npz"), "--split", "validation",
+                     "--no-progress"]) != 0
+    assert "was trained with no validation images" in capsys.readouterr().err
+    assert cli.main(["train", "--dataset", "mnist", "--preset", "tiny", "--batch-size", "10",
+                     "--val-size", "15", "--seed", "4", "--out", str(held),
+                     "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli.main(["evaluate", str(held / "best.npz"), "--split", "validation",
+                     "--weights", "trained", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "15 mnist validation images" in printed
+    _, _, x_val, y_val = train_val_split(fake_mnist[0], fake_mnist[1], 15, 4)
+    model = load_checkpoint(held / "best.npz").model
+    right = round(evaluate(model, x_val, y_val, 4, progress=False)["accuracy"] * 15)
+    assert f"({right}/15," in printed
