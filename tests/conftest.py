@@ -1,11 +1,17 @@
 import importlib.util
 import os
+import tempfile
 
 import numpy as np
 import pytest
 from hypothesis import settings
 
 from minicaps import backend
+
+# The routes measured by the tests' networks (fast/plans.py) go to a plan file of this run,
+# never to the user's; subprocesses (the CLI, mpiexec's ranks) inherit it.
+os.environ["MINICAPS_PLAN_FILE"] = os.path.join(tempfile.mkdtemp(prefix="minicaps-plans-"),
+                                                "plans.json")
 
 # Bounded, deadline-free property runs: the suite must stay fast on 2 cores.
 settings.register_profile("minicaps", max_examples=25, deadline=None, derandomize=True)

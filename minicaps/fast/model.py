@@ -27,18 +27,23 @@ from minicaps.fast.fused import (primary_capsules_forward, primary_capsules_back
                                  sigmoid_forward, margin_length_backward,
                                  recon_sigmoid_backward)
 from minicaps.fast.network import FastNetwork
+from minicaps.fast import plans
 
-CONV_METHODS = ("auto", "gemm")
+CONV_METHODS = plans.POLICIES
 
 
 class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
-    """FastCapsNet(config, seed=0, dtype="float32", device=None, params=None, conv_method="auto").
+    """FastCapsNet(config, seed=0, dtype="float32", device=None, params=None, conv_method=None).
 
-    ``conv_method``: "auto" lets each convolution pick im2col + GEMM or the DFT route
-    (fast.conv2d_forward; the primary capsules take the DFT from about 15 images
-    per batch on), "gemm" keeps im2col + GEMM everywhere. It changes the speed and
-    the rounding, never the function, so it is not part of the config or of
-    checkpoints.
+    ``conv_method``, how the routes are chosen (fast/plans.py): "measure" times the
+    candidates (the primary capsules' convolution through im2col + GEMM or the DFT, the
+    digit capsules' chunk size) the first time the network meets a batch size, for
+    training and for inference apart, and keeps the fastest (in the plan file too);
+    "rules" or "auto" takes the fixed rules (the DFT from about 15 images per batch,
+    chunks of 16); "gemm" or "fft" forces that route for the primary capsules. None
+    (the default): $MINICAPS_ROUTES, else "measure". On a GPU the rules. It changes the
+    speed and the rounding, never the function, so it is not part of the config or of
+    checkpoints; ``plans_used()`` says what a network chose.
 
     A model on the CPU asks malloc to keep freed memory for reuse
     (backend.keep_freed_memory: a batch-128 training step in 0.74-0.85x the time, the
@@ -46,12 +51,57 @@ class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
     """
 
     def __init__(self, config=None, seed=0, dtype="float32", device=None, params=None,
-                 conv_method="auto"):
-        if conv_method not in CONV_METHODS:
-            raise ValueError(f"conv_method must be 'auto' or 'gemm', got {conv_method!r}")
-        self.conv_method = conv_method
+                 conv_method=None):
+        policy = plans.default_policy() if conv_method is None else plans.canonical(conv_method)
+        if policy is None:
+            raise ValueError(f"conv_method must be one of {', '.join(CONV_METHODS)} or "
+                             f"'rules', got {conv_method!r}")
+        self.conv_method = policy
         super().__init__(config, seed, dtype, device, params)
         self._fixed = {}      # conv name -> (weights copy, spectrum), inside fixed_weights()
+        self._plans = {}      # (batch, training) -> the plan of routes it runs
+        self._plan_now = None
+
+    # ------------------------------------------------------------ routes (fast/plans.py)
+    def plan_for(self, batch, training):
+        """The routes for a batch of ``batch`` images, training or inference: chosen once
+        per (batch, training) by the network's policy (conv_method), then kept."""
+        key = (int(batch), bool(training))
+        plan = self._plans.get(key)
+        if plan is None:
+            plan = self._plans[key] = self._choose_plan(*key)
+        return plan
+
+    def _choose_plan(self, batch, training):
+        cfg = self.config
+        x_shape = (batch, *cfg.conv1_out, cfg.conv1_channels)
+        w_shape = self.params["primary.W"].shape
+        if self.conv_method != "measure" or self.device != "cpu":
+            return plans.rules_plan(x_shape, w_shape, cfg.primary_stride, training,
+                                    "auto" if self.conv_method == "measure" else self.conv_method)
+        shapes = {name: list(value.shape) for name, value in self.params.items()}
+        shapes.update(routing_iters=cfg.routing_iters, routing_grad=cfg.routing_grad,
+                      primary_stride=cfg.primary_stride, input=list(cfg.input_shape))
+        key = plans.plan_key(shapes, batch, training, self.dtype)
+        saved = plans.read_plans().get(key)
+        if saved is not None:
+            return dict(saved, how="plan file")
+        plan = plans.measure_plan(self, batch, training)
+        plans.save_plan(key, plan)
+        return plan
+
+    def plans_used(self):
+        """{"training, batch 100": plan, ...}: the routes this network has run with."""
+        return {f"{'training' if t else 'inference'}, batch {n}": plan
+                for (n, t), plan in sorted(self._plans.items())}
+
+    def _wants_spectrum(self, name, x_shape, W, stride, batch_size):
+        """fixed_weights: make the weights' spectrum when the inference plan of the block's
+        batches takes the DFT route (the rules: conv_fft.fft_pays over all its images)."""
+        if name != "primary" or self.conv_method == "auto" or self.device != "cpu":
+            return super()._wants_spectrum(name, x_shape, W, stride, batch_size)
+        batch = min(x_shape[0], batch_size or x_shape[0])
+        return self.plan_for(batch, training=False)["primary"] == "fft"
 
     def _build_options(self):
         return {"conv_method": self.conv_method}
@@ -77,7 +127,7 @@ class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
         return total
 
     def _spectrum_inputs(self, n_images):
-        if self.conv_method != "auto":
+        if self.conv_method == "gemm":
             return []
         cfg = self.config
         return [("conv1", (n_images,) + tuple(cfg.input_shape), cfg.conv1_stride),
@@ -91,13 +141,21 @@ class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
         it where fixed_weights() made the weights' spectrum)."""
         cfg, p, caches = self.config, self.params, {}
         spectrum = (lambda name: None) if training else self._fixed_spectrum
+        plan = self.plan_for(x.shape[0], training)
+        self._plan_now = (x.shape[0], plan)            # for digit_capsules, next
+        first = "gemm" if self.conv_method == "gemm" else "auto"
         h, caches["conv1"] = conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
-                                            method=self.conv_method, training=training,
+                                            method=first, training=training,
                                             spectrum=spectrum("conv1"))
         h, caches["relu1"] = relu_forward(h, out=h)
+        fixed = spectrum("primary")
+        # the rules: conv.py's "auto"; measured: in training the plan's route, in inference
+        # the DFT where fixed_weights made the spectrum (it asked the plan), else the GEMM
+        method = self.conv_method
+        if method == "measure":
+            method = plan["primary"] if training else "fft" if fixed is not None else "gemm"
         h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
-                                              method=self.conv_method, training=training,
-                                              spectrum=spectrum("primary"))
+                                              method=method, training=training, spectrum=fixed)
         if cfg.primary_relu:
             h, caches["relu2"] = relu_forward(h, out=h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)
@@ -106,8 +164,12 @@ class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
     def digit_capsules(self, u, coupling=None):
         """Predictions (eq. 2) and routing (Procedure 1), in chunks of the batch."""
         cfg = self.config
+        batch, plan = self._plan_now or (None, None)
+        if batch != u.shape[0]:                        # not after primary_capsules
+            plan = self.plan_for(u.shape[0], training=False)
         return digit_capsules_forward(u, self.params["digit.W"], cfg.routing_iters,
-                                      cfg.routing_grad, cfg.squash_eps, coupling)
+                                      cfg.routing_grad, cfg.squash_eps, coupling,
+                                      chunk=plan["capsule_chunk"])
 
     def iteration_couplings(self, digit_cache):
         """CapsNet.iteration_couplings from the chunks' caches: each iteration's c of

@@ -28,7 +28,7 @@ class FastNetwork:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def fixed_weights(self, n_images):
+    def fixed_weights(self, n_images, batch_size=None):
         """A block of forward passes over about ``n_images`` images in all, with the
         parameters held fixed (prediction, evaluation). A convolution for which the DFT
         route then pays (conv_fft.fft_pays with training=False: a CapsNet's primary
@@ -45,7 +45,7 @@ class FastNetwork:
         fixed = {}
         for name, x_shape, stride in self._spectrum_inputs(int(n_images)):
             W = self.params[f"{name}.W"]
-            if conv_fft.fft_pays(x_shape, W.shape, stride, training=False):
+            if self._wants_spectrum(name, x_shape, W, stride, batch_size):
                 plan = conv_fft.dft_plan(x_shape, W.shape, stride, W)
                 fixed[name] = (W.copy(), conv_fft.weight_spectrum(W, plan))
         outer, self._fixed = self._fixed, fixed
@@ -53,6 +53,12 @@ class FastNetwork:
             yield self
         finally:
             self._fixed = outer
+
+    def _wants_spectrum(self, name, x_shape, W, stride, batch_size):
+        """Whether fixed_weights makes convolution ``name``'s weights' spectrum for a block
+        over x_shape[0] images in batches of ``batch_size``: where conv_fft.fft_pays
+        counts the DFT faster over them all."""
+        return conv_fft.fft_pays(x_shape, W.shape, stride, training=False)
 
     def _fixed_spectrum(self, name):
         """The spectrum fixed_weights() made for convolution ``name``, after checking

@@ -132,7 +132,7 @@ class Network:
         (fixed_weights)."""
         self.check_batch_fits(batch_size, training=False, option="batch_size=")
         x = self.check_x(x)            # the values once here, not again per batch
-        with self.fixed_weights(x.shape[0]):
+        with self.fixed_weights(x.shape[0], batch_size):
             parts = [self.class_scores(x[k:k + batch_size])
                      for k in range(0, x.shape[0], batch_size)]
         return backend.to_numpy(self.xp.concatenate(parts))     # one transfer, at the end
@@ -142,7 +142,7 @@ class Network:
         raise NotImplementedError
 
     @contextlib.contextmanager
-    def fixed_weights(self, n_images):
+    def fixed_weights(self, n_images, batch_size=None):
         """A block of forward passes over about ``n_images`` images with the parameters
         held fixed (predict, evaluate). Nothing to prepare here; a fast network makes its
         weights' spectrum once for the block (fast/network.py).

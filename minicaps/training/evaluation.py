@@ -72,7 +72,7 @@ def evaluate(model, images, labels, batch_size=256, progress=False, desc="evalua
     labels = model.check_y(backend.to_device(labels, model.device), n)   # the range, once
     correct, pending, predictions = 0, [], []
     bar = Progress(n, desc, enabled=progress, log=log)
-    with model.fixed_weights(n):          # the weights' spectrum once for all batches
+    with model.fixed_weights(n, batch_size):   # the weights' spectrum once for all batches
         for start in range(0, n, batch_size):
             x = to_model_input(images[start:start + batch_size], model.dtype)
             y = labels[start:start + batch_size]
@@ -119,7 +119,7 @@ def evaluate_pairs(model, images, labels, targets, batch_size=256, progress=Fals
     totals, both, some = loss_totals(model), 0, 0
     pending = []
     bar = Progress(n, desc, enabled=progress, log=log)
-    with model.fixed_weights(n):
+    with model.fixed_weights(n, batch_size):
         for start in range(0, n, batch_size):
             cut = slice(start, start + batch_size)
             x, y, t = pair_batch(model, images[cut], labels[cut], targets[cut])

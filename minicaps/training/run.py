@@ -60,6 +60,7 @@ class TrainResult:
     lock: object = None                            # rank 0's runfolder.RunLock while it trains
     keep_epochs: bool = False                      # also write epoch-NNN.npz each epoch
     keep_every: int = 0                            # and step-NNNNNNN.npz every N steps
+    routes: dict = field(default_factory=dict)     # the fast routes run with (fast/plans.py)
 
     @property
     def last_checkpoint(self):
@@ -272,10 +273,24 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
         metrics["eval_seconds"] = time.perf_counter() - start
+        _note_routes(run, metrics, log)
         score = metrics[score_key(run, val_set)]
         is_best = _on_root(comm, lambda: save_epoch(run, metrics, settings, score), "rank 0's save")
         log(_epoch_line(metrics, epochs, is_best))
         run.history.append(metrics)
+
+
+def _note_routes(run, metrics, log):
+    """The routes the network ran with (fast/plans.py) into run.routes, which the
+    checkpoints keep, and a line for each one it had not run with before."""
+    used = getattr(run.model, "plans_used", lambda: {})()
+    if not used:
+        return
+    from minicaps.fast.plans import describe
+    for name, plan in used.items():
+        if name not in run.routes:
+            log(f"routes for {name}: {describe(plan)}")
+        run.routes[name] = {k: plan[k] for k in ("primary", "capsule_chunk", "how")}
 
 
 def _start(config, found, device, out_dir, resume, log, epochs, kind=None):

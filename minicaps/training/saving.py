@@ -70,7 +70,8 @@ def append_line(run, path, line):
 def write_checkpoints(run, paths, metrics, settings):
     """The run as it stands into each of ``paths``; a full disk says how to go on."""
     state = dict(epoch=run.epoch, step=run.step, rng_state=run.rng.bit_generator.state,
-                 metrics=metrics, extra={"settings": settings, "best_accuracy": run.best_accuracy},
+                 metrics=metrics, extra={"settings": settings, "best_accuracy": run.best_accuracy,
+                                         "routes": run.routes},
                  average=run.average)
     try:
         for path in paths:

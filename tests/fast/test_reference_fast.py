@@ -202,11 +202,14 @@ OUTPUTS = ("lengths", "v", "coupling", "reconstruction", "margin_loss", "reconst
            "loss")
 
 
-def the_two_models(config, seed=0, device="cpu"):
+def the_two_models(config, seed=0, device="cpu", conv_method="auto"):
+    """The reference network and the fast one with the same parameters; the fast one's
+    routes by the fixed rules unless ``conv_method`` says otherwise (the measured routes:
+    tests/fast/test_plans.py)."""
     reference = mc.CapsNet(config, seed=seed, dtype="float64", device=device)
     randomize_params(reference, np.random.default_rng(seed))    # capsules of order one
     return reference, build_model(config, dtype="float64", device=device,
-                                  params=reference.params)
+                                  params=reference.params, conv_method=conv_method)
 
 
 def assert_same_model(reference, fast_model, x, y):
@@ -289,13 +292,15 @@ def test_capsnet_is_the_reference_and_build_model_the_fast_one():
     for model in (fast_model, reference):                    # copies keep their kind
         assert type(copy.copy(model)) is type(model)
         assert type(model.with_params(model.params)) is type(model)
-    assert fast_model.with_params(fast_model.params).conv_method == "auto"
+    assert fast_model.conv_method == "measure"               # the default: routes measured
+    assert fast_model.with_params(fast_model.params).conv_method == "measure"
+    assert build_model(config, conv_method="rules").conv_method == "auto"
     with pytest.raises(ValueError, match="impl must be"):
         build_model(config, impl="naive")
     with pytest.raises(ValueError, match=r"build_model\(config, conv_method=\.\.\.\)"):
         mc.CapsNet(config, conv_method="gemm")            # one convolution in the reference
     with pytest.raises(ValueError, match="conv_method must be"):
-        build_model(config, conv_method="fft")
+        build_model(config, conv_method="naive")
     with pytest.raises(ValueError, match="needs a CapsNetConfig"):
         mc.CapsNet(CNNConfig())
 

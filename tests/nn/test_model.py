@@ -145,7 +145,7 @@ def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng, 
     monkeypatch.setattr("minicaps.fast.conv.fft_pays", lambda *shapes: True)
     cfg = mc.CapsNetConfig(conv1_channels=16, primary_maps=2, primary_dims=8, digit_dims=4,
                            decoder_sizes=(16, 32))
-    auto = build_model(cfg, seed=1, dtype="float64")
+    auto = build_model(cfg, seed=1, dtype="float64", conv_method="auto")
     gemm = build_model(cfg, dtype="float64", params=auto.params, conv_method="gemm")
     x, y = rng.random((5, 28, 28, 1)), rng.integers(0, 10, 5)
     out, caches = auto.forward(x, y)
@@ -158,13 +158,13 @@ def test_dft_convolution_route_gives_the_model_the_same_loss_and_gradients(rng, 
     for k in grads_g:
         assert relative_error(grads_a[k], grads_g[k]) <= 1e-10, k
     with pytest.raises(ValueError, match="conv_method"):
-        build_model(cfg, conv_method="fft")
+        build_model(cfg, conv_method="dft")
 
 
 def _small_auto_and_gemm(**cfg):
     cfg = mc.CapsNetConfig(conv1_channels=16, primary_maps=2, primary_dims=8, digit_dims=4,
                            decoder_sizes=(16, 32), **cfg)
-    auto = build_model(cfg, seed=1, dtype="float64")
+    auto = build_model(cfg, seed=1, dtype="float64", conv_method="auto")
     randomize_params(auto, np.random.default_rng(1))          # capsules of order one
     return auto, build_model(cfg, dtype="float64", params=auto.params, conv_method="gemm")
 
