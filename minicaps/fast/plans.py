@@ -12,8 +12,9 @@ the choice (tests/fast/test_plans.py compares the routes on the same inputs).
 
 $MINICAPS_ROUTES picks the policy for networks built without one: "measure" (the default),
 "auto" or "rules" (the fixed rules written before: conv_fft.fft_pays and chunks of 16),
-"gemm" or "fft" (that route for the primary capsules' convolution, chunks of 16). $MINICAPS_PLAN_FILE names the plan
-file (default: plans.json in $XDG_CACHE_HOME/minicaps, else ~/.cache/minicaps).
+"gemm" or "fft" (that route for the primary capsules' convolution, chunks of 16).
+$MINICAPS_PLAN_FILE names the plan file (default: plans.json in $XDG_CACHE_HOME/minicaps,
+else ~/.cache/minicaps).
 """
 import json
 import os

@@ -98,10 +98,11 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
     ``out_dir/last.npz``, and ``out_dir/best.npz`` when the validation accuracy (test
     accuracy if val_size is 0) is the best so far, the average's when there is one;
     ``keep_epochs`` keeps every epoch's checkpoint too, as ``out_dir/epoch-NNN.npz`` (to
-    pick a network at a given validation accuracy afterwards); ``keep_every`` N > 0 keeps the
-    parameters every N steps as ``out_dir/step-NNNNNNN.npz`` (finer than an epoch, to be
-    evaluated, not resumed from). ``resume``: a checkpoint path to continue from; the settings that change the
-    computation, and the test set (limit_test), must be the ones it was trained with.
+    pick a network at a given validation accuracy afterwards); ``keep_every`` N > 0 keeps
+    the parameters every N steps as ``out_dir/step-NNNNNNN.npz`` (finer than an epoch, to
+    be evaluated, not resumed from). ``resume``: a checkpoint path to continue from; the
+    settings that change the computation, and the test set (limit_test), must be the ones
+    it was trained with.
     ``average``: the decay of a moving average of the parameters (optim.ParameterAverage)
     kept beside training and evaluated too, as "avg_test_accuracy" and so on; None keeps
     none. Training itself is the same with or without it; the average is the model the run

@@ -167,7 +167,8 @@ def test_a_training_run_says_and_keeps_the_routes_it_ran_with(tmp_path, plan_fil
     from minicaps.io.checkpoint import load_checkpoint
     from minicaps.training.run import train
     lines = []
-    train(mc.CapsNetConfig(**SMALL), epochs=2, out_dir=tmp_path / "run", data=synthetic_mnist(30, 12),
+    train(mc.CapsNetConfig(**SMALL), epochs=2, out_dir=tmp_path / "run",
+          data=synthetic_mnist(30, 12),
           batch_size=10, progress=False, log=lines.append)
     told = [line for line in lines if line.startswith("routes for ")]
     assert [line.split(":")[0] for line in told] == ["routes for training, batch 10",
