@@ -211,6 +211,9 @@ def layer_times(model, x, y, repeats=3, warmup=1):
     y = backend.to_device(y, model.device)
     N = x.shape[0]
     samples = {name: ([], []) for name in LAYERS}
+    plan = model.plan_for(N, training=True)       # the routes the model's own step takes
+    first = "gemm" if model.conv_method == "gemm" else "auto"
+    second = "auto" if model.conv_method == "auto" else plan["primary"]
 
     def timed(name, k, fn, *args, **kw):
         sync()
@@ -222,19 +225,20 @@ def layer_times(model, x, y, repeats=3, warmup=1):
 
     def conv1_f():
         h, c1 = fast.conv2d_forward(x, p["conv1.W"], p["conv1.b"], cfg.conv1_stride,
-                                    method=model.conv_method)
+                                    method=first)
         h, r1 = fast.relu_forward(h, out=h)
         return h, (c1, r1)
 
     def primary_f(h):
         h2, c2 = fast.conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
-                                     method=model.conv_method)
+                                     method=second)
         r2 = None
         if cfg.primary_relu:
             h2, r2 = fast.relu_forward(h2, out=h2)
         return h2, (c2, r2)
 
-    chunks = fast.capsule_chunks(N, gpu=model.device == "gpu")  # the model's, one after another
+    chunks = fast.capsule_chunks(N, plan["capsule_chunk"],        # the model's, one after
+                                 gpu=model.device == "gpu")       # another
 
     def u_hat_f(u):
         return [fast.predictions_forward(u[rows], p["digit.W"]) for rows in chunks]
@@ -322,7 +326,7 @@ def _run_minicaps(spec):
         model = build_model(cfg, seed=0, dtype="float32", device=device)
     else:
         model = build_model(cfg, seed=0, dtype="float32", device=device,
-                            conv_method=spec.get("conv", "auto"))
+                            conv_method=spec.get("conv", "measure"))
     opt = Adam()
     x, y = _data(cfg, spec["batch"])
     sync = lambda: backend.synchronize()
@@ -352,6 +356,10 @@ def _run_minicaps(spec):
             continue
         peak = backend.gpu_pool_bytes() / 2 ** 20 if gpu else memory_peak()
         out[phase] = dict(sec=sec, peak_mb=peak, peak_delta_mb=peak - base)
+    if hasattr(model, "plans_used"):       # the routes it ran with (minicaps/fast/plans.py)
+        out["plans"] = {name: {k: plan[k] for k in ("primary", "capsule_chunk", "how", "ms")
+                               if k in plan}
+                        for name, plan in model.plans_used().items()}
     return out
 
 
@@ -377,6 +385,10 @@ def _run_torch(spec):
         params = init_params(cfg, seed=0, dtype="float32")
         model = tc.load_minicaps_params(tc.TorchCapsNet(**tc.config_from_minicaps(spec["config"])),
                                         params).to(dev)
+    if spec.get("compile"):     # torch.compile (inductor) of the forward pass and the loss
+        model.forward = torch.compile(model.forward)
+        if hasattr(model, "loss"):
+            model.loss = torch.compile(model.loss)
     opt = torch.optim.Adam(model.parameters(), lr=1e-3)
     x, y = _data(cfg, spec["batch"])
     xt, yt = torch.from_numpy(x).to(dev), torch.from_numpy(y).to(dev)
@@ -405,7 +417,7 @@ def _run_torch(spec):
 
 
 def _worker(spec):
-    return _run_torch(spec) if spec["library"] == "torch" else _run_minicaps(spec)
+    return _run_minicaps(spec) if spec["library"] == "minicaps" else _run_torch(spec)
 
 
 def run_child(spec, timeout=1800):
@@ -454,14 +466,17 @@ def measure(library, device, batch, cfg, args):
     common = dict(library=library, device=device, batch=batch, config=_config_dict(cfg),
                   repeats=args.repeats, warmup=args.warmup, threads=args.threads,
                   conv=args.conv, infer_batches=args.infer_batches,
-                  tf32=bool(args.tf32 and device == "gpu"), cnn=args.cnn)
+                  tf32=bool(args.tf32 and device == "gpu"), cnn=args.cnn,
+                  compile=library == "torch-compile")
     layers = ["layers"] if library == "minicaps" and not args.cnn else []
     if args.quick:                    # one child: inference, then training
         r = run_child(dict(common, phases=["infer", "train"] + layers))
     else:
         r = run_child(dict(common, phases=["train"] + layers))
-        r.update({k: v for k, v in run_child(dict(common, phases=["infer"])).items()
-                  if k == "infer"})
+        infer = run_child(dict(common, phases=["infer"]))
+        r["infer"] = infer["infer"]
+        if "plans" in infer:
+            r.setdefault("plans", {}).update(infer["plans"])
     f = flops_per_image(cfg)
     train, infer = r["train"], r["infer"]
     row = dict(library=library, device=device, batch=batch,
@@ -471,8 +486,10 @@ def measure(library, device, batch, cfg, args):
                infer_gflops=f["inference"] * batch / infer["sec"] / 1e9,
                train_peak_mb=train["peak_mb"], train_peak_delta_mb=train["peak_delta_mb"],
                infer_peak_mb=infer["peak_mb"], infer_peak_delta_mb=infer["peak_delta_mb"])
-    if library == "torch":
+    if library != "minicaps":
         row.update(threads=r["threads"], torch_version=r["torch_version"])
+    if "plans" in r:
+        row["plans"] = r["plans"]
     if "layers" in r:
         fl = flop_counts(cfg)
         row["layers"] = {name: dict(forward_ms=t[0] * 1e3, backward_ms=t[1] * 1e3,
@@ -539,7 +556,11 @@ def _fmt(v, nd=1):
 
 
 def format_report(result):
-    lines = [f"network: {result.get('network', 'CapsNet')}"]
+    machine = result.get("machine", {})
+    lines = [f"network: {result.get('network', 'CapsNet')}",
+             f"CPU: {machine.get('cpu') or machine.get('processor') or 'unknown'}, "
+             f"{machine.get('cpu_count')} cores; load average at the end "
+             f"{', '.join(f'{v:.2f}' for v in machine.get('load_average', []))}"]
     peak = result["gemm_peak_gflops"]
     lines.append(f"GEMM peak (float32 matmul): " + ", ".join(f"{k} {v:.1f} GFLOP/s" for k, v in peak.items()))
     fl = result["flops_per_image"]
@@ -557,12 +578,31 @@ def format_report(result):
                      f"{'n/a' if frac is None else f'{100 * frac:.0f}%'} | "
                      f"{_fmt(r['train_peak_delta_mb'], 0)} | {_fmt(r['infer_peak_delta_mb'], 0)} |")
     if result["ratios"]:
+        compiled = any("train_speed_compiled" in q for q in result["ratios"])
         lines.append("\nminicaps / torch, same run (above 1: minicaps faster; memory: below 1 is less)\n")
-        lines.append("| device | batch | train speed | inference speed | train peak memory |")
-        lines.append("| --- | --- | --- | --- | --- |")
+        lines.append("| device | batch | train speed | inference speed | train peak memory | "
+                     "infer peak memory |" + (" train vs torch.compile | infer vs torch.compile |"
+                                              if compiled else ""))
+        lines.append("| --- " * (6 if compiled else 4) + "| --- | --- |")
         for q in result["ratios"]:
+            more = (f" {_fmt(q.get('train_speed_compiled'), 2)}x | "
+                    f"{_fmt(q.get('infer_speed_compiled'), 2)}x |" if compiled else "")
             lines.append(f"| {q['device']} | {q['batch']} | {q['train_speed']:.2f}x | "
-                         f"{q['infer_speed']:.2f}x | {q['train_memory']:.2f}x |")
+                         f"{q['infer_speed']:.2f}x | {q['train_memory']:.2f}x | "
+                         f"{_fmt(q.get('infer_memory'), 2)}x |" + more)
+    planned = [r for r in result["results"] if r.get("plans")]
+    if planned:
+        lines.append("\nminicaps' routes (minicaps/fast/plans.py; times of each candidate in ms)\n")
+        lines.append("| device | batch | pass | primary capsules' convolution | digit capsules' "
+                     "chunk | how | candidates |")
+        lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+        for r in planned:
+            for name, plan in r["plans"].items():
+                ms = plan.get("ms") or {}
+                tried = "; ".join(f"{part}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
+                                  for part, t in ms.items())
+                lines.append(f"| {r['device']} | {r['batch']} | {name} | {plan['primary']} | "
+                             f"{plan['capsule_chunk']} | {plan['how']} | {tried or '-'} |")
     for r in result["results"]:
         if "layers" not in r:
             continue
@@ -598,9 +638,13 @@ def parse_args(argv=None):
     ap.add_argument("--infer-batches", type=int, help="batches per inference measurement, "
                                                        "predicted in one call (default 8; quick: 2)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
-    ap.add_argument("--conv", choices=("auto", "gemm"), default="auto",
-                    help="minicaps convolutions: 'auto' (the DFT route where it pays, as the "
-                         "library does by default) or 'gemm' (im2col + GEMM only)")
+    ap.add_argument("--conv", choices=("measure", "auto", "gemm", "fft"), default="measure",
+                    help="minicaps' routes: 'measure' (timed on first use and kept in the plan "
+                         "file, as the library does by default), 'auto' (the fixed rules), "
+                         "'gemm' or 'fft' (that route for the primary capsules)")
+    ap.add_argument("--compile", action="store_true",
+                    help="add torch.compile (inductor) of the PyTorch peer as a third library, "
+                         "and minicaps' ratios to it")
     ap.add_argument("--no-torch", action="store_true", help="skip the PyTorch peer")
     ap.add_argument("--no-gpu", action="store_true", help="skip CuPy even when a GPU is present")
     ap.add_argument("--no-cpu", action="store_true",
@@ -676,6 +720,8 @@ def run(args):
     for batch in args.batches:
         for device in devices:
             libs = ["minicaps"] + (["torch"] if with_torch and torch_available(device) else [])
+            if "torch" in libs and args.compile:
+                libs.append("torch-compile")
             rounds = {lib: [] for lib in libs}
             for k in range(args.rounds):       # alternate the order: load that comes and goes
                 for lib in (libs if k % 2 == 0 else libs[::-1]):
@@ -685,10 +731,16 @@ def run(args):
             results.extend(rows.values())
             if "torch" in rows:
                 mc, tr = rows["minicaps"], rows["torch"]
-                ratios.append(dict(device=device, batch=batch,
-                                   train_speed=mc["train_img_s"] / tr["train_img_s"],
-                                   infer_speed=mc["infer_img_s"] / tr["infer_img_s"],
-                                   train_memory=mc["train_peak_delta_mb"] / max(tr["train_peak_delta_mb"], 1e-9)))
+                ratio = dict(device=device, batch=batch,
+                             train_speed=mc["train_img_s"] / tr["train_img_s"],
+                             infer_speed=mc["infer_img_s"] / tr["infer_img_s"],
+                             train_memory=mc["train_peak_delta_mb"] / max(tr["train_peak_delta_mb"], 1e-9),
+                             infer_memory=mc["infer_peak_delta_mb"] / max(tr["infer_peak_delta_mb"], 1e-9))
+                if "torch-compile" in rows:
+                    tc = rows["torch-compile"]
+                    ratio.update(train_speed_compiled=mc["train_img_s"] / tc["train_img_s"],
+                                 infer_speed_compiled=mc["infer_img_s"] / tc["infer_img_s"])
+                ratios.append(ratio)
     for d in devices:
         again = gemm_peak(d, n)
         emit(args, "gemm_peak", device=d, n=n, gflops=again, when="end")

@@ -38,7 +38,13 @@ def test_quick_run_writes_the_expected_json(tmp_path, capsys):
     assert bench.bench_main(["--quick", "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "| library |" in out and "per layer" in out
+    assert re.search(r"^CPU: .+, \d+ cores", out, re.M)
     result = json.loads(path.read_text())
+    plans = next(r for r in result["results"] if r["library"] == "minicaps")["plans"]
+    assert set(plans) == {"training, batch 8", "inference, batch 8"}
+    for name, plan in plans.items():          # each route, and the routes table says it
+        assert plan["primary"] in ("gemm", "fft") and plan["capsule_chunk"] >= 1
+        assert f"| cpu | 8 | {name} | {plan['primary']} | {plan['capsule_chunk']} |" in out
     for key in ("device", "machine", "gemm_peak_gflops", "flops_per_image", "results", "ratios",
                 "memory_method"):
         assert key in result
@@ -222,3 +228,16 @@ def test_the_gpu_script_stops_at_once_and_says_why_without_a_gpu(tmp_path):
     smoke = (tmp_path / "out" / "smoke.txt").read_text()
     assert "GPU CHECK FAILED" in smoke and "device='cpu'" in smoke and "numpy" in smoke
     assert "stopping: the GPU cannot be used" in (tmp_path / "out" / "summary.txt").read_text()
+
+
+@pytest.mark.skipif(not bench.torch_available(), reason="the PyTorch peer is not installed")
+def test_the_compiled_peer_is_a_third_library_with_its_own_ratios(tmp_path, capsys):
+    path = tmp_path / "bench.json"
+    assert bench.bench_main(["--quick", "--compile", "--json", str(path)]) == 0
+    result = json.loads(path.read_text())
+    rows = {r["library"]: r for r in result["results"]}
+    assert set(rows) == {"minicaps", "torch", "torch-compile"}
+    q, = result["ratios"]
+    assert q["train_speed_compiled"] == pytest.approx(
+        rows["minicaps"]["train_img_s"] / rows["torch-compile"]["train_img_s"])
+    assert "train vs torch.compile" in capsys.readouterr().out
