@@ -533,3 +533,22 @@ def test_digit_capsules_in_chunks_equal_predictions_then_routing_of_the_whole_ba
     du_ref, dW_ref = fast.predictions_backward(fast.routing_backward(dv, route_cache), pred_cache)
     np.testing.assert_allclose(du, du_ref, rtol=1e-12, atol=1e-14)
     np.testing.assert_allclose(dW, dW_ref, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("limit", [1, 3000, 10 ** 9])
+def test_the_dft_routes_weight_gradient_in_blocks_of_channels_is_the_whole_one(rng, limit):
+    """weight_gradient a block of input channels at a time (one channel, a few, all) equals
+    the whole X^T dY per bin taken back through weight_spectrum_adjoint."""
+    from minicaps.fast import conv_fft
+    N, H, C, O, k, s = 3, 9, 5, 4, 3, 2
+    x, W = rng.standard_normal((N, H, H, C)), rng.standard_normal((k, k, C, O))
+    plan = conv_fft.dft_plan(x.shape, W.shape, s, x)
+    X = conv_fft.to_bins(conv_fft.image_spectrum(x, plan))
+    bins = X.shape[0]
+    dY = rng.standard_normal((bins, 2 * N, O))
+    Xr, Xi, dYr, dYi = X[:, :N], X[:, N:], dY[:, :N], dY[:, N:]
+    dWf = np.stack([np.einsum("bnc,bno->bco", Xr, dYr) + np.einsum("bnc,bno->bco", Xi, dYi),
+                    np.einsum("bnc,bno->bco", Xi, dYr) - np.einsum("bnc,bno->bco", Xr, dYi)])
+    whole = conv_fft.weight_spectrum_adjoint(dWf, plan, W.shape)
+    np.testing.assert_allclose(conv_fft.weight_gradient(X, dY, plan, W.shape, limit=limit),
+                               whole, rtol=1e-10, atol=1e-10)
