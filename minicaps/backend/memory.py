@@ -69,6 +69,11 @@ def keep_freed_memory():
     fault in and zero: about 15 ms per 100 MB on two cores. Kept, the next step's
     arrays reuse the same pages (a batch-128 step measured 0.74-0.85x the time). The
     price: the process keeps its high-water mark of memory resident until it exits.
+    And one arena for every thread (M_ARENA_MAX 1): glibc otherwise gives each thread
+    that allocates its own arena, which keeps its own freed blocks, so the capsule part's
+    worker threads (parallel_map) held memory the main thread could not reuse (a
+    batch-32 training step of the paper's network: peak resident 319-320 MB, 235-241 MB
+    with one arena; the step's speed within the machine's noise, 3 rounds each).
     Set once for the whole process, at the first call; CapsNet calls this for models
     on the CPU. $MINICAPS_KEEP_FREED_MEMORY=0 (before the first call) leaves malloc
     as it is. Returns True when the setting is in effect (False elsewhere than
@@ -84,7 +89,9 @@ def keep_freed_memory():
                 mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
             except (OSError, AttributeError):
                 return False
-            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3     # glibc's malloc.h
+            M_TRIM_THRESHOLD, M_MMAP_THRESHOLD, M_ARENA_MAX = -1, -3, -8   # glibc's malloc.h
             _heap_kept = bool(mallopt(M_MMAP_THRESHOLD, 2 ** 30)) and bool(
                 mallopt(M_TRIM_THRESHOLD, 2 ** 31 - 1))
+            if _heap_kept:
+                mallopt(M_ARENA_MAX, 1)
     return _heap_kept
