@@ -4,13 +4,13 @@ agreeing on their options."""
 import argparse
 import sys
 
-from minicaps.cli import (bench, compare, evaluate, export_weights, gradcheck, plot, predict,
-                          robustness, train)
+from minicaps.cli import (bench, compare, curves, evaluate, export_weights, gradcheck, plot,
+                          predict, robustness, train)
 from minicaps.cli.options import Parser
 
 # in the order `minicaps --help` lists them
-COMMANDS = (gradcheck, train, evaluate, plot, predict, compare, robustness, export_weights,
-            bench)
+COMMANDS = (gradcheck, train, evaluate, plot, curves, predict, compare, robustness,
+            export_weights, bench)
 
 
 def build_parser():

@@ -18,7 +18,7 @@ The modules, in the order they build on each other:
     canvas.py      the Figure, its title and notes, the PNG, and shared drawing pieces
     capsules.py    reconstructions, pose perturbation, routing, capsule lengths
     pairs.py       MultiMNIST pairs (fig. 5)
-    curves.py      training curves from metrics.jsonl
+    curves.py      training curves from metrics.jsonl; runs side by side at equal budgets
     accuracy.py    confusion matrix, two networks compared, robustness
     dispatch.py    render: every plot of a checkpoint (`minicaps plot`)
 
@@ -39,7 +39,7 @@ from minicaps.viz.heuristics import (COUPLING_MIN, PIXEL_CHANGE_MIN, accuracy_wa
 from minicaps.viz.capsules import (plot_lengths, plot_perturbation, plot_reconstructions,
                                    plot_routing)
 from minicaps.viz.pairs import plot_pairs
-from minicaps.viz.curves import plot_curves
+from minicaps.viz.curves import plot_curves, plot_runs, run_budget
 from minicaps.viz.accuracy import plot_compare, plot_confusion, plot_robustness
 from minicaps.viz.dispatch import KINDS, render
 
@@ -50,6 +50,6 @@ __all__ = [
     "COUPLING_MIN", "PIXEL_CHANGE_MIN", "accuracy_warning", "coupling_spread",
     "perturbation_warning", "pixel_changes", "routing_warning",
     "plot_lengths", "plot_perturbation", "plot_reconstructions", "plot_routing", "plot_pairs",
-    "plot_curves", "plot_compare", "plot_confusion", "plot_robustness",
+    "plot_curves", "plot_runs", "run_budget", "plot_compare", "plot_confusion", "plot_robustness",
     "KINDS", "render",
 ]

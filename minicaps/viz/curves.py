@@ -62,3 +62,52 @@ def _count(n):
     if n >= 1e6:
         return f"{n / 1e6:.3g}M"
     return f"{n / 1e3:.3g}k" if n >= 1e3 else str(int(n))
+
+
+def run_budget(metrics, split="test"):
+    """One run's accuracy against its budget, from read_metrics' list: (images seen by the
+    end of each epoch, training seconds by then, the accuracy of ``split`` after it), each a
+    list over the epochs. The accuracy is the moving average's where the run kept one (the
+    network it delivers), else the trained parameters'. Training seconds are the epochs'
+    own (evaluation left out). A ValueError when an epoch lacks its size or time."""
+    seen = images_seen(metrics)
+    if seen is None:
+        raise ValueError("these metrics do not say how many images each epoch saw "
+                         "(images_per_second and epoch_seconds)")
+    key = f"avg_{split}_accuracy" if all(m.get(f"avg_{split}_accuracy") is not None
+                                          for m in metrics) else f"{split}_accuracy"
+    if any(m.get(key) is None for m in metrics):
+        raise ValueError(f"not every epoch has a {split} accuracy")
+    seconds, total = [], 0.0
+    for m in metrics:
+        total += m["epoch_seconds"]
+        seconds.append(total)
+    return [int(s) for s in seen], seconds, [m[key] for m in metrics]
+
+
+def plot_runs(runs, labels, path, split="test", dpi=100, title=None):
+    """Two or more runs' accuracy on one picture: against the images (pairs) seen on the
+    left, against training time on the right, so that runs compare at equal budgets of
+    either kind. ``runs``: read_metrics' lists; ``labels``: one name each."""
+    fig = new_figure(10.0, 4.5, dpi)
+    axes = fig.subplots(1, 2)
+    for metrics, label in zip(runs, labels):
+        seen, seconds, accuracy = run_budget(metrics, split)
+        line = f"{label} (last {accuracy[-1]:.4f})"
+        axes[0].plot(seen, accuracy, marker="o", markersize=4, label=line)
+        axes[1].plot([s / 60 for s in seconds], accuracy, marker="o", markersize=4, label=line)
+    axes[0].set_xlabel("images seen in training")
+    axes[1].set_xlabel("training time (minutes; evaluation left out)")
+    for ax in axes:
+        ax.set_ylabel(f"{split} accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    axes[0].xaxis.set_major_formatter(_thousands())
+    fig.suptitle(title or f"{split} accuracy at equal images seen (left) and equal training "
+                 "time (right)", fontsize=9)
+    return save(fig, path)
+
+
+def _thousands():
+    from matplotlib.ticker import FuncFormatter
+    return FuncFormatter(lambda x, _: _count(x))

@@ -56,7 +56,7 @@ def test_the_fastest_candidate_is_kept(monkeypatch, plan_file):
         if names in fake:
             return fake[names]
         return {c: 0.001 * abs(c - 32) + 0.0001 for c in candidates}   # 32 the least
-    monkeypatch.setattr(plans, "median_times", timed)
+    monkeypatch.setattr(plans, "best_times", timed)
     plan = plans.measure_plan(model, 64, training=True)
     assert plan["primary"] == "fft" and plan["capsule_chunk"] == 32
     assert plan["ms"]["primary"] == {"gemm": 4.0, "fft": 2.0}
@@ -74,12 +74,23 @@ def test_of_level_candidates_the_one_of_less_memory_is_kept():
     assert plans.least_memory_of_the_fastest({8: 1.01, 16: 1.0, 32: 1.02}, [8, 16, 32]) == 8
 
 
-def test_median_times_times_each_candidate_in_turns():
-    calls = []
-    times = plans.median_times({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
-                               rounds=3)
-    assert calls == ["a", "b"] * 4                    # one untimed call each, then 3 rounds
-    assert set(times) == {"a", "b"} and all(t >= 0 for t in times.values())
+def test_best_times_times_each_candidate_in_turns_after_an_untimed_call(monkeypatch):
+    """Each round: every candidate called twice in a row, the second call timed; the least
+    time of the rounds kept (here a clock that advances by a known step per reading)."""
+    calls, clock = [], iter(range(100))
+    monkeypatch.setattr(plans.time, "perf_counter", lambda: next(clock))
+    cost = {"a": 0, "b": 0}
+
+    def candidate(name):
+        def call():
+            calls.append(name)
+            for _ in range(cost[name]):
+                next(clock)                     # the call "takes" this many ticks
+        return call
+    cost.update(a=3, b=1)
+    times = plans.best_times({"a": candidate("a"), "b": candidate("b")}, rounds=3)
+    assert calls == ["a", "a", "b", "b"] * 3
+    assert times == {"a": 4, "b": 2}            # ticks between the two readings
 
 
 def test_a_measured_plan_goes_to_the_plan_file_and_is_read_back(rng, monkeypatch, plan_file):
