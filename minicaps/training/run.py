@@ -229,13 +229,12 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
     ``settings`` (found's dict) with each (rank 0 alone, with a communicator ``comm``)."""
     c = found.config
     epochs, lr, lr_decay, decay_steps = c.epochs, c.lr, c.lr_decay, c.decay_steps
-    after_step = None
-    if run.keep_every:
-        def after_step(step):
-            if step % run.keep_every == 0:
-                run.step = step
-                rate = learning_rate(step - 1, lr, lr_decay, decay_steps)
-                _on_root(comm, lambda: save_snapshot(run, settings, rate), "rank 0's save")
+    def keep_parameters(step):              # keep_every: step-NNNNNNN.npz every N steps
+        if step % run.keep_every == 0:
+            run.step = step
+            rate = learning_rate(step - 1, lr, lr_decay, decay_steps)
+            _on_root(comm, lambda: save_snapshot(run, settings, rate), "rank 0's save")
+    after_step = keep_parameters if run.keep_every else None
     while run.epoch < epochs:
         run.epoch += 1
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
