@@ -333,6 +333,9 @@ def _run_minicaps(spec):
     gpu = device == "gpu"
     if gpu and spec.get("tf32"):
         backend.set_tf32(True)
+    if hasattr(model, "plan_for"):     # the routes chosen (timed, or read) before memory counts
+        model.plan_for(spec["batch"], True)
+        model.plan_for(spec["batch"], False)
     out = {}
     for phase in spec["phases"]:
         base = backend.gpu_pool_bytes() / 2 ** 20 if gpu else memory_mark()

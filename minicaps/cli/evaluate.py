@@ -19,7 +19,7 @@ def cmd_evaluate(args):
                       progress=not args.no_progress, desc="test set", per_class=not pairs,
                       targets=test.targets)
     within = ckpt.extra.get("mid_epoch")
-    when = (f"step {ckpt.step}, part-way through epoch {within}" if within
+    when = (f"step {ckpt.step}, in epoch {within}" if within
             else f"epoch {ckpt.epoch}, step {ckpt.step}")
     print(f"{args.checkpoint} ({when}, {WEIGHTS[weights]}) on "
           f"{scores['n']} {dataset} {args.split} {'pairs' if pairs else 'images'}:")

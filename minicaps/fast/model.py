@@ -59,7 +59,12 @@ class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
         self.conv_method = policy
         super().__init__(config, seed, dtype, device, params)
         self._fixed = {}      # conv name -> (weights copy, spectrum), inside fixed_weights()
-        self._plans = {}      # (batch, training) -> the plan of routes it runs
+
+    def _place_on(self, device):
+        """FastNetwork._place_on, and the plans forgotten: they were for the other device."""
+        super()._place_on(device)
+        self._plans = {}      # (batch, training) -> the plan of routes chosen
+        self._ran = {}        # (batch, training) -> the routes that ran (plans_used)
         self._plan_now = None
 
     # ------------------------------------------------------------ routes (fast/plans.py)
@@ -76,32 +81,51 @@ class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
         cfg = self.config
         x_shape = (batch, *cfg.conv1_out, cfg.conv1_channels)
         w_shape = self.params["primary.W"].shape
-        if self.conv_method != "measure" or self.device != "cpu":
-            return plans.rules_plan(x_shape, w_shape, cfg.primary_stride, training,
+        measure = self.conv_method == "measure" and self.device == "cpu"
+        if not measure or batch > plans.MAX_TIMED_BATCH:
+            plan = plans.rules_plan(x_shape, w_shape, cfg.primary_stride, training,
                                     "auto" if self.conv_method == "measure" else self.conv_method)
+            if measure:
+                plan["how"] = f"the fixed rules (batches over {plans.MAX_TIMED_BATCH} are not timed)"
+            return plan
         shapes = {name: list(value.shape) for name, value in self.params.items()}
         shapes.update(routing_iters=cfg.routing_iters, routing_grad=cfg.routing_grad,
                       primary_stride=cfg.primary_stride, input=list(cfg.input_shape))
         key = plans.plan_key(shapes, batch, training, self.dtype)
-        saved = plans.read_plans().get(key)
-        if saved is not None:
-            return dict(saved, how="plan file")
-        plan = plans.measure_plan(self, batch, training)
-        plans.save_plan(key, plan)
+        plan = plans.known_plan(key)
+        if plan is None:
+            plan = plans.measure_plan(self, batch, training)
+            plans.keep_plan(key, plan)
         return plan
 
+    def adopt_plans(self, routes):
+        """Take the routes a checkpoint recorded (plans_used: {"training, batch 100": {...}})
+        as this network's plans, so that a resumed run computes as the original did
+        whatever the plan file now says; entries that are not plans are left out."""
+        if not isinstance(routes, dict):
+            return
+        for name, plan in routes.items():
+            mode, _, batch = str(name).partition(", batch ")
+            if mode in ("training", "inference") and batch.isdigit() and plans.valid_plan(plan):
+                self._plans[(int(batch), mode == "training")] = dict(
+                    plan, how="the checkpoint's")
+
     def plans_used(self):
-        """{"training, batch 100": plan, ...}: the routes this network has run with."""
+        """{"training, batch 100": plan, ...}: the routes this network has run with (in
+        inference the convolution's route is the one fixed_weights' spectrum allowed)."""
         return {f"{'training' if t else 'inference'}, batch {n}": plan
-                for (n, t), plan in sorted(self._plans.items())}
+                for (n, t), plan in sorted(self._ran.items())}
 
     def _wants_spectrum(self, name, x_shape, W, stride, batch_size):
-        """fixed_weights: make the weights' spectrum when the inference plan of the block's
-        batches takes the DFT route (the rules: conv_fft.fft_pays over all its images)."""
+        """fixed_weights: make the weights' spectrum when the block's batches (of
+        ``batch_size``, at most MAX_TIMED_BATCH when not given) are faster through the DFT
+        by their inference plan, the spectrum's own time counted once (the rules:
+        conv_fft.fft_pays over all its images)."""
         if name != "primary" or self.conv_method == "auto" or self.device != "cpu":
             return super()._wants_spectrum(name, x_shape, W, stride, batch_size)
-        batch = min(x_shape[0], batch_size or x_shape[0])
-        return self.plan_for(batch, training=False)["primary"] == "fft"
+        n = x_shape[0]
+        batch = max(1, min(n, batch_size or plans.MAX_TIMED_BATCH))
+        return plans.spectrum_pays(self.plan_for(batch, training=False), -(-n // batch))
 
     def _build_options(self):
         return {"conv_method": self.conv_method}
@@ -156,6 +180,9 @@ class FastCapsNet(FastNetwork, MultiLabel, CapsNet):
             method = plan["primary"] if training else "fft" if fixed is not None else "gemm"
         h, caches["primary"] = conv2d_forward(h, p["primary.W"], p["primary.b"], cfg.primary_stride,
                                               method=method, training=training, spectrum=fixed)
+        ran = caches["primary"][0]
+        self._ran[(x.shape[0], bool(training))] = plan if plan["primary"] == ran else dict(
+            plan, primary=ran, how=f"{plan['how']}; the convolution as fixed_weights allowed")
         if cfg.primary_relu:
             h, caches["relu2"] = relu_forward(h, out=h)
         u, caches["caps"] = primary_capsules_forward(h, cfg.primary_dims, cfg.squash_eps)

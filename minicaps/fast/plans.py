@@ -31,6 +31,8 @@ POLICIES = ("measure", "auto", "gemm", "fft")      # "auto": the fixed rules ("r
 CAPSULE_CHUNKS = (8, 16, 32, 64)      # the digit capsules' candidate chunk sizes
 ROUNDS = 3                            # timed rounds per candidate, taking turns; least kept
 LEVEL = 0.03      # candidates within 3% of the fastest count as level: the least memory wins
+MAX_TIMED_BATCH = 256     # larger batches take the fixed rules: no inputs that size are made
+_known = {}               # plans of this process by key: measured once even when unsaved
 
 
 def default_policy():
@@ -83,9 +85,13 @@ def plan_key(shapes, batch, training, dtype):
 def read_plans(path=None):
     """The plan file's {key: plan}; {} when it is missing, unreadable or not a plan file
     (it is then written anew: a plan is only ever a speed choice)."""
+    import stat
     path = plan_file() if path is None else Path(path)
-    try:
-        with open(path, "rb") as f:
+    try:          # non-blocking: a FIFO in its place must not hang the first forward pass
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return {}
             text = f.read(1 << 22)              # plans are small; a huge file is not ours
         plans = json.loads(text)
     except (OSError, ValueError, RecursionError):
@@ -97,7 +103,24 @@ def read_plans(path=None):
 
 def valid_plan(plan):
     return (isinstance(plan, dict) and plan.get("primary") in ("gemm", "fft")
-            and isinstance(plan.get("capsule_chunk"), int) and plan["capsule_chunk"] > 0)
+            and type(plan.get("capsule_chunk")) is int
+            and plan["capsule_chunk"] in CAPSULE_CHUNKS)
+
+
+def known_plan(key):
+    """The plan of ``key``: this process's, else the plan file's (None: to be measured)."""
+    if key in _known:
+        return _known[key]
+    saved = read_plans().get(key)
+    if saved is not None:
+        _known[key] = saved = dict(saved, how="plan file")
+    return saved
+
+
+def keep_plan(key, plan):
+    """Remember ``plan`` in this process and add it to the plan file."""
+    _known[key] = plan
+    save_plan(key, plan)
 
 
 def save_plan(key, plan, path=None):
@@ -168,8 +191,7 @@ def measure_plan(model, batch, training):
     rng = np.random.default_rng(0)
     dtype = model.dtype
     W, b = p["primary.W"], p["primary.b"]
-    h = xp.asarray(np.abs(rng.standard_normal((batch, *cfg.conv1_out, cfg.conv1_channels)))
-                   .astype(dtype))
+    h = xp.asarray(rng.random((batch, *cfg.conv1_out, cfg.conv1_channels), dtype=dtype))
     conv = {}
     if training:
         for method in ("gemm", "fft"):
@@ -180,13 +202,14 @@ def measure_plan(model, batch, training):
     else:
         plan = conv_fft.dft_plan(h.shape, W.shape, cfg.primary_stride, W)
         spectrum = conv_fft.weight_spectrum(W, plan)
+        made = best_times({"spectrum": lambda: conv_fft.weight_spectrum(W, plan)})
         conv["gemm"] = lambda: conv2d_forward(h, W, b, cfg.primary_stride, method="gemm",
                                               training=False)
         conv["fft"] = lambda: conv2d_forward(h, W, b, cfg.primary_stride, method="fft",
                                              training=False, spectrum=spectrum)
     conv_ms = best_times(conv)
-    u = model.xp.asarray((0.1 * rng.standard_normal((batch, cfg.num_primary_caps,
-                                                     cfg.primary_dims))).astype(dtype))
+    u = model.xp.asarray(rng.random((batch, cfg.num_primary_caps, cfg.primary_dims),
+                                    dtype=dtype) - 0.5)
     Wd = p["digit.W"]
     caps, seen = {}, set()
     for chunk in CAPSULE_CHUNKS:
@@ -204,9 +227,22 @@ def measure_plan(model, batch, training):
     caps_ms = best_times(caps)
     primary = least_memory_of_the_fastest(conv_ms, ("gemm", "fft"))
     chunk = least_memory_of_the_fastest(caps_ms, sorted(caps_ms))
-    return {"primary": primary, "capsule_chunk": int(chunk), "how": "measured",
-            "ms": {"primary": {k: round(1e3 * v, 3) for k, v in conv_ms.items()},
-                   "capsule_chunk": {str(k): round(1e3 * v, 3) for k, v in caps_ms.items()}}}
+    ms = {"primary": {k: round(1e3 * v, 3) for k, v in conv_ms.items()},
+          "capsule_chunk": {str(k): round(1e3 * v, 3) for k, v in caps_ms.items()}}
+    if not training:        # made once per block of batches (fixed_weights), timed apart
+        ms["spectrum"] = round(1e3 * made["spectrum"], 3)
+    return {"primary": primary, "capsule_chunk": int(chunk), "how": "measured", "ms": ms}
+
+
+def spectrum_pays(plan, batches):
+    """Whether a block of ``batches`` inference passes is faster through the DFT, its
+    weights' spectrum made once for the block, than through im2col + GEMM, by the plan's
+    times (a plan without them: its route)."""
+    ms = plan.get("ms") or {}
+    conv, made = ms.get("primary") or {}, ms.get("spectrum")
+    if made is None or not {"gemm", "fft"} <= set(conv):
+        return plan["primary"] == "fft"
+    return batches * conv["fft"] + made < batches * conv["gemm"] / (1 + LEVEL)
 
 
 def least_memory_of_the_fastest(times, by_memory):

@@ -57,7 +57,7 @@ def check_resume(ckpt, config, settings, kind=None):
                              f"options of the original run)")
     within = ckpt.extra.get("mid_epoch")
     if within:
-        raise ValueError(f"{ckpt.path} was kept after step {ckpt.step}, part-way through epoch "
+        raise ValueError(f"{ckpt.path} was kept after step {ckpt.step}, in epoch "
                          f"{within} (--keep-every), to be evaluated: a run goes on only from "
                          f"the end of an epoch; resume from the run's last.npz or an "
                          f"epoch-NNN.npz")

@@ -232,6 +232,7 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
     def keep_parameters(step):              # keep_every: step-NNNNNNN.npz every N steps
         if step % run.keep_every == 0:
             run.step = step
+            _note_routes(run, log)
             rate = learning_rate(step - 1, lr, lr_decay, decay_steps)
             _on_root(comm, lambda: save_snapshot(run, settings, rate), "rank 0's save")
     after_step = keep_parameters if run.keep_every else None
@@ -273,14 +274,14 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
         metrics["eval_seconds"] = time.perf_counter() - start
-        _note_routes(run, metrics, log)
+        _note_routes(run, log)
         score = metrics[score_key(run, val_set)]
         is_best = _on_root(comm, lambda: save_epoch(run, metrics, settings, score), "rank 0's save")
         log(_epoch_line(metrics, epochs, is_best))
         run.history.append(metrics)
 
 
-def _note_routes(run, metrics, log):
+def _note_routes(run, log):
     """The routes the network ran with (fast/plans.py) into run.routes, which the
     checkpoints keep, and a line for each one it had not run with before."""
     used = getattr(run.model, "plans_used", lambda: {})()
@@ -310,6 +311,8 @@ def _start(config, found, device, out_dir, resume, log, epochs, kind=None):
                            average=None if decay is None else ParameterAverage(model.params, decay))
     ckpt = load_checkpoint(resume, device=device)
     check_resume(ckpt, config, found.to_dict(), kind)
+    if hasattr(ckpt.model, "adopt_plans"):      # the routes it ran with, whatever the plan file says
+        ckpt.model.adopt_plans(ckpt.extra.get("routes"))
     log(f"resumed from {resume} at epoch {ckpt.epoch}, step {ckpt.step}")
     saved = settings_of(ckpt).ranks or 1
     ranks = found.ranks or 1

@@ -130,7 +130,17 @@ def existing_run(out_dir):
     """The run files in ``out_dir`` (names from RUN_FILES that exist), leaving out the
     metrics.jsonl of a run stopped during its first checkpoint (_leftover_metrics)."""
     found = [name for name in RUN_FILES if (Path(out_dir) / name).exists()]
-    return [] if found == ["metrics.jsonl"] and _leftover_metrics(out_dir) else found
+    if found == ["metrics.jsonl"] and _leftover_metrics(out_dir):
+        found = []
+    # the parameters kept every N steps (keep_every) of a run stopped before its first
+    # checkpoint: a new run would mix its own with them
+    return found + kept_steps(out_dir)
+
+
+def kept_steps(out_dir):
+    """The step-NNNNNNN.npz files in ``out_dir`` (regular files, not links), by name."""
+    return sorted(p.name for p in Path(out_dir).glob(STEP_PATTERN)
+                  if p.is_file() and not p.is_symlink())
 
 
 def _leftover_metrics(out_dir):
@@ -219,10 +229,22 @@ def check_room(out_dir, overwrite=False):
         saved = [name for name in CHECKPOINTS if name in found]
         go_on = (f"To continue that run: --resume {out_dir / saved[0]} (with its options); to "
                  if saved else "It keeps no checkpoint to continue from. To ")
+        names = listed(found)
         raise RunFolderError(
-            f"{out_dir} already holds a run ({', '.join(found)}); a new run would replace "
+            f"{out_dir} already holds a run ({names}); a new run would replace "
             f"it. {go_on}start a new one: another folder (--out NEWDIR), or --overwrite to "
-            f"delete {', '.join(found)} there")
+            f"delete {names} there")
+
+
+def listed(names):
+    """The names, with the kept epochs' and steps' checkpoints counted instead of listed."""
+    kept = {"epoch-": "epoch-NNN.npz", "step-": "step-NNNNNNN.npz"}
+    plain = [n for n in names if not n.startswith(tuple(kept))]
+    for prefix, pattern in kept.items():
+        count = sum(n.startswith(prefix) for n in names)
+        if count:
+            plain.append(f"{count} {pattern}")
+    return ", ".join(plain)
 
 
 def epoch_file(epoch):
@@ -239,12 +261,12 @@ def _make_room(out_dir, overwrite, log):
     check_room(out_dir, overwrite)
     found = existing_run(out_dir)
     if found:                     # --overwrite: the old run's kept checkpoints go too
-        found += sorted(p.name for pattern in (EPOCH_PATTERN, STEP_PATTERN)
-                        for p in out_dir.glob(pattern) if p.is_file() and not p.is_symlink())
+        found += sorted(p.name for p in out_dir.glob(EPOCH_PATTERN)
+                        if p.is_file() and not p.is_symlink())
     for name in found:
         os.remove(out_dir / name)
     if found:
-        log(f"--overwrite: deleted {', '.join(found)} in {out_dir}")
+        log(f"--overwrite: deleted {listed(found)} in {out_dir}")
     if (out_dir / "metrics.jsonl").exists():        # left over, as existing_run saw
         os.remove(out_dir / "metrics.jsonl")
         log(f"removed {out_dir / 'metrics.jsonl'}: a run stopped before its first "

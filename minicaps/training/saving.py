@@ -48,7 +48,7 @@ def save_snapshot(run, settings, lr):
     state = dict(epoch=run.epoch - 1, step=run.step, rng_state=run.rng.bit_generator.state,
                  metrics=metrics, average=run.average,
                  extra={"settings": settings, "best_accuracy": run.best_accuracy,
-                        "mid_epoch": run.epoch})
+                        "mid_epoch": run.epoch, "routes": run.routes})
     try:
         save_checkpoint(run.out_dir / runfolder.step_file(run.step), run.model, run.optimizer,
                         **state)

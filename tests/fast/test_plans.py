@@ -19,6 +19,7 @@ SMALL = dict(conv1_channels=16, primary_maps=4, primary_dims=8, digit_dims=4,
 def plan_file(tmp_path, monkeypatch):
     path = tmp_path / "plans.json"
     monkeypatch.setenv("MINICAPS_PLAN_FILE", str(path))
+    monkeypatch.setattr(plans, "_known", {})        # this process's plans: none yet
     return path
 
 
@@ -40,10 +41,12 @@ def test_every_route_computes_the_same_loss_and_gradients(rng, monkeypatch, plan
             model = small(params=base.params)
             loss, grads, _ = model.loss_and_grads(x, y)
             assert model.plan_for(20, True) == forced
+            assert model.forward(x, y)[1]["primary"][0] == primary       # the route that ran
             assert abs(loss - loss0) <= 1e-12 * abs(loss0)
             for name in grads0:
                 assert relative_error(grads[name], grads0[name]) <= 1e-10, (primary, chunk, name)
             plan_file.unlink()                       # measure again for the next route
+            plans._known.clear()
 
 
 def test_the_fastest_candidate_is_kept(monkeypatch, plan_file):
@@ -55,13 +58,16 @@ def test_the_fastest_candidate_is_kept(monkeypatch, plan_file):
         names = frozenset(candidates)
         if names in fake:
             return fake[names]
+        if names == {"spectrum"}:                    # inference: the spectrum's own time
+            return {"spectrum": 0.005}
         return {c: 0.001 * abs(c - 32) + 0.0001 for c in candidates}   # 32 the least
     monkeypatch.setattr(plans, "best_times", timed)
     plan = plans.measure_plan(model, 64, training=True)
     assert plan["primary"] == "fft" and plan["capsule_chunk"] == 32
     assert plan["ms"]["primary"] == {"gemm": 4.0, "fft": 2.0}
     fake[frozenset({"gemm", "fft"})] = {"gemm": 0.001, "fft": 0.002}
-    assert plans.measure_plan(model, 64, training=False)["primary"] == "gemm"
+    plan = plans.measure_plan(model, 64, training=False)
+    assert plan["primary"] == "gemm" and plan["ms"]["spectrum"] == 5.0
 
 
 def test_of_level_candidates_the_one_of_less_memory_is_kept():
@@ -114,9 +120,13 @@ def test_a_measured_plan_goes_to_the_plan_file_and_is_read_back(rng, monkeypatch
     monkeypatch.setattr(plans, "measure_plan", no_measuring)
     second = small(dtype="float32", params=first.params)
     second.loss_and_grads(x, y)
+    plans._known.clear()                             # as a new process would start
+    second = small(dtype="float32", params=first.params)
+    second.loss_and_grads(x, y)
     assert second.plan_for(6, True)["how"] == "plan file"
     assert second.plan_for(6, True)["primary"] == plan["primary"]
     # another machine (another CPU model), another plan
+    plans._known.clear()
     monkeypatch.setattr(plans, "cpu_model", lambda: "another CPU")
     with pytest.raises(AssertionError, match="measured again"):
         small(dtype="float32", params=first.params).loss_and_grads(x, y)
@@ -124,6 +134,7 @@ def test_a_measured_plan_goes_to_the_plan_file_and_is_read_back(rng, monkeypatch
 
 @pytest.mark.parametrize("content", [b"\x00\xff not json", b"[1, 2, 3]", b'{"k": "gemm"}',
                                      b'{"k": {"primary": "dft", "capsule_chunk": 16}}',
+                                     b'{"k": {"primary": "fft", "capsule_chunk": true}}',
                                      b"[" * 100000, b" " * (1 << 23)])
 def test_a_damaged_plan_file_costs_a_measurement_and_is_written_anew(rng, plan_file, content):
     plan_file.write_bytes(content)
@@ -137,9 +148,10 @@ def test_an_unwritable_plan_file_leaves_the_plan_in_memory(rng, tmp_path, monkey
     blocker = tmp_path / "a file"
     blocker.write_text("not a folder")
     monkeypatch.setenv("MINICAPS_PLAN_FILE", str(blocker / "plans.json"))
+    monkeypatch.setattr(plans, "_known", {})
     model = small(dtype="float32")
     model.forward(rng.random((3, 28, 28, 1)).astype("float32"))
-    assert model.plans_used()["inference, batch 3"]["how"] == "measured"
+    assert model.plans_used()["inference, batch 3"]["how"].startswith("measured")
     assert blocker.read_text() == "not a folder"
 
 
@@ -201,3 +213,87 @@ def test_a_training_run_says_and_keeps_the_routes_it_ran_with(tmp_path, plan_fil
     kept = load_checkpoint(tmp_path / "run" / "last.npz").extra["routes"]
     assert set(kept) == {"training, batch 10", "inference, batch 12"}
     assert kept["training, batch 10"]["primary"] in ("gemm", "fft")
+
+
+def test_a_fifo_in_place_of_the_plan_file_is_not_waited_on(rng, plan_file):
+    import os
+    os.mkfifo(plan_file)
+    assert plans.read_plans(plan_file) == {}           # returns at once: nothing to read
+
+
+def test_batches_over_the_timed_size_take_the_rules(monkeypatch, plan_file):
+    def no_measuring(*args):
+        raise AssertionError("measured")
+    monkeypatch.setattr(plans, "measure_plan", no_measuring)
+    plan = small(dtype="float32").plan_for(plans.MAX_TIMED_BATCH + 1, training=False)
+    assert plan["capsule_chunk"] == 16 and "not timed" in plan["how"]
+
+
+def test_a_process_measures_a_shape_once_even_when_the_plan_file_cannot_be_written(
+        rng, tmp_path, monkeypatch):
+    monkeypatch.setenv("MINICAPS_PLAN_FILE", str(tmp_path / "a file" / "plans.json"))
+    (tmp_path / "a file").write_text("not a folder")
+    monkeypatch.setattr(plans, "_known", {})
+    count = []
+    real = plans.measure_plan
+    monkeypatch.setattr(plans, "measure_plan", lambda *a: count.append(1) or real(*a))
+    x = rng.random((3, 28, 28, 1)).astype("float32")
+    first = small(dtype="float32")
+    first.forward(x)
+    small(dtype="float32", params=first.params).forward(x)
+    assert count == [1]
+
+
+@pytest.mark.parametrize("batches, ms, want", [
+    (1, {"primary": {"gemm": 10.0, "fft": 6.0}, "spectrum": 20.0}, False),   # 10 < 26
+    (8, {"primary": {"gemm": 10.0, "fft": 6.0}, "spectrum": 20.0}, True),    # 80 > 68
+    (8, {"primary": {"gemm": 10.0, "fft": 8.0}, "spectrum": 5.0}, True),     # 80 > 69
+    (8, {"primary": {"gemm": 10.0, "fft": 9.6}, "spectrum": 1.0}, False)])   # level: less memory
+def test_the_spectrum_is_made_only_where_the_block_pays_for_it(batches, ms, want):
+    plan = {"primary": "fft", "capsule_chunk": 8, "how": "measured", "ms": ms}
+    assert plans.spectrum_pays(plan, batches) is want
+
+
+def test_inference_records_the_route_each_batch_ran(rng, monkeypatch, plan_file):
+    """A block of 25 images in batches of 10: the spectrum made for the block's plan, so
+    the last batch of 5 runs the DFT too, and plans_used says so."""
+    def fake(model, batch, training):
+        route = "fft" if batch == 10 else "gemm"
+        return {"primary": route, "capsule_chunk": 8, "how": "measured"}
+    monkeypatch.setattr(plans, "measure_plan", fake)
+    model = small(dtype="float64")
+    model.predict_lengths(rng.random((25, 28, 28, 1)), batch_size=10)
+    used = model.plans_used()
+    assert used["inference, batch 10"]["primary"] == "fft"
+    assert used["inference, batch 5"]["primary"] == "fft"
+    assert "as fixed_weights allowed" in used["inference, batch 5"]["how"]
+
+
+def test_a_resumed_run_takes_the_checkpoints_routes_whatever_the_plan_file_says(
+        tmp_path, monkeypatch, plan_file):
+    from synthetic import synthetic_mnist
+    from minicaps.training.run import train
+    data = synthetic_mnist(30, 12)
+    forced = {"primary": "gemm", "capsule_chunk": 32, "how": "measured"}
+    monkeypatch.setattr(plans, "measure_plan", lambda *a: dict(forced))
+    train(mc.CapsNetConfig(**SMALL), epochs=1, out_dir=tmp_path / "run", data=data,
+          batch_size=10, progress=False, log=lambda line: None)
+    plan_file.unlink()
+    monkeypatch.setattr(plans, "_known", {})
+
+    def no_measuring(*args):
+        raise AssertionError("measured again instead of taking the checkpoint's routes")
+    monkeypatch.setattr(plans, "measure_plan", no_measuring)
+    result = train(mc.CapsNetConfig(**SMALL), epochs=2, out_dir=tmp_path / "run", data=data,
+                   batch_size=10, resume=tmp_path / "run" / "last.npz", progress=False,
+                   log=lambda line: None)
+    used = result.model.plans_used()["training, batch 10"]
+    assert (used["primary"], used["capsule_chunk"], used["how"]) == ("gemm", 32, "the checkpoint's")
+
+
+def test_a_network_moved_to_another_device_forgets_its_plans(rng, monkeypatch, plan_file):
+    model = small(dtype="float32")
+    model.forward(rng.random((3, 28, 28, 1)).astype("float32"))
+    assert model.plans_used()
+    model._place_on("cpu")
+    assert model.plans_used() == {} and model._plans == {}

@@ -134,7 +134,7 @@ def test_keep_every_keeps_the_parameters_every_n_steps(fake_mnist, tmp_path):
     assert inside.step == 2 and inside.epoch == 0 and inside.metrics["mid_epoch"]
     assert any(not np.array_equal(inside.model.params[k], v)
                for k, v in epoch_one.model.params.items())
-    with pytest.raises(ValueError, match="part-way through epoch 1"):
+    with pytest.raises(ValueError, match="after step 2, in epoch 1"):
         train(cfg, epochs=2, out_dir=tmp_path / "again", batch_size=10, lr=0.01,
               dataset="affnist", resume=run / "step-0000002.npz", average=0.9, **QUIET)
     train(cfg, epochs=1, out_dir=run, batch_size=20, lr=0.01, dataset="affnist",
@@ -167,7 +167,7 @@ def test_evaluate_split_validation_scores_the_runs_expanded_mnist_digits(fake_mn
     snapshot = out / "step-0000003.npz"
     assert cli.main(["evaluate", str(snapshot), "--split", "validation", "--no-progress"]) == 0
     printed = capsys.readouterr().out
-    assert "step 3, part-way through epoch 1" in printed
+    assert "step 3, in epoch 1" in printed
     assert "20 affnist-like validation images" in printed
     model, _ = load_checkpoint(snapshot).model_with("average")
     digits = expanded_mnist(fake_mnist)
@@ -202,3 +202,17 @@ def test_evaluate_split_validation_takes_the_held_out_images_or_says_there_are_n
     model = load_checkpoint(held / "best.npz").model
     right = round(evaluate(model, x_val, y_val, 4, progress=False)["accuracy"] * 15)
     assert f"({right}/15," in printed
+
+
+def test_kept_steps_alone_make_a_run_a_new_one_must_overwrite(tmp_path):
+    """A run stopped in its first epoch leaves step-*.npz and nothing else: a new run there
+    is refused (its snapshots would mix with them) and --overwrite deletes them."""
+    from minicaps.training import runfolder
+    for step in (50, 100):
+        (tmp_path / runfolder.step_file(step)).write_bytes(b"kept")
+    with pytest.raises(runfolder.RunFolderError, match=r"already holds a run \(2 step-NNNNNNN.npz\)"):
+        runfolder.check_room(tmp_path)
+    lines = []
+    runfolder.claim(tmp_path, fresh=True, overwrite=True, log=lines.append).release()
+    assert not list(tmp_path.glob("step-*.npz"))
+    assert "--overwrite: deleted 2 step-NNNNNNN.npz" in lines[0]
