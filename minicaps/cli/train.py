@@ -217,7 +217,8 @@ def add_parser(sub):
     p.add_argument("--keep-every", type=nonnegative_int, default=0, metavar="N",
                    help="also keep the parameters every N steps, as step-0000600.npz and so "
                         "on, finer than --keep-epochs (to evaluate and pick from, not to "
-                        "resume from) (default: 0, none)")
+                        "resume from; each the size of last.npz: parameters, Adam's moments "
+                        "and the average) (default: 0, none)")
     p.add_argument("--pairs-per-digit", type=pairs_per_digit, metavar="K", default=1,
                    help="with --dataset multimnist: each epoch pairs every training digit K "
                         "times with a digit of another class, K from 1 to "
