@@ -602,8 +602,10 @@ def format_report(result):
         for r in planned:
             for name, plan in r["plans"].items():
                 ms = plan.get("ms") or {}
-                tried = "; ".join(f"{part}: " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())
-                                  for part, t in ms.items())
+                tried = "; ".join(
+                    f"{part}: " + (", ".join(f"{k} {v:.1f}" for k, v in t.items())
+                                   if isinstance(t, dict) else f"{t:.1f}")
+                    for part, t in ms.items())
                 lines.append(f"| {r['device']} | {r['batch']} | {name} | {plan['primary']} | "
                              f"{plan['capsule_chunk']} | {plan['how']} | {tried or '-'} |")
     for r in result["results"]:
