@@ -123,7 +123,8 @@ def evaluate_pairs(model, images, labels, targets, batch_size=256, progress=Fals
         for start in range(0, n, batch_size):
             cut = slice(start, start + batch_size)
             x, y, t = pair_batch(model, images[cut], labels[cut], targets[cut])
-            out, _ = model.forward(x, y, targets=t, check_values=False, host_losses=False)
+            out, _ = model.forward(x, y, targets=t, training=False, check_values=False,
+                                   host_losses=False)       # no backward: inference routes
             hits = multimnist.pair_hits(out["lengths"], y)       # stays on the device
             both, some = both + (hits == 2).sum(), some + (hits >= 1).sum()
             pending.append((len(y), out[loss_terms(model)[0]], out.get("reconstruction_loss")))

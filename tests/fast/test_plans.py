@@ -297,3 +297,16 @@ def test_a_network_moved_to_another_device_forgets_its_plans(rng, monkeypatch, p
     assert model.plans_used()
     model._place_on("cpu")
     assert model.plans_used() == {} and model._plans == {}
+
+
+def test_evaluating_pairs_runs_the_inference_routes(rng, plan_file):
+    """MultiMNIST's evaluation passes labels (to decode each digit) but no backward pass
+    follows: its plans are inference plans."""
+    from minicaps.training.evaluation import evaluate
+    model = small(dtype="float32")
+    images = rng.integers(0, 256, (6, 28, 28), dtype=np.uint8)
+    labels = np.array([[0, 1], [2, 3], [4, 5], [6, 7], [8, 9], [1, 2]])
+    targets = rng.integers(0, 256, (6, 2, 28, 28), dtype=np.uint8)
+    scores = evaluate(model, images, labels, 4, progress=False, targets=targets)
+    assert scores["n"] == 6
+    assert set(model.plans_used()) == {"inference, batch 4", "inference, batch 2"}
