@@ -3,8 +3,6 @@ forward and backward pass, an Adam step with the learning rate lr0 * 0.96^(step 
 
 Every random draw of an epoch (the order, the shifts) comes from the run's one generator, in
 a fixed order, so that a resumed run draws what the uninterrupted one would have."""
-import time
-
 import numpy as np
 
 from minicaps import backend
@@ -15,6 +13,7 @@ from minicaps.data.dataset import to_model_input
 from minicaps.training.evaluation import (DivergedError, add_losses, loss_terms, loss_totals,
                                           pair_batch)
 from minicaps.training.optim import NonFiniteGradientError
+from minicaps.training import clock
 from minicaps.training.progress import Progress
 
 
@@ -107,7 +106,7 @@ def train_epoch(model, optimizer, train, rng, step, *, batch_size, lr, lr_decay,
     # batch after batch without waiting for one (images made from uint8 pixels and
     # labels checked above need no check of their values per batch).
     pending, correct, seen = [], 0, 0
-    start = time.perf_counter()
+    start = clock.now()
     bar = Progress(n, desc, enabled=progress, log=log)   # a bar, or a line every 30 s
     for k in range(0, n, batch_size):
         idx = order[k:k + batch_size]
@@ -181,7 +180,7 @@ def _epoch_stats(totals, pending, model, correct, n, start, bar):
     losses brought in first)."""
     add_losses(totals, pending, model)
     bar.close()
-    seconds = time.perf_counter() - start
+    seconds = clock.now() - start
     stats = {key: value / n for key, value in totals.items()}
     stats.update(accuracy=correct / n, seconds=seconds,
                  images_per_second=n / seconds if seconds > 0 else None)
@@ -195,7 +194,7 @@ def _train_pairs_epoch(model, optimizer, train, rng, step, batch_size, lr, lr_de
     n = len(train) * pairs
     totals, name = loss_totals(model), loss_terms(model)[0]
     pending, correct, seen = [], 0, 0
-    start = time.perf_counter()
+    start = clock.now()
     bar = Progress(n, desc, enabled=progress, log=log)
     for batch in multimnist.iterate_epoch(train.images, train.labels, pairs, batch_size, rng):
         m, mine = len(batch.labels), _share(comm, len(batch.labels))

@@ -16,7 +16,8 @@
 import math
 import os
 import sys
-import time
+
+from minicaps.training.clock import now as clock_now
 
 PROGRESS_SECONDS = 30.0
 
@@ -42,14 +43,16 @@ class Progress:
     """A bar (terminal, notebook) or plain lines (anything else) over ``total`` items.
 
     enabled=False shows nothing. ``stream``: where the bar would go (stderr); plain lines
-    go through ``log``. ``clock``: a time source, for tests."""
+    go through ``log``. ``clock``: a time source (tests); the training clock by default,
+    which leaves out the time a run spent paused (clock.py)."""
 
     def __init__(self, total, desc, enabled=True, log=print, every=None, stream=None,
-                 unit="img", clock=time.perf_counter):
-        self.total, self.desc, self.log, self.unit, self.clock = total, desc, log, unit, clock
+                 unit="img", clock=None):
+        self.total, self.desc, self.log, self.unit = total, desc, log, unit
+        self.clock = clock_now if clock is None else clock
         self.every = _every() if every is None else every
         self.done, self.stats = 0, {}
-        self.start = self.last_line = clock()
+        self.start = self.last_line = self.clock()
         self.bar = None
         self.lines = False
         stream = sys.stderr if stream is None else stream

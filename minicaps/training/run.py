@@ -18,7 +18,6 @@ The same loop trains the paper's CNN baseline (model="cnn", minicaps.nn.cnn): it
 the cross-entropy alone, its dropout masks a function of (seed, step), so a resumed CNN
 run is exact too.
 """
-import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from minicaps.nn.registry import build_model, model_kind
 from minicaps.nn.base import check_network_fits
 from minicaps.nn.capsnet import CapsNet
 from minicaps.nn.registry import layout_config
-from minicaps.training import distributed, runfolder
+from minicaps.training import clock, distributed, runfolder
 from minicaps.training.epoch import learning_rate, train_epoch
 from minicaps.training.evaluation import EVAL_BATCH, evaluate
 from minicaps.training.optim import Adam, ParameterAverage
@@ -188,8 +187,9 @@ def train(config=None, *, training=None, model=None, out_dir, device=None, data=
             _on_root(comm, lambda: (truncate_metrics(run.out_dir / METRICS_FILE, run.epoch, log),
                                     restore_best(run, settings, score_key(run, val_set), log)),
                      "rank 0's restore of the run folder")
-        _train_epochs(run, found, settings, train_set, val_set, test_set, progress, log,
-                      comm)
+        with clock.pauses_left_out():     # Ctrl-Z / kill -TSTP: the pause is not training time
+            _train_epochs(run, found, settings, train_set, val_set, test_set, progress, log,
+                          comm)
     except BaseException:
         # stopped (Ctrl-C) before a first epoch of a resume into a new folder: the best.npz
         # written there would refuse the same command ("already holds a run"), so it goes
@@ -238,6 +238,7 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
     after_step = keep_parameters if run.keep_every else None
     while run.epoch < epochs:
         run.epoch += 1
+        paused = clock.paused_seconds()
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
                                       batch_size=c.batch_size, lr=lr, lr_decay=lr_decay,
                                       decay_steps=decay_steps, shift=c.shift,
@@ -257,7 +258,7 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
             metrics.update(ranks=comm.size, allreduce_seconds=comm.reduce_seconds)
             comm.reduce_seconds = 0.0
             comm.check_in_step(run, log)
-        start = time.perf_counter()
+        start = clock.now()
         for prefix, split in (("val", val_set), ("test", test_set)):
             if split is not None:
                 scores = evaluate(run.model, split.images, split.labels, EVAL_BATCH,
@@ -273,11 +274,14 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
                     finally:
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
-        metrics["eval_seconds"] = time.perf_counter() - start
+        metrics["eval_seconds"] = clock.now() - start
         _note_routes(run, log)
         score = metrics[score_key(run, val_set)]
         is_best = _on_root(comm, lambda: save_epoch(run, metrics, settings, score), "rank 0's save")
         log(_epoch_line(metrics, epochs, is_best))
+        if clock.paused_seconds() > paused:
+            log(f"(paused {clock.paused_seconds() - paused:.0f} s during epoch {run.epoch}: "
+                f"left out of its seconds)")
         run.history.append(metrics)
 
 

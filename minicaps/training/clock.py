@@ -1,0 +1,62 @@
+"""The training clock: seconds of work, leaving out the time a run spent paused.
+
+A run in a terminal pauses with Ctrl-Z and goes on with ``fg``; one in the background with
+``kill -TSTP PID`` and ``kill -CONT PID``. While ``pauses_left_out()`` is in effect (train
+sets it), the stop signal (SIGTSTP) is caught, the process stops as it would have, and the
+time until it is continued is added to ``paused_seconds()``; ``now()`` leaves it out. So an
+epoch's seconds, images per second and time left (epoch.py, progress.py) count the work,
+not the pause, and runs compared "at equal time" (minicaps curves) stay comparable when one
+was paused. SIGSTOP (``kill -STOP``) cannot be caught: a pause made with it is counted as
+training time.
+"""
+import os
+import signal
+import threading
+import time
+
+_paused = 0.0          # seconds spent stopped by SIGTSTP while the handler was in place
+
+
+def paused_seconds():
+    """Seconds this process has spent paused (SIGTSTP until SIGCONT) under pauses_left_out."""
+    return _paused
+
+
+def now():
+    """time.perf_counter() less the pauses so far: differences of now() are working time."""
+    return time.perf_counter() - _paused
+
+
+def _stop(signum, frame):
+    """SIGTSTP's handler: stop the process as the default action would, and count the
+    time until SIGCONT continues it."""
+    global _paused
+    start = time.perf_counter()
+    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), signal.SIGTSTP)          # stopped here until SIGCONT
+    finally:
+        signal.signal(signal.SIGTSTP, _stop)
+    _paused += time.perf_counter() - start
+
+
+class pauses_left_out:
+    """``with pauses_left_out(): ...``: SIGTSTP is counted as a pause (see the module) for
+    the block, where that can be done: on POSIX, from the main thread, and only when
+    nobody else handles SIGTSTP already (a shell's job control or an application's handler
+    is left as it is). The previous handler comes back at the end."""
+
+    def __enter__(self):
+        self.installed = False
+        tstp = getattr(signal, "SIGTSTP", None)
+        if tstp is None or threading.current_thread() is not threading.main_thread():
+            return self
+        if signal.getsignal(tstp) is signal.SIG_DFL:
+            signal.signal(tstp, _stop)
+            self.installed = True
+        return self
+
+    def __exit__(self, *exc):
+        if self.installed:
+            signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+        return False

@@ -1,0 +1,98 @@
+"""The training clock leaves out pauses: a process stopped by SIGTSTP and continued by
+SIGCONT counts the time between as paused, measured against the wall clock of the process
+that paused it; an epoch's seconds leave the pause out."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from minicaps.training import clock
+
+from tiny_runs import run_tiny
+
+posix_only = pytest.mark.skipif(not hasattr(signal, "SIGTSTP"), reason="needs POSIX signals")
+
+CHILD = textwrap.dedent("""
+    import json, sys, time
+    from minicaps.training import clock
+    with clock.pauses_left_out():
+        wall, work = time.perf_counter(), clock.now()
+        print("ready", flush=True)
+        sys.stdin.readline()              # the parent says when it has paused and continued us
+        wall, work = time.perf_counter() - wall, clock.now() - work
+    print(json.dumps({"wall": wall, "work": work, "paused": clock.paused_seconds()}), flush=True)
+""")
+
+
+def _state(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        return f.read().rsplit(")", 1)[1].split()[0]
+
+
+@posix_only
+def test_a_pause_by_sigtstp_is_left_out_of_the_working_time():
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signal.SIGTSTP)
+        deadline = time.monotonic() + 10
+        while os.path.exists(f"/proc/{child.pid}") and _state(child.pid) != "T":
+            assert time.monotonic() < deadline, "the child did not stop on SIGTSTP"
+            time.sleep(0.01)
+        stopped_at = time.monotonic()
+        time.sleep(1.0)
+        child.send_signal(signal.SIGCONT)
+        held = time.monotonic() - stopped_at
+        out, _ = child.communicate("go\n", timeout=30)
+    finally:
+        child.kill()
+    got = json.loads(out.strip().splitlines()[-1])
+    # the parent held it stopped for `held` s: at least that much was paused, and the
+    # working time is the wall time less exactly the pause
+    assert got["paused"] >= held - 0.05
+    assert got["paused"] <= got["wall"]
+    assert got["work"] == pytest.approx(got["wall"] - got["paused"], abs=1e-6)
+
+
+@posix_only
+def test_an_epochs_seconds_leave_out_a_pause(tmp_path, monkeypatch):
+    # The real SIGTSTP handler, with the stop itself replaced by a 1 s sleep (stopping
+    # the test process would stop the tests); the pause is asked for during the epoch,
+    # from the progress line after its first batch.
+    monkeypatch.setattr(clock.os, "kill", lambda pid, sig: time.sleep(1.0))
+    monkeypatch.setenv("MINICAPS_PROGRESS_SECONDS", "0")
+    lines, asked = [], []
+
+    def log(line):
+        lines.append(line)
+        if line.startswith("epoch 1/1:") and not asked:
+            asked.append(line)
+            signal.raise_signal(signal.SIGTSTP)
+
+    before = clock.paused_seconds()
+    start = time.perf_counter()
+    run = run_tiny(tmp_path / "run", log=log, progress=True)
+    wall = time.perf_counter() - start
+    assert asked and clock.paused_seconds() - before >= 1.0
+    assert run.history[0]["epoch_seconds"] <= wall - 1.0
+    assert any(line.startswith("(paused 1 s during epoch 1") for line in lines)
+    assert signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL       # put back after the run
+
+
+def test_without_the_handler_sigtstp_is_left_as_it_was():
+    if not hasattr(signal, "SIGTSTP"):
+        pytest.skip("needs POSIX signals")
+    mine = lambda signum, frame: None
+    old = signal.signal(signal.SIGTSTP, mine)
+    try:
+        with clock.pauses_left_out() as p:
+            assert not p.installed and signal.getsignal(signal.SIGTSTP) is mine
+        assert signal.getsignal(signal.SIGTSTP) is mine
+    finally:
+        signal.signal(signal.SIGTSTP, old)
