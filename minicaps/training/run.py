@@ -275,12 +275,14 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
                         run.model.params = trained
                     metrics.update({f"avg_{prefix}_{k}": v for k, v in scores.items()})
         metrics["eval_seconds"] = clock.now() - start
+        if clock.paused_seconds() > paused:   # left out of epoch_seconds and eval_seconds
+            metrics["paused_seconds"] = clock.paused_seconds() - paused
         _note_routes(run, log)
         score = metrics[score_key(run, val_set)]
         is_best = _on_root(comm, lambda: save_epoch(run, metrics, settings, score), "rank 0's save")
         log(_epoch_line(metrics, epochs, is_best))
-        if clock.paused_seconds() > paused:
-            log(f"(paused {clock.paused_seconds() - paused:.0f} s during epoch {run.epoch}: "
+        if "paused_seconds" in metrics:
+            log(f"(paused {metrics['paused_seconds']:.0f} s during epoch {run.epoch}: "
                 f"left out of its seconds)")
         run.history.append(metrics)
 

@@ -81,6 +81,7 @@ def test_an_epochs_seconds_leave_out_a_pause(tmp_path, monkeypatch):
     wall = time.perf_counter() - start
     assert asked and clock.paused_seconds() - before >= 1.0
     assert run.history[0]["epoch_seconds"] <= wall - 1.0
+    assert run.history[0]["paused_seconds"] >= 1.0                    # and the metrics say so
     assert any(line.startswith("(paused 1 s during epoch 1") for line in lines)
     assert signal.getsignal(signal.SIGTSTP) is signal.SIG_DFL       # put back after the run
 
