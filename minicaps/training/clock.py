@@ -2,8 +2,8 @@
 
 A run in a terminal pauses with Ctrl-Z and goes on with ``fg``; one in the background with
 ``kill -TSTP PID`` and ``kill -CONT PID``. While ``pauses_left_out()`` is in effect (train
-sets it), the stop signal (SIGTSTP) is caught, the process stops as it would have, and the
-time until it is continued is added to ``paused_seconds()``; ``now()`` leaves it out. So an
+sets it), the stop signal (SIGTSTP) is caught, the process stops itself, and the time
+until it is continued is added to ``paused_seconds()``; ``now()`` leaves it out. So an
 epoch's seconds, images per second and time left (epoch.py, progress.py) count the work,
 not the pause, and runs compared "at equal time" (minicaps curves) stay comparable when one
 was paused. SIGSTOP (``kill -STOP``) cannot be caught: a pause made with it is counted as
@@ -28,15 +28,14 @@ def now():
 
 
 def _stop(signum, frame):
-    """SIGTSTP's handler: stop the process as the default action would, and count the
-    time until SIGCONT continues it."""
+    """SIGTSTP's handler: stop the process, and count the time until SIGCONT continues it.
+
+    It stops itself with SIGSTOP, not by raising SIGTSTP again with the default action:
+    the kernel discards that one in an orphaned process group (a run started with
+    ``nohup ... &`` from a shell that has since exited), so such a run would go on."""
     global _paused
     start = time.perf_counter()
-    signal.signal(signal.SIGTSTP, signal.SIG_DFL)
-    try:
-        os.kill(os.getpid(), signal.SIGTSTP)          # stopped here until SIGCONT
-    finally:
-        signal.signal(signal.SIGTSTP, _stop)
+    os.kill(os.getpid(), signal.SIGSTOP)              # stopped here until SIGCONT
     _paused += time.perf_counter() - start
 
 

@@ -35,9 +35,13 @@ def _state(pid):
 
 
 @posix_only
-def test_a_pause_by_sigtstp_is_left_out_of_the_working_time():
+@pytest.mark.parametrize("orphaned", [False, True])
+def test_a_pause_by_sigtstp_is_left_out_of_the_working_time(orphaned):
+    # orphaned: the child in a session of its own, its process group orphaned (as a run
+    # started with nohup ... & from a shell that has exited), where the kernel discards
+    # a SIGTSTP left to its default action
     child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE,
-                             stdout=subprocess.PIPE, text=True)
+                             stdout=subprocess.PIPE, text=True, start_new_session=orphaned)
     try:
         assert child.stdout.readline().strip() == "ready"
         child.send_signal(signal.SIGTSTP)
@@ -57,7 +61,7 @@ def test_a_pause_by_sigtstp_is_left_out_of_the_working_time():
     # working time is the wall time less exactly the pause
     assert got["paused"] >= held - 0.05
     assert got["paused"] <= got["wall"]
-    assert got["work"] == pytest.approx(got["wall"] - got["paused"], abs=1e-6)
+    assert got["work"] == pytest.approx(got["wall"] - got["paused"], abs=1e-3)
 
 
 @posix_only
