@@ -636,8 +636,9 @@ def parse_args(argv=None):
     ap.add_argument("--scaling", action="store_true",
                     help="also time batch sizes 8..256 and routing iterations 1..5")
     ap.add_argument("--batches", type=int, nargs="+", help="batch sizes (default 32 128; quick: 8)")
-    ap.add_argument("--repeats", type=int, help="timed runs per measurement (default 5; quick: 2)")
-    ap.add_argument("--warmup", type=int, help="untimed runs first (default 1)")
+    ap.add_argument("--repeats", type=int, help="timed runs per measurement (default 7; quick: 2)")
+    ap.add_argument("--warmup", type=int, help="untimed runs first (default 3; quick: 1): a fresh "
+                                                 "process's first steps run slower")
     ap.add_argument("--rounds", type=int, help="alternating minicaps/torch rounds per batch, "
                                                 "medians reported (default 3; quick: 1)")
     ap.add_argument("--infer-batches", type=int, help="batches per inference measurement, "
@@ -670,8 +671,8 @@ def parse_args(argv=None):
                          "network in PyTorch, instead of the CapsNet")
     ap.add_argument("--_worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    defaults = dict(batches=[8] if args.quick else [32, 128], repeats=2 if args.quick else 5,
-                    warmup=1, rounds=1 if args.quick else 3, infer_batches=2 if args.quick else 8)
+    defaults = dict(batches=[8] if args.quick else [32, 128], repeats=2 if args.quick else 7,
+                    warmup=1 if args.quick else 3, rounds=1 if args.quick else 3, infer_batches=2 if args.quick else 8)
     for name, default in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
