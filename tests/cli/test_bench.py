@@ -147,7 +147,8 @@ def test_inference_is_timed_per_batch_of_a_stream_and_bad_counts_are_refused(cap
     assert "--warmup" in capsys.readouterr().err
     # None means the default; an explicit 0 warm-up runs is allowed and kept.
     assert bench.parse_args(["--warmup", "0"]).warmup == 0
-    assert bench.parse_args([]).repeats == 5 and bench.parse_args(["--rounds", "2"]).rounds == 2
+    assert bench.parse_args([]).repeats == 7 and bench.parse_args(["--rounds", "2"]).rounds == 2
+    assert bench.parse_args([]).warmup == 3 and bench.parse_args(["--quick"]).warmup == 1
 
 
 @pytest.mark.gpu
