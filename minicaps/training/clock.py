@@ -15,6 +15,7 @@ import threading
 import time
 
 _paused = 0.0          # seconds spent stopped by SIGTSTP while the handler was in place
+_stopping = False      # inside _stop: a second SIGTSTP then stops without counting again
 
 
 def paused_seconds():
@@ -23,8 +24,17 @@ def paused_seconds():
 
 
 def now():
-    """time.perf_counter() less the pauses so far: differences of now() are working time."""
-    return time.perf_counter() - _paused
+    """time.perf_counter() less the pauses so far: differences of now() are working time.
+    (Read again if a pause was counted between the two reads.)"""
+    while True:
+        paused = _paused
+        t = time.perf_counter()
+        if paused == _paused:
+            return t - paused
+
+
+def _stop_process():
+    os.kill(os.getpid(), signal.SIGSTOP)              # stopped here until SIGCONT
 
 
 def _stop(signum, frame):
@@ -32,11 +42,20 @@ def _stop(signum, frame):
 
     It stops itself with SIGSTOP, not by raising SIGTSTP again with the default action:
     the kernel discards that one in an orphaned process group (a run started with
-    ``nohup ... &`` from a shell that has since exited), so such a run would go on."""
-    global _paused
-    start = time.perf_counter()
-    os.kill(os.getpid(), signal.SIGSTOP)              # stopped here until SIGCONT
-    _paused += time.perf_counter() - start
+    ``nohup ... &`` from a shell that has since exited), so such a run would go on. A
+    SIGTSTP that comes while this one is still counting stops the process again, and the
+    outer call counts the whole time once."""
+    global _paused, _stopping
+    if _stopping:
+        _stop_process()
+        return
+    _stopping = True
+    try:
+        start = time.perf_counter()
+        _stop_process()
+        _paused += time.perf_counter() - start
+    finally:
+        _stopping = False
 
 
 class pauses_left_out:
@@ -56,6 +75,7 @@ class pauses_left_out:
         return self
 
     def __exit__(self, *exc):
-        if self.installed:
+        # put back the default, unless someone installed a handler of their own meanwhile
+        if self.installed and signal.getsignal(signal.SIGTSTP) is _stop:
             signal.signal(signal.SIGTSTP, signal.SIG_DFL)
         return False

@@ -30,6 +30,7 @@ import traceback
 import numpy as np
 
 from minicaps import backend
+from minicaps.training import clock
 from minicaps.training.evaluation import loss_terms
 from minicaps.training.nccl import NCCLAllReduce, nccl_module
 
@@ -241,9 +242,9 @@ class Communicator:
             if hasattr(model, "dropout_step"):
                 model.dropout_step += 1          # the step it would have taken
             out = {"reconstruction_loss": 0.0} if "reconstruction_loss" in loss_terms(model) else {}
-        start = time.perf_counter()
+        start = clock.now()                     # a pause (clock.py) left out
         self.allreduce(buf, "the all-reduce of a training step")
-        self.reduce_seconds += time.perf_counter() - start
+        self.reduce_seconds += clock.now() - start
         self.reductions += 1
         sums = buf[size:].copy()              # the buffer is reused at the next step
         out.update({name: sums[0], "correct": sums[2]})

@@ -236,9 +236,9 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
             rate = learning_rate(step - 1, lr, lr_decay, decay_steps)
             _on_root(comm, lambda: save_snapshot(run, settings, rate), "rank 0's save")
     after_step = keep_parameters if run.keep_every else None
+    paused = clock.paused_seconds()     # pauses since the last epoch's line count to the next
     while run.epoch < epochs:
         run.epoch += 1
-        paused = clock.paused_seconds()
         run.step, stats = train_epoch(run.model, run.optimizer, train_set, run.rng, run.step,
                                       batch_size=c.batch_size, lr=lr, lr_decay=lr_decay,
                                       decay_steps=decay_steps, shift=c.shift,
@@ -282,8 +282,9 @@ def _train_epochs(run, found, settings, train_set, val_set, test_set, progress, 
         is_best = _on_root(comm, lambda: save_epoch(run, metrics, settings, score), "rank 0's save")
         log(_epoch_line(metrics, epochs, is_best))
         if "paused_seconds" in metrics:
-            log(f"(paused {metrics['paused_seconds']:.0f} s during epoch {run.epoch}: "
+            log(f"(paused {metrics['paused_seconds']:.1f} s during epoch {run.epoch}: "
                 f"left out of its seconds)")
+        paused = clock.paused_seconds()
         run.history.append(metrics)
 
 
